@@ -1,0 +1,471 @@
+//! Layered configuration: compiled-in defaults, then a TOML file, then
+//! `RANKMESH__SECTION__KEY` environment variables.
+//!
+//! Every service has one typed `Config` (serde, `deny_unknown_fields`, `Default`). The
+//! layers are merged as TOML trees and deserialized once, so a misspelt key or a
+//! value of the wrong type is reported with its dotted path, the offending value and
+//! where it came from (file or environment variable). Binaries exit with
+//! [`EXIT_CONFIG`] on such an error, before binding anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Exit code for a bad configuration (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Prefix of environment overrides: `RANKMESH__SERVER__LISTEN=0.0.0.0:7000`.
+pub const ENV_PREFIX: &str = "RANKMESH__";
+
+/// A configuration that cannot be used; the message names the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` = {value} (from {origin}): {message}")]
+    Invalid {
+        key: String,
+        value: String,
+        origin: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// Where a key's value came from, for error messages.
+type Origins = BTreeMap<String, String>;
+
+/// Loads `C` from its defaults, the optional TOML file and the given environment
+/// (pass `std::env::vars()` in binaries; tests pass their own).
+pub fn load<C>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<C, ConfigError>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    let mut origins = Origins::new();
+    let mut tree = match Value::try_from(C::default()) {
+        Ok(Value::Table(t)) => t,
+        // A config struct always serializes to a table; anything else is a bug in the
+        // service's Config type, not in the user's input.
+        other => panic!("Config::default() must serialize to a TOML table, got {other:?}"),
+    };
+
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file_tree: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let origin = format!("file {}", path.display());
+        merge(&mut tree, file_tree, "", &origin, &mut origins);
+    }
+
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    // Deterministic order, so the same environment always yields the same config.
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected RANKMESH__SECTION__KEY with non-empty parts".into(),
+            });
+        }
+        set_path(&mut tree, &path, &raw).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        origins.insert(path.join("."), format!("environment variable {var}"));
+    }
+
+    let merged = Value::Table(tree.clone());
+    serde_path_to_error::deserialize(merged).map_err(|err| {
+        let key = err.path().to_string();
+        let message = err.inner().to_string();
+        let (key, value) = describe(&tree, &key, &message);
+        let origin = origin_of(&origins, &key);
+        ConfigError::Invalid {
+            key,
+            value,
+            origin,
+            message,
+        }
+    })
+}
+
+/// Deep-merges `src` into `dst`: tables merge key by key, anything else replaces.
+fn merge(dst: &mut Table, src: Table, prefix: &str, origin: &str, origins: &mut Origins) {
+    for (k, v) in src {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (dst.get_mut(&k), v) {
+            (Some(Value::Table(d)), Value::Table(s)) => merge(d, s, &path, origin, origins),
+            (_, v) => {
+                origins.insert(path, origin.to_owned());
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets a dotted path from an environment string. The string is read as the type of
+/// the value it replaces (so `RANKMESH__SERVER__LISTEN=8080` stays a string where a
+/// string is expected); new keys are read as TOML when they parse, else as strings.
+fn set_path(tree: &mut Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut node = tree;
+    for p in parents {
+        let entry = node
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        node = match entry {
+            Value::Table(t) => t,
+            _ => return Err(format!("`{p}` is not a section")),
+        };
+    }
+    let value = match node.get(last) {
+        Some(Value::String(_)) => Value::String(raw.to_owned()),
+        Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| parse_scalar(s).unwrap_or_else(|| Value::String(s.to_owned())))
+                .collect(),
+        ),
+        _ => parse_scalar(raw).unwrap_or_else(|| Value::String(raw.to_owned())),
+    };
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_scalar(raw: &str) -> Option<Value> {
+    let doc: Table = format!("v = {raw}").parse().ok()?;
+    doc.get("v").cloned()
+}
+
+/// Turns serde's path (which stops at the struct holding an unknown field) into the
+/// full key, and renders the offending value.
+fn describe(tree: &Table, path: &str, message: &str) -> (String, String) {
+    let mut key = if path == "." {
+        String::new()
+    } else {
+        path.to_owned()
+    };
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        if !key.ends_with(field) {
+            key = if key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+    }
+    let mut node = Some(&Value::Table(tree.clone())).cloned();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        node = match node {
+            Some(Value::Table(t)) => t.get(part).cloned(),
+            Some(Value::Array(a)) => part.parse::<usize>().ok().and_then(|i| a.get(i).cloned()),
+            _ => None,
+        };
+    }
+    let value = node.map_or_else(|| "(missing)".to_owned(), |v| v.to_string());
+    (key, value)
+}
+
+fn origin_of(origins: &Origins, key: &str) -> String {
+    // The most specific layer that set this key or one of its parents.
+    let mut probe = key.to_owned();
+    loop {
+        if let Some(o) = origins.get(&probe) {
+            return o.clone();
+        }
+        match probe.rfind('.') {
+            Some(i) => probe.truncate(i),
+            None => return "defaults".to_owned(),
+        }
+    }
+}
+
+/// Command-line arguments shared by every service binary.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct ServiceArgs {
+    /// TOML config file; defaults, then this file, then RANKMESH__* env overrides.
+    #[arg(long, short, env = "RANKMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Loads a service config for a binary: parses [`ServiceArgs`], and on any error
+/// prints it and exits with [`EXIT_CONFIG`].
+pub fn load_or_exit<C>() -> C
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    let args = <ServiceArgs as clap::Parser>::parse();
+    match load::<C>(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => {
+            if args.print_config {
+                match toml::to_string_pretty(&config) {
+                    Ok(s) => print!("{s}"),
+                    Err(e) => eprintln!("cannot render config: {e}"),
+                }
+                std::process::exit(0);
+            }
+            config
+        }
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    }
+}
+
+/// The gRPC and admin listeners of a service and how it serves and drains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listen address; port 0 picks a free port.
+    pub listen: String,
+    /// Admin HTTP listen address (`/metrics`, `/live`, `/ready`).
+    pub admin_listen: String,
+    /// Host registered in discovery; empty uses the bound IP.
+    pub advertise_host: String,
+    /// Requests served at once; beyond it the service answers RESOURCE_EXHAUSTED
+    /// immediately instead of queueing.
+    pub max_concurrency: usize,
+    /// Largest decoded request message, bytes.
+    pub max_message_bytes: usize,
+    /// After deregistering, how long to keep accepting so that clients watching
+    /// discovery stop sending here before connections close.
+    pub shutdown_grace_ms: u64,
+    /// Longest wait for in-flight calls to finish on shutdown.
+    pub drain_timeout_ms: u64,
+    /// Instance id in discovery; empty derives one from host name, pid and port.
+    pub instance_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            advertise_host: String::new(),
+            max_concurrency: 256,
+            max_message_bytes: rankmesh_proto::limits::MAX_MESSAGE_BYTES,
+            shutdown_grace_ms: 200,
+            drain_timeout_ms: 10_000,
+            instance_id: String::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// How a service reaches etcd, the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `http://host:port` of each member; empty runs without etcd (static discovery,
+    /// no election).
+    pub endpoints: Vec<String>,
+    /// Lease TTL of registrations and leadership, seconds (etcd's minimum is 2).
+    pub lease_ttl_s: u64,
+    /// How often each member's health is probed, milliseconds.
+    pub health_check_interval_ms: u64,
+    /// Timeout of one unary etcd request, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            lease_ttl_s: 5,
+            health_check_interval_ms: 1_000,
+            request_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl EtcdConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_s)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+
+    /// Checks values the type system cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled() && self.lease_ttl_s < 2 {
+            return Err(invalid(
+                "etcd.lease_ttl_s",
+                self.lease_ttl_s,
+                "must be >= 2",
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("etcd.endpoints.{i}"),
+                    format!("{e:?}"),
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`ConfigError::Invalid`] for a value that parsed but is out of range.
+pub fn invalid(key: &str, value: impl ToString, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_string(),
+        origin: "validation".to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct TestConfig {
+        server: ServerConfig,
+        etcd: EtcdConfig,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:7000\"\nmax_concurrency = 8\n",
+        )
+        .expect("write");
+        let c: TestConfig = load(
+            Some(&path),
+            env(&[
+                ("RANKMESH__SERVER__MAX_CONCURRENCY", "16"),
+                ("RANKMESH__ETCD__ENDPOINTS", "http://a:1, http://b:2"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen, "127.0.0.1:7000");
+        assert_eq!(c.server.max_concurrency, 16);
+        assert_eq!(c.server.drain_timeout_ms, 10_000);
+        assert_eq!(c.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn env_string_stays_string() {
+        let c: TestConfig =
+            load(None, env(&[("RANKMESH__SERVER__INSTANCE_ID", "42")])).expect("valid");
+        assert_eq!(c.server.instance_id, "42");
+    }
+
+    #[test]
+    fn unknown_key_names_key_value_and_origin() {
+        let err = load::<TestConfig>(None, env(&[("RANKMESH__SERVER__LISTN", "x")]))
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("server.listn"), "{msg}");
+        assert!(msg.contains("RANKMESH__SERVER__LISTN"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nmax_concurrency = \"lots\"\n").expect("write");
+        let err = load::<TestConfig>(Some(&path), env(&[])).expect_err("bad type");
+        let msg = err.to_string();
+        assert!(msg.contains("server.max_concurrency"), "{msg}");
+        assert!(msg.contains("\"lots\""), "{msg}");
+        assert!(msg.contains("c.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_env_number_is_reported() {
+        let err = load::<TestConfig>(None, env(&[("RANKMESH__ETCD__LEASE_TTL_S", "soon")]))
+            .expect_err("bad number");
+        let msg = err.to_string();
+        assert!(msg.contains("etcd.lease_ttl_s"), "{msg}");
+        assert!(msg.contains("soon"), "{msg}");
+    }
+
+    #[test]
+    fn validation_rejects_short_ttl_and_bare_endpoints() {
+        let mut e = EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            lease_ttl_s: 1,
+            ..EtcdConfig::default()
+        };
+        assert!(e.validate().is_err());
+        e.lease_ttl_s = 2;
+        assert!(e.validate().is_ok());
+        e.endpoints = vec!["127.0.0.1:2379".into()];
+        assert!(
+            e.validate()
+                .expect_err("bare")
+                .to_string()
+                .contains("etcd.endpoints.0")
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! The serving scaffold every rankmesh service runs in.
+//!
+//! [`serve`] wraps a service's gRPC routes with `grpc.health.v1`, reflection and the
+//! overload guard, serves them and an admin HTTP port (`/metrics`, `/live`, `/ready`),
+//! registers the instance in discovery, and on shutdown runs the sequence that lets
+//! callers move away without errors:
+//!
+//! 1. health NOT_SERVING and `/ready` 503, so probes and balancers stop choosing us;
+//! 2. deregister from etcd (lease revoked: watchers see it at once);
+//! 3. keep accepting for `shutdown_grace_ms`, for clients that have not seen 2 yet;
+//! 4. stop accepting and drain in-flight calls, at most `drain_timeout_ms`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::StreamExt;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tower::{Layer, Service, ServiceBuilder};
+
+use crate::config::ServerConfig;
+use crate::discovery::{Endpoint, Registration};
+use crate::etcd::Etcd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+}
+
+/// The bound gRPC and admin listeners. Binding is separate from serving so tests (and
+/// `meshctl up`) can bind port 0 and learn the address first.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
+        let grpc = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "gRPC",
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "admin",
+                addr: config.admin_listen.clone(),
+                source,
+            })?;
+        Ok(Self { grpc, admin })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+/// Named readiness conditions (e.g. "model loaded", "index built"); `/ready` answers
+/// 200 only when all hold and the server is not draining. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    conditions: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, condition: &str, ok: bool) {
+        self.lock().insert(condition.to_owned(), ok);
+    }
+
+    /// Conditions that do not hold.
+    pub fn failing(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, ok)| !**ok)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
+        // Single-key inserts cannot leave the map inconsistent; recover from poison.
+        self.conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What `serve` needs to know about the service it hosts.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// Short service name used in discovery and metrics, e.g. `ranking`.
+    pub name: &'static str,
+    /// Fully qualified gRPC service names, for per-service health status.
+    pub grpc_services: Vec<&'static str>,
+}
+
+/// Serves `routes` until `shutdown` resolves, then deregisters and drains.
+pub async fn serve(
+    info: ServiceInfo,
+    config: &ServerConfig,
+    etcd: Option<Etcd>,
+    readiness: Readiness,
+    routes: Routes,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let grpc_addr = listeners.grpc_addr().map_err(ServeError::Admin)?;
+    let admin_addr = listeners.admin_addr().map_err(ServeError::Admin)?;
+    let endpoint = endpoint_for(info.name, config, grpc_addr, admin_addr);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for s in &info.grpc_services {
+        health.set_service_status(*s, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rankmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    // Admin port: metrics and probes, up for the whole life of the process.
+    let (draining_tx, draining) = watch::channel(false);
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin = tokio::spawn(serve_admin(
+        listeners.admin,
+        readiness.clone(),
+        draining.clone(),
+        info.name,
+        endpoint.instance.clone(),
+        admin_stop,
+    ));
+
+    let registration = etcd.map(|e| Registration::start(e, endpoint.clone()));
+    tracing::info!(service = info.name, instance = %endpoint.instance, grpc = %grpc_addr, admin = %admin_addr, "serving");
+
+    // Stop accepting only after steps 1-3 of the shutdown sequence.
+    let (stop_accepting_tx, mut stop_accepting) = watch::channel(false);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc).map(|conn| {
+        conn.inspect(|s| {
+            // Small request/response messages: do not wait for Nagle.
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let server = tonic::transport::Server::builder()
+        .layer(stack(config.max_concurrency))
+        .add_routes(routes)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_accepting.wait_for(|s| *s).await;
+        });
+    tokio::pin!(server);
+
+    tokio::select! {
+        r = &mut server => {
+            // The server stopped on its own: an accept error. Report it.
+            let _ = admin_stop_tx.send(true);
+            return r.map_err(Into::into);
+        }
+        () = shutdown => {}
+    }
+
+    tracing::info!(
+        service = info.name,
+        "shutting down: NOT_SERVING, deregistering, draining"
+    );
+    draining_tx.send_replace(true);
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for s in &info.grpc_services {
+        health
+            .set_service_status(*s, ServingStatus::NotServing)
+            .await;
+    }
+    if let Some(reg) = registration {
+        if let Err(e) = reg.deregister().await {
+            tracing::warn!(error = %e, "deregister failed; the lease will expire");
+        }
+    }
+    // Keep serving through the grace period: requests routed from stale endpoint sets
+    // still succeed here.
+    tokio::select! {
+        r = &mut server => { let _ = admin_stop_tx.send(true); return r.map_err(Into::into); }
+        () = tokio::time::sleep(config.shutdown_grace()) => {}
+    }
+    stop_accepting_tx.send_replace(true);
+    let drained = tokio::time::timeout(config.drain_timeout(), &mut server).await;
+    let result = match drained {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!(timeout = ?config.drain_timeout(), "drain deadline passed; cancelling in-flight calls");
+            Ok(())
+        }
+    };
+    let _ = admin_stop_tx.send(true);
+    match admin.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!(service = info.name, "stopped");
+    result
+}
+
+/// The middleware every gRPC request passes through, outermost first.
+fn stack(
+    max_concurrency: usize,
+) -> ServiceBuilder<tower::layer::util::Stack<OverloadLayer, tower::layer::util::Identity>> {
+    ServiceBuilder::new()
+        // Bound in-flight work across all connections; answer RESOURCE_EXHAUSTED at once
+        // when full, so overload sheds load instead of queueing it.
+        .layer(OverloadLayer::new(max_concurrency))
+}
+
+fn endpoint_for(
+    service: &str,
+    config: &ServerConfig,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+) -> Endpoint {
+    let host = if !config.advertise_host.is_empty() {
+        config.advertise_host.clone()
+    } else if grpc.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        grpc.ip().to_string()
+    };
+    let instance = if config.instance_id.is_empty() {
+        format!("{}-{}-{}", hostname(), std::process::id(), grpc.port())
+    } else {
+        config.instance_id.clone()
+    };
+    Endpoint {
+        instance,
+        service: service.to_owned(),
+        grpc: format!("http://{host}:{}", grpc.port()),
+        admin: format!("http://{host}:{}", admin.port()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_ms: now_ms(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    readiness: Readiness,
+    draining: watch::Receiver<bool>,
+    service: &'static str,
+    instance: String,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let metrics = crate::telemetry::prometheus();
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/live", get(|| async { "live\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let failing = readiness.failing();
+                let draining = *draining.borrow();
+                let instance = instance.clone();
+                async move {
+                    let ready = failing.is_empty() && !draining;
+                    let body = serde_json::json!({
+                        "service": service,
+                        "instance": instance,
+                        "ready": ready,
+                        "draining": draining,
+                        "failing": failing,
+                    })
+                    .to_string();
+                    let code = if ready {
+                        http::StatusCode::OK
+                    } else {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        code,
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                futures::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Paths never subject to the overload guard: health probes must answer under
+/// overload, or orchestrators would restart a busy-but-healthy replica.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Limits in-flight requests across all connections and rejects the excess at once
+/// with RESOURCE_EXHAUSTED.
+///
+/// This is `ConcurrencyLimit` + `LoadShed` fused: tower's pair needs `poll_ready` to
+/// be driven per request, and its `Overloaded` error would reach tonic as an opaque
+/// error (UNKNOWN) instead of a gRPC status; and it cannot exempt health checks.
+#[derive(Debug, Clone)]
+pub struct OverloadLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl OverloadLayer {
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> Layer<S> for OverloadLayer {
+    type Service = Overload<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Overload {
+            inner,
+            permits: Arc::clone(&self.permits),
+            limit: self.limit,
+        }
+    }
+}
+
+/// See [`OverloadLayer`].
+#[derive(Debug, Clone)]
+pub struct Overload<S> {
+    inner: S,
+    /// Shared by every connection's clone: the limit is per process, not per
+    /// connection, so many clients cannot multiply it.
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, RB> Service<http::Request<B>> for Overload<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // Standard tower dance: use the clone we polled ready, leave a fresh one behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if exempt(req.uri().path()) {
+            return Box::pin(inner.call(req));
+        }
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                metrics::gauge!("rankmesh_inflight_requests").increment(1.0);
+                let fut = inner.call(req);
+                Box::pin(async move {
+                    let r = fut.await;
+                    metrics::gauge!("rankmesh_inflight_requests").decrement(1.0);
+                    drop(permit);
+                    r
+                })
+            }
+            Err(_) => {
+                metrics::counter!("rankmesh_requests_shed_total").increment(1);
+                let status = tonic::Status::resource_exhausted(format!(
+                    "overloaded: {} requests in flight; retry with backoff",
+                    self.limit
+                ));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_test::mock;
+
+    fn req(path: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("valid request")
+    }
+
+    fn grpc_status(resp: &http::Response<String>) -> Option<String> {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn sheds_beyond_limit_and_recovers() {
+        let (svc, mut handle) = mock::pair::<http::Request<()>, http::Response<String>>();
+        let mut svc = OverloadLayer::new(1).layer(svc);
+        handle.allow(10);
+
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let first = svc.call(req("/rankmesh.ranking.v1.RankingService/Search"));
+
+        // Second concurrent call: rejected at once, without reaching the inner service.
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let second = svc
+            .call(req("/rankmesh.ranking.v1.RankingService/Search"))
+            .await
+            .expect("a status response, not an error");
+        assert_eq!(
+            grpc_status(&second).as_deref(),
+            Some("8"),
+            "RESOURCE_EXHAUSTED"
+        );
+
+        // Health checks are never shed.
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let health = svc.call(req("/grpc.health.v1.Health/Check"));
+
+        let (_, send) = handle.next_request().await.expect("first reached inner");
+        send.send_response(http::Response::new("ok".into()));
+        let (_, send) = handle.next_request().await.expect("health reached inner");
+        send.send_response(http::Response::new("ok".into()));
+        assert_eq!(first.await.expect("first").into_body(), "ok");
+        assert_eq!(health.await.expect("health").into_body(), "ok");
+
+        // The permit came back: the next call goes through.
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let third = svc.call(req("/rankmesh.ranking.v1.RankingService/Search"));
+        let (_, send) = handle.next_request().await.expect("third reached inner");
+        send.send_response(http::Response::new("ok".into()));
+        assert_eq!(third.await.expect("third").into_body(), "ok");
+    }
+
+    #[test]
+    fn readiness_lists_failing_conditions() {
+        let r = Readiness::default();
+        assert!(r.failing().is_empty());
+        r.set("model", false);
+        r.set("index", true);
+        assert_eq!(r.failing(), vec!["model"]);
+        r.set("model", true);
+        assert!(r.failing().is_empty());
+    }
+}
