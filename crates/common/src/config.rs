@@ -180,14 +180,13 @@ fn describe(tree: &Table, path: &str, message: &str) -> (String, String) {
     if let Some(field) = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
+        && !key.ends_with(field)
     {
-        if !key.ends_with(field) {
-            key = if key.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{key}.{field}")
-            };
-        }
+        key = if key.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
     }
     let mut node = Some(&Value::Table(tree.clone())).cloned();
     for part in key.split('.').filter(|p| !p.is_empty()) {

@@ -170,38 +170,61 @@ async fn register_once(
 
 /// Refreshes `lease` every third of its TTL until it expires or etcd stays
 /// unreachable for longer than the TTL. Returns an error saying which.
+///
+/// A broken keep-alive stream (the member it ran on died) is reopened, through the
+/// shared client, on another member: only a lease that etcd says expired, or a TTL
+/// without any successful refresh, ends the loop.
 pub(crate) async fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration) -> Result<(), EtcdError> {
-    let mut client = etcd.client();
     let period = ttl / 3;
-    let (mut keeper, mut responses) = etcd.timed(client.lease_keep_alive(lease)).await?;
     let mut last_ok = tokio::time::Instant::now();
+    let mut last_err = EtcdError::Timeout(ttl);
     loop {
         if last_ok.elapsed() > ttl {
-            return Err(EtcdError::Timeout(ttl));
+            return Err(last_err);
         }
-        let round = async {
-            keeper.keep_alive().await?;
-            match responses.message().await? {
-                Some(r) if r.ttl() > 0 => Ok(true),
-                Some(_) => Ok(false),
-                None => Err(etcd_client::Error::WatchError(
-                    "keep-alive stream ended".into(),
-                )),
+        let mut client = etcd.client();
+        let (mut keeper, mut responses) =
+            match tokio::time::timeout(period, client.lease_keep_alive(lease)).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    last_err = e.into();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+        // Refresh on this stream until it breaks.
+        loop {
+            if last_ok.elapsed() > ttl {
+                return Err(last_err);
             }
-        };
-        match tokio::time::timeout(period, round).await {
-            Ok(Ok(true)) => last_ok = tokio::time::Instant::now(),
-            Ok(Ok(false)) => {
-                return Err(EtcdError::Client(etcd_client::Error::LeaseKeepAliveError(
-                    format!("lease {lease} expired"),
-                )));
+            let round = async {
+                keeper.keep_alive().await?;
+                match responses.message().await? {
+                    Some(r) => Ok(r.ttl()),
+                    None => Err(etcd_client::Error::WatchError(
+                        "keep-alive stream ended".into(),
+                    )),
+                }
+            };
+            match tokio::time::timeout(period, round).await {
+                Ok(Ok(ttl_left)) if ttl_left > 0 => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(_)) => {
+                    return Err(EtcdError::Client(etcd_client::Error::LeaseKeepAliveError(
+                        format!("lease {lease} expired"),
+                    )));
+                }
+                Ok(Err(e)) => {
+                    last_err = e.into();
+                    break;
+                }
+                Err(_) => {
+                    last_err = EtcdError::Timeout(period);
+                    break;
+                }
             }
-            Ok(Err(e)) => return Err(e.into()),
-            // No answer within the period: try again on the same stream; the elapsed
-            // check above gives up once the lease must have expired.
-            Err(_) => continue,
+            tokio::time::sleep(period).await;
         }
-        tokio::time::sleep(period).await;
     }
 }
 
@@ -326,6 +349,20 @@ impl Resolver {
             },
         )
     }
+}
+
+/// The registered endpoints of `service` right now (one etcd read).
+pub async fn list(etcd: &Etcd, service: &str) -> Result<EndpointMap, EtcdError> {
+    let prefix = service_prefix(service);
+    let mut client = etcd.client();
+    let resp = etcd
+        .timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((instance_of(&prefix, kv.key())?.to_owned(), decode(kv)?)))
+        .collect())
 }
 
 async fn follow(etcd: Etcd, prefix: String, tx: watch::Sender<Arc<EndpointMap>>) {

@@ -268,33 +268,47 @@ impl Leadership {
     }
 }
 
-/// Runs `work` whenever this candidate leads, forever: campaign, run until the work
-/// ends or leadership is lost (then the work future is dropped), campaign again.
-/// `leading` reports the current state for readiness pages and tests.
-pub async fn lead_forever<F, Fut>(candidate: Candidate, leading: watch::Sender<bool>, mut work: F)
-where
+/// Runs `work` whenever this candidate leads, until `stop` becomes true: campaign,
+/// run until the work ends or leadership is lost (the work future is then dropped),
+/// campaign again. `leading` reports the current state for metrics and tests. On
+/// stop while leading, resigns so the next candidate takes over at once; on stop
+/// while campaigning, the candidacy lease simply expires after its TTL.
+pub async fn lead_forever<F, Fut>(
+    candidate: Candidate,
+    leading: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+    mut work: F,
+) where
     F: FnMut(&Leadership) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        let leadership = candidate.campaign().await;
+        let leadership = tokio::select! {
+            l = candidate.campaign() => l,
+            () = until_true(&mut stop) => return,
+        };
         leading.send_replace(true);
-        {
+        let stopping = {
             let fut = work(&leadership);
             tokio::pin!(fut);
             tokio::select! {
-                () = &mut fut => {}
+                () = &mut fut => false,
                 () = leadership.lost() => {
                     tracing::warn!(role = %candidate.role, "leadership lost");
+                    false
                 }
+                () = until_true(&mut stop) => true,
             }
-        }
+        };
         leading.send_replace(false);
         if !leadership.is_lost() {
-            // The work finished on its own: hand over cleanly.
+            // The work finished or we are stopping: hand over cleanly.
             if let Err(e) = leadership.resign().await {
-                tracing::warn!(error = %e, "resign failed; lease will expire");
+                tracing::warn!(error = %e, "resign failed; the lease will expire");
             }
+        }
+        if stopping {
+            return;
         }
     }
 }

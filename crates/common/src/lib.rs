@@ -9,10 +9,12 @@
 //! - [`election`]: leader election with fenced writes.
 //! - [`server`]: the serving scaffold (health, reflection, admin port, overload guard,
 //!   graceful shutdown).
+//! - [`service`]: the shared `main` of service binaries and their config shape.
 
 pub mod config;
 pub mod discovery;
 pub mod election;
 pub mod etcd;
 pub mod server;
+pub mod service;
 pub mod telemetry;

@@ -198,10 +198,10 @@ pub async fn serve(
             .set_service_status(*s, ServingStatus::NotServing)
             .await;
     }
-    if let Some(reg) = registration {
-        if let Err(e) = reg.deregister().await {
-            tracing::warn!(error = %e, "deregister failed; the lease will expire");
-        }
+    if let Some(reg) = registration
+        && let Err(e) = reg.deregister().await
+    {
+        tracing::warn!(error = %e, "deregister failed; the lease will expire");
     }
     // Keep serving through the grace period: requests routed from stale endpoint sets
     // still succeed here.
@@ -251,11 +251,7 @@ fn endpoint_for(
     } else {
         grpc.ip().to_string()
     };
-    let instance = if config.instance_id.is_empty() {
-        format!("{}-{}-{}", hostname(), std::process::id(), grpc.port())
-    } else {
-        config.instance_id.clone()
-    };
+    let instance = instance_id(config, grpc);
     Endpoint {
         instance,
         service: service.to_owned(),
@@ -263,6 +259,15 @@ fn endpoint_for(
         admin: format!("http://{host}:{}", admin.port()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: now_ms(),
+    }
+}
+
+/// This process's instance id: configured, or derived from host name, pid and port.
+pub fn instance_id(config: &ServerConfig, grpc: SocketAddr) -> String {
+    if config.instance_id.is_empty() {
+        format!("{}-{}-{}", hostname(), std::process::id(), grpc.port())
+    } else {
+        config.instance_id.clone()
     }
 }
 

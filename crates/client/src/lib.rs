@@ -1,0 +1,117 @@
+//! The rankmesh client SDK, used by storefront backends and by rankmesh services
+//! themselves.
+//!
+//! Today it offers endpoint resolution (etcd discovery or a static list, through
+//! [`rankmesh_common::discovery::Resolver`]), channels with connect and request
+//! deadlines, and gRPC health checks. Balancing, retry budgets and hedging over the
+//! resolved set come with the SDK resilience work.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+pub use rankmesh_common::discovery::{Endpoint as ServiceEndpoint, Resolver};
+pub use rankmesh_proto::pb;
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Default time to establish a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    InvalidEndpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{endpoint}: {status}")]
+    Rpc {
+        endpoint: String,
+        status: tonic::Status,
+    },
+    #[error("{endpoint}: no answer within {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+}
+
+/// Normalises `host:port` to `http://host:port`.
+pub fn uri_of(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Connects to one endpoint with a connect timeout and a per-request deadline
+/// (sent as `grpc-timeout`, so the server can give up too).
+pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, ClientError> {
+    let endpoint = uri_of(addr);
+    Endpoint::from_shared(endpoint.clone())
+        .map_err(|source| ClientError::InvalidEndpoint {
+            endpoint: endpoint.clone(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect { endpoint, source })
+}
+
+/// Asks `addr` for its `grpc.health.v1` status of `service` ("" for the whole server).
+pub async fn health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<ServingStatus, ClientError> {
+    let endpoint = uri_of(addr);
+    let check = async {
+        let channel = connect(addr, timeout).await?;
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map_err(|status| ClientError::Rpc {
+                endpoint: endpoint.clone(),
+                status,
+            })?;
+        Ok(resp.into_inner().status())
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout { endpoint, timeout }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_of_adds_scheme_once() {
+        assert_eq!(uri_of("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(uri_of("https://a:1"), "https://a:1");
+    }
+
+    #[tokio::test]
+    async fn health_of_closed_port_is_a_clear_error() {
+        // Bind then drop to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let err = health(&format!("127.0.0.1:{port}"), "", Duration::from_secs(2))
+            .await
+            .expect_err("nothing listens there");
+        assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    }
+}

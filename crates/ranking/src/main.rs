@@ -1,0 +1,5 @@
+//! `rankmesh-ranking`: the ranking service binary.
+
+fn main() -> std::process::ExitCode {
+    rankmesh_common::service::run_main(rankmesh_ranking::SERVICE, rankmesh_ranking::run)
+}

@@ -1,0 +1,174 @@
+//! A real etcd (Debian's `etcd-server`) on free loopback ports, for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::Client;
+
+/// One etcd process of a test cluster.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// An etcd cluster of one or more members, each in its own data dir under a temp dir.
+/// Killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+/// Where the etcd binary is: `$ETCD_BIN`, else `/usr/bin/etcd`.
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from)
+}
+
+impl EtcdCluster {
+    /// A single-node etcd.
+    pub async fn single() -> Self {
+        Self::start(1).await
+    }
+
+    /// Starts `n` members and waits until every member answers and a leader exists.
+    pub async fn start(n: usize) -> Self {
+        let bin = etcd_binary();
+        assert!(
+            bin.exists(),
+            "etcd not found at {}; run scripts/setup (installs etcd-server)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{}", crate::free_port()),
+                peer_url: format!("http://127.0.0.1:{}", crate::free_port()),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.child = Some(spawn_member(&bin, dir.path(), m, &initial_cluster));
+        }
+        let cluster = Self { dir, members };
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Client URLs of all members (dead ones included, as a client would have them).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The data directory root (member logs are at `<dir>/<name>.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client connected to every member.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoints(), None)
+            .await
+            .expect("etcd client (connects lazily)")
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Index of the member that currently leads the raft group.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.is_running() {
+                continue;
+            }
+            let Ok(mut c) = Client::connect([m.client_url.as_str()], None).await else {
+                continue;
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
+                let me = s.header().map(|h| h.member_id());
+                if me.is_some() && me == Some(s.leader()) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    async fn wait_ready(&self, timeout: Duration) {
+        let endpoints = self.endpoints();
+        let logs = self.dir.path().to_owned();
+        crate::eventually(timeout, "etcd members to answer and elect a leader", || {
+            let endpoints = endpoints.clone();
+            async move {
+                for ep in &endpoints {
+                    let mut c = Client::connect([ep.as_str()], None).await.ok()?;
+                    let s = tokio::time::timeout(Duration::from_secs(1), c.status())
+                        .await
+                        .ok()?
+                        .ok()?;
+                    if s.leader() == 0 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+        let _ = logs;
+    }
+}
+
+fn spawn_member(bin: &Path, dir: &Path, m: &Member, initial_cluster: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{}.log", m.name))).expect("etcd log file");
+    Command::new(bin)
+        .args(["--name", &m.name])
+        .arg("--data-dir")
+        .arg(dir.join(&m.name))
+        .args(["--listen-client-urls", &m.client_url])
+        .args(["--advertise-client-urls", &m.client_url])
+        .args(["--listen-peer-urls", &m.peer_url])
+        .args(["--initial-advertise-peer-urls", &m.peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", "new"])
+        .args(["--initial-cluster-token", "rankmesh-test"])
+        // Fast raft timing: a lost member leader is replaced in about a second.
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--logger", "zap", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcd")
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Test kit for rankmesh's cross-service tests: a real etcd (one node or a cluster)
+//! on free loopback ports in a temp dir, service binaries as real processes, and
+//! polling helpers. Everything started here is killed on drop.
+//!
+//! Service binaries are found next to the test executable's target directory, so
+//! build them first: `cargo build --workspace --bins` (`scripts/test` does).
+
+pub mod etcd;
+pub mod process;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago. Racy by nature; the window is small.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out an ephemeral loopback port")
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or panics after `timeout` naming
+/// `what`. Use instead of sleeps: waits only as long as needed.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET for admin endpoints: (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}

@@ -1,0 +1,96 @@
+//! Service binaries as real processes on loopback.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Path of a workspace binary (`target/<profile>/<name>`), next to the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running service process with its gRPC and admin ports; SIGKILLed on drop.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    pub name: String,
+    pub grpc_addr: String,
+    pub admin_addr: String,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    /// Starts `bin` on fresh loopback ports with `env` overrides (RANKMESH__...).
+    pub fn spawn(bin: &str, instance: &str, etcd: &[String], env: &[(&str, &str)]) -> Self {
+        let grpc_addr = format!("127.0.0.1:{}", crate::free_port());
+        let admin_addr = format!("127.0.0.1:{}", crate::free_port());
+        let mut cmd = Command::new(binary(bin));
+        cmd.env("RANKMESH__SERVER__LISTEN", &grpc_addr)
+            .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin_addr)
+            .env("RANKMESH__SERVER__INSTANCE_ID", instance)
+            .env("RANKMESH__ETCD__ENDPOINTS", etcd.join(","))
+            .env("RANKMESH__TELEMETRY__LOG_FILTER", "warn")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn service binary");
+        Self {
+            name: instance.to_owned(),
+            grpc_addr,
+            admin_addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no deregistration, no drain. Discovery must notice by lease expiry.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .expect("run kill(1)");
+            assert!(status.success(), "kill -{sig} {pid} failed");
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .and_then(|s| s.code())
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,236 @@
+//! The serving scaffold end to end: health, reflection, admin port, overload and
+//! graceful shutdown, on a real server over loopback; and config errors exit 64.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rankmesh_common::config::ServerConfig;
+use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, serve};
+use rankmesh_proto::pb::ranking::v1 as ranking;
+use rankmesh_tests::http_get;
+use rankmesh_tests::process::binary;
+use tokio::sync::{Notify, oneshot};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A Search that waits until released, to hold requests in flight.
+struct Gate {
+    release: Arc<Notify>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl ranking::ranking_service_server::RankingService for Gate {
+    async fn search(
+        &self,
+        _req: tonic::Request<ranking::SearchRequest>,
+    ) -> Result<tonic::Response<ranking::SearchResponse>, tonic::Status> {
+        let released = self.release.notified();
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        released.await;
+        Ok(tonic::Response::new(ranking::SearchResponse::default()))
+    }
+
+    async fn recommend(
+        &self,
+        _req: tonic::Request<ranking::RecommendRequest>,
+    ) -> Result<tonic::Response<ranking::RecommendResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+#[tokio::test]
+async fn overload_health_readiness_and_graceful_drain() {
+    let config = ServerConfig {
+        max_concurrency: 2,
+        shutdown_grace_ms: 300,
+        drain_timeout_ms: 5_000,
+        ..ServerConfig::default()
+    };
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let grpc = format!("http://{}", listeners.grpc_addr().expect("addr"));
+    let admin = listeners.admin_addr().expect("addr").to_string();
+    let release = Arc::new(Notify::new());
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let routes = tonic::service::Routes::new(
+        ranking::ranking_service_server::RankingServiceServer::new(Gate {
+            release: Arc::clone(&release),
+            arrived: Arc::clone(&arrived),
+        }),
+    );
+    let readiness = Readiness::default();
+    readiness.set("model", false);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let info = ServiceInfo {
+        name: "ranking",
+        grpc_services: vec!["rankmesh.ranking.v1.RankingService"],
+    };
+    let server = tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            serve(info, &config, None, readiness, routes, listeners, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+
+    let channel = tonic::transport::Endpoint::from_shared(grpc.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "rankmesh.ranking.v1.RankingService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    // Admin: live always; ready only when every condition holds.
+    assert_eq!(http_get(&admin, "/live").await.expect("live").0, 200);
+    let (code, body) = http_get(&admin, "/ready").await.expect("ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("model"), "{body}");
+    readiness.set("model", true);
+    assert_eq!(http_get(&admin, "/ready").await.expect("ready").0, 200);
+
+    // Reflection lists our service.
+    let mut refl = tonic_reflection_client(channel.clone()).await;
+    assert!(
+        refl.iter()
+            .any(|s| s == "rankmesh.ranking.v1.RankingService"),
+        "{refl:?}"
+    );
+    refl.clear();
+
+    // Fill both permits, then the third call is shed at once.
+    let client = ranking::ranking_service_client::RankingServiceClient::new(channel.clone());
+    let inflight: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = client.clone();
+            tokio::spawn(async move { c.search(ranking::SearchRequest::default()).await })
+        })
+        .collect();
+    rankmesh_tests::eventually(Duration::from_secs(5), "two calls in flight", || {
+        let n = arrived.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    let mut c = client.clone();
+    let shed = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.search(ranking::SearchRequest::default()),
+    )
+    .await
+    .expect("shed at once, not queued")
+    .expect_err("over the limit");
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(shed.message().contains("overloaded"), "{}", shed.message());
+    // Health is exempt from shedding.
+    assert!(
+        health
+            .check(HealthCheckRequest {
+                service: String::new()
+            })
+            .await
+            .is_ok()
+    );
+    let metrics = http_get(&admin, "/metrics").await.expect("metrics").1;
+    assert!(
+        metrics.contains("rankmesh_requests_shed_total"),
+        "{metrics}"
+    );
+
+    // Shutdown: NOT_SERVING and /ready 503 at once, while in-flight calls drain.
+    stop_tx.send(()).expect("server running");
+    rankmesh_tests::eventually(Duration::from_secs(5), "NOT_SERVING", || {
+        let mut h = health.clone();
+        async move {
+            let r = h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            (r.into_inner().status() == ServingStatus::NotServing).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(http_get(&admin, "/ready").await.expect("ready").0, 503);
+    release.notify_waiters();
+    for call in inflight {
+        call.await
+            .expect("task")
+            .expect("in-flight call completed during drain");
+    }
+    server.await.expect("server task").expect("clean shutdown");
+}
+
+/// Lists services through grpc.reflection.v1.
+async fn tonic_reflection_client(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection_pb::ServerReflectionRequest;
+    use tonic_reflection_pb::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection_pb::server_reflection_request::MessageRequest;
+    use tonic_reflection_pb::server_reflection_response::MessageResponse;
+    let mut c = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await.expect("reflection message") {
+        if let Some(MessageResponse::ListServicesResponse(l)) = msg.message_response {
+            out.extend(l.service.into_iter().map(|s| s.name));
+        }
+    }
+    out
+}
+
+use tonic_reflection::pb::v1 as tonic_reflection_pb;
+
+#[test]
+fn unknown_config_key_exits_64_naming_key_and_value() {
+    let out = std::process::Command::new(binary("rankmesh-feature"))
+        .env("RANKMESH__SERVER__LISTN", "0.0.0.0:1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.listn")
+            && err.contains("0.0.0.0:1")
+            && err.contains("RANKMESH__SERVER__LISTN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_value_in_file_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ranking.toml");
+    std::fs::write(
+        &path,
+        "[etcd]\nlease_ttl_s = 1\nendpoints = [\"http://127.0.0.1:1\"]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(binary("rankmesh-ranking"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd.lease_ttl_s"), "{err}");
+}
