@@ -3,6 +3,9 @@
 //! Subcommands that talk to the control plane take `--etcd` (or `RANKMESH_ETCD`);
 //! those that talk to one replica take its gRPC address.
 
+mod launcher;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,12 +44,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start etcd and every service as local processes on loopback, wait until all
+    /// are healthy and print the endpoints. Ctrl-C stops everything.
+    Up {
+        /// Number of ranking replicas.
+        #[arg(long, default_value_t = 2)]
+        ranking_replicas: usize,
+        /// Return once healthy, leaving the mesh running (`meshctl down` stops it).
+        #[arg(long)]
+        detach: bool,
+        /// etcd client port (the peer port is the next one).
+        #[arg(long, default_value_t = 2379)]
+        etcd_port: u16,
+        /// First service port: ranking-0 gRPC here, its admin port next, and so on.
+        #[arg(long, default_value_t = 50051)]
+        base_port: u16,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Stop a mesh started with `meshctl up --detach`.
+    Down {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Show which instance leads a role (e.g. rollout).
     Leader {
         role: String,
         #[command(flatten)]
         etcd: EtcdArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// Where the local mesh keeps its data, logs and process list.
+    #[arg(long, env = "RANKMESH_STATE_DIR", default_value = ".rankmesh/run")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -130,6 +163,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up {
+            ranking_replicas,
+            detach,
+            etcd_port,
+            base_port,
+            state,
+        } => {
+            let bin_dir = std::env::current_exe()?
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            let opts = launcher::UpOptions {
+                state_dir: state.state_dir.clone(),
+                ranking_replicas,
+                etcd_port,
+                base_port,
+                bin_dir,
+            };
+            let mesh = launcher::up(&opts).await?;
+            println!(
+                "{:<12} {:<10} {:>8} {:<24} {:<24}",
+                "INSTANCE", "SERVICE", "PID", "GRPC", "ADMIN"
+            );
+            for p in &mesh.processes {
+                println!(
+                    "{:<12} {:<10} {:>8} {:<24} {:<24}",
+                    p.name, p.service, p.pid, p.grpc, p.admin
+                );
+            }
+            println!(
+                "\netcd: {}   logs: {}",
+                mesh.etcd,
+                state.state_dir.join("logs").display()
+            );
+            if detach {
+                println!("mesh running; stop it with `meshctl down`");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("mesh running; Ctrl-C stops it");
+            rankmesh_common::server::shutdown_signal().await;
+            launcher::stop(&mesh, Duration::from_secs(10)).await;
+            launcher::down(&state.state_dir).await?;
+            println!("mesh stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { state } => {
+            let n = launcher::down(&state.state_dir).await?;
+            println!("stopped {n} running process(es)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Leader { role, etcd } => {

@@ -148,3 +148,27 @@ pub enum ScaffoldError {
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
 }
+
+/// Connects to etcd (when configured) and serves `routes` with the scaffold: the
+/// whole `run` of a service that needs nothing else around its gRPC routes.
+pub async fn serve_routes<C: ServiceConfig>(
+    info: crate::server::ServiceInfo,
+    config: &C,
+    readiness: crate::server::Readiness,
+    routes: tonic::service::Routes,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ScaffoldError> {
+    let etcd = connect_etcd(config.etcd()).await?;
+    crate::server::serve(
+        info,
+        config.server(),
+        etcd,
+        readiness,
+        routes,
+        listeners,
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -6,8 +6,8 @@
 use std::future::Future;
 
 use rankmesh_common::config::ConfigError;
-use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, serve};
-use rankmesh_common::service::{ScaffoldError, connect_etcd};
+use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
+use rankmesh_common::service::{ScaffoldError, serve_routes};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "registry";
@@ -29,21 +29,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ScaffoldError> {
-    let etcd = connect_etcd(&config.etcd).await?;
     let info = ServiceInfo {
         name: SERVICE,
         grpc_services: Vec::new(),
     };
     let routes = tonic::service::Routes::default();
-    serve(
+    serve_routes(
         info,
-        &config.server,
-        etcd,
+        &config,
         Readiness::default(),
         routes,
         listeners,
         shutdown,
     )
-    .await?;
-    Ok(())
+    .await
 }

@@ -1,0 +1,296 @@
+//! Starts and stops a local mesh as processes on loopback: one etcd and every
+//! service, with logs and a state file under a state directory, so `meshctl down`
+//! (or a drill) can find them again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// What `up` started, written to `<state>/mesh.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MeshState {
+    pub(crate) etcd: String,
+    pub(crate) processes: Vec<Proc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Proc {
+    /// Instance id (`ranking-0`, `etcd`, ...).
+    pub(crate) name: String,
+    /// Service name in discovery; `etcd` for the control plane.
+    pub(crate) service: String,
+    pub(crate) pid: u32,
+    /// gRPC address (client URL for etcd).
+    pub(crate) grpc: String,
+    /// Admin HTTP address; empty for etcd.
+    pub(crate) admin: String,
+    pub(crate) log: PathBuf,
+}
+
+/// Options of `meshctl up`.
+#[derive(Debug, Clone)]
+pub(crate) struct UpOptions {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) ranking_replicas: usize,
+    /// etcd's client port; its peer port is the next one.
+    pub(crate) etcd_port: u16,
+    /// First service port: ranking-0 serves gRPC here and its admin port on the next;
+    /// every further instance takes the following two.
+    pub(crate) base_port: u16,
+    pub(crate) bin_dir: PathBuf,
+}
+
+/// The (service, binary) pairs started, in start order: dependencies first.
+const SERVICES: &[(&str, &str)] = &[
+    ("registry", "rankmesh-model-registry"),
+    ("feature", "rankmesh-feature"),
+    ("embedding", "rankmesh-embedding"),
+];
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("mesh.json")
+}
+
+pub(crate) fn read_state(dir: &Path) -> anyhow::Result<Option<MeshState>> {
+    let path = state_file(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+/// Starts etcd and every service, waits until all are healthy, records the state.
+/// On any failure, stops what it started.
+pub(crate) async fn up(opts: &UpOptions) -> anyhow::Result<MeshState> {
+    if let Some(state) = read_state(&opts.state_dir)?
+        && state.processes.iter().any(|p| alive(p.pid))
+    {
+        bail!(
+            "a mesh is already running from {} (pids in mesh.json); run `meshctl down` first",
+            opts.state_dir.display()
+        );
+    }
+    let logs = opts.state_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let mut started = MeshState {
+        etcd: String::new(),
+        processes: Vec::new(),
+    };
+    match start_all(opts, &logs, &mut started).await {
+        Ok(()) => {
+            write_state(&opts.state_dir, &started)?;
+            Ok(started)
+        }
+        Err(e) => {
+            stop(&started, Duration::from_secs(5)).await;
+            Err(e)
+        }
+    }
+}
+
+fn write_state(dir: &Path, state: &MeshState) -> anyhow::Result<()> {
+    let tmp = dir.join("mesh.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, state_file(dir))?;
+    Ok(())
+}
+
+async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyhow::Result<()> {
+    let mut port = opts.base_port;
+    let mut next_port = || {
+        let p = port;
+        port += 1;
+        p
+    };
+    // Ports in a stable, memorable order (ranking-0 first); start order is separate.
+    let mut instances: Vec<(String, &str, &str, String, String)> = Vec::new();
+    for i in 0..opts.ranking_replicas {
+        instances.push((
+            format!("ranking-{i}"),
+            "ranking",
+            "rankmesh-ranking",
+            String::new(),
+            String::new(),
+        ));
+    }
+    for (svc, bin) in SERVICES {
+        instances.push((format!("{svc}-0"), svc, bin, String::new(), String::new()));
+    }
+    for inst in &mut instances {
+        inst.3 = format!("127.0.0.1:{}", next_port());
+        inst.4 = format!("127.0.0.1:{}", next_port());
+    }
+    // Dependencies start first; ranking (the entry point) last.
+    instances.rotate_left(opts.ranking_replicas);
+
+    let etcd_bin =
+        std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from);
+    let client = format!("http://127.0.0.1:{}", opts.etcd_port);
+    let peer = format!("http://127.0.0.1:{}", opts.etcd_port.saturating_add(1));
+    let log = logs.join("etcd.log");
+    let child = Command::new(&etcd_bin)
+        .args(["--name", "local"])
+        .arg("--data-dir")
+        .arg(opts.state_dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("local={peer}")])
+        .args(["--logger", "zap", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(open_log(&log)?)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (run scripts/setup to install etcd)",
+                etcd_bin.display()
+            )
+        })?;
+    let pid = reap_in_background(child);
+    state.etcd.clone_from(&client);
+    state.processes.push(Proc {
+        name: "etcd".into(),
+        service: "etcd".into(),
+        pid,
+        grpc: client.clone(),
+        admin: String::new(),
+        log,
+    });
+    wait_etcd(&client, Duration::from_secs(20)).await?;
+
+    for (name, service, bin, grpc, admin) in instances {
+        let log = logs.join(format!("{name}.log"));
+        let path = opts.bin_dir.join(bin);
+        let child = Command::new(&path)
+            .env("RANKMESH__SERVER__LISTEN", &grpc)
+            .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin)
+            .env("RANKMESH__SERVER__INSTANCE_ID", &name)
+            .env("RANKMESH__ETCD__ENDPOINTS", &client)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {} (build it: cargo build --workspace --bins)",
+                    path.display()
+                )
+            })?;
+        let pid = reap_in_background(child);
+        state.processes.push(Proc {
+            name,
+            service: service.to_owned(),
+            pid,
+            grpc,
+            admin,
+            log,
+        });
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in state.processes.iter().filter(|p| p.service != "etcd") {
+        loop {
+            if !alive(p.pid) {
+                bail!("{} exited during startup; see {}", p.name, p.log.display());
+            }
+            match rankmesh_client::health(&p.grpc, "", Duration::from_secs(1)).await {
+                Ok(rankmesh_client::ServingStatus::Serving) => break,
+                _ if Instant::now() > deadline => {
+                    bail!("{} not healthy after 60 s; see {}", p.name, p.log.display())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the child on a thread so it never lingers as a zombie (which would
+/// look alive to `kill(pid, 0)`); returns its pid.
+fn reap_in_background(mut child: std::process::Child) -> u32 {
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    pid
+}
+
+fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("create {}", path.display()))
+}
+
+async fn wait_etcd(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut c) = etcd_client::Client::connect([url], None).await
+            && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("etcd at {url} did not answer within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops services (SIGTERM, so they deregister and drain) in reverse start order, etcd
+/// last; anything still alive after `grace` is SIGKILLed.
+pub(crate) async fn stop(state: &MeshState, grace: Duration) {
+    let (etcd, services): (Vec<&Proc>, Vec<&Proc>) =
+        state.processes.iter().partition(|p| p.service == "etcd");
+    for group in [services, etcd] {
+        for p in group.iter().rev() {
+            signal(p.pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while group.iter().any(|p| alive(p.pid)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for p in &group {
+            if alive(p.pid) {
+                signal(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        // ESRCH (already gone) is fine: that is the goal.
+        let _ = kill(Pid::from_raw(p), sig);
+    }
+}
+
+/// `meshctl down`: stops the mesh recorded in the state dir and removes the record.
+pub(crate) async fn down(state_dir: &Path) -> anyhow::Result<usize> {
+    let Some(state) = read_state(state_dir)? else {
+        return Ok(0);
+    };
+    let running = state.processes.iter().filter(|p| alive(p.pid)).count();
+    stop(&state, Duration::from_secs(10)).await;
+    std::fs::remove_file(state_file(state_dir)).ok();
+    Ok(running)
+}

@@ -1,0 +1,106 @@
+//! `meshctl up --detach` brings every service up healthy and registered; `meshctl
+//! down` stops every process it started.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rankmesh_tests::process::binary;
+
+fn meshctl(args: &[&str]) -> std::process::Output {
+    Command::new(binary("meshctl"))
+        .args(args)
+        .output()
+        .expect("run meshctl")
+}
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn up_detach_then_down_leaves_nothing_behind() {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path");
+    // A block of ports unlikely to be taken, distinct per run.
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let etcd_port = base.to_string();
+    let svc_port = (base + 2).to_string();
+    let up = meshctl(&[
+        "up",
+        "--detach",
+        "--state-dir",
+        state_dir,
+        "--etcd-port",
+        &etcd_port,
+        "--base-port",
+        &svc_port,
+        "--ranking-replicas",
+        "2",
+    ]);
+    assert!(
+        up.status.success(),
+        "up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let mesh: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("mesh.json")).expect("mesh.json"))
+            .expect("json");
+    let procs = mesh["processes"].as_array().expect("processes");
+    assert_eq!(
+        procs.len(),
+        6,
+        "etcd, registry, feature, embedding, 2 ranking"
+    );
+    let pids: Vec<u64> = procs
+        .iter()
+        .map(|p| p["pid"].as_u64().expect("pid"))
+        .collect();
+
+    // Every service is registered in etcd, and one ranking replica leads.
+    let etcd = format!("http://127.0.0.1:{etcd_port}");
+    let eps = meshctl(&["endpoints", "--json", "--etcd", &etcd]);
+    assert!(eps.status.success());
+    let eps: serde_json::Value = serde_json::from_slice(&eps.stdout).expect("json");
+    let mut services: Vec<&str> = eps
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["service"].as_str().expect("service"))
+        .collect();
+    services.sort_unstable();
+    assert_eq!(
+        services,
+        ["embedding", "feature", "ranking", "ranking", "registry"]
+    );
+    let leader =
+        rankmesh_tests::eventually(Duration::from_secs(10), "a rollout leader", || async {
+            let out = meshctl(&["leader", "rollout", "--etcd", &etcd]);
+            let who = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            who.starts_with("ranking-").then_some(who)
+        })
+        .await;
+    assert!(leader == "ranking-0" || leader == "ranking-1");
+
+    // A second `up` on the same state dir refuses instead of doubling the mesh.
+    let again = meshctl(&[
+        "up",
+        "--detach",
+        "--state-dir",
+        state_dir,
+        "--etcd-port",
+        &etcd_port,
+    ]);
+    assert!(!again.status.success());
+
+    let down = meshctl(&["down", "--state-dir", state_dir]);
+    assert!(down.status.success());
+    rankmesh_tests::eventually(Duration::from_secs(15), "every mesh process gone", || {
+        let pids = pids.clone();
+        async move { pids.iter().all(|p| !alive(*p)).then_some(()) }
+    })
+    .await;
+}
