@@ -99,6 +99,26 @@ impl EtcdCluster {
         }
     }
 
+    /// Restarts a killed member on its old ports and data dir, and waits until the
+    /// cluster answers again.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(!self.members[i].is_running(), "member {i} is still running");
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = spawn_member(
+            &etcd_binary(),
+            self.dir.path(),
+            &self.members[i],
+            &initial_cluster,
+        );
+        self.members[i].child = Some(child);
+        self.wait_ready(Duration::from_secs(30)).await;
+    }
+
     /// Index of the member that currently leads the raft group.
     pub async fn leader_index(&self) -> Option<usize> {
         for (i, m) in self.members.iter().enumerate() {
@@ -119,8 +139,12 @@ impl EtcdCluster {
     }
 
     async fn wait_ready(&self, timeout: Duration) {
-        let endpoints = self.endpoints();
-        let logs = self.dir.path().to_owned();
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.client_url.clone())
+            .collect();
         crate::eventually(timeout, "etcd members to answer and elect a leader", || {
             let endpoints = endpoints.clone();
             async move {
@@ -138,12 +162,15 @@ impl EtcdCluster {
             }
         })
         .await;
-        let _ = logs;
     }
 }
 
 fn spawn_member(bin: &Path, dir: &Path, m: &Member, initial_cluster: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{}.log", m.name))).expect("etcd log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{}.log", m.name)))
+        .expect("etcd log file");
     Command::new(bin)
         .args(["--name", &m.name])
         .arg("--data-dir")

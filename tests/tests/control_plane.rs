@@ -180,6 +180,7 @@ async fn one_leader_among_three_and_failover_within_ttl_plus_one_second() {
     })
     .await;
     let took = killed.elapsed();
+    eprintln!("leader {leader} killed; {next} elected after {took:?}");
     assert!(
         took <= TTL + Duration::from_secs(1),
         "new leader {next} after {took:?}, want <= TTL + 1 s"
@@ -319,4 +320,49 @@ async fn losing_an_etcd_member_breaks_neither_discovery_nor_election() {
         .fenced_put("/rankmesh/test/gc", "second")
         .await
         .expect("new leader writes");
+}
+
+#[tokio::test]
+async fn etcd_down_keeps_last_known_endpoints_and_discovery_resumes() {
+    let mut etcd = EtcdCluster::single().await;
+    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+        .await
+        .expect("etcd client");
+    let ep = |id: &str| Endpoint {
+        instance: id.to_owned(),
+        service: "ranking".to_owned(),
+        grpc: format!("http://127.0.0.1:1/{id}"),
+        admin: String::new(),
+        version: "test".to_owned(),
+        started_ms: 0,
+    };
+    let _x = Registration::start(client.clone(), ep("x"));
+    let watcher = Resolver::watch(client.clone(), "ranking");
+    tokio::time::timeout(STARTUP, watcher.wait_for(|m| m.contains_key("x")))
+        .await
+        .expect("x registered");
+
+    // etcd gone for several TTLs: the last-known set is kept, not emptied.
+    etcd.kill(0);
+    tokio::time::sleep(TTL * 3).await;
+    assert!(
+        watcher.current().contains_key("x"),
+        "last-known endpoints kept while etcd is down"
+    );
+
+    // etcd back: registrations are renewed and the watch delivers new instances.
+    etcd.restart(0).await;
+    let _y = Registration::start(client.clone(), ep("y"));
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        watcher.wait_for(|m| m.contains_key("x") && m.contains_key("y")),
+    )
+    .await
+    .expect("discovery resumes after etcd returns");
+    let mut raw = etcd.client().await;
+    let got = raw
+        .get(instance_key("ranking", "x"), None)
+        .await
+        .expect("get");
+    assert_eq!(got.kvs().len(), 1, "x is registered in etcd again");
 }
