@@ -1,6 +1,8 @@
 //! What every rankmesh service stands on.
 //!
 //! # Layout
+//! - [`batcher`]: dynamic batching of model calls across concurrent requests.
+//! - `onnx` (feature `onnx`): ONNX Runtime loading, sessions and session pools.
 //! - [`config`]: typed, layered configuration (defaults, TOML file, `RANKMESH__*` env).
 //! - [`telemetry`]: logs, OTLP traces and the Prometheus recorder.
 //! - [`etcd`]: the shared etcd client and member health-checking.
@@ -11,10 +13,13 @@
 //!   graceful shutdown).
 //! - [`service`]: the shared `main` of service binaries and their config shape.
 
+pub mod batcher;
 pub mod config;
 pub mod discovery;
 pub mod election;
 pub mod etcd;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -1,46 +1,233 @@
-//! The embedding service: the ONNX text encoder with dynamic batching and the item-vector (HNSW) index.
+//! The embedding service: a sentence encoder (all-MiniLM-L6-v2, 384-d) run by ONNX
+//! Runtime with dynamic batching across concurrent calls, and an HNSW index over
+//! catalog item embeddings for dense retrieval with category, brand and price filters.
 //!
-//! Serves gRPC health and reflection, the admin port, and registers in discovery as
-//! `embedding`; its own API (`rankmesh.embedding.v1.EmbeddingService`, see the proto) lands with its issue.
+//! # Layout
+//! - [`encoder`]: tokenizer + ONNX session pool; blocking `encode`.
+//! - [`index`]: the vector index, its filters and its checksummed snapshots.
+//! - [`catalog`]: reading catalog items to index.
+//! - [`service`]: the gRPC API (validation, batching, Retrieve, BuildIndex).
+
+pub mod catalog;
+pub mod encoder;
+pub mod index;
+pub mod service;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rankmesh_common::config::ConfigError;
+use rankmesh_common::batcher::{BatchConfig, Batcher};
+use rankmesh_common::config::{ConfigError, invalid};
+use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
 use rankmesh_common::service::{ScaffoldError, serve_routes};
+use rankmesh_proto::pb::common::v1::ModelRef;
+use rankmesh_proto::pb::embedding::v1::embedding_service_server::EmbeddingServiceServer;
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{Encoder, Variant};
+use crate::index::{IndexParams, VectorIndex};
+use crate::service::{Embedder, EmbeddingApi};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "embedding";
+/// Fully qualified gRPC service name.
+pub const GRPC_SERVICE: &str = "rankmesh.embedding.v1.EmbeddingService";
 
 rankmesh_common::service_config! {
     /// Configuration of the embedding service.
-    pub struct Config {}
+    pub struct Config {
+        /// Which encoder artifacts to load.
+        pub model: ModelConfig,
+        /// ONNX Runtime: library, device, sessions, threads.
+        pub onnx: OnnxConfig,
+        /// Dynamic batching of Embed calls (workers = onnx.sessions).
+        pub batch: BatchConfig,
+        /// The item-vector index.
+        pub index: IndexConfig,
+    }
+}
+
+/// The encoder to load (the model registry replaces this with a fetched artifact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Folder with `fp32/` and `int8/` (each `model.onnx` + `tokenizer.json`), as
+    /// written by `scripts/export-encoder`.
+    pub dir: PathBuf,
+    /// `auto` (INT8 on CPU, FP32 on GPU), `fp32` or `int8`.
+    pub variant: Variant,
+    /// Version reported in replies and metrics.
+    pub version: u64,
+    /// Tokens per text; longer texts are truncated and reported as such.
+    pub max_tokens: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/encoder"),
+            variant: Variant::Auto,
+            version: 1,
+            max_tokens: 256,
+        }
+    }
+}
+
+/// Where the index comes from and where it is kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// JSONL catalog to embed (import format); empty: build only via BuildIndex
+    /// once a catalog is configured.
+    pub catalog: PathBuf,
+    /// Folder for the snapshot; loaded at startup so a restart does not re-embed.
+    /// Empty: no snapshot.
+    pub snapshot_dir: PathBuf,
+    /// HNSW parameters.
+    pub hnsw: IndexParams,
 }
 
 impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
+        self.onnx.validate("onnx")?;
+        self.batch.validate("batch")?;
+        if !(1..=512).contains(&self.model.max_tokens) {
+            return Err(invalid(
+                "model.max_tokens",
+                self.model.max_tokens,
+                "must be within 1..=512 (the model's positions)",
+            ));
+        }
+        if self.index.hnsw.connectivity < 2 {
+            return Err(invalid(
+                "index.hnsw.connectivity",
+                self.index.hnsw.connectivity,
+                "must be >= 2",
+            ));
+        }
         Ok(())
     }
 }
 
-/// Runs the service on `listeners` until `shutdown` resolves, then drains.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Scaffold(#[from] ScaffoldError),
+    #[error("encoder: {0}")]
+    Encoder(#[from] encoder::EncoderError),
+    #[error("encoder loading task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn non_empty(p: &std::path::Path) -> Option<PathBuf> {
+    (!p.as_os_str().is_empty()).then(|| p.to_owned())
+}
+
+/// Loads the encoder, then serves until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ScaffoldError> {
+) -> Result<(), Error> {
+    let model_cfg = config.model.clone();
+    let onnx = config.onnx.clone();
+    let encoder = tokio::task::spawn_blocking(move || {
+        Encoder::load(
+            &model_cfg.dir,
+            model_cfg.variant,
+            model_cfg.max_tokens,
+            &onnx,
+        )
+    })
+    .await??;
+    let encoder = Arc::new(encoder);
+    let model = ModelRef {
+        name: "encoder".into(),
+        version: config.model.version,
+        variant: encoder.variant().dir_name().into(),
+    };
+    metrics::gauge!("rankmesh_model_loaded", "model" => "encoder", "version" => model.version.to_string(), "variant" => model.variant.clone()).set(1.0);
+
+    let batch = BatchConfig {
+        workers: config.onnx.sessions,
+        ..config.batch
+    };
+    let enc = Arc::clone(&encoder);
+    let batcher = Batcher::new("encoder", batch, move |texts: Vec<String>| {
+        enc.encode(&texts).map_err(|e| e.to_string())
+    });
+    let embedder = Arc::new(Embedder::new(
+        encoder,
+        batcher,
+        model,
+        config.index.hnsw,
+        non_empty(&config.index.catalog),
+        non_empty(&config.index.snapshot_dir),
+    ));
+
+    let readiness = Readiness::default();
+    start_index(&embedder, &config.index, &readiness).await;
+
+    let api = EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder)))
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes);
     let info = ServiceInfo {
         name: SERVICE,
-        grpc_services: Vec::new(),
+        grpc_services: vec![GRPC_SERVICE],
     };
-    let routes = tonic::service::Routes::default();
     serve_routes(
         info,
         &config,
-        Readiness::default(),
-        routes,
+        readiness,
+        tonic::service::Routes::new(api),
         listeners,
         shutdown,
     )
-    .await
+    .await?;
+    Ok(())
+}
+
+/// Loads the snapshot when there is a valid one; otherwise builds from the catalog in
+/// the background (Embed serves meanwhile; `/ready` waits for the index).
+async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: &Readiness) {
+    if let Some(dir) = non_empty(&config.snapshot_dir)
+        && dir.join("manifest.json").exists()
+    {
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || VectorIndex::load(&d)).await {
+            Ok(Ok(index)) => {
+                tracing::info!(items = index.len(), dir = %dir.display(), "vector index loaded from snapshot");
+                embedder.set_index(index);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "snapshot refused; rebuilding from the catalog")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot load failed; rebuilding from the catalog")
+            }
+        }
+    }
+    if non_empty(&config.catalog).is_some() {
+        readiness.set("index", false);
+        let embedder = Arc::clone(embedder);
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            match embedder.build_index(Vec::new()).await {
+                Ok(r) => {
+                    tracing::info!(
+                        items = r.indexed,
+                        ms = r.elapsed_ms,
+                        "initial vector index built"
+                    );
+                    readiness.set("index", true);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "initial index build failed; Retrieve unavailable until BuildIndex succeeds")
+                }
+            }
+        });
+    }
 }

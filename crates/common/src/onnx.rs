@@ -1,0 +1,288 @@
+//! ONNX Runtime for the services that run models: loading the shared library once,
+//! building sessions on the best available execution provider (CUDA behind the `cuda`
+//! feature, CPU otherwise, and always saying which one actually runs), and a pool of
+//! sessions for blocking threads (`Session::run` takes `&mut self`).
+//!
+//! `ort` is built with `load-dynamic`: nothing is downloaded at build time, and
+//! `libonnxruntime.so` comes from the `onnxruntime` wheel that `scripts/setup`
+//! installs, found through `onnx.library` or `ORT_DYLIB_PATH`. A missing library is an
+//! error at startup, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use serde::{Deserialize, Serialize};
+
+/// Where and how models run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnnxConfig {
+    /// Path of `libonnxruntime.so`; empty uses `ORT_DYLIB_PATH`.
+    pub library: String,
+    /// `auto` (CUDA when built with it and a GPU is usable, else CPU), `cpu` or `cuda`
+    /// (fail when CUDA cannot be used).
+    pub device: Device,
+    /// Sessions kept per model: model calls that can run at once.
+    pub sessions: usize,
+    /// Threads each session uses inside one operator. Keep sessions x threads at or
+    /// below the cores available, or sessions fight over them.
+    pub intra_threads: usize,
+}
+
+impl Default for OnnxConfig {
+    fn default() -> Self {
+        Self {
+            library: String::new(),
+            device: Device::Auto,
+            sessions: 1,
+            intra_threads: 2,
+        }
+    }
+}
+
+impl OnnxConfig {
+    pub fn validate(&self, section: &str) -> Result<(), crate::config::ConfigError> {
+        if self.sessions == 0 {
+            return Err(crate::config::invalid(
+                &format!("{section}.sessions"),
+                0,
+                "must be >= 1",
+            ));
+        }
+        if self.intra_threads == 0 {
+            return Err(crate::config::invalid(
+                &format!("{section}.intra_threads"),
+                0,
+                "must be >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The execution provider a session actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error(
+        "ONNX Runtime library not configured: set onnx.library or ORT_DYLIB_PATH (scripts/setup writes it to .rankmesh/env)"
+    )]
+    LibraryNotConfigured,
+    #[error("ONNX Runtime library {path} cannot be loaded: {message}")]
+    Library { path: PathBuf, message: String },
+    #[error("CUDA was required (device = \"cuda\") but cannot be used: {0}")]
+    CudaUnavailable(String),
+    #[error("cannot load model: {0}")]
+    Session(String),
+}
+
+static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process and returns its environment. Later calls
+/// return the first outcome.
+pub fn init_runtime(config: &OnnxConfig) -> Result<&'static Environment, OnnxError> {
+    let path = if config.library.is_empty() {
+        std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
+    } else {
+        Some(PathBuf::from(&config.library))
+    };
+    let Some(path) = path else {
+        return Err(OnnxError::LibraryNotConfigured);
+    };
+    let outcome = RUNTIME.get_or_init(|| load(&path));
+    match outcome {
+        Ok(env) => Ok(env),
+        Err(message) => Err(OnnxError::Library {
+            path,
+            message: message.clone(),
+        }),
+    }
+}
+
+fn load(path: &Path) -> Result<Environment, String> {
+    if !path.exists() {
+        return Err("no such file".into());
+    }
+    let env = ort::init_from(path)
+        .map_err(|e| e.to_string())?
+        .with_name("rankmesh")
+        .build()
+        .map_err(|e| e.to_string())?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(env)
+}
+
+/// Builds a session from model bytes held in memory (models are decrypted in memory
+/// and never written to disk in plaintext).
+pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Provider), OnnxError> {
+    let env = init_runtime(config)?;
+    let want_gpu = config.device != Device::Cpu;
+    if want_gpu {
+        match build_cuda(env, model, config) {
+            Ok(s) => return Ok((s, Provider::Cuda)),
+            Err(e) if config.device == Device::Cuda => return Err(OnnxError::CudaUnavailable(e)),
+            Err(e) => {
+                tracing::info!(reason = %e, "CUDA execution provider not used; running on CPU")
+            }
+        }
+    }
+    let session = Session::builder(env)
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(Into::into)
+        })
+        .and_then(|b| {
+            b.with_intra_threads(config.intra_threads)
+                .map_err(Into::into)
+        })
+        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(model))
+        .map_err(|e| OnnxError::Session(e.to_string()))?;
+    Ok((session, Provider::Cpu))
+}
+
+#[cfg(feature = "cuda")]
+fn build_cuda(env: &Environment, model: &[u8], config: &OnnxConfig) -> Result<Session, String> {
+    use ort::ep::ExecutionProvider as _;
+    let cuda = ort::ep::CUDA::default();
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => return Err("this ONNX Runtime build has no CUDA execution provider".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    Session::builder(env)
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(Into::into)
+        })
+        .and_then(|b| {
+            b.with_intra_threads(config.intra_threads)
+                .map_err(Into::into)
+        })
+        // error_on_failure: a silent fallback would report CUDA while running on CPU.
+        .and_then(|b| {
+            b.with_execution_providers([cuda.build().error_on_failure()])
+                .map_err(Into::into)
+        })
+        .and_then(|mut b| b.commit_from_memory(model))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build_cuda(_env: &Environment, _model: &[u8], _config: &OnnxConfig) -> Result<Session, String> {
+    Err("built without the `cuda` feature".into())
+}
+
+/// Sessions of one model, lent to blocking threads one call at a time.
+pub struct SessionPool {
+    free: Mutex<Vec<Session>>,
+    returned: Condvar,
+    provider: Provider,
+    size: usize,
+}
+
+impl std::fmt::Debug for SessionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPool")
+            .field("provider", &self.provider)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionPool {
+    /// Builds `config.sessions` sessions of `model`.
+    pub fn new(model: &[u8], config: &OnnxConfig) -> Result<Self, OnnxError> {
+        let mut sessions = Vec::with_capacity(config.sessions);
+        let mut provider = Provider::Cpu;
+        for _ in 0..config.sessions.max(1) {
+            let (s, p) = build_session(model, config)?;
+            provider = p;
+            sessions.push(s);
+        }
+        Ok(Self {
+            size: sessions.len(),
+            free: Mutex::new(sessions),
+            returned: Condvar::new(),
+            provider,
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Runs `f` with an exclusive session, waiting for one to be free. Call from a
+    /// blocking thread, never from an async worker.
+    pub fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> T) -> T {
+        let session = {
+            let mut free = self
+                .free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            loop {
+                if let Some(s) = free.pop() {
+                    break s;
+                }
+                free = self
+                    .returned
+                    .wait(free)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        };
+        // Return the session even if `f` panics, so the pool never shrinks.
+        struct Return<'a> {
+            pool: &'a SessionPool,
+            session: Option<Session>,
+        }
+        impl Drop for Return<'_> {
+            fn drop(&mut self) {
+                if let Some(s) = self.session.take() {
+                    self.pool
+                        .free
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(s);
+                    self.pool.returned.notify_one();
+                }
+            }
+        }
+        let mut guard = Return {
+            pool: self,
+            session: Some(session),
+        };
+        match guard.session.as_mut() {
+            Some(s) => f(s),
+            None => unreachable!("the session was put in the guard just above"),
+        }
+    }
+}

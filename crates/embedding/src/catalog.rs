@@ -1,0 +1,134 @@
+//! Reading catalog items to index from a JSONL file in the catalog import format
+//! (one object per line: `id`, `title`, and optionally `description`, `category`,
+//! `brand`, `price`, ...). Unknown fields are ignored; a malformed line is an error
+//! naming its line number, so a broken catalog never yields a silently partial index.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::index::{ItemMeta, normalize_category};
+
+/// The fields the index needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CatalogItem {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub brand: String,
+    #[serde(default)]
+    pub price: Option<f64>,
+}
+
+/// Description characters that go into an item's text; the title, brand and category
+/// carry most of the signal, and MiniLM truncates at 256 tokens anyway.
+const DESCRIPTION_CHARS: usize = 400;
+
+impl CatalogItem {
+    /// The text embedded for this item.
+    pub fn text(&self) -> String {
+        let mut t = self.title.trim().to_owned();
+        for part in [self.brand.trim(), self.category.trim()] {
+            if !part.is_empty() {
+                t.push_str(". ");
+                t.push_str(part);
+            }
+        }
+        let d: String = self
+            .description
+            .trim()
+            .chars()
+            .take(DESCRIPTION_CHARS)
+            .collect();
+        if !d.is_empty() {
+            t.push_str(". ");
+            t.push_str(&d);
+        }
+        t
+    }
+
+    pub fn meta(&self) -> ItemMeta {
+        ItemMeta {
+            id: self.id.clone(),
+            category: normalize_category(&self.category),
+            brand: self.brand.trim().to_lowercase(),
+            price: self.price.filter(|p| p.is_finite()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Row {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Reads every item of a JSONL catalog.
+pub fn read_jsonl(path: &Path) -> Result<Vec<CatalogItem>, CatalogError> {
+    let p = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| CatalogError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let mut items = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| CatalogError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: CatalogItem = serde_json::from_str(&line).map_err(|e| CatalogError::Row {
+            path: p.clone(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        if item.id.trim().is_empty() || item.title.trim().is_empty() {
+            return Err(CatalogError::Row {
+                path: p.clone(),
+                line: i + 1,
+                message: "id and title are required".into(),
+            });
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_items_and_names_bad_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\":\"a\",\"title\":\"Red shoe\",\"category\":\"Shoes>Running\",\"price\":50,\"extra\":1}\n\n{\"id\":\"b\",\"title\":\"Pan\"}\n",
+        )
+        .expect("write");
+        let items = read_jsonl(&path).expect("valid");
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].meta().category, "shoes > running");
+        assert_eq!(items[0].text(), "Red shoe. Shoes>Running");
+        std::fs::write(&path, "{\"id\":\"a\",\"title\":\"x\"}\n{\"id\":\"b\"\n").expect("write");
+        let err = read_jsonl(&path).expect_err("bad line").to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+}
