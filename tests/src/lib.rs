@@ -5,6 +5,7 @@
 //! Service binaries are found next to the test executable's target directory, so
 //! build them first: `cargo build --workspace --bins` (`scripts/test` does).
 
+pub mod catalog;
 pub mod etcd;
 pub mod process;
 

@@ -68,9 +68,12 @@ pub enum BatchError {
     Stopped,
 }
 
+/// Where a job's outputs go.
+type Reply<O> = oneshot::Sender<Result<Vec<O>, BatchError>>;
+
 struct Job<I, O> {
     items: Vec<I>,
-    reply: oneshot::Sender<Result<Vec<O>, BatchError>>,
+    reply: Reply<O>,
 }
 
 /// A handle to submit work; cheap to clone. The dispatcher stops when the last
@@ -206,10 +209,9 @@ async fn dispatch<I, O>(
                 Ok(j) => Some(j),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(j) => j,
-                        Err(_) => None,
-                    }
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .unwrap_or_default()
                 }
             };
             let Some(job) = next else { break };
@@ -276,7 +278,7 @@ async fn dispatch<I, O>(
     }
 }
 
-fn fail<O>(replies: Vec<(usize, oneshot::Sender<Result<Vec<O>, BatchError>>)>, e: BatchError) {
+fn fail<O>(replies: Vec<(usize, Reply<O>)>, e: BatchError) {
     for (_, reply) in replies {
         let _ = reply.send(Err(e.clone()));
     }

@@ -143,7 +143,7 @@ impl Encoder {
             })?;
 
         let pool = SessionPool::new(model, onnx)?;
-        let dim = pool.with_session(|s| check_signature(s))?;
+        let dim = pool.with_session(check_signature)?;
         tracing::info!(
             variant = ?variant,
             provider = pool.provider().as_str(),

@@ -459,12 +459,12 @@ mod tests {
     fn meta(i: usize) -> ItemMeta {
         ItemMeta {
             id: format!("item-{i}"),
-            category: normalize_category(if i % 100 == 0 {
+            category: normalize_category(if i.is_multiple_of(100) {
                 "Home > Kitchen > Pans"
             } else {
                 "Electronics > Audio"
             }),
-            brand: if i % 7 == 0 {
+            brand: if i.is_multiple_of(7) {
                 "acme".into()
             } else {
                 "other".into()
@@ -514,7 +514,7 @@ mod tests {
         let all_pans: Vec<Hit> = {
             let mut q2 = q.clone();
             normalize(&mut q2);
-            let keys: Vec<u64> = (0..5_000u64).filter(|k| k % 100 == 0).collect();
+            let keys: Vec<u64> = (0..5_000u64).filter(|k| k.is_multiple_of(100)).collect();
             idx.exact_among(&q2, 10, &keys).expect("exact")
         };
         assert_eq!(hits, all_pans);
