@@ -84,18 +84,18 @@ async fn sigterm_deregisters_before_exiting() {
     let client = Etcd::connect(&etcd_config(etcd.endpoints()))
         .await
         .expect("etcd client");
-    let watcher = Resolver::watch(client, "embedding");
+    let watcher = Resolver::watch(client, "feature");
     // A long TTL: only an explicit deregistration can remove the key quickly.
     let mut proc = ServiceProcess::spawn(
-        "rankmesh-embedding",
-        "embedding-a",
+        "rankmesh-feature",
+        "feature-b",
         &etcd.endpoints(),
         &[
             ("RANKMESH__ETCD__LEASE_TTL_S", "30"),
             ("RANKMESH__SERVER__SHUTDOWN_GRACE_MS", "0"),
         ],
     );
-    tokio::time::timeout(STARTUP, watcher.wait_for(|m| m.contains_key("embedding-a")))
+    tokio::time::timeout(STARTUP, watcher.wait_for(|m| m.contains_key("feature-b")))
         .await
         .expect("registered");
     proc.signal("TERM");

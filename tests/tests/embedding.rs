@@ -7,7 +7,7 @@ use std::time::Duration;
 use rankmesh_proto::pb::common::v1::Filters;
 use rankmesh_proto::pb::embedding::v1 as pb;
 use rankmesh_proto::pb::embedding::v1::embedding_service_client::EmbeddingServiceClient;
-use rankmesh_tests::catalog::{models_dir, write_jsonl};
+use rankmesh_tests::catalog::{demo_catalog, models_dir};
 use rankmesh_tests::eventually;
 use rankmesh_tests::process::ServiceProcess;
 use tonic::Code;
@@ -63,8 +63,7 @@ async fn wait_for_index(c: &mut EmbeddingServiceClient<Channel>) {
 #[tokio::test]
 async fn embed_retrieve_filters_errors_and_snapshot_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = dir.path().join("catalog.jsonl");
-    write_jsonl(&catalog);
+    let catalog = demo_catalog();
     let snapshot = dir.path().join("index");
     let mut proc = spawn(
         catalog.to_str().expect("utf-8"),

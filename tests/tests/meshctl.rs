@@ -85,6 +85,17 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         .await;
     assert!(leader == "ranking-0" || leader == "ranking-1");
 
+    // The embedding service answers through discovery.
+    let out = meshctl(&["embed", "red running shoes", "--json", "--etcd", &etcd]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["dim"], 384);
+    assert_eq!(v["vector"].as_array().map(Vec::len), Some(384));
+
     // A second `up` on the same state dir refuses instead of doubling the mesh.
     let again = meshctl(&[
         "up",

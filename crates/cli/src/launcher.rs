@@ -43,6 +43,10 @@ pub(crate) struct UpOptions {
     /// every further instance takes the following two.
     pub(crate) base_port: u16,
     pub(crate) bin_dir: PathBuf,
+    /// Exported models folder (`encoder/` inside).
+    pub(crate) models: PathBuf,
+    /// Catalog the embedding service indexes, if any.
+    pub(crate) catalog: Option<PathBuf>,
 }
 
 /// The (service, binary) pairs started, in start order: dependencies first.
@@ -51,6 +55,10 @@ const SERVICES: &[(&str, &str)] = &[
     ("feature", "rankmesh-feature"),
     ("embedding", "rankmesh-embedding"),
 ];
+
+/// Longest wait for every service to become ready (the first index build embeds the
+/// whole catalog).
+const STARTUP: Duration = Duration::from_secs(300);
 
 fn state_file(dir: &Path) -> PathBuf {
     dir.join("mesh.json")
@@ -183,7 +191,18 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     for (name, service, bin, grpc, admin) in instances {
         let log = logs.join(format!("{name}.log"));
         let path = opts.bin_dir.join(bin);
-        let child = Command::new(&path)
+        let mut cmd = Command::new(&path);
+        if service == "embedding" {
+            cmd.env("RANKMESH__MODEL__DIR", opts.models.join("encoder"))
+                .env(
+                    "RANKMESH__INDEX__SNAPSHOT_DIR",
+                    opts.state_dir.join("embedding-index"),
+                );
+            if let Some(c) = &opts.catalog {
+                cmd.env("RANKMESH__INDEX__CATALOG", c);
+            }
+        }
+        let child = cmd
             .env("RANKMESH__SERVER__LISTEN", &grpc)
             .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin)
             .env("RANKMESH__SERVER__INSTANCE_ID", &name)
@@ -209,16 +228,21 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         });
     }
 
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + STARTUP;
     for p in state.processes.iter().filter(|p| p.service != "etcd") {
         loop {
             if !alive(p.pid) {
                 bail!("{} exited during startup; see {}", p.name, p.log.display());
             }
-            match rankmesh_client::health(&p.grpc, "", Duration::from_secs(1)).await {
-                Ok(rankmesh_client::ServingStatus::Serving) => break,
+            // Ready, not just serving: models loaded and the index built.
+            match rankmesh_client::ready(&p.admin, Duration::from_secs(1)).await {
+                Ok(true) => break,
                 _ if Instant::now() > deadline => {
-                    bail!("{} not healthy after 60 s; see {}", p.name, p.log.display())
+                    bail!(
+                        "{} not ready after {STARTUP:?}; see {}",
+                        p.name,
+                        p.log.display()
+                    )
                 }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }

@@ -3,6 +3,7 @@
 //! Subcommands that talk to the control plane take `--etcd` (or `RANKMESH_ETCD`);
 //! those that talk to one replica take its gRPC address.
 
+mod embed;
 mod launcher;
 
 use std::path::PathBuf;
@@ -59,6 +60,12 @@ enum Command {
         /// First service port: ranking-0 gRPC here, its admin port next, and so on.
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
+        /// Exported models (`encoder/` inside), as written by scripts/setup.
+        #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// Catalog (JSONL, import format) the embedding service indexes.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -66,6 +73,28 @@ enum Command {
     Down {
         #[command(flatten)]
         state: StateArgs,
+    },
+    /// Embed a text with the embedding service and print the vector.
+    Embed {
+        text: String,
+        /// Print JSON (`dim`, `model`, `truncated`, `vector`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Dense retrieval: the catalog items nearest to a query by embedding.
+    Retrieve {
+        query: String,
+        /// Number of items.
+        #[arg(long, short, default_value_t = 10)]
+        k: u32,
+        #[command(flatten)]
+        filters: embed::FilterArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Show which instance leads a role (e.g. rollout).
     Leader {
@@ -80,6 +109,32 @@ struct StateArgs {
     /// Where the local mesh keeps its data, logs and process list.
     #[arg(long, env = "RANKMESH_STATE_DIR", default_value = ".rankmesh/run")]
     state_dir: PathBuf,
+}
+
+/// Which replica to talk to: an explicit address, or the first one registered.
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// gRPC address of a replica; discovered through etcd when omitted.
+    #[arg(long)]
+    addr: Option<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+impl TargetArgs {
+    async fn resolve(&self, service: &str) -> anyhow::Result<String> {
+        if let Some(a) = &self.addr {
+            return Ok(a.clone());
+        }
+        let etcd = self.etcd.connect().await?;
+        let set = rankmesh_common::discovery::list(&etcd, service).await?;
+        set.into_values().next().map(|e| e.grpc).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no {service} instance registered in etcd ({:?}); is the mesh up?",
+                self.etcd.etcd
+            )
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,8 +225,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             detach,
             etcd_port,
             base_port,
+            models,
+            catalog,
             state,
         } => {
+            let cwd = std::env::current_dir()?;
+            let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
             let bin_dir = std::env::current_exe()?
                 .parent()
                 .map(PathBuf::from)
@@ -182,6 +241,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 etcd_port,
                 base_port,
                 bin_dir,
+                models: absolute(models),
+                catalog: catalog.map(absolute),
             };
             let mesh = launcher::up(&opts).await?;
             println!(
@@ -213,6 +274,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down { state } => {
             let n = launcher::down(&state.state_dir).await?;
             println!("stopped {n} running process(es)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed { text, json, target } => {
+            let addr = target.resolve("embedding").await?;
+            embed::embed(&addr, text, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retrieve {
+            query,
+            k,
+            filters,
+            json,
+            target,
+        } => {
+            let addr = target.resolve("embedding").await?;
+            embed::retrieve(&addr, query, k, &filters, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Leader { role, etcd } => {

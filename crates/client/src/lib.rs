@@ -92,6 +92,35 @@ pub async fn health(
     }
 }
 
+/// Asks a replica's admin port whether it is ready (`GET /ready` answers 200): the
+/// service is up *and* its own conditions hold (model loaded, index built, ...).
+pub async fn ready(admin_addr: &str, timeout: Duration) -> Result<bool, ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = admin_addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(&host).await?;
+        s.write_all(
+            format!("GET /ready HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        // "HTTP/1.1 200"
+        Ok::<bool, std::io::Error>(&head[9..12] == b"200")
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(_)) => Ok(false),
+        Err(_) => Err(ClientError::Timeout {
+            endpoint: host,
+            timeout,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

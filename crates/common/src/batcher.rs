@@ -1,6 +1,11 @@
 //! Dynamic batching for model inference: concurrent callers submit items, and a
-//! dispatcher groups them into batches of up to `max_batch` items, waiting at most
-//! `max_wait` for a batch to fill, then runs each batch on a blocking thread.
+//! dispatcher groups them into batches of up to `max_batch` items and runs each batch
+//! on a blocking thread, one per free worker (model session).
+//!
+//! A batch is cut when a worker becomes free and takes everything queued by then, so
+//! batches grow with load while an idle service answers a lone request at once.
+//! With several workers, a batch may also wait up to `max_wait` to fill while the
+//! others are busy.
 //!
 //! Batching trades a bounded wait for throughput: one model call on 32 rows costs far
 //! less than 32 calls on one row. The queue is bounded in items; a submit that would
@@ -20,7 +25,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 pub struct BatchConfig {
     /// Most items in one model call.
     pub max_batch: usize,
-    /// Longest a first item waits for others before its batch runs, microseconds.
+    /// Longest a batch waits to fill while other batches are running, microseconds.
+    /// An idle batcher never waits: a lone request runs at once.
     pub max_wait_us: u64,
     /// Most items queued (not yet running); beyond it submits are refused.
     pub queue_capacity: usize,
@@ -189,11 +195,18 @@ async fn dispatch<I, O>(
     I: Send + 'static,
     O: Send + 'static,
 {
-    let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let total = config.workers.max(1);
+    let workers = Arc::new(Semaphore::new(total));
     let max_wait = Duration::from_micros(config.max_wait_us);
     // A job that did not fit the previous batch starts the next one.
     let mut carry: Option<Job<I, O>> = None;
     loop {
+        // A batch is formed only once a worker (session) is free, so it takes in
+        // everything that queued while all workers were busy: under load, batches
+        // grow by themselves, and an idle system runs a lone request at once.
+        let Ok(permit) = Arc::clone(&workers).acquire_owned().await else {
+            return;
+        };
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv().await {
@@ -201,18 +214,27 @@ async fn dispatch<I, O>(
                 None => return,
             },
         };
+        // Waiting for more only pays when other batches are running (so more
+        // requests are surely arriving); otherwise it is pure added latency.
+        let others_busy = workers.available_permits() + 1 < total;
+        let deadline = tokio::time::Instant::now()
+            + if others_busy {
+                max_wait
+            } else {
+                Duration::ZERO
+            };
         let mut batch = vec![first];
         let mut count = batch[0].items.len();
-        let deadline = tokio::time::Instant::now() + max_wait;
         while count < config.max_batch {
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(mpsc::error::TryRecvError::Empty) if others_busy => {
                     tokio::time::timeout_at(deadline, rx.recv())
                         .await
                         .unwrap_or_default()
                 }
+                Err(mpsc::error::TryRecvError::Empty) => None,
             };
             let Some(job) = next else { break };
             if count + job.items.len() > config.max_batch {
@@ -223,11 +245,6 @@ async fn dispatch<I, O>(
             batch.push(job);
         }
 
-        // Wait for a free worker (session); more jobs queue up meanwhile and form the
-        // next, fuller batch: under load, batches grow on their own.
-        let Ok(permit) = Arc::clone(&workers).acquire_owned().await else {
-            return;
-        };
         let run = Arc::clone(&run);
         let queued = Arc::clone(&queued);
         tokio::spawn(async move {
@@ -303,6 +320,9 @@ mod tests {
             },
             move |items: Vec<u32>| {
                 seen.lock().expect("lock").push(items.len());
+                // A model call takes time; requests arriving meanwhile queue up and
+                // must share the next batch.
+                std::thread::sleep(Duration::from_millis(20));
                 Ok(items.into_iter().map(|i| i * 10).collect())
             },
         );
@@ -322,7 +342,7 @@ mod tests {
         let sizes = sizes.lock().expect("lock").clone();
         assert_eq!(sizes.iter().sum::<usize>(), 16);
         assert!(sizes.iter().all(|s| *s <= 8), "{sizes:?}");
-        assert!(sizes.len() < 8, "calls were batched together: {sizes:?}");
+        assert!(sizes.len() <= 4, "calls were batched together: {sizes:?}");
     }
 
     #[tokio::test]

@@ -143,6 +143,9 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
 
+    // Install the metrics recorder now, so what services record while starting up
+    // (model loaded, provider) is not lost before the admin port first renders.
+    prometheus();
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)

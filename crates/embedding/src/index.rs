@@ -8,7 +8,7 @@
 //! So a filter's matches are counted first; when they are few (`exact_below`), the
 //! search is exact over just those items, which is both correct and cheap.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,8 @@ pub struct IndexParams {
     pub expansion_add: usize,
     /// Candidate list size while searching (efSearch); raised to k when k is larger.
     pub expansion_search: usize,
-    /// A filter matching at most this many items is searched exactly.
+    /// A filter matching at most this many items is searched exactly (scoring
+    /// 20k rows of 384 floats takes a few milliseconds).
     pub exact_below: usize,
 }
 
@@ -35,8 +36,8 @@ impl Default for IndexParams {
         Self {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 96,
-            exact_below: 5_000,
+            expansion_search: 160,
+            exact_below: 20_000,
         }
     }
 }
@@ -126,15 +127,27 @@ pub struct Hit {
 }
 
 /// The index. Reads are concurrent (`&self`); it is built once and swapped whole.
+///
+/// Vectors live twice: as f16 inside the HNSW graph (half the memory, enough for
+/// navigation) and as an f32 row-major matrix used for exact scoring (filtered
+/// searches among few items, `get`, recall measurement). Filters are answered from
+/// inverted lists (category, brand), so a selective filter costs in proportion to
+/// what it matches, not to the catalog.
 pub struct VectorIndex {
     index: Index,
     items: Vec<ItemMeta>,
+    /// Row `key` is `vectors[key * dim..(key + 1) * dim]`, unit length.
+    vectors: Vec<f32>,
     dim: usize,
     params: IndexParams,
     /// Free-form provenance kept with the snapshot (encoder name, version, variant).
     model: String,
-    /// Item id -> key (position in `items`).
-    keys: HashMap<String, u64>,
+    /// Item id -> key (row).
+    keys: HashMap<String, u32>,
+    /// Normalised category path -> keys, ordered so a prefix is a range.
+    by_category: BTreeMap<String, Vec<u32>>,
+    /// Lower-cased brand -> keys.
+    by_brand: HashMap<String, Vec<u32>>,
 }
 
 impl std::fmt::Debug for VectorIndex {
@@ -152,7 +165,8 @@ fn options(dim: usize, params: &IndexParams) -> IndexOptions {
         dimensions: dim,
         // Vectors are unit length: inner product is cosine and cheaper.
         metric: MetricKind::IP,
-        quantization: ScalarKind::F32,
+        // The graph only navigates; exact scores come from the f32 matrix.
+        quantization: ScalarKind::F16,
         connectivity: params.connectivity,
         expansion_add: params.expansion_add,
         expansion_search: params.expansion_search,
@@ -169,10 +183,15 @@ impl VectorIndex {
         model: &str,
         entries: Vec<(ItemMeta, Vec<f32>)>,
     ) -> Result<Self, IndexError> {
-        let index = Index::new(&options(dim, &params)).map_err(native)?;
-        index.reserve(entries.len().max(1)).map_err(native)?;
+        if entries.len() >= u32::MAX as usize {
+            return Err(IndexError::Native(format!(
+                "{} items: too many for one index",
+                entries.len()
+            )));
+        }
         let mut items = Vec::with_capacity(entries.len());
         let mut keys = HashMap::with_capacity(entries.len());
+        let mut vectors = Vec::with_capacity(entries.len() * dim);
         for (meta, mut v) in entries {
             if v.len() != dim {
                 return Err(IndexError::Dimension {
@@ -180,21 +199,85 @@ impl VectorIndex {
                     want: dim,
                 });
             }
-            if keys.insert(meta.id.clone(), items.len() as u64).is_some() {
+            if keys.insert(meta.id.clone(), items.len() as u32).is_some() {
                 return Err(IndexError::Duplicate(meta.id));
             }
             normalize(&mut v);
-            index.add(items.len() as u64, &v).map_err(native)?;
+            vectors.extend_from_slice(&v);
             items.push(meta);
         }
-        Ok(Self {
+        let index = Index::new(&options(dim, &params)).map_err(native)?;
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        index
+            .reserve_capacity_and_threads(items.len().max(1), threads)
+            .map_err(native)?;
+        // usearch supports concurrent inserts (one per reserved thread): graph
+        // construction dominates build time, so use every core.
+        let rows = items.len();
+        let per = rows.div_ceil(threads).max(1);
+        let (index_ref, vectors_ref) = (&index, &vectors);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..rows)
+                .step_by(per)
+                .map(|start| {
+                    scope.spawn(move || -> Result<(), IndexError> {
+                        for key in start..(start + per).min(rows) {
+                            index_ref
+                                .add(key as u64, &vectors_ref[key * dim..(key + 1) * dim])
+                                .map_err(native)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| IndexError::Native("index build thread panicked".into()))?
+            })
+        })?;
+        Ok(Self::assemble(
             index,
             items,
+            vectors,
             dim,
             params,
-            model: model.to_owned(),
+            model.to_owned(),
             keys,
-        })
+        ))
+    }
+
+    fn assemble(
+        index: Index,
+        items: Vec<ItemMeta>,
+        vectors: Vec<f32>,
+        dim: usize,
+        params: IndexParams,
+        model: String,
+        keys: HashMap<String, u32>,
+    ) -> Self {
+        let mut by_category: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut by_brand: HashMap<String, Vec<u32>> = HashMap::new();
+        for (key, m) in items.iter().enumerate() {
+            by_category
+                .entry(m.category.clone())
+                .or_default()
+                .push(key as u32);
+            by_brand
+                .entry(m.brand.clone())
+                .or_default()
+                .push(key as u32);
+        }
+        Self {
+            index,
+            items,
+            vectors,
+            dim,
+            params,
+            model,
+            keys,
+            by_category,
+            by_brand,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -213,17 +296,46 @@ impl VectorIndex {
         &self.model
     }
 
+    fn row(&self, key: u32) -> &[f32] {
+        let k = key as usize;
+        &self.vectors[k * self.dim..(k + 1) * self.dim]
+    }
+
     /// The stored (normalised) vector and metadata of an item.
     pub fn get(&self, id: &str) -> Option<(ItemMeta, Vec<f32>)> {
         let key = *self.keys.get(id)?;
-        let mut buf = vec![0f32; self.dim];
-        self.index.get(key, &mut buf).ok()?;
-        Some((self.items[key as usize].clone(), buf))
+        Some((self.items[key as usize].clone(), self.row(key).to_vec()))
     }
 
     /// Every item's metadata, in key order.
     pub fn items(&self) -> &[ItemMeta] {
         &self.items
+    }
+
+    /// Keys passing `filter`, ascending. Starts from the narrowest inverted list.
+    fn allowed(&self, filter: &Filter) -> Vec<u32> {
+        let mut keys: Vec<u32> = if !filter.category_prefix.is_empty() {
+            let prefix = filter.category_prefix.as_str();
+            self.by_category
+                .range(prefix.to_owned()..)
+                .take_while(|(c, _)| c.starts_with(prefix))
+                .filter(|(c, _)| c.len() == prefix.len() || c[prefix.len()..].starts_with(" > "))
+                .flat_map(|(_, ks)| ks.iter().copied())
+                .collect()
+        } else if !filter.brands.is_empty() {
+            filter
+                .brands
+                .iter()
+                .filter_map(|b| self.by_brand.get(b))
+                .flat_map(|ks| ks.iter().copied())
+                .collect()
+        } else {
+            (0..self.items.len() as u32).collect()
+        };
+        keys.retain(|&k| filter.matches(&self.items[k as usize]));
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Approximate top-k by cosine among items passing `filter`, best first.
@@ -243,70 +355,81 @@ impl VectorIndex {
         let matches = if filter.is_empty() {
             self.index.search(&q, k).map_err(native)?
         } else {
-            let allowed: Vec<u64> = (0..self.items.len() as u64)
-                .filter(|&key| filter.matches(&self.items[key as usize]))
-                .collect();
+            let allowed = self.allowed(filter);
             if allowed.len() <= self.params.exact_below.max(k) {
-                return self.exact_among(&q, k, &allowed);
+                return Ok(self.exact_among(&q, k, &allowed));
+            }
+            let mut bits = vec![0u64; self.items.len().div_ceil(64)];
+            for &key in &allowed {
+                bits[key as usize / 64] |= 1 << (key % 64);
             }
             let m = self
                 .index
-                .filtered_search(&q, k, |key| filter.matches(&self.items[key as usize]))
+                .filtered_search(&q, k, |key| {
+                    bits.get(key as usize / 64)
+                        .is_some_and(|w| w & (1 << (key % 64)) != 0)
+                })
                 .map_err(native)?;
             if m.keys.len() < k.min(allowed.len()) {
                 // The graph walk ran out of matching nodes: fall back to exact.
-                return self.exact_among(&q, k, &allowed);
+                return Ok(self.exact_among(&q, k, &allowed));
             }
             m
         };
-        Ok(matches
+        // Rescore the graph's candidates exactly (the graph holds f16).
+        let mut hits: Vec<Hit> = matches
             .keys
             .iter()
-            .zip(&matches.distances)
-            .filter_map(|(key, dist)| {
-                self.items.get(*key as usize).map(|m| Hit {
+            .filter_map(|&key| {
+                let key = u32::try_from(key).ok()?;
+                self.items.get(key as usize).map(|m| Hit {
                     id: m.id.clone(),
-                    // usearch's IP distance is 1 - dot.
-                    similarity: 1.0 - dist,
+                    similarity: dot(&q, self.row(key)),
                 })
             })
-            .collect())
+            .collect();
+        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        Ok(hits)
     }
 
-    /// Exact top-k over `keys` (sorted ascending).
-    fn exact_among(&self, q: &[f32], k: usize, keys: &[u64]) -> Result<Vec<Hit>, IndexError> {
-        let mut buf = vec![0f32; self.dim];
-        let mut scored: Vec<(f32, u64)> = Vec::with_capacity(keys.len());
-        for &key in keys {
-            self.index.get(key, &mut buf).map_err(native)?;
-            scored.push((dot(q, &buf), key));
-        }
+    /// Exact top-k over `keys` by scoring their f32 rows.
+    fn exact_among(&self, q: &[f32], k: usize, keys: &[u32]) -> Vec<Hit> {
+        let mut scored: Vec<(f32, u32)> = keys
+            .iter()
+            .map(|&key| (dot(q, self.row(key)), key))
+            .collect();
         let k = k.min(scored.len());
         if k < scored.len() {
             scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
             scored.truncate(k);
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        Ok(scored
+        scored
             .into_iter()
             .map(|(s, key)| Hit {
                 id: self.items[key as usize].id.clone(),
                 similarity: s,
             })
-            .collect())
+            .collect()
     }
 
-    /// Exact top-k by brute force, for measuring recall.
+    /// Exact top-k over every item, for measuring recall.
     pub fn exact_search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
+        if query.len() != self.dim {
+            return Err(IndexError::Dimension {
+                got: query.len(),
+                want: self.dim,
+            });
+        }
         let mut q = query.to_vec();
         normalize(&mut q);
-        let all: Vec<u64> = (0..self.items.len() as u64).collect();
-        self.exact_among(&q, k, &all)
+        let all: Vec<u32> = (0..self.items.len() as u32).collect();
+        Ok(self.exact_among(&q, k, &all))
     }
 
-    /// Writes `<dir>/index.usearch`, `<dir>/items.json` and a manifest with their
-    /// SHA-256, each through a temp file and rename, so a crash mid-save leaves the
-    /// previous snapshot intact.
+    /// Writes the graph, the vectors and the item metadata to `dir`, then a manifest
+    /// with their SHA-256, each through a temp file and rename, so a crash mid-save
+    /// leaves the previous snapshot intact.
     pub fn save(&self, dir: &Path) -> Result<(), IndexError> {
         let err = |message: String| IndexError::Snapshot {
             path: dir.to_owned(),
@@ -317,6 +440,7 @@ impl VectorIndex {
         self.index
             .save_to_buffer(&mut graph)
             .map_err(|e| err(e.to_string()))?;
+        let vectors: Vec<u8> = self.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
         let meta = serde_json::to_vec(&SnapshotItems {
             dim: self.dim,
             params: self.params,
@@ -325,13 +449,19 @@ impl VectorIndex {
         })
         .map_err(|e| err(e.to_string()))?;
         let manifest = Manifest {
-            format: 1,
+            format: 2,
             graph_sha256: hex(&Sha256::digest(&graph)),
+            vectors_sha256: hex(&Sha256::digest(&vectors)),
             items_sha256: hex(&Sha256::digest(&meta)),
             count: self.items.len(),
         };
-        write_atomic(&dir.join("index.usearch"), &graph).map_err(|e| err(e.to_string()))?;
-        write_atomic(&dir.join("items.json"), &meta).map_err(|e| err(e.to_string()))?;
+        for (name, bytes) in [
+            ("index.usearch", &graph),
+            ("vectors.f32", &vectors),
+            ("items.json", &meta),
+        ] {
+            write_atomic(&dir.join(name), bytes).map_err(|e| err(format!("{name}: {e}")))?;
+        }
         let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| err(e.to_string()))?;
         // The manifest goes last: it only ever names files that are fully written.
         write_atomic(&dir.join("manifest.json"), &manifest).map_err(|e| err(e.to_string()))
@@ -347,20 +477,25 @@ impl VectorIndex {
             |name: &str| std::fs::read(dir.join(name)).map_err(|e| err(format!("{name}: {e}")));
         let manifest: Manifest = serde_json::from_slice(&read("manifest.json")?)
             .map_err(|e| err(format!("manifest.json: {e}")))?;
-        if manifest.format != 1 {
-            return Err(err(format!("unknown snapshot format {}", manifest.format)));
+        if manifest.format != 2 {
+            return Err(err(format!(
+                "unsupported snapshot format {}",
+                manifest.format
+            )));
         }
         let graph = read("index.usearch")?;
+        let vectors = read("vectors.f32")?;
         let meta = read("items.json")?;
-        if hex(&Sha256::digest(&graph)) != manifest.graph_sha256 {
-            return Err(err(
-                "index.usearch checksum mismatch (corrupt or partial)".into()
-            ));
-        }
-        if hex(&Sha256::digest(&meta)) != manifest.items_sha256 {
-            return Err(err(
-                "items.json checksum mismatch (corrupt or partial)".into()
-            ));
+        for (name, bytes, want) in [
+            ("index.usearch", &graph, &manifest.graph_sha256),
+            ("vectors.f32", &vectors, &manifest.vectors_sha256),
+            ("items.json", &meta, &manifest.items_sha256),
+        ] {
+            if &hex(&Sha256::digest(bytes)) != want {
+                return Err(err(format!(
+                    "{name} checksum mismatch (corrupt or partial)"
+                )));
+            }
         }
         let items: SnapshotItems =
             serde_json::from_slice(&meta).map_err(|e| err(format!("items.json: {e}")))?;
@@ -368,27 +503,33 @@ impl VectorIndex {
         index
             .load_from_buffer(&graph)
             .map_err(|e| err(e.to_string()))?;
-        if index.size() != items.items.len() || manifest.count != items.items.len() {
+        let n = items.items.len();
+        if index.size() != n || manifest.count != n || vectors.len() != n * items.dim * 4 {
             return Err(err(format!(
-                "graph has {} vectors, metadata {} items",
+                "graph has {} vectors, metadata {n} items, matrix {} bytes",
                 index.size(),
-                items.items.len()
+                vectors.len()
             )));
         }
+        let vectors: Vec<f32> = vectors
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let keys = items
             .items
             .iter()
             .enumerate()
-            .map(|(i, m)| (m.id.clone(), i as u64))
+            .map(|(i, m)| (m.id.clone(), i as u32))
             .collect();
-        Ok(Self {
+        Ok(Self::assemble(
             index,
-            items: items.items,
-            dim: items.dim,
-            params: items.params,
-            model: items.model,
+            items.items,
+            vectors,
+            items.dim,
+            items.params,
+            items.model,
             keys,
-        })
+        ))
     }
 }
 
@@ -396,6 +537,7 @@ impl VectorIndex {
 struct Manifest {
     format: u32,
     graph_sha256: String,
+    vectors_sha256: String,
     items_sha256: String,
     count: usize,
 }
@@ -421,7 +563,20 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    // Four accumulators let the compiler vectorise without reassociating floats.
+    let mut acc = [0f32; 4];
+    let chunks = a.len() / 4;
+    for i in 0..chunks {
+        for j in 0..4 {
+            acc[j] += a[i * 4 + j] * b[i * 4 + j];
+        }
+    }
+    let tail: f32 = a[chunks * 4..]
+        .iter()
+        .zip(&b[chunks * 4..])
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 fn normalize(v: &mut [f32]) {
@@ -514,8 +669,8 @@ mod tests {
         let all_pans: Vec<Hit> = {
             let mut q2 = q.clone();
             normalize(&mut q2);
-            let keys: Vec<u64> = (0..5_000u64).filter(|k| k.is_multiple_of(100)).collect();
-            idx.exact_among(&q2, 10, &keys).expect("exact")
+            let keys: Vec<u32> = (0..5_000u32).filter(|k| k.is_multiple_of(100)).collect();
+            idx.exact_among(&q2, 10, &keys)
         };
         assert_eq!(hits, all_pans);
         // Price and brand together.
@@ -534,6 +689,38 @@ mod tests {
     }
 
     #[test]
+    fn graph_filtered_path_respects_filters() {
+        // exact_below 0 forces the HNSW predicate path even for broad filters.
+        let params = IndexParams {
+            exact_below: 0,
+            ..IndexParams::default()
+        };
+        let entries = vectors(5_000, 32, 7)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (meta(i), v))
+            .collect();
+        let idx = VectorIndex::build(32, params, "test", entries).expect("build");
+        let f = Filter {
+            brands: vec!["other".into()],
+            max_price: Some(250.0),
+            ..Filter::default()
+        };
+        for q in vectors(20, 32, 3) {
+            let hits = idx.search(&q, 10, &f).expect("search");
+            assert_eq!(hits.len(), 10);
+            for h in &hits {
+                let i: usize = h.id.trim_start_matches("item-").parse().expect("id");
+                assert!(f.matches(&meta(i)), "{} violates the filter", h.id);
+            }
+            assert!(
+                hits.windows(2).all(|w| w[0].similarity >= w[1].similarity),
+                "best first"
+            );
+        }
+    }
+
+    #[test]
     fn snapshot_round_trips_and_refuses_corruption() {
         let idx = build(1_000, 16);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -544,7 +731,7 @@ mod tests {
             back.search(&q, 5, &Filter::default()).expect("search"),
             idx.search(&q, 5, &Filter::default()).expect("search")
         );
-        // Flip one byte in the graph: refused with a clear reason.
+        // Flip one bit in the graph: refused with a clear reason.
         let path = dir.path().join("index.usearch");
         let mut bytes = std::fs::read(&path).expect("read");
         let mid = bytes.len() / 2;
@@ -552,6 +739,26 @@ mod tests {
         std::fs::write(&path, bytes).expect("write");
         let err = VectorIndex::load(dir.path()).expect_err("corrupt");
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn recall_at_10_against_exact_search() {
+        let idx = build(5_000, 384);
+        let queries = vectors(100, 384, 1234);
+        let mut found = 0usize;
+        for q in &queries {
+            let approx: Vec<String> = idx
+                .search(q, 10, &Filter::default())
+                .expect("search")
+                .into_iter()
+                .map(|h| h.id)
+                .collect();
+            let exact = idx.exact_search(q, 10).expect("exact");
+            found += exact.iter().filter(|h| approx.contains(&h.id)).count();
+        }
+        let recall = found as f64 / (queries.len() * 10) as f64;
+        eprintln!("recall@10 over 5000 clustered 384-d vectors: {recall}");
+        assert!(recall >= 0.95, "recall@10 = {recall}");
     }
 
     #[test]
