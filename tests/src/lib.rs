@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod etcd;
 pub mod process;
+pub mod redis;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

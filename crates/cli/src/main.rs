@@ -3,7 +3,9 @@
 //! Subcommands that talk to the control plane take `--etcd` (or `RANKMESH_ETCD`);
 //! those that talk to one replica take its gRPC address.
 
+mod catalog;
 mod embed;
+mod generate;
 mod launcher;
 
 use std::path::PathBuf;
@@ -96,11 +98,46 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Import or generate catalogs.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Show which instance leads a role (e.g. rollout).
     Leader {
         role: String,
         #[command(flatten)]
         etcd: EtcdArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Stream a catalog (JSONL or CSV: id, title, description, category, brand,
+    /// price, rating, review_count, attributes) to the feature service. Bad rows are
+    /// listed with their line numbers; exits 1 when any row was rejected.
+    Import {
+        file: PathBuf,
+        /// jsonl or csv; taken from the file extension when omitted.
+        #[arg(long)]
+        format: Option<String>,
+        /// Remove items that are not in this file.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Write a deterministic synthetic store: catalog.jsonl, users.jsonl,
+    /// events.jsonl, queries.txt and graded labels (labels.csv, -train, -test).
+    Generate {
+        #[arg(long, default_value_t = 5000)]
+        items: usize,
+        #[arg(long, default_value_t = 500)]
+        users: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -292,6 +329,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             embed::retrieve(&addr, query, k, &filters, json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Catalog { command } => match command {
+            CatalogCommand::Import {
+                file,
+                format,
+                replace,
+                target,
+            } => {
+                let addr = target.resolve("feature").await?;
+                let clean = catalog::import(&addr, &file, format.as_deref(), replace).await?;
+                Ok(if clean {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            CatalogCommand::Generate {
+                items,
+                users,
+                seed,
+                out,
+            } => {
+                generate::generate(items, users, seed, &out)?;
+                println!(
+                    "wrote {items} items, {users} users, events, queries and labels to {}",
+                    out.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Leader { role, etcd } => {
             let etcd = etcd.connect().await?;
             match Candidate::new(etcd, &role, "meshctl").leader().await? {

@@ -53,54 +53,12 @@ pub struct ItemMeta {
     pub price: Option<f64>,
 }
 
-/// A validated filter (see the proto's `Filters`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    /// Normalised category prefix; empty matches everything.
-    pub category_prefix: String,
-    pub min_price: Option<f64>,
-    pub max_price: Option<f64>,
-    /// Lower-cased brands; empty matches everything.
-    pub brands: Vec<String>,
-}
+pub use rankmesh_common::filters::{Filter, normalize_category};
 
-impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.category_prefix.is_empty()
-            && self.min_price.is_none()
-            && self.max_price.is_none()
-            && self.brands.is_empty()
+impl ItemMeta {
+    fn passes(&self, filter: &Filter) -> bool {
+        filter.matches(&self.category, &self.brand, self.price)
     }
-
-    pub fn matches(&self, item: &ItemMeta) -> bool {
-        if !self.category_prefix.is_empty() {
-            let c = &item.category;
-            // Whole segments only: "home > kitchen" matches "home > kitchen > pans"
-            // but not "home > kitchenware".
-            let ok = c == &self.category_prefix
-                || (c.starts_with(&self.category_prefix)
-                    && c[self.category_prefix.len()..].starts_with(" > "));
-            if !ok {
-                return false;
-            }
-        }
-        if self.min_price.is_some() || self.max_price.is_some() {
-            let Some(p) = item.price else { return false };
-            if self.min_price.is_some_and(|m| p < m) || self.max_price.is_some_and(|m| p > m) {
-                return false;
-            }
-        }
-        self.brands.is_empty() || self.brands.iter().any(|b| b == &item.brand)
-    }
-}
-
-/// "Home>Kitchen >  Pans" -> "home > kitchen > pans".
-pub fn normalize_category(path: &str) -> String {
-    path.split('>')
-        .map(|s| s.trim().to_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" > ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +290,7 @@ impl VectorIndex {
         } else {
             (0..self.items.len() as u32).collect()
         };
-        keys.retain(|&k| filter.matches(&self.items[k as usize]));
+        keys.retain(|&k| self.items[k as usize].passes(filter));
         keys.sort_unstable();
         keys.dedup();
         keys
@@ -638,24 +596,6 @@ mod tests {
     }
 
     #[test]
-    fn category_filter_matches_whole_segments() {
-        let f = Filter {
-            category_prefix: normalize_category("home>kitchen"),
-            ..Filter::default()
-        };
-        let item = |c: &str| ItemMeta {
-            id: "x".into(),
-            category: normalize_category(c),
-            brand: String::new(),
-            price: None,
-        };
-        assert!(f.matches(&item("Home > Kitchen > Pans")));
-        assert!(f.matches(&item("home > kitchen")));
-        assert!(!f.matches(&item("Home > Kitchenware")));
-        assert!(!f.matches(&item("Garden")));
-    }
-
-    #[test]
     fn selective_filters_stay_exact() {
         let idx = build(5_000, 32);
         let q = vectors(1, 32, 99).remove(0);
@@ -684,7 +624,7 @@ mod tests {
         assert!(!hits.is_empty());
         for h in &hits {
             let i: usize = h.id.trim_start_matches("item-").parse().expect("id");
-            assert!(f.matches(&meta(i)), "{} violates the filter", h.id);
+            assert!(meta(i).passes(&f), "{} violates the filter", h.id);
         }
     }
 
@@ -711,7 +651,7 @@ mod tests {
             assert_eq!(hits.len(), 10);
             for h in &hits {
                 let i: usize = h.id.trim_start_matches("item-").parse().expect("id");
-                assert!(f.matches(&meta(i)), "{} violates the filter", h.id);
+                assert!(meta(i).passes(&f), "{} violates the filter", h.id);
             }
             assert!(
                 hits.windows(2).all(|w| w[0].similarity >= w[1].similarity),

@@ -13,12 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{self, CatalogItem};
 use crate::encoder::{Embedded, Encoder};
-use crate::index::{Filter, IndexParams, VectorIndex, normalize_category};
+use crate::index::{Filter, IndexParams, VectorIndex};
 
-/// Longest accepted category prefix, bytes (stated in the proto).
-const MAX_CATEGORY_BYTES: usize = 256;
-/// Most brands in one filter (stated in the proto).
-const MAX_BRANDS: usize = 64;
 /// Texts embedded per batcher submission while building the index.
 const BUILD_CHUNK: usize = 256;
 
@@ -289,61 +285,7 @@ fn check_text(field: &str, t: &str) -> Result<(), EmbedError> {
 
 /// Validates the proto filters.
 pub fn filter_from(f: Option<common::Filters>) -> Result<Filter, EmbedError> {
-    let Some(common::Filters {
-        category_prefix,
-        min_price,
-        max_price,
-        brands,
-    }) = f
-    else {
-        return Ok(Filter::default());
-    };
-    if category_prefix.len() > MAX_CATEGORY_BYTES {
-        return Err(invalid(
-            "filters.category_prefix",
-            format!(
-                "{} bytes; at most {MAX_CATEGORY_BYTES}",
-                category_prefix.len()
-            ),
-        ));
-    }
-    for (name, v) in [
-        ("filters.min_price", min_price),
-        ("filters.max_price", max_price),
-    ] {
-        if let Some(p) = v
-            && (!p.is_finite() || p < 0.0)
-        {
-            return Err(invalid(
-                name,
-                format!("must be a finite number >= 0, got {p}"),
-            ));
-        }
-    }
-    if let (Some(lo), Some(hi)) = (min_price, max_price)
-        && hi < lo
-    {
-        return Err(invalid(
-            "filters.max_price",
-            format!("{hi} is below min_price {lo}"),
-        ));
-    }
-    if brands.len() > MAX_BRANDS {
-        return Err(invalid(
-            "filters.brands",
-            format!("{} brands; at most {MAX_BRANDS}", brands.len()),
-        ));
-    }
-    Ok(Filter {
-        category_prefix: normalize_category(&category_prefix),
-        min_price,
-        max_price,
-        brands: brands
-            .iter()
-            .map(|b| b.trim().to_lowercase())
-            .filter(|b| !b.is_empty())
-            .collect(),
-    })
+    Filter::from_proto(f).map_err(|e| invalid(e.field, e.message))
 }
 
 /// The tonic service.

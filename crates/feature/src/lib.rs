@@ -1,46 +1,158 @@
-//! The feature service: the online store of item and user features, the lexical (BM25) candidate source and the real-time event sink.
+//! The feature service: the online store of item attributes and user features, the
+//! lexical (BM25) candidate source, and the real-time event sink.
 //!
-//! Serves gRPC health and reflection, the admin port, and registers in discovery as
-//! `feature`; its own API (`rankmesh.feature.v1.FeatureService`, see the proto) lands with its issue.
+//! # Layout
+//! - [`model`]: items, events, user profiles and their limits.
+//! - [`import`]: streaming JSONL/CSV catalog parsing with per-row errors.
+//! - [`store`]: the storage trait with redb (embedded) and Redis (shared) backends.
+//! - [`lexical`]: the tantivy BM25 index with exact filters.
+//! - [`features`]: the ranker's feature schema and matrix.
+//! - [`service`]: the gRPC API.
+
+pub mod features;
+pub mod import;
+pub mod lexical;
+pub mod model;
+pub mod service;
+pub mod store;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rankmesh_common::config::ConfigError;
+use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
 use rankmesh_common::service::{ScaffoldError, serve_routes};
+use rankmesh_proto::pb::feature::v1::feature_service_server::FeatureServiceServer;
+use serde::{Deserialize, Serialize};
+
+use crate::lexical::LexicalIndex;
+use crate::service::{FeatureApi, Features};
+use crate::store::{AnyStore, RedbStore, RedisStore, StoreError};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "feature";
+/// Fully qualified gRPC service name.
+pub const GRPC_SERVICE: &str = "rankmesh.feature.v1.FeatureService";
 
 rankmesh_common::service_config! {
     /// Configuration of the feature service.
-    pub struct Config {}
+    pub struct Config {
+        /// Where features live.
+        pub store: StoreConfig,
+    }
+}
+
+/// The storage backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redb` (an embedded file; one replica) or `redis` (shared by replicas).
+    pub backend: Backend,
+    /// The redb file.
+    pub path: PathBuf,
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Redb,
+    Redis,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Redb,
+            path: PathBuf::from(".rankmesh/feature/features.redb"),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+        }
+    }
 }
 
 impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
+        if self.store.backend == Backend::Redis && !self.store.redis_url.starts_with("redis://") {
+            return Err(invalid(
+                "store.redis_url",
+                format!("{:?}", self.store.redis_url),
+                "must start with redis://",
+            ));
+        }
         Ok(())
     }
 }
 
-/// Runs the service on `listeners` until `shutdown` resolves, then drains.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Scaffold(#[from] ScaffoldError),
+    #[error("feature store: {0}")]
+    Store(#[from] StoreError),
+    #[error("lexical index: {0}")]
+    Lexical(#[from] lexical::LexicalError),
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &StoreConfig) -> Result<AnyStore, StoreError> {
+    Ok(match config.backend {
+        Backend::Redb => AnyStore::Redb(RedbStore::open(&config.path)?),
+        Backend::Redis => AnyStore::Redis(RedisStore::open(&config.redis_url)?),
+    })
+}
+
+/// Opens the store, rebuilds the lexical index from it, and serves until `shutdown`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ScaffoldError> {
+) -> Result<(), Error> {
+    let store = open_store(&config.store)?;
+    tracing::info!(backend = ?config.store.backend, "feature store open");
+    let features = Arc::new(Features::new(store, Arc::new(LexicalIndex::new()?)));
+
+    // Serve at once; `/ready` waits until the lexical index holds the catalog.
+    let readiness = Readiness::default();
+    readiness.set("lexical_index", false);
+    {
+        let features = Arc::clone(&features);
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(200);
+            loop {
+                match features.rebuild_lexical().await {
+                    Ok(n) => {
+                        tracing::info!(items = n, "lexical index built");
+                        readiness.set("lexical_index", true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lexical index build failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
+    let api = FeatureServiceServer::new(FeatureApi::new(features))
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes);
     let info = ServiceInfo {
         name: SERVICE,
-        grpc_services: Vec::new(),
+        grpc_services: vec![GRPC_SERVICE],
     };
-    let routes = tonic::service::Routes::default();
     serve_routes(
         info,
         &config,
-        Readiness::default(),
-        routes,
+        readiness,
+        tonic::service::Routes::new(api),
         listeners,
         shutdown,
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,188 @@
+//! Catalog filters (the proto's `Filters`), validated once and shared by every
+//! service that filters items (dense retrieval, lexical retrieval, ranking).
+
+use rankmesh_proto::pb::common::v1 as pb;
+
+/// Longest accepted category prefix, bytes (stated in the proto).
+pub const MAX_CATEGORY_BYTES: usize = 256;
+/// Most brands in one filter (stated in the proto).
+pub const MAX_BRANDS: usize = 64;
+
+/// A validated filter. Category and brands are normalised (see
+/// [`normalize_category`]; brands lower-cased).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Normalised category prefix; empty matches everything.
+    pub category_prefix: String,
+    pub min_price: Option<f64>,
+    pub max_price: Option<f64>,
+    /// Lower-cased brands; empty matches everything.
+    pub brands: Vec<String>,
+}
+
+/// A filter that cannot be used; `field` is the proto path (e.g. `filters.max_price`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FilterError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// "Home>Kitchen >  Pans" -> "home > kitchen > pans".
+pub fn normalize_category(path: &str) -> String {
+    path.split('>')
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" > ")
+}
+
+/// Every prefix of a normalised category path, shortest first:
+/// "a > b > c" -> ["a", "a > b", "a > b > c"].
+pub fn category_prefixes(normalized: &str) -> Vec<String> {
+    let parts: Vec<&str> = normalized.split(" > ").filter(|s| !s.is_empty()).collect();
+    (1..=parts.len()).map(|n| parts[..n].join(" > ")).collect()
+}
+
+impl Filter {
+    /// Validates the proto filters.
+    pub fn from_proto(f: Option<pb::Filters>) -> Result<Self, FilterError> {
+        let Some(pb::Filters {
+            category_prefix,
+            min_price,
+            max_price,
+            brands,
+        }) = f
+        else {
+            return Ok(Self::default());
+        };
+        let err = |field, message: String| FilterError { field, message };
+        if category_prefix.len() > MAX_CATEGORY_BYTES {
+            return Err(err(
+                "filters.category_prefix",
+                format!(
+                    "{} bytes; at most {MAX_CATEGORY_BYTES}",
+                    category_prefix.len()
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("filters.min_price", min_price),
+            ("filters.max_price", max_price),
+        ] {
+            if let Some(p) = v
+                && (!p.is_finite() || p < 0.0)
+            {
+                return Err(err(name, format!("must be a finite number >= 0, got {p}")));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (min_price, max_price)
+            && hi < lo
+        {
+            return Err(err(
+                "filters.max_price",
+                format!("{hi} is below min_price {lo}"),
+            ));
+        }
+        if brands.len() > MAX_BRANDS {
+            return Err(err(
+                "filters.brands",
+                format!("{} brands; at most {MAX_BRANDS}", brands.len()),
+            ));
+        }
+        Ok(Self {
+            category_prefix: normalize_category(&category_prefix),
+            min_price,
+            max_price,
+            brands: brands
+                .iter()
+                .map(|b| b.trim().to_lowercase())
+                .filter(|b| !b.is_empty())
+                .collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.category_prefix.is_empty()
+            && self.min_price.is_none()
+            && self.max_price.is_none()
+            && self.brands.is_empty()
+    }
+
+    /// Whether an item passes. `category` must be normalised, `brand` lower-cased.
+    pub fn matches(&self, category: &str, brand: &str, price: Option<f64>) -> bool {
+        if !self.category_prefix.is_empty() {
+            let p = self.category_prefix.as_str();
+            // Whole segments only: "home > kitchen" matches "home > kitchen > pans"
+            // but not "home > kitchenware".
+            let ok = category == p
+                || (category.starts_with(p) && category[p.len()..].starts_with(" > "));
+            if !ok {
+                return false;
+            }
+        }
+        if self.min_price.is_some() || self.max_price.is_some() {
+            let Some(p) = price else { return false };
+            if self.min_price.is_some_and(|m| p < m) || self.max_price.is_some_and(|m| p > m) {
+                return false;
+            }
+        }
+        self.brands.is_empty() || self.brands.iter().any(|b| b == brand)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_prefix_matches_whole_segments() {
+        let f = Filter {
+            category_prefix: normalize_category("home>kitchen"),
+            ..Filter::default()
+        };
+        assert!(f.matches(&normalize_category("Home > Kitchen > Pans"), "", None));
+        assert!(f.matches("home > kitchen", "", None));
+        assert!(!f.matches("home > kitchenware", "", None));
+        assert!(!f.matches("garden", "", None));
+        assert_eq!(
+            category_prefixes("a > b > c"),
+            vec!["a", "a > b", "a > b > c"]
+        );
+    }
+
+    #[test]
+    fn proto_validation_names_fields() {
+        let bad = |f: pb::Filters| Filter::from_proto(Some(f)).expect_err("invalid").field;
+        assert_eq!(
+            bad(pb::Filters {
+                min_price: Some(5.0),
+                max_price: Some(1.0),
+                ..Default::default()
+            }),
+            "filters.max_price"
+        );
+        assert_eq!(
+            bad(pb::Filters {
+                min_price: Some(f64::NAN),
+                ..Default::default()
+            }),
+            "filters.min_price"
+        );
+        assert_eq!(
+            bad(pb::Filters {
+                brands: vec!["b".into(); 65],
+                ..Default::default()
+            }),
+            "filters.brands"
+        );
+        let ok = Filter::from_proto(Some(pb::Filters {
+            category_prefix: " Home>Kitchen ".into(),
+            brands: vec![" ACME ".into(), "".into()],
+            ..Default::default()
+        }))
+        .expect("valid");
+        assert_eq!(ok.category_prefix, "home > kitchen");
+        assert_eq!(ok.brands, vec!["acme"]);
+    }
+}

@@ -1,0 +1,421 @@
+//! Parsing a streamed catalog (JSONL or CSV) into validated items and per-row errors.
+//!
+//! The parser runs on a blocking thread and reads the upload through [`ChunkReader`],
+//! which pulls chunks from a channel as the gRPC stream delivers them, so a CSV field
+//! may span chunks and memory holds only what is parsed. Good rows are collected and
+//! committed by the caller in one transaction at the end: a broken stream or a failed
+//! commit leaves the store exactly as it was.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read};
+
+use serde::Deserialize;
+
+use crate::model::Item;
+
+/// Most rows one import may carry (stated in the proto).
+pub const MAX_ROWS: u64 = 10_000_000;
+/// Row errors listed in the reply; the rest are only counted.
+pub const MAX_LISTED_ERRORS: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+/// A rejected row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    /// 1-based line number in the file.
+    pub line: u64,
+    pub reason: String,
+}
+
+/// What parsing produced.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub items: Vec<Item>,
+    /// The first [`MAX_LISTED_ERRORS`] errors.
+    pub errors: Vec<RowError>,
+    pub rejected: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the upload was interrupted before its end; nothing was imported")]
+    Interrupted,
+    #[error("CSV header: {0}")]
+    Header(String),
+    #[error("more than {MAX_ROWS} rows")]
+    TooManyRows,
+    #[error("reading the upload: {0}")]
+    Io(String),
+}
+
+/// `Read` over chunks sent through a channel; a `None` chunk (sender dropped without
+/// [`ChunkReader::END`]) means the upload broke.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ()>>,
+    current: bytes::Bytes,
+    done: bool,
+}
+
+impl std::fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ()>>) -> Self {
+        Self {
+            rx,
+            current: bytes::Bytes::new(),
+            done: false,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Some(Ok(chunk)) => self.current = chunk,
+                // An explicit error or a vanished sender: the stream broke.
+                Some(Err(())) | None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "upload interrupted",
+                    ));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// A JSON or CSV row before validation. Unknown JSON fields are ignored so exports
+/// from other systems import as they are.
+#[derive(Debug, Deserialize)]
+struct RawItem {
+    #[serde(default)]
+    id: serde_json::Value,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    brand: String,
+    #[serde(default)]
+    price: Option<f64>,
+    #[serde(default)]
+    rating: Option<f64>,
+    #[serde(default)]
+    review_count: Option<u64>,
+    #[serde(default)]
+    attributes: BTreeMap<String, serde_json::Value>,
+}
+
+impl RawItem {
+    fn into_item(self) -> Result<Item, String> {
+        let id = match self.id {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Null => return Err("id: required".into()),
+            other => return Err(format!("id: must be a string, got {other}")),
+        };
+        Item {
+            id,
+            title: self.title,
+            description: self.description,
+            category: self.category,
+            brand: self.brand,
+            price: self.price,
+            rating: self.rating,
+            review_count: self.review_count.unwrap_or(0),
+            attributes: self
+                .attributes
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        }
+        .validated()
+    }
+}
+
+fn record(out: &mut Parsed, line: u64, row: Result<Item, String>) -> Result<(), ImportError> {
+    match row {
+        Ok(item) => out.items.push(item),
+        Err(reason) => {
+            out.rejected += 1;
+            if out.errors.len() < MAX_LISTED_ERRORS {
+                out.errors.push(RowError { line, reason });
+            }
+        }
+    }
+    if out.items.len() as u64 + out.rejected > MAX_ROWS {
+        return Err(ImportError::TooManyRows);
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> ImportError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ImportError::Interrupted
+    } else {
+        ImportError::Io(e.to_string())
+    }
+}
+
+/// Parses the whole upload. Blocking.
+pub fn parse(format: Format, reader: impl Read) -> Result<Parsed, ImportError> {
+    match format {
+        Format::Jsonl => parse_jsonl(reader),
+        Format::Csv => parse_csv(reader),
+    }
+}
+
+fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
+    let mut out = Parsed::default();
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
+        }
+        n += 1;
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                record(&mut out, n, Err(format!("not UTF-8: {e}")))?;
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str::<RawItem>(text)
+            .map_err(|e| format!("not a JSON object of the catalog format: {e}"))
+            .and_then(RawItem::into_item);
+        record(&mut out, n, row)?;
+    }
+    Ok(out)
+}
+
+const CSV_COLUMNS: &[&str] = &[
+    "id",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "price",
+    "rating",
+    "review_count",
+    "attributes",
+];
+
+fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
+    let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let header: Vec<String> = csv
+        .headers()
+        .map_err(|e| csv_err(e, "header"))?
+        .iter()
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    for required in ["id", "title"] {
+        if !header.iter().any(|h| h == required) {
+            return Err(ImportError::Header(format!(
+                "missing column {required:?}; have {header:?}"
+            )));
+        }
+    }
+    if let Some(unknown) = header.iter().find(|h| !CSV_COLUMNS.contains(&h.as_str())) {
+        return Err(ImportError::Header(format!(
+            "unknown column {unknown:?}; known: {}",
+            CSV_COLUMNS.join(", ")
+        )));
+    }
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let cols: Vec<Option<usize>> = CSV_COLUMNS.iter().map(|c| col(c)).collect();
+    let mut out = Parsed::default();
+    let mut rec = csv::StringRecord::new();
+    loop {
+        match csv.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {
+                let line = rec.position().map_or(0, csv::Position::line);
+                if rec.iter().all(|f| f.trim().is_empty()) {
+                    continue;
+                }
+                let get = |i: usize| cols[i].and_then(|c| rec.get(c)).unwrap_or("").trim();
+                record(&mut out, line, csv_row(&get))?;
+            }
+            Err(e) => {
+                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                    return Err(csv_err(e, "row"));
+                }
+                let line = e.position().map_or(0, csv::Position::line);
+                record(&mut out, line, Err(format!("malformed CSV: {e}")))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn csv_err(e: csv::Error, what: &str) -> ImportError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io_err) => io(io_err),
+        other => ImportError::Header(format!("{what}: {other:?}")),
+    }
+}
+
+fn csv_row<'a>(get: &dyn Fn(usize) -> &'a str) -> Result<Item, String> {
+    let num = |i: usize, name: &str| -> Result<Option<f64>, String> {
+        let v = get(i);
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<f64>()
+            .map(Some)
+            .map_err(|_| format!("{name}: not a number: {v:?}"))
+    };
+    let review_count = match get(7) {
+        "" => 0,
+        v => v
+            .parse::<u64>()
+            .map_err(|_| format!("review_count: not a non-negative integer: {v:?}"))?,
+    };
+    Item {
+        id: get(0).to_owned(),
+        title: get(1).to_owned(),
+        description: get(2).to_owned(),
+        category: get(3).to_owned(),
+        brand: get(4).to_owned(),
+        price: num(5, "price")?,
+        rating: num(6, "rating")?,
+        review_count,
+        attributes: parse_attributes(get(8))?,
+    }
+    .validated()
+}
+
+/// CSV attributes: a JSON object, or `key=value` pairs separated by `;`.
+fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, String> {
+    if s.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if s.starts_with('{') {
+        let v: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(s).map_err(|e| format!("attributes: invalid JSON object: {e}"))?;
+        return Ok(v
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect());
+    }
+    s.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("attributes: expected key=value, got {pair:?}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_reports_bad_lines_and_keeps_good_ones() {
+        let data = concat!(
+            "{\"id\":\"a\",\"title\":\"Pan\",\"category\":\"Home>Kitchen\",\"price\":12.5,\"attributes\":{\"size\":28}}\n",
+            "\n",
+            "{\"id\":\"b\"}\n",
+            "not json\n",
+            "{\"id\":7,\"title\":\"Numeric id\",\"extra\":true}\n",
+            "{\"id\":\"c\",\"title\":\"Bad\",\"price\":-3}\n",
+        );
+        let p = parse(Format::Jsonl, data.as_bytes()).expect("parsed");
+        assert_eq!(p.items.len(), 2);
+        assert_eq!(p.items[0].attributes["size"], "28");
+        assert_eq!(p.items[1].id, "7");
+        let lines: Vec<u64> = p.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 6]);
+        assert!(
+            p.errors[0].reason.starts_with("title:"),
+            "{:?}",
+            p.errors[0]
+        );
+        assert!(
+            p.errors[2].reason.starts_with("price:"),
+            "{:?}",
+            p.errors[2]
+        );
+    }
+
+    #[test]
+    fn csv_with_quotes_newlines_and_attribute_forms() {
+        let data = "id,title,description,category,price,attributes\n\
+                    a,\"Pan, large\",\"two\nlines\",Home > Kitchen,10,color=red;size=L\n\
+                    b,Lamp,,Home,abc,\n\
+                    c,Shoe,,Sports,5,\"{\"\"color\"\":\"\"blue\"\"}\"\n";
+        let p = parse(Format::Csv, data.as_bytes()).expect("parsed");
+        assert_eq!(p.items.len(), 2, "{:?}", p.errors);
+        assert_eq!(p.items[0].title, "Pan, large");
+        assert_eq!(p.items[0].attributes["size"], "L");
+        assert_eq!(p.items[1].attributes["color"], "blue");
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].line, 4);
+        assert!(p.errors[0].reason.contains("price"), "{:?}", p.errors[0]);
+    }
+
+    #[test]
+    fn csv_header_must_name_id_and_title_and_no_unknown_columns() {
+        assert!(matches!(
+            parse(Format::Csv, "title\nx\n".as_bytes()),
+            Err(ImportError::Header(_))
+        ));
+        assert!(matches!(
+            parse(Format::Csv, "id,title,colour\na,b,c\n".as_bytes()),
+            Err(ImportError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn interrupted_stream_is_an_error() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.blocking_send(Ok(bytes::Bytes::from_static(
+            b"{\"id\":\"a\",\"title\":\"x\"}\n",
+        )))
+        .expect("send");
+        drop(tx);
+        let r = parse(Format::Jsonl, ChunkReader::new(rx));
+        assert!(matches!(r, Err(ImportError::Interrupted)), "{r:?}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The feature service's domain types and their limits.
+
+use std::collections::BTreeMap;
+
+use rankmesh_proto::limits::MAX_ID_BYTES;
+use serde::{Deserialize, Serialize};
+
+/// Longest title, bytes.
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// Longest description, bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+/// Most attributes per item.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Recent events kept per user.
+pub const RECENT_EVENTS: usize = 50;
+
+/// A catalog item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// `>`-separated path, stored as given (trimmed segments joined by " > ").
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub brand: String,
+    #[serde(default)]
+    pub price: Option<f64>,
+    #[serde(default)]
+    pub rating: Option<f64>,
+    #[serde(default)]
+    pub review_count: u64,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Checks an id: 1..=128 bytes, no whitespace or control characters.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("empty".into());
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!("{} bytes; at most {MAX_ID_BYTES}", id.len()));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{id:?} contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+/// "Home>Kitchen >  Pans" -> "Home > Kitchen > Pans" (case kept for display).
+pub fn tidy_category(path: &str) -> String {
+    path.split('>')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" > ")
+}
+
+impl Item {
+    /// Validates and normalises an item; the error names the field.
+    pub fn validated(mut self) -> Result<Self, String> {
+        self.id = self.id.trim().to_owned();
+        check_id(&self.id).map_err(|e| format!("id: {e}"))?;
+        self.title = self.title.trim().to_owned();
+        if self.title.is_empty() {
+            return Err("title: required".into());
+        }
+        if self.title.len() > MAX_TITLE_BYTES {
+            return Err(format!(
+                "title: {} bytes; at most {MAX_TITLE_BYTES}",
+                self.title.len()
+            ));
+        }
+        if self.description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(format!(
+                "description: {} bytes; at most {MAX_DESCRIPTION_BYTES}",
+                self.description.len()
+            ));
+        }
+        self.category = tidy_category(&self.category);
+        self.brand = self.brand.trim().to_owned();
+        if let Some(p) = self.price
+            && (!p.is_finite() || p < 0.0)
+        {
+            return Err(format!("price: must be a finite number >= 0, got {p}"));
+        }
+        if let Some(r) = self.rating
+            && !(0.0..=5.0).contains(&r)
+        {
+            return Err(format!("rating: must be within 0..=5, got {r}"));
+        }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(format!(
+                "attributes: {} entries; at most {MAX_ATTRIBUTES}",
+                self.attributes.len()
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// What a user did with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    View,
+    Cart,
+    Purchase,
+}
+
+impl EventKind {
+    /// How much an event says about interest; also its weight in popularity.
+    pub fn weight(self) -> f64 {
+        match self {
+            Self::View => 1.0,
+            Self::Cart => 3.0,
+            Self::Purchase => 5.0,
+        }
+    }
+}
+
+/// A user event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub user_id: String,
+    pub item_id: String,
+    pub kind: EventKind,
+    pub timestamp_ms: i64,
+}
+
+/// One remembered interaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    pub item_id: String,
+    pub kind: EventKind,
+    pub timestamp_ms: i64,
+}
+
+/// What is known about a user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserProfile {
+    /// Most recent first, at most [`RECENT_EVENTS`].
+    pub recent: Vec<Recent>,
+    /// Category path -> summed event weight.
+    pub category_weight: BTreeMap<String, f64>,
+    /// Lower-cased brand -> summed event weight.
+    pub brand_weight: BTreeMap<String, f64>,
+    /// Events recorded.
+    pub events: u64,
+}
+
+impl UserProfile {
+    /// Applies an event (the item's category and brand are looked up by the caller).
+    pub fn apply(&mut self, event: &Event, category: &str, brand: &str) {
+        let w = event.kind.weight();
+        self.recent.insert(
+            0,
+            Recent {
+                item_id: event.item_id.clone(),
+                kind: event.kind,
+                timestamp_ms: event.timestamp_ms,
+            },
+        );
+        // Out-of-order timestamps (retries, clock skew) keep the list newest first.
+        self.recent
+            .sort_by_key(|r| std::cmp::Reverse(r.timestamp_ms));
+        self.recent.truncate(RECENT_EVENTS);
+        if !category.is_empty() {
+            *self.category_weight.entry(category.to_owned()).or_default() += w;
+        }
+        if !brand.is_empty() {
+            *self.brand_weight.entry(brand.to_lowercase()).or_default() += w;
+        }
+        self.events += 1;
+    }
+
+    /// Category affinities normalised to sum to 1.
+    pub fn category_affinity(&self) -> BTreeMap<String, f64> {
+        let total: f64 = self.category_weight.values().sum();
+        if total <= 0.0 {
+            return BTreeMap::new();
+        }
+        self.category_weight
+            .iter()
+            .map(|(c, w)| (c.clone(), w / total))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item() -> Item {
+        Item {
+            id: "a1".into(),
+            title: " Pan ".into(),
+            description: String::new(),
+            category: "Home>Kitchen >  Pans".into(),
+            brand: " Acme ".into(),
+            price: Some(10.0),
+            rating: Some(4.5),
+            review_count: 3,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn validation_normalises_and_names_fields() {
+        let i = item().validated().expect("valid");
+        assert_eq!(i.category, "Home > Kitchen > Pans");
+        assert_eq!((i.title.as_str(), i.brand.as_str()), ("Pan", "Acme"));
+        let bad = |f: fn(&mut Item)| {
+            let mut i = item();
+            f(&mut i);
+            i.validated().expect_err("invalid")
+        };
+        assert!(bad(|i| i.id = "a b".into()).starts_with("id:"));
+        assert!(bad(|i| i.title = "  ".into()).starts_with("title:"));
+        assert!(bad(|i| i.price = Some(-1.0)).starts_with("price:"));
+        assert!(bad(|i| i.rating = Some(7.0)).starts_with("rating:"));
+    }
+
+    #[test]
+    fn profile_keeps_newest_first_and_normalises_affinity() {
+        let mut p = UserProfile::default();
+        let ev = |id: &str, kind, ts| Event {
+            event_id: id.into(),
+            user_id: "u".into(),
+            item_id: id.into(),
+            kind,
+            timestamp_ms: ts,
+        };
+        p.apply(&ev("a", EventKind::View, 10), "Books", "X");
+        p.apply(&ev("b", EventKind::Purchase, 5), "Home > Kitchen", "Y");
+        assert_eq!(p.recent[0].item_id, "a");
+        let aff = p.category_affinity();
+        assert!((aff["Books"] - 1.0 / 6.0).abs() < 1e-9);
+        assert!((aff.values().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,628 @@
+//! The `FeatureService` gRPC API over a [`FeatureStore`] and the lexical index.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use rankmesh_common::filters::Filter;
+use rankmesh_proto::limits::{MAX_CANDIDATES, MAX_CHUNK_BYTES, MAX_QUERY_BYTES, MAX_RETRIEVE_K};
+use rankmesh_proto::pb::common::v1 as common;
+use rankmesh_proto::pb::feature::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::features;
+use crate::import::{self, ChunkReader, Format, ImportError};
+use crate::lexical::LexicalIndex;
+use crate::model::{Event, EventKind, Item, check_id};
+use crate::store::{FeatureStore, Recorded, StoreError};
+
+/// Events may be stamped at most this far in the future (clock skew).
+const MAX_FUTURE_MS: i64 = 3_600_000;
+/// Items per ScanItems message unless the caller asks otherwise.
+const DEFAULT_PAGE: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<FeatureError> for Status {
+    fn from(e: FeatureError) -> Self {
+        match e {
+            FeatureError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            FeatureError::NotFound(m) => Status::not_found(m),
+            FeatureError::Aborted(m) => Status::aborted(m),
+            FeatureError::TooLarge(m) => Status::resource_exhausted(m),
+            FeatureError::Unavailable(m) => Status::unavailable(m),
+            FeatureError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error; see the feature service log")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for FeatureError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                Self::Unavailable(format!("feature store unavailable: {m}"))
+            }
+            StoreError::Backend(m) => Self::Internal(m),
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> FeatureError {
+    FeatureError::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn id_arg(field: &str, id: &str) -> Result<(), FeatureError> {
+    check_id(id).map_err(|m| invalid(field, m))
+}
+
+fn query_arg(field: &str, q: &str, required: bool) -> Result<(), FeatureError> {
+    if required && q.trim().is_empty() {
+        return Err(invalid(field, "empty query"));
+    }
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most {MAX_QUERY_BYTES}", q.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Shared state behind the handlers.
+#[derive(Debug)]
+pub struct Features<S> {
+    store: S,
+    lexical: Arc<LexicalIndex>,
+    /// Imports run one at a time: each is one atomic replace/upsert of the catalog.
+    importing: tokio::sync::Mutex<()>,
+}
+
+impl<S: FeatureStore> Features<S> {
+    pub fn new(store: S, lexical: Arc<LexicalIndex>) -> Self {
+        Self {
+            store,
+            lexical,
+            importing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Rebuilds the lexical index from the store (startup, or after a failed update).
+    pub async fn rebuild_lexical(&self) -> Result<u64, FeatureError> {
+        let mut all: Vec<Item> = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.store.scan_items(&after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after.clone_from(&last.id);
+            all.extend(page);
+        }
+        let n = all.len() as u64;
+        let lexical = Arc::clone(&self.lexical);
+        tokio::task::spawn_blocking(move || lexical.upsert(&all, true))
+            .await
+            .map_err(|e| FeatureError::Internal(e.to_string()))?
+            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        Ok(n)
+    }
+
+    pub async fn get_features(
+        &self,
+        req: pb::GetFeaturesRequest,
+    ) -> Result<pb::GetFeaturesResponse, FeatureError> {
+        let pb::GetFeaturesRequest {
+            user_id,
+            query,
+            candidate_ids,
+        } = req;
+        if !user_id.is_empty() {
+            id_arg("user_id", &user_id)?;
+        }
+        query_arg("query", &query, false)?;
+        if candidate_ids.is_empty() {
+            return Err(invalid(
+                "candidate_ids",
+                "at least one candidate is required",
+            ));
+        }
+        if candidate_ids.len() > MAX_CANDIDATES as usize {
+            return Err(invalid(
+                "candidate_ids",
+                format!("{} ids; at most {MAX_CANDIDATES}", candidate_ids.len()),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(candidate_ids.len());
+        let mut ids = Vec::with_capacity(candidate_ids.len());
+        for (i, id) in candidate_ids.into_iter().enumerate() {
+            id_arg(&format!("candidate_ids[{i}]"), &id)?;
+            if seen.insert(id.clone()) {
+                ids.push(id);
+            }
+        }
+
+        let (items, profile) = tokio::try_join!(self.store.get_items(&ids), async {
+            if user_id.is_empty() {
+                Ok(None)
+            } else {
+                self.store.user_profile(&user_id).await
+            }
+        })?;
+        let mut known = Vec::with_capacity(items.len());
+        let mut unknown = Vec::new();
+        for (id, item) in ids.into_iter().zip(items) {
+            match item {
+                Some(i) => known.push(i),
+                None => unknown.push(id),
+            }
+        }
+        let known_ids: Vec<String> = known.iter().map(|i| i.id.clone()).collect();
+        let popularity = self.store.popularity(&known_ids).await?;
+        let lexical = Arc::clone(&self.lexical);
+        let q = query.clone();
+        let ids_for_bm25 = known_ids.clone();
+        let bm25 = tokio::task::spawn_blocking(move || lexical.scores_for(&q, &ids_for_bm25))
+            .await
+            .map_err(|e| FeatureError::Internal(e.to_string()))?
+            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        let values = features::matrix(&query, &known, &bm25, &popularity, profile.as_ref());
+        Ok(pb::GetFeaturesResponse {
+            schema: Some(schema()),
+            item_ids: known_ids,
+            values,
+            unknown_item_ids: unknown,
+            cold_start_user: profile.is_none(),
+        })
+    }
+
+    pub async fn lexical_candidates(
+        &self,
+        req: pb::LexicalCandidatesRequest,
+    ) -> Result<pb::LexicalCandidatesResponse, FeatureError> {
+        let pb::LexicalCandidatesRequest { query, k, filters } = req;
+        query_arg("query", &query, true)?;
+        if k == 0 || k > MAX_RETRIEVE_K {
+            return Err(invalid(
+                "k",
+                format!("must be within 1..={MAX_RETRIEVE_K}, got {k}"),
+            ));
+        }
+        let filter = Filter::from_proto(filters).map_err(|e| invalid(e.field, e.message))?;
+        let lexical = Arc::clone(&self.lexical);
+        let hits = tokio::task::spawn_blocking(move || lexical.search(&query, k as usize, &filter))
+            .await
+            .map_err(|e| FeatureError::Internal(e.to_string()))?
+            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        Ok(pb::LexicalCandidatesResponse {
+            items: hits
+                .into_iter()
+                .map(|(item_id, score)| pb::ScoredItem { item_id, score })
+                .collect(),
+        })
+    }
+
+    pub async fn record_event(
+        &self,
+        req: pb::RecordEventRequest,
+    ) -> Result<pb::RecordEventResponse, FeatureError> {
+        let event = event_from(req, rankmesh_common::server::now_ms())?;
+        let item = event.item_id.clone();
+        match self.store.record_events(vec![event]).await?.pop() {
+            Some(Recorded::Applied) => {
+                metrics::counter!("rankmesh_events_recorded_total").increment(1);
+                Ok(pb::RecordEventResponse { duplicate: false })
+            }
+            Some(Recorded::Duplicate) => Ok(pb::RecordEventResponse { duplicate: true }),
+            Some(Recorded::UnknownItem) => Err(FeatureError::NotFound(format!(
+                "item_id: unknown item {item:?}"
+            ))),
+            None => Err(FeatureError::Internal("store returned no outcome".into())),
+        }
+    }
+
+    /// Imports a streamed catalog; see the proto for the contract.
+    pub async fn import<E>(
+        &self,
+        mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin,
+    ) -> Result<pb::ImportCatalogResponse, FeatureError>
+    where
+        E: std::fmt::Display,
+    {
+        let first = match stream.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(FeatureError::Aborted(format!("upload failed: {e}"))),
+            None => {
+                return Err(invalid(
+                    "format",
+                    "empty upload: the first chunk names the format",
+                ));
+            }
+        };
+        let format = match pb::CatalogFormat::try_from(first.format) {
+            Ok(pb::CatalogFormat::Jsonl) => Format::Jsonl,
+            Ok(pb::CatalogFormat::Csv) => Format::Csv,
+            _ => {
+                return Err(invalid(
+                    "format",
+                    "set CATALOG_FORMAT_JSONL or CATALOG_FORMAT_CSV on the first chunk",
+                ));
+            }
+        };
+        let replace = first.replace;
+        let _guard = self.importing.lock().await;
+        let started = std::time::Instant::now();
+
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let parser =
+            tokio::task::spawn_blocking(move || import::parse(format, ChunkReader::new(rx)));
+        let mut chunk = Some(first.data);
+        let mut upload_error: Option<FeatureError> = None;
+        loop {
+            if let Some(data) = chunk.take() {
+                if data.len() > MAX_CHUNK_BYTES {
+                    upload_error = Some(FeatureError::TooLarge(format!(
+                        "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
+                        data.len()
+                    )));
+                    let _ = tx.send(Err(())).await;
+                    break;
+                }
+                if !data.is_empty() && tx.send(Ok(data.into())).await.is_err() {
+                    // The parser stopped early (too many rows, bad header); its error wins.
+                    break;
+                }
+            }
+            match stream.next().await {
+                Some(Ok(c)) => chunk = Some(c.data),
+                Some(Err(e)) => {
+                    upload_error = Some(FeatureError::Aborted(format!(
+                        "upload interrupted: {e}; nothing was imported"
+                    )));
+                    let _ = tx.send(Err(())).await;
+                    break;
+                }
+                None => {
+                    let _ = tx.send(Ok(bytes::Bytes::new())).await;
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let parsed = parser
+            .await
+            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        if let Some(e) = upload_error {
+            return Err(e);
+        }
+        let parsed = parsed.map_err(|e| match e {
+            ImportError::Interrupted => FeatureError::Aborted(e.to_string()),
+            ImportError::Header(m) => invalid("data", format!("CSV header: {m}")),
+            ImportError::TooManyRows => FeatureError::TooLarge(e.to_string()),
+            ImportError::Io(m) => FeatureError::Internal(m),
+        })?;
+
+        let imported = parsed.items.len() as u64;
+        let items = Arc::new(parsed.items);
+        // Store first: it is the source of truth. If the index update then fails, the
+        // index is rebuilt from the store rather than left half-updated.
+        self.store
+            .put_items(items.as_ref().clone(), replace)
+            .await?;
+        let lexical = Arc::clone(&self.lexical);
+        let for_index = Arc::clone(&items);
+        let indexed =
+            tokio::task::spawn_blocking(move || lexical.upsert(&for_index, replace)).await;
+        if !matches!(indexed, Ok(Ok(()))) {
+            tracing::error!("lexical index update failed after import; rebuilding from the store");
+            self.rebuild_lexical().await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            imported,
+            rejected = parsed.rejected,
+            secs,
+            "catalog imported"
+        );
+        metrics::counter!("rankmesh_catalog_rows_imported_total").increment(imported);
+        Ok(pb::ImportCatalogResponse {
+            imported,
+            errors: parsed
+                .errors
+                .into_iter()
+                .map(|e| pb::RowError {
+                    line: e.line,
+                    reason: e.reason,
+                })
+                .collect(),
+            rejected: parsed.rejected,
+        })
+    }
+
+    pub async fn get_items(&self, ids: Vec<String>) -> Result<pb::GetItemsResponse, FeatureError> {
+        if ids.len() > MAX_CANDIDATES as usize {
+            return Err(invalid(
+                "ids",
+                format!("{} ids; at most {MAX_CANDIDATES}", ids.len()),
+            ));
+        }
+        let got = self.store.get_items(&ids).await?;
+        let mut items = Vec::new();
+        let mut unknown = Vec::new();
+        for (id, item) in ids.into_iter().zip(got) {
+            match item {
+                Some(i) => items.push(to_proto(i)),
+                None => unknown.push(id),
+            }
+        }
+        Ok(pb::GetItemsResponse {
+            items,
+            unknown_ids: unknown,
+        })
+    }
+
+    pub async fn user_profile(
+        &self,
+        user_id: &str,
+    ) -> Result<pb::GetUserProfileResponse, FeatureError> {
+        id_arg("user_id", user_id)?;
+        Ok(match self.store.user_profile(user_id).await? {
+            None => pb::GetUserProfileResponse {
+                cold_start_user: true,
+                ..Default::default()
+            },
+            Some(p) => pb::GetUserProfileResponse {
+                recent_item_ids: p.recent.iter().map(|r| r.item_id.clone()).collect(),
+                category_affinity: p
+                    .category_affinity()
+                    .into_iter()
+                    .map(|(c, a)| (c, a as f32))
+                    .collect(),
+                cold_start_user: false,
+            },
+        })
+    }
+}
+
+/// The schema every GetFeatures reply carries.
+pub fn schema() -> pb::FeatureSchema {
+    pb::FeatureSchema {
+        name: features::SCHEMA_NAME.into(),
+        version: features::SCHEMA_VERSION,
+        columns: features::COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+fn event_from(req: pb::RecordEventRequest, now_ms: i64) -> Result<Event, FeatureError> {
+    let pb::RecordEventRequest {
+        event_id,
+        user_id,
+        item_id,
+        r#type,
+        timestamp_ms,
+    } = req;
+    id_arg("event_id", &event_id)?;
+    id_arg("user_id", &user_id)?;
+    id_arg("item_id", &item_id)?;
+    let kind = match pb::EventType::try_from(r#type) {
+        Ok(pb::EventType::View) => EventKind::View,
+        Ok(pb::EventType::Cart) => EventKind::Cart,
+        Ok(pb::EventType::Purchase) => EventKind::Purchase,
+        _ => {
+            return Err(invalid(
+                "type",
+                format!("must be VIEW, CART or PURCHASE, got {}", r#type),
+            ));
+        }
+    };
+    let timestamp_ms = match timestamp_ms {
+        0 => now_ms,
+        t if t < 0 => return Err(invalid("timestamp_ms", format!("negative: {t}"))),
+        t if t > now_ms + MAX_FUTURE_MS => {
+            return Err(invalid(
+                "timestamp_ms",
+                format!("{t} is more than 1 hour in the future"),
+            ));
+        }
+        t => t,
+    };
+    Ok(Event {
+        event_id,
+        user_id,
+        item_id,
+        kind,
+        timestamp_ms,
+    })
+}
+
+fn to_proto(i: Item) -> common::Item {
+    common::Item {
+        id: i.id,
+        title: i.title,
+        description: i.description,
+        category: i.category,
+        brand: i.brand,
+        price: i.price,
+        rating: i.rating,
+        review_count: i.review_count,
+        attributes: i.attributes.into_iter().collect(),
+    }
+}
+
+/// The tonic service.
+#[derive(Debug)]
+pub struct FeatureApi<S> {
+    inner: Arc<Features<S>>,
+}
+
+impl<S> FeatureApi<S> {
+    pub fn new(inner: Arc<Features<S>>) -> Self {
+        Self { inner }
+    }
+}
+
+type ItemStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItemsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<S> {
+    async fn get_features(
+        &self,
+        request: Request<pb::GetFeaturesRequest>,
+    ) -> Result<Response<pb::GetFeaturesResponse>, Status> {
+        Ok(Response::new(
+            self.inner.get_features(request.into_inner()).await?,
+        ))
+    }
+
+    async fn lexical_candidates(
+        &self,
+        request: Request<pb::LexicalCandidatesRequest>,
+    ) -> Result<Response<pb::LexicalCandidatesResponse>, Status> {
+        Ok(Response::new(
+            self.inner.lexical_candidates(request.into_inner()).await?,
+        ))
+    }
+
+    async fn record_event(
+        &self,
+        request: Request<pb::RecordEventRequest>,
+    ) -> Result<Response<pb::RecordEventResponse>, Status> {
+        Ok(Response::new(
+            self.inner.record_event(request.into_inner()).await?,
+        ))
+    }
+
+    async fn import_catalog(
+        &self,
+        request: Request<Streaming<pb::ImportCatalogChunk>>,
+    ) -> Result<Response<pb::ImportCatalogResponse>, Status> {
+        Ok(Response::new(
+            self.inner.import(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_items(
+        &self,
+        request: Request<pb::GetItemsRequest>,
+    ) -> Result<Response<pb::GetItemsResponse>, Status> {
+        Ok(Response::new(
+            self.inner.get_items(request.into_inner().ids).await?,
+        ))
+    }
+
+    type ScanItemsStream = ItemStream;
+
+    async fn scan_items(
+        &self,
+        request: Request<pb::ScanItemsRequest>,
+    ) -> Result<Response<ItemStream>, Status> {
+        let pb::ScanItemsRequest {
+            after_id,
+            page_size,
+        } = request.into_inner();
+        if page_size > MAX_CANDIDATES {
+            return Err(invalid(
+                "page_size",
+                format!("at most {MAX_CANDIDATES}, got {page_size}"),
+            )
+            .into());
+        }
+        let page = if page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            page_size
+        } as usize;
+        let inner = Arc::clone(&self.inner);
+        let stream = futures::stream::unfold(Some(after_id), move |after| {
+            let inner = Arc::clone(&inner);
+            async move {
+                let after = after?;
+                match inner.store.scan_items(&after, page).await {
+                    Ok(items) if items.is_empty() => None,
+                    Ok(items) => {
+                        let next = items.last().map(|i| i.id.clone());
+                        let msg = pb::ScanItemsResponse {
+                            items: items.into_iter().map(to_proto).collect(),
+                        };
+                        Some((Ok(msg), next))
+                    }
+                    Err(e) => Some((Err(Status::from(FeatureError::from(e))), None)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_user_profile(
+        &self,
+        request: Request<pb::GetUserProfileRequest>,
+    ) -> Result<Response<pb::GetUserProfileResponse>, Status> {
+        Ok(Response::new(
+            self.inner
+                .user_profile(&request.into_inner().user_id)
+                .await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ts: i64, t: pb::EventType) -> pb::RecordEventRequest {
+        pb::RecordEventRequest {
+            event_id: "e1".into(),
+            user_id: "u1".into(),
+            item_id: "i1".into(),
+            r#type: t as i32,
+            timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn event_validation_names_fields() {
+        let now = 1_000_000_000;
+        assert_eq!(
+            event_from(req(0, pb::EventType::View), now)
+                .expect("ok")
+                .timestamp_ms,
+            now
+        );
+        let field = |r| match event_from(r, now) {
+            Err(FeatureError::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(req(-5, pb::EventType::View)), "timestamp_ms");
+        assert_eq!(
+            field(req(now + 2 * MAX_FUTURE_MS, pb::EventType::View)),
+            "timestamp_ms"
+        );
+        assert_eq!(field(req(0, pb::EventType::Unspecified)), "type");
+        let mut r = req(0, pb::EventType::Cart);
+        r.user_id = String::new();
+        assert_eq!(field(r), "user_id");
+    }
+}

@@ -1,0 +1,240 @@
+//! Storage behind one trait, with two backends: [`redb`](RedbStore) (an embedded file,
+//! the default) and [`redis`](RedisStore) (shared state across replicas). The same
+//! test suite runs against both.
+//!
+//! Contract every backend keeps:
+//! - `put_items` is atomic: all items are visible, or none.
+//! - `record_events` returns only after the events are durable (fsync'd file commit,
+//!   or Redis with `appendfsync always`), and is idempotent by event id.
+
+mod redb_store;
+mod redis_store;
+
+use std::future::Future;
+
+pub use redb_store::RedbStore;
+pub use redis_store::RedisStore;
+
+use crate::model::{Event, Item, UserProfile};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Backend(String),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What happened to one recorded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// New, applied and durable.
+    Applied,
+    /// This event id was recorded before; nothing changed.
+    Duplicate,
+    /// The item is not in the catalog; nothing changed.
+    UnknownItem,
+}
+
+/// The feature service's storage.
+pub trait FeatureStore: Send + Sync + 'static {
+    /// Upserts `items` atomically; with `replace`, items not in `items` are removed.
+    fn put_items(
+        &self,
+        items: Vec<Item>,
+        replace: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Items by id, in order; `None` for unknown ids.
+    fn get_items(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Item>>, StoreError>> + Send;
+
+    /// Up to `limit` items with ids after `after`, in id order.
+    fn scan_items(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Item>, StoreError>> + Send;
+
+    /// Records events in order, durably, each at most once.
+    fn record_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<Recorded>, StoreError>> + Send;
+
+    /// A user's profile; `None` for a user with no events.
+    fn user_profile(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<UserProfile>, StoreError>> + Send;
+
+    /// Summed event weight per item, in order (0 for items without events).
+    fn popularity(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<f64>, StoreError>> + Send;
+
+    /// Number of items in the catalog.
+    fn item_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Either backend, chosen by configuration.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Redb(RedbStore),
+    Redis(RedisStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Redb($s) => $e,
+            AnyStore::Redis($s) => $e,
+        }
+    };
+}
+
+impl FeatureStore for AnyStore {
+    async fn put_items(&self, items: Vec<Item>, replace: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_items(items, replace).await)
+    }
+    async fn get_items(&self, ids: &[String]) -> Result<Vec<Option<Item>>, StoreError> {
+        dispatch!(self, s => s.get_items(ids).await)
+    }
+    async fn scan_items(&self, after: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
+        dispatch!(self, s => s.scan_items(after, limit).await)
+    }
+    async fn record_events(&self, events: Vec<Event>) -> Result<Vec<Recorded>, StoreError> {
+        dispatch!(self, s => s.record_events(events).await)
+    }
+    async fn user_profile(&self, user_id: &str) -> Result<Option<UserProfile>, StoreError> {
+        dispatch!(self, s => s.user_profile(user_id).await)
+    }
+    async fn popularity(&self, ids: &[String]) -> Result<Vec<f64>, StoreError> {
+        dispatch!(self, s => s.popularity(ids).await)
+    }
+    async fn item_count(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.item_count().await)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The behaviour every backend must have; each backend's tests call these.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::EventKind;
+
+    pub(crate) fn item(id: &str, category: &str) -> Item {
+        Item {
+            id: id.into(),
+            title: format!("title {id}"),
+            description: String::new(),
+            category: category.into(),
+            brand: "Acme".into(),
+            price: Some(10.0),
+            rating: None,
+            review_count: 0,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn event(id: &str, user: &str, item: &str, kind: EventKind, ts: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            user_id: user.into(),
+            item_id: item.into(),
+            kind,
+            timestamp_ms: ts,
+        }
+    }
+
+    pub(crate) async fn items_roundtrip_and_replace(s: &impl FeatureStore) {
+        s.put_items(
+            vec![item("b", "Home"), item("a", "Books"), item("c", "Home")],
+            false,
+        )
+        .await
+        .expect("put");
+        let got = s
+            .get_items(&["a".into(), "zz".into(), "c".into()])
+            .await
+            .expect("get");
+        assert_eq!(got[0].as_ref().map(|i| i.category.as_str()), Some("Books"));
+        assert!(got[1].is_none());
+        assert_eq!(s.item_count().await.expect("count"), 3);
+        let page = s.scan_items("", 2).await.expect("scan");
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let page = s.scan_items("b", 10).await.expect("scan");
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        // Replace: only the new set remains.
+        s.put_items(vec![item("d", "Toys")], true)
+            .await
+            .expect("replace");
+        assert_eq!(s.item_count().await.expect("count"), 1);
+        assert!(s.get_items(&["a".into()]).await.expect("get")[0].is_none());
+    }
+
+    pub(crate) async fn events_are_idempotent_and_build_profiles(s: &impl FeatureStore) {
+        s.put_items(
+            vec![item("p1", "Home > Kitchen"), item("p2", "Books")],
+            true,
+        )
+        .await
+        .expect("put");
+        let out = s
+            .record_events(vec![
+                event("e1", "u1", "p1", EventKind::View, 100),
+                event("e2", "u1", "p1", EventKind::Purchase, 200),
+                event("e1", "u1", "p1", EventKind::View, 100),
+                event("e3", "u1", "nope", EventKind::View, 300),
+                event("e4", "u1", "p2", EventKind::Cart, 150),
+            ])
+            .await
+            .expect("record");
+        assert_eq!(
+            out,
+            vec![
+                Recorded::Applied,
+                Recorded::Applied,
+                Recorded::Duplicate,
+                Recorded::UnknownItem,
+                Recorded::Applied
+            ]
+        );
+        // A retry in a later call is still a duplicate.
+        let again = s
+            .record_events(vec![event("e2", "u1", "p1", EventKind::Purchase, 200)])
+            .await
+            .expect("record");
+        assert_eq!(again, vec![Recorded::Duplicate]);
+
+        let p = s
+            .user_profile("u1")
+            .await
+            .expect("profile")
+            .expect("known user");
+        assert_eq!(p.events, 3);
+        let order: Vec<&str> = p.recent.iter().map(|r| r.item_id.as_str()).collect();
+        assert_eq!(order, ["p1", "p2", "p1"], "newest first");
+        assert!((p.category_weight["Home > Kitchen"] - 6.0).abs() < 1e-9);
+        assert!((p.category_weight["Books"] - 3.0).abs() < 1e-9);
+        assert!((p.brand_weight["acme"] - 9.0).abs() < 1e-9);
+        assert!(s.user_profile("nobody").await.expect("profile").is_none());
+        let pop = s
+            .popularity(&["p1".into(), "p2".into(), "zz".into()])
+            .await
+            .expect("pop");
+        assert_eq!(pop, vec![6.0, 3.0, 0.0]);
+    }
+}
