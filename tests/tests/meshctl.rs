@@ -96,6 +96,22 @@ async fn up_detach_then_down_leaves_nothing_behind() {
     assert_eq!(v["dim"], 384);
     assert_eq!(v["vector"].as_array().map(Vec::len), Some(384));
 
+    // A catalog streams into the feature service; bad rows would be listed.
+    let catalog = rankmesh_tests::catalog::demo_catalog();
+    let out = meshctl(&[
+        "catalog",
+        "import",
+        catalog.to_str().expect("utf-8"),
+        "--etcd",
+        &etcd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 20 items, rejected 0 rows"));
+
     // A second `up` on the same state dir refuses instead of doubling the mesh.
     let again = meshctl(&[
         "up",

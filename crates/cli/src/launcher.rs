@@ -192,6 +192,12 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         let log = logs.join(format!("{name}.log"));
         let path = opts.bin_dir.join(bin);
         let mut cmd = Command::new(&path);
+        if service == "feature" {
+            cmd.env(
+                "RANKMESH__STORE__PATH",
+                opts.state_dir.join("feature").join("features.redb"),
+            );
+        }
         if service == "embedding" {
             cmd.env("RANKMESH__MODEL__DIR", opts.models.join("encoder"))
                 .env(

@@ -282,6 +282,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 catalog: catalog.map(absolute),
             };
             let mesh = launcher::up(&opts).await?;
+            if let Some(file) = &opts.catalog {
+                // The feature service holds the catalog (features, lexical search).
+                let feature = mesh
+                    .processes
+                    .iter()
+                    .find(|p| p.service == "feature")
+                    .map(|p| p.grpc.clone())
+                    .ok_or_else(|| anyhow::anyhow!("no feature service started"))?;
+                if let Err(e) = catalog::import(&feature, file, None, true).await {
+                    launcher::stop(&mesh, Duration::from_secs(10)).await;
+                    launcher::down(&state.state_dir).await?;
+                    return Err(e.context("importing the catalog into the feature service"));
+                }
+            }
             println!(
                 "{:<12} {:<10} {:>8} {:<24} {:<24}",
                 "INSTANCE", "SERVICE", "PID", "GRPC", "ADMIN"
