@@ -7,6 +7,7 @@ mod catalog;
 mod embed;
 mod generate;
 mod launcher;
+mod search;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,38 @@ enum Command {
         k: u32,
         #[command(flatten)]
         filters: embed::FilterArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Ranked search: dense + lexical retrieval, features, ranker.
+    Search {
+        query: String,
+        /// The shopper, for personal features; anonymous when omitted.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, short, default_value_t = 10)]
+        k: u32,
+        #[command(flatten)]
+        filters: embed::FilterArgs,
+        /// Deadline for the whole request, milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Recommendations for a user (popular items for an unknown one).
+    Recommend {
+        user: String,
+        #[arg(long, short, default_value_t = 10)]
+        k: u32,
+        #[command(flatten)]
+        filters: embed::FilterArgs,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -341,6 +374,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let addr = target.resolve("embedding").await?;
             embed::retrieve(&addr, query, k, &filters, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Search {
+            query,
+            user,
+            k,
+            filters,
+            timeout_ms,
+            json,
+            target,
+        } => {
+            let addr = target.resolve("ranking").await?;
+            search::search(
+                &addr,
+                query,
+                user,
+                k,
+                &filters,
+                Duration::from_millis(timeout_ms),
+                json,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recommend {
+            user,
+            k,
+            filters,
+            timeout_ms,
+            json,
+            target,
+        } => {
+            let addr = target.resolve("ranking").await?;
+            search::recommend(
+                &addr,
+                user,
+                k,
+                &filters,
+                Duration::from_millis(timeout_ms),
+                json,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog { command } => match command {

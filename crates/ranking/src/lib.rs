@@ -1,48 +1,179 @@
 //! The ranking service: the entry point storefront backends call (Search, Recommend),
 //! and the home of the rollout controller.
 //!
-//! Its replicas elect a leader for the `rollout` role in etcd; the leader will run
-//! the canary controller (promote or roll back) once the model registry exists. Until
-//! the Search/Recommend API lands with its issue, it serves health, reflection and
-//! the admin port, registers in discovery, and takes part in the election.
+//! # Layout
+//! - [`search`]: the request path (retrieval, features, ranker, display).
+//! - [`ranker`]: the ONNX ranker and its schema contract.
+//! - [`upstream`]: channels to embedding and feature replicas from discovery.
+//! - [`service`]: the gRPC API and deadline parsing.
+//!
+//! Replicas elect a leader for the `rollout` role in etcd; the leader will run the
+//! canary controller once the model registry exists (until then it holds the role).
+
+pub mod ranker;
+pub mod search;
+pub mod service;
+pub mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::config::ConfigError;
+use rankmesh_common::discovery::Resolver;
 use rankmesh_common::election::{Candidate, lead_forever};
+use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, instance_id, serve};
 use rankmesh_common::service::{ScaffoldError, connect_etcd};
+use rankmesh_proto::pb::ranking::v1::ranking_service_server::RankingServiceServer;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::ranker::Ranker;
+use crate::search::{LoadedRanker, Orchestrator, SearchConfig};
+use crate::service::RankingApi;
+use crate::upstream::Upstream;
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "ranking";
-
+/// Fully qualified gRPC service name.
+pub const GRPC_SERVICE: &str = "rankmesh.ranking.v1.RankingService";
 /// Election role of the replica that runs the rollout controller.
 pub const ROLLOUT_ROLE: &str = "rollout";
 
 rankmesh_common::service_config! {
     /// Configuration of the ranking service.
-    pub struct Config {}
+    pub struct Config {
+        /// Where embedding and feature replicas are when etcd is not configured.
+        pub upstream: UpstreamConfig,
+        /// Candidate counts and default deadline.
+        pub search: SearchConfig,
+        /// The ONNX ranker; without one, answers are in retrieval order.
+        pub ranker: RankerConfig,
+        /// ONNX Runtime for the ranker.
+        pub onnx: OnnxConfig,
+        /// Dynamic batching of ranker calls (rows).
+        pub batch: BatchConfig,
+    }
+}
+
+/// Static upstream addresses (used only without etcd).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub embedding: Vec<String>,
+    pub feature: Vec<String>,
+}
+
+/// The ranker to load (the model registry replaces this with a fetched artifact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RankerConfig {
+    /// Folder with `model.onnx` from `scripts/train-ranker`; empty: no ranker.
+    pub dir: PathBuf,
+    /// Version reported in replies.
+    pub version: u64,
+}
+
+impl Default for RankerConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            version: 1,
+        }
+    }
 }
 
 impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
+        self.onnx.validate("onnx")?;
+        self.batch.validate("batch")?;
+        if !(1..=rankmesh_proto::limits::MAX_CANDIDATES).contains(&self.search.candidates) {
+            return Err(rankmesh_common::config::invalid(
+                "search.candidates",
+                self.search.candidates,
+                "must be within 1..=1000",
+            ));
+        }
         Ok(())
     }
 }
 
-/// Runs the service on `listeners` until `shutdown` resolves, then hands over
-/// leadership, deregisters and drains.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Scaffold(#[from] ScaffoldError),
+    #[error("ranker: {0}")]
+    Ranker(#[from] ranker::RankerError),
+    #[error("ranker loading task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn load_ranker(
+    config: &Config,
+) -> Option<impl Future<Output = Result<LoadedRanker, Error>> + use<>> {
+    if config.ranker.dir.as_os_str().is_empty() {
+        return None;
+    }
+    let dir = config.ranker.dir.clone();
+    let version = config.ranker.version;
+    let onnx = config.onnx.clone();
+    let batch = BatchConfig {
+        workers: config.onnx.sessions,
+        max_batch: config
+            .batch
+            .max_batch
+            .max(rankmesh_proto::limits::MAX_CANDIDATES as usize),
+        ..config.batch
+    };
+    Some(async move {
+        let ranker = Arc::new(
+            tokio::task::spawn_blocking(move || Ranker::load(&dir, version, &onnx)).await??,
+        );
+        let r = Arc::clone(&ranker);
+        let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
+            r.score(rows.concat()).map_err(|e| e.to_string())
+        });
+        Ok(LoadedRanker { ranker, batcher })
+    })
+}
+
+/// Serves until `shutdown` resolves, then hands over leadership, deregisters and
+/// drains.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ScaffoldError> {
-    let etcd = connect_etcd(&config.etcd).await?;
+) -> Result<(), Error> {
+    let etcd = connect_etcd(&config.etcd)
+        .await
+        .map_err(ScaffoldError::from)?;
     let grpc_addr = listeners
         .grpc_addr()
-        .map_err(rankmesh_common::server::ServeError::Admin)?;
+        .map_err(|e| ScaffoldError::Serve(rankmesh_common::server::ServeError::Admin(e)))?;
     let identity = instance_id(&config.server, grpc_addr);
+
+    let ranker = match load_ranker(&config) {
+        Some(f) => Some(f.await?),
+        None => {
+            tracing::warn!("no ranker configured (ranker.dir); answers use retrieval order");
+            None
+        }
+    };
+    let resolver = |service: &str, fixed: &[String]| match &etcd {
+        Some(e) => Resolver::watch(e.clone(), service),
+        None => Resolver::fixed(service, fixed),
+    };
+    let orchestrator = Arc::new(Orchestrator {
+        embedding: Upstream::new(
+            "embedding",
+            resolver("embedding", &config.upstream.embedding),
+        ),
+        feature: Upstream::new("feature", resolver("feature", &config.upstream.feature)),
+        ranker,
+        config: config.search.clone(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leading_tx, _leading_rx) = watch::channel(false);
@@ -52,15 +183,17 @@ pub async fn run(
             tracing::info!(fence = leadership.revision(), "leading the rollout role");
             // The rollout controller needs the model registry; until then leadership
             // is held (and visible in etcd and `rankmesh_leader`) without work.
-            futures_pending()
+            std::future::pending::<()>()
         }))
     });
 
+    let api = RankingServiceServer::new(RankingApi::new(orchestrator))
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes);
     let info = ServiceInfo {
         name: SERVICE,
-        grpc_services: Vec::new(),
+        grpc_services: vec![GRPC_SERVICE],
     };
-    let routes = tonic::service::Routes::default();
     let stop = async {
         shutdown.await;
         // Hand over leadership first, so the next leader starts while we drain.
@@ -71,7 +204,7 @@ pub async fn run(
         &config.server,
         etcd,
         Readiness::default(),
-        routes,
+        tonic::service::Routes::new(api),
         listeners,
         stop,
     )
@@ -79,10 +212,6 @@ pub async fn run(
     if let Some(task) = election {
         let _ = task.await;
     }
-    served?;
+    served.map_err(ScaffoldError::from)?;
     Ok(())
-}
-
-async fn futures_pending() {
-    std::future::pending::<()>().await;
 }

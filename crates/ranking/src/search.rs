@@ -1,0 +1,704 @@
+//! The request path (DESIGN.md): dense and lexical retrieval in parallel, merge,
+//! features, ONNX ranker, top k, display fields.
+//!
+//! Every stage gets a share of what is left of the caller's deadline. An optional
+//! stage that fails or runs out of time is skipped and named in `degraded`: no
+//! lexical -> dense only; no dense -> lexical only; no features or no ranker ->
+//! retrieval order (reciprocal-rank fusion); no display fields -> ids and scores only.
+//! Only when no candidate source answers is the request an error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rankmesh_common::batcher::Batcher;
+use rankmesh_common::filters::Filter;
+use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
+use rankmesh_proto::pb::common::v1 as common;
+use rankmesh_proto::pb::embedding::v1 as emb;
+use rankmesh_proto::pb::feature::v1 as feat;
+use rankmesh_proto::pb::ranking::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::ranker::Ranker;
+use crate::upstream::Upstream;
+
+/// Candidate generation and deadlines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Candidates asked from each retrieval source.
+    pub candidates: u32,
+    /// Deadline when the caller sends none, milliseconds.
+    pub default_timeout_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            candidates: 200,
+            default_timeout_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RankError {
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NoCandidates(String),
+    #[error("deadline exceeded during {0}")]
+    Deadline(&'static str),
+}
+
+impl From<RankError> for tonic::Status {
+    fn from(e: RankError) -> Self {
+        match e {
+            RankError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
+            RankError::NoCandidates(m) => tonic::Status::unavailable(m),
+            RankError::Deadline(_) => tonic::Status::deadline_exceeded(e.to_string()),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RankError {
+    RankError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+fn check_k(k: u32) -> Result<usize, RankError> {
+    if k == 0 || k > MAX_RANKING_K {
+        return Err(invalid(
+            "k",
+            format!("must be within 1..={MAX_RANKING_K}, got {k}"),
+        ));
+    }
+    Ok(k as usize)
+}
+
+fn check_user(user: &str, required: bool) -> Result<(), RankError> {
+    if user.is_empty() {
+        return if required {
+            Err(invalid("user_id", "required"))
+        } else {
+            Ok(())
+        };
+    }
+    if user.len() > MAX_ID_BYTES || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "user_id",
+            format!("1..={MAX_ID_BYTES} bytes without whitespace"),
+        ));
+    }
+    Ok(())
+}
+
+/// The ranker and its batcher, when one is loaded.
+#[derive(Debug)]
+pub struct LoadedRanker {
+    pub ranker: Arc<Ranker>,
+    pub batcher: Batcher<Vec<f32>, f32>,
+}
+
+/// The orchestrator behind Search and Recommend.
+#[derive(Debug)]
+pub struct Orchestrator {
+    pub embedding: Upstream,
+    pub feature: Upstream,
+    pub ranker: Option<LoadedRanker>,
+    pub config: SearchConfig,
+}
+
+/// A candidate on its way through the stages.
+#[derive(Debug, Clone, Default)]
+struct Candidate {
+    id: String,
+    /// Reciprocal-rank fusion of the retrieval lists.
+    rrf: f32,
+    score: Option<f32>,
+    sources: Vec<&'static str>,
+}
+
+/// What every reply carries besides items.
+#[derive(Debug, Default)]
+struct Trace {
+    degraded: Vec<String>,
+    stage_ms: HashMap<String, f32>,
+    models: Vec<common::ModelRef>,
+}
+
+impl Trace {
+    fn degrade(&mut self, stage: &str, why: &dyn std::fmt::Display) {
+        tracing::warn!(stage, reason = %why, "stage skipped; answer degraded");
+        metrics::counter!("rankmesh_degraded_total", "stage" => stage.to_owned()).increment(1);
+        if !self.degraded.iter().any(|d| d == stage) {
+            self.degraded.push(stage.to_owned());
+        }
+    }
+    fn time(&mut self, stage: &str, since: Instant) {
+        self.stage_ms
+            .insert(stage.to_owned(), since.elapsed().as_secs_f32() * 1e3);
+    }
+}
+
+/// What is left of the deadline, as a share for one stage.
+fn share(deadline: Instant, fraction: f32) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .mul_f32(fraction)
+}
+
+async fn within<T>(
+    budget: Duration,
+    fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(budget, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {budget:?}"
+        ))),
+    }
+}
+
+fn new_trace_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+const RRF_K: f32 = 60.0;
+
+fn fuse(lists: &[(&'static str, Vec<String>)]) -> Vec<Candidate> {
+    let mut by_id: HashMap<String, Candidate> = HashMap::new();
+    for (source, ids) in lists {
+        for (rank, id) in ids.iter().enumerate() {
+            let c = by_id.entry(id.clone()).or_insert_with(|| Candidate {
+                id: id.clone(),
+                ..Candidate::default()
+            });
+            c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
+            c.sources.push(source);
+        }
+    }
+    let mut all: Vec<Candidate> = by_id.into_values().collect();
+    all.sort_by(|a, b| b.rrf.total_cmp(&a.rrf).then_with(|| a.id.cmp(&b.id)));
+    all
+}
+
+impl Orchestrator {
+    pub fn deadline(&self, grpc_timeout: Option<Duration>) -> Instant {
+        Instant::now()
+            + grpc_timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
+    }
+
+    pub async fn search(
+        &self,
+        req: pb::SearchRequest,
+        deadline: Instant,
+    ) -> Result<pb::SearchResponse, RankError> {
+        let started = Instant::now();
+        let pb::SearchRequest {
+            query,
+            user_id,
+            k,
+            filters,
+            routing_key: _,
+        } = req;
+        let query = query.trim().to_owned();
+        if query.is_empty() {
+            return Err(invalid("query", "empty query"));
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(invalid(
+                "query",
+                format!("{} bytes; at most {MAX_QUERY_BYTES}", query.len()),
+            ));
+        }
+        let k = check_k(k)?;
+        check_user(&user_id, false)?;
+        Filter::from_proto(filters.clone()).map_err(|e| invalid(e.field, e.message))?;
+
+        let mut trace = Trace::default();
+        let t = Instant::now();
+        let budget = share(deadline, 0.45);
+        let n = self.config.candidates;
+        let dense = within(
+            budget,
+            self.embedding.call(|ch| {
+                let req = emb::RetrieveRequest {
+                    query: Some(emb::retrieve_request::Query::Text(query.clone())),
+                    k: n,
+                    filters: filters.clone(),
+                };
+                async move {
+                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
+                        .retrieve(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            }),
+        );
+        let lexical = within(budget, self.lexical(&query, n, filters.clone()));
+        let (dense, lexical) = tokio::join!(dense, lexical);
+        trace.time("retrieve", t);
+        let mut lists = Vec::new();
+        let mut failures = Vec::new();
+        match dense {
+            Ok(r) => {
+                if let Some(m) = r.model {
+                    trace.models.push(m);
+                }
+                lists.push(("dense", r.items.into_iter().map(|n| n.item_id).collect()));
+            }
+            Err(s) => {
+                trace.degrade("dense", &s);
+                failures.push(format!("dense: {}", s.message()));
+            }
+        }
+        match lexical {
+            Ok(ids) => lists.push(("lexical", ids)),
+            Err(s) => {
+                trace.degrade("lexical", &s);
+                failures.push(format!("lexical: {}", s.message()));
+            }
+        }
+        if lists.is_empty() {
+            return Err(RankError::NoCandidates(format!(
+                "no candidates could be produced ({})",
+                failures.join("; ")
+            )));
+        }
+        let candidates = fuse(&lists);
+        self.finish(
+            query, user_id, candidates, k, deadline, trace, started, false,
+        )
+        .await
+        .map(|(items, trace_id, t)| pb::SearchResponse {
+            items,
+            models: t.models,
+            trace_id,
+            degraded: t.degraded,
+            stage_ms: t.stage_ms,
+        })
+    }
+
+    async fn lexical(
+        &self,
+        query: &str,
+        k: u32,
+        filters: Option<common::Filters>,
+    ) -> Result<Vec<String>, tonic::Status> {
+        self.feature
+            .call(|ch| {
+                let req = feat::LexicalCandidatesRequest {
+                    query: query.to_owned(),
+                    k,
+                    filters: filters.clone(),
+                };
+                async move {
+                    feat::feature_service_client::FeatureServiceClient::new(ch)
+                        .lexical_candidates(req)
+                        .await
+                        .map(|r| {
+                            r.into_inner()
+                                .items
+                                .into_iter()
+                                .map(|i| i.item_id)
+                                .collect()
+                        })
+                }
+            })
+            .await
+    }
+
+    pub async fn recommend(
+        &self,
+        req: pb::RecommendRequest,
+        deadline: Instant,
+    ) -> Result<pb::RecommendResponse, RankError> {
+        let started = Instant::now();
+        let pb::RecommendRequest {
+            user_id,
+            k,
+            filters,
+            routing_key: _,
+        } = req;
+        check_user(&user_id, true)?;
+        let k = check_k(k)?;
+        Filter::from_proto(filters.clone()).map_err(|e| invalid(e.field, e.message))?;
+        let mut trace = Trace::default();
+        let n = self.config.candidates;
+        let t = Instant::now();
+
+        let profile = within(
+            share(deadline, 0.2),
+            self.feature.call(|ch| {
+                let req = feat::GetUserProfileRequest {
+                    user_id: user_id.clone(),
+                };
+                async move {
+                    feat::feature_service_client::FeatureServiceClient::new(ch)
+                        .get_user_profile(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            }),
+        )
+        .await;
+        let profile = match profile {
+            Ok(p) if !p.cold_start_user && !p.recent_item_ids.is_empty() => Some(p),
+            Ok(_) => None,
+            Err(s) => {
+                trace.degrade("profile", &s);
+                None
+            }
+        };
+        let mut lists = Vec::new();
+        match profile {
+            Some(p) => {
+                // The user vector: the mean embedding of what they recently touched.
+                match within(share(deadline, 0.4), self.user_vector(&p.recent_item_ids)).await {
+                    Ok(Some(v)) => {
+                        let dense = within(
+                            share(deadline, 0.4),
+                            self.embedding.call(|ch| {
+                                let req = emb::RetrieveRequest {
+                                    query: Some(emb::retrieve_request::Query::Vector(
+                                        emb::Vector { values: v.clone() },
+                                    )),
+                                    k: n,
+                                    filters: filters.clone(),
+                                };
+                                async move {
+                                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
+                                        .retrieve(req)
+                                        .await
+                                        .map(tonic::Response::into_inner)
+                                }
+                            }),
+                        )
+                        .await;
+                        match dense {
+                            Ok(r) => {
+                                if let Some(m) = r.model {
+                                    trace.models.push(m);
+                                }
+                                lists.push((
+                                    "dense",
+                                    r.items.into_iter().map(|n| n.item_id).collect(),
+                                ));
+                            }
+                            Err(s) => trace.degrade("dense", &s),
+                        }
+                    }
+                    Ok(None) => trace.degrade("dense", &"no embeddable recent items"),
+                    Err(s) => trace.degrade("dense", &s),
+                }
+                // Lexical candidates from the favourite category.
+                if let Some((cat, _)) = p.category_affinity.iter().max_by(|a, b| a.1.total_cmp(b.1))
+                {
+                    let mut f = filters.clone().unwrap_or_default();
+                    if f.category_prefix.is_empty() {
+                        f.category_prefix.clone_from(cat);
+                    }
+                    let leaf = cat.rsplit('>').next().unwrap_or(cat).trim().to_owned();
+                    match within(share(deadline, 0.4), self.lexical(&leaf, n, Some(f))).await {
+                        Ok(ids) => lists.push(("lexical", ids)),
+                        Err(s) => trace.degrade("lexical", &s),
+                    }
+                }
+            }
+            None => {
+                // Cold start: every item is a candidate; quality and popularity
+                // features (ranker, or the fallback order) pick the best.
+                trace.degrade("cold_start", &"unknown user or no events");
+                match within(share(deadline, 0.4), self.lexical("*", n, filters.clone())).await {
+                    Ok(ids) => lists.push(("popular", ids)),
+                    Err(s) => trace.degrade("lexical", &s),
+                }
+            }
+        }
+        trace.time("retrieve", t);
+        if lists.is_empty() {
+            return Err(RankError::NoCandidates(
+                "no candidates could be produced".into(),
+            ));
+        }
+        let candidates = fuse(&lists);
+        self.finish(
+            String::new(),
+            user_id,
+            candidates,
+            k,
+            deadline,
+            trace,
+            started,
+            true,
+        )
+        .await
+        .map(|(items, trace_id, t)| pb::RecommendResponse {
+            items,
+            models: t.models,
+            trace_id,
+            degraded: t.degraded,
+            stage_ms: t.stage_ms,
+        })
+    }
+
+    async fn user_vector(&self, recent: &[String]) -> Result<Option<Vec<f32>>, tonic::Status> {
+        let ids: Vec<String> = recent.iter().take(10).cloned().collect();
+        let items = self
+            .feature
+            .call(|ch| {
+                let req = feat::GetItemsRequest { ids: ids.clone() };
+                async move {
+                    feat::feature_service_client::FeatureServiceClient::new(ch)
+                        .get_items(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        let texts: Vec<String> = items
+            .items
+            .iter()
+            .map(|i| format!("{}. {}. {}", i.title, i.brand, i.category))
+            .collect();
+        if texts.is_empty() {
+            return Ok(None);
+        }
+        let resp = self
+            .embedding
+            .call(|ch| {
+                let req = emb::EmbedRequest {
+                    texts: texts.clone(),
+                };
+                async move {
+                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
+                        .embed(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        let dim = resp.dim as usize;
+        let mut mean = vec![0f32; dim];
+        for v in &resp.vectors {
+            for (m, x) in mean.iter_mut().zip(&v.values) {
+                *m += x;
+            }
+        }
+        Ok(Some(mean))
+    }
+
+    /// Features, ranker, top k, display fields.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        query: String,
+        user_id: String,
+        mut candidates: Vec<Candidate>,
+        k: usize,
+        deadline: Instant,
+        mut trace: Trace,
+        started: Instant,
+        recommend: bool,
+    ) -> Result<(Vec<pb::RankedItem>, String, Trace), RankError> {
+        let t = Instant::now();
+        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let features = within(
+            share(deadline, 0.5),
+            self.feature.call(|ch| {
+                let req = feat::GetFeaturesRequest {
+                    user_id: user_id.clone(),
+                    query: query.clone(),
+                    candidate_ids: ids.clone(),
+                };
+                async move {
+                    feat::feature_service_client::FeatureServiceClient::new(ch)
+                        .get_features(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            }),
+        )
+        .await;
+        trace.time("features", t);
+
+        let t = Instant::now();
+        match features {
+            Err(s) => {
+                trace.degrade("features", &s);
+                trace.degrade("ranker", &"no features");
+            }
+            Ok(f) => {
+                let schema = f.schema.clone().unwrap_or_default();
+                let position: HashMap<&str, usize> = f
+                    .item_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (id.as_str(), i))
+                    .collect();
+                let width = schema.columns.len().max(1);
+                // Items the catalog no longer knows cannot be shown.
+                candidates.retain(|c| position.contains_key(c.id.as_str()));
+                match &self.ranker {
+                    Some(r) => {
+                        match r
+                            .ranker
+                            .check_schema(&schema.name, schema.version, &schema.columns)
+                        {
+                            Err(e) => {
+                                trace.degrade("ranker", &e);
+                            }
+                            Ok(()) => {
+                                let rows: Vec<Vec<f32>> =
+                                    f.values.chunks(width).map(<[f32]>::to_vec).collect();
+                                match within(share(deadline, 0.6), async {
+                                    r.batcher
+                                        .submit(rows)
+                                        .await
+                                        .map_err(|e| tonic::Status::internal(e.to_string()))
+                                })
+                                .await
+                                {
+                                    Ok(scores) => {
+                                        for c in &mut candidates {
+                                            c.score = position
+                                                .get(c.id.as_str())
+                                                .and_then(|&i| scores.get(i))
+                                                .copied();
+                                        }
+                                        trace.models.push(common::ModelRef {
+                                            name: "ranker".into(),
+                                            version: r.ranker.version(),
+                                            variant: "fp32".into(),
+                                        });
+                                    }
+                                    Err(s) => trace.degrade("ranker", &s),
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        trace.degrade("ranker", &"no ranker loaded");
+                        if recommend {
+                            // Without a ranker, recommendations still favour what
+                            // shoppers value: popularity, then rating.
+                            let col = |name: &str| schema.columns.iter().position(|c| c == name);
+                            if let (Some(pop), Some(rating)) =
+                                (col("popularity_log"), col("rating"))
+                            {
+                                for c in &mut candidates {
+                                    if let Some(&i) = position.get(c.id.as_str()) {
+                                        let row = &f.values[i * width..(i + 1) * width];
+                                        c.score = Some(row[pop] + 0.1 * row[rating]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| match (a.score, b.score) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            _ => b.rrf.total_cmp(&a.rrf),
+        });
+        candidates.truncate(k);
+        trace.time("rank", t);
+
+        let t = Instant::now();
+        let top: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let display = if top.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            within(
+                deadline.saturating_duration_since(Instant::now()),
+                self.feature.call(|ch| {
+                    let req = feat::GetItemsRequest { ids: top.clone() };
+                    async move {
+                        feat::feature_service_client::FeatureServiceClient::new(ch)
+                            .get_items(req)
+                            .await
+                            .map(|r| {
+                                r.into_inner()
+                                    .items
+                                    .into_iter()
+                                    .map(|i| (i.id.clone(), i))
+                                    .collect::<HashMap<_, _>>()
+                            })
+                    }
+                }),
+            )
+            .await
+        };
+        let display = display.unwrap_or_else(|s| {
+            trace.degrade("items", &s);
+            HashMap::new()
+        });
+        trace.time("items", t);
+        if Instant::now() > deadline && candidates.is_empty() {
+            return Err(RankError::Deadline("ranking"));
+        }
+        let items = candidates
+            .into_iter()
+            .map(|c| {
+                let d = display.get(&c.id);
+                pb::RankedItem {
+                    score: c.score.unwrap_or(c.rrf),
+                    title: d.map(|i| i.title.clone()).unwrap_or_default(),
+                    category: d.map(|i| i.category.clone()).unwrap_or_default(),
+                    brand: d.map(|i| i.brand.clone()).unwrap_or_default(),
+                    price: d.and_then(|i| i.price),
+                    sources: c.sources.iter().map(|s| (*s).to_owned()).collect(),
+                    item_id: c.id,
+                }
+            })
+            .collect();
+        trace.time("total", started);
+        Ok((items, new_trace_id(), trace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusion_rewards_agreement() {
+        let fused = fuse(&[
+            ("dense", vec!["a".into(), "b".into(), "c".into()]),
+            ("lexical", vec!["c".into(), "d".into()]),
+        ]);
+        assert_eq!(fused[0].id, "c", "found by both sources");
+        assert_eq!(fused[0].sources, vec!["dense", "lexical"]);
+        assert_eq!(fused.len(), 4);
+    }
+
+    #[test]
+    fn input_limits_name_fields() {
+        assert!(matches!(
+            check_k(0),
+            Err(RankError::InvalidArgument { field: "k", .. })
+        ));
+        assert!(matches!(
+            check_k(101),
+            Err(RankError::InvalidArgument { field: "k", .. })
+        ));
+        assert_eq!(check_k(100).expect("ok"), 100);
+        assert!(check_user("", false).is_ok());
+        assert!(matches!(
+            check_user("", true),
+            Err(RankError::InvalidArgument {
+                field: "user_id",
+                ..
+            })
+        ));
+        assert!(check_user("a b", false).is_err());
+    }
+}
