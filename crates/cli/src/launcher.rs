@@ -47,6 +47,8 @@ pub(crate) struct UpOptions {
     pub(crate) models: PathBuf,
     /// Catalog the embedding service indexes, if any.
     pub(crate) catalog: Option<PathBuf>,
+    /// Trained ranker folder for the ranking replicas, if any.
+    pub(crate) ranker: Option<PathBuf>,
 }
 
 /// The (service, binary) pairs started, in start order: dependencies first.
@@ -192,6 +194,11 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         let log = logs.join(format!("{name}.log"));
         let path = opts.bin_dir.join(bin);
         let mut cmd = Command::new(&path);
+        if service == "ranking"
+            && let Some(dir) = &opts.ranker
+        {
+            cmd.env("RANKMESH__RANKER__DIR", dir);
+        }
         if service == "feature" {
             cmd.env(
                 "RANKMESH__STORE__PATH",

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod embed;
+mod eval;
 mod generate;
 mod launcher;
 mod search;
@@ -66,9 +67,14 @@ enum Command {
         /// Exported models (`encoder/` inside), as written by scripts/setup.
         #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
         models: PathBuf,
-        /// Catalog (JSONL, import format) the embedding service indexes.
+        /// Catalog (JSONL, import format) loaded into the feature service and indexed
+        /// by the embedding service.
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Run ranking without the trained ranker (retrieval order), even when
+        /// `<models>/ranker/model.onnx` exists.
+        #[arg(long)]
+        no_ranker: bool,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -131,6 +137,21 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Quality of lexical, dense, hybrid and full ranking on graded labels
+    /// (`query,item_id,grade`): NDCG@10, MRR, recall@100.
+    Eval {
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Feature rows for ranker training.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Import or generate catalogs.
     Catalog {
         #[command(subcommand)]
@@ -174,6 +195,23 @@ enum CatalogCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum FeaturesCommand {
+    /// For each labelled query: retrieved candidates plus labelled items, their
+    /// feature rows and grades, as CSV (`qid,grade,<columns>`) and `<out>.schema.json`.
+    Dump {
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Candidates per retrieval source and query.
+        #[arg(long, default_value_t = 100)]
+        candidates: u32,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct StateArgs {
     /// Where the local mesh keeps its data, logs and process list.
@@ -192,6 +230,10 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
+    async fn resolve_owned(self, service: &str) -> anyhow::Result<String> {
+        self.resolve(service).await
+    }
+
     async fn resolve(&self, service: &str) -> anyhow::Result<String> {
         if let Some(a) = &self.addr {
             return Ok(a.clone());
@@ -231,6 +273,21 @@ impl EtcdArgs {
 }
 
 const SERVICES: &[&str] = &["ranking", "embedding", "feature", "registry"];
+
+/// One replica of ranking, embedding and feature, found through etcd.
+async fn targets(etcd: &EtcdArgs) -> anyhow::Result<eval::Targets> {
+    let by = |service: &'static str| {
+        TargetArgs {
+            addr: None,
+            etcd: EtcdArgs {
+                etcd: etcd.etcd.clone(),
+            },
+        }
+        .resolve_owned(service)
+    };
+    let (r, e, f) = tokio::try_join!(by("ranking"), by("embedding"), by("feature"))?;
+    eval::targets(&r, &e, &f).await
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -297,6 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             base_port,
             models,
             catalog,
+            no_ranker,
             state,
         } => {
             let cwd = std::env::current_dir()?;
@@ -311,6 +369,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 etcd_port,
                 base_port,
                 bin_dir,
+                ranker: (!no_ranker)
+                    .then(|| absolute(models.join("ranker")))
+                    .filter(|d| d.join("model.onnx").exists()),
                 models: absolute(models),
                 catalog: catalog.map(absolute),
             };
@@ -416,6 +477,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             )
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { labels, json, etcd } => {
+            let t = targets(&etcd).await?;
+            eval::eval(&t, &eval::read_labels(&labels)?, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Features {
+            command:
+                FeaturesCommand::Dump {
+                    labels,
+                    out,
+                    candidates,
+                    etcd,
+                },
+        } => {
+            let t = targets(&etcd).await?;
+            eval::dump(&t, &eval::read_labels(&labels)?, candidates, &out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog { command } => match command {
