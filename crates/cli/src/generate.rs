@@ -289,17 +289,19 @@ struct GenItem {
     popularity: f64,
 }
 
-/// A query's intent: a noun, optionally narrowed by brand, attribute or adjective.
+/// A query's intent: a noun, optionally narrowed by brand, attribute or adjective;
+/// or a whole category (`noun` = None: the leaf's own name, e.g. "cookware").
 struct Intent {
     text: String,
     leaf: usize,
-    noun: &'static str,
+    noun: Option<&'static str>,
     brand: Option<String>,
     attribute: Option<&'static str>,
     adjective: Option<&'static str>,
 }
 
 /// Relevance grade of an item for an intent (0 = not relevant, not written):
+/// - a category query (the leaf's name): every item of the leaf 2, well-made ones 3;
 /// - same leaf category but another noun: 1;
 /// - the intent's noun: 2, plus 1 if every constraint (brand, attribute, adjective)
 ///   holds;
@@ -312,7 +314,11 @@ fn grade(intent: &Intent, item: &GenItem) -> u8 {
     if item.leaf != intent.leaf {
         return 0;
     }
-    if item.noun != intent.noun {
+    let Some(noun) = intent.noun else {
+        // A category query: every item of the category answers it; better ones more.
+        return if item.quality >= 0.7 { 3 } else { 2 };
+    };
+    if item.noun != noun {
         return 1;
     }
     let mut g = 2;
@@ -461,13 +467,13 @@ pub(crate) fn generate(
         let mut intent = Intent {
             text: String::new(),
             leaf: anchor.leaf,
-            noun: anchor.noun,
+            noun: Some(anchor.noun),
             brand: None,
             attribute: None,
             adjective: None,
         };
         let mut words = Vec::new();
-        match rng.below(4) {
+        match rng.below(5) {
             0 => {}
             1 => {
                 intent.brand = Some(anchor.brand.clone());
@@ -476,12 +482,24 @@ pub(crate) fn generate(
             2 => {
                 intent.attribute = Some(anchor.attribute);
             }
-            _ => {
+            3 => {
                 intent.adjective = Some(anchor.adjective);
                 words.push(anchor.adjective.to_owned());
             }
+            _ => {
+                // Browse the category by its own name.
+                intent.noun = None;
+                let leaf_name = LEAVES[anchor.leaf]
+                    .0
+                    .rsplit(" > ")
+                    .next()
+                    .unwrap_or_default();
+                words.push(leaf_name.to_lowercase());
+            }
         }
-        words.push(anchor.noun.to_owned());
+        if let Some(noun) = intent.noun {
+            words.push(noun.to_owned());
+        }
         if let Some(a) = intent.attribute {
             words.push(a.to_lowercase());
         }

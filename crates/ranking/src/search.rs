@@ -546,26 +546,35 @@ impl Orchestrator {
                 let width = schema.columns.len().max(1);
                 // Items the catalog no longer knows cannot be shown.
                 candidates.retain(|c| position.contains_key(c.id.as_str()));
-                match &self.ranker {
-                    Some(r) => {
-                        match r
-                            .ranker
-                            .check_schema(&schema.name, schema.version, &schema.columns)
-                        {
-                            Err(e) => {
-                                trace.degrade("ranker", &e);
-                            }
+                if recommend {
+                    // The learned ranker is trained on search (query) judgements;
+                    // recommendations are ordered by the user's own signals.
+                    personal_order(
+                        &mut candidates,
+                        &position,
+                        &schema.columns,
+                        &f.values,
+                        width,
+                    );
+                } else {
+                    match &self.ranker {
+                        Some(r) => match r.ranker.check_schema(
+                            &schema.name,
+                            schema.version,
+                            &schema.columns,
+                        ) {
+                            Err(e) => trace.degrade("ranker", &e),
                             Ok(()) => {
                                 let rows: Vec<Vec<f32>> =
                                     f.values.chunks(width).map(<[f32]>::to_vec).collect();
-                                match within(share(deadline, 0.6), async {
+                                let scored = within(share(deadline, 0.6), async {
                                     r.batcher
                                         .submit(rows)
                                         .await
                                         .map_err(|e| tonic::Status::internal(e.to_string()))
                                 })
-                                .await
-                                {
+                                .await;
+                                match scored {
                                     Ok(scores) => {
                                         for c in &mut candidates {
                                             c.score = position
@@ -582,25 +591,8 @@ impl Orchestrator {
                                     Err(s) => trace.degrade("ranker", &s),
                                 }
                             }
-                        }
-                    }
-                    None => {
-                        trace.degrade("ranker", &"no ranker loaded");
-                        if recommend {
-                            // Without a ranker, recommendations still favour what
-                            // shoppers value: popularity, then rating.
-                            let col = |name: &str| schema.columns.iter().position(|c| c == name);
-                            if let (Some(pop), Some(rating)) =
-                                (col("popularity_log"), col("rating"))
-                            {
-                                for c in &mut candidates {
-                                    if let Some(&i) = position.get(c.id.as_str()) {
-                                        let row = &f.values[i * width..(i + 1) * width];
-                                        c.score = Some(row[pop] + 0.1 * row[rating]);
-                                    }
-                                }
-                            }
-                        }
+                        },
+                        None => trace.degrade("ranker", &"no ranker loaded"),
                     }
                 }
             }
@@ -662,6 +654,36 @@ impl Orchestrator {
             .collect();
         trace.time("total", started);
         Ok((items, new_trace_id(), trace))
+    }
+}
+
+/// Recommendation order: the user's affinity for the item's category and brand,
+/// then what shoppers value (popularity, rating); items already bought sink.
+fn personal_order(
+    candidates: &mut [Candidate],
+    position: &HashMap<&str, usize>,
+    columns: &[String],
+    values: &[f32],
+    width: usize,
+) {
+    let col = |name: &str| columns.iter().position(|c| c == name);
+    let weights = [
+        ("user_category_affinity", 2.0),
+        ("user_top_category_affinity", 1.0),
+        ("user_brand_affinity", 0.3),
+        ("popularity_log", 0.1),
+        ("rating", 0.05),
+        ("user_bought", -0.5),
+    ];
+    let idx: Vec<(usize, f32)> = weights
+        .iter()
+        .filter_map(|(n, w)| col(n).map(|i| (i, *w)))
+        .collect();
+    for c in candidates.iter_mut() {
+        if let Some(&i) = position.get(c.id.as_str()) {
+            let row = &values[i * width..(i + 1) * width];
+            c.score = Some(idx.iter().map(|(j, w)| row[*j] * w).sum::<f32>() + c.rrf);
+        }
     }
 }
 
