@@ -3,6 +3,7 @@
 //! Subcommands that talk to the control plane take `--etcd` (or `RANKMESH_ETCD`);
 //! those that talk to one replica take its gRPC address.
 
+mod bench;
 mod catalog;
 mod embed;
 mod eval;
@@ -151,6 +152,27 @@ enum Command {
     Features {
         #[command(subcommand)]
         command: FeaturesCommand,
+    },
+    /// Open-loop load: Search at a constant rate, latency from scheduled send time,
+    /// per-stage timings, errors by code, a per-second timeline with --json.
+    Bench {
+        /// Only `search` for now.
+        #[arg(long, default_value = "search")]
+        rpc: String,
+        #[arg(long, default_value_t = 50.0)]
+        qps: f64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// One query per line (e.g. a generated queries.txt).
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Import or generate catalogs.
     Catalog {
@@ -495,6 +517,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let t = targets(&etcd).await?;
             eval::dump(&t, &eval::read_labels(&labels)?, candidates, &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            rpc,
+            qps,
+            duration,
+            queries,
+            timeout_ms,
+            json,
+            target,
+        } => {
+            anyhow::ensure!(rpc == "search", "--rpc {rpc}: only search is supported");
+            let addr = target.resolve("ranking").await?;
+            bench::search(
+                &addr,
+                qps,
+                Duration::from_secs(duration),
+                &queries,
+                Duration::from_millis(timeout_ms),
+                json,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog { command } => match command {
