@@ -42,6 +42,26 @@ fn print(
     }
 }
 
+/// Prints a ranked answer as a table or as JSON.
+fn report(
+    items: &[pb::RankedItem],
+    m: &[rankmesh_proto::pb::common::v1::ModelRef],
+    trace_id: &str,
+    degraded: &[String],
+    stage_ms: &std::collections::HashMap<String, f32>,
+    json: bool,
+) {
+    if json {
+        let out = serde_json::json!({
+            "items": json_items(items), "models": models(m), "trace_id": trace_id,
+            "degraded": degraded, "stage_ms": stage_ms,
+        });
+        println!("{out}");
+    } else {
+        print(items, degraded, stage_ms, trace_id);
+    }
+}
+
 fn json_items(items: &[pb::RankedItem]) -> Vec<serde_json::Value> {
     items
         .iter()
@@ -82,15 +102,14 @@ pub(crate) async fn search(
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         .into_inner();
-    if json {
-        let out = serde_json::json!({
-            "items": json_items(&r.items), "models": models(&r.models), "trace_id": r.trace_id,
-            "degraded": r.degraded, "stage_ms": r.stage_ms,
-        });
-        println!("{out}");
-    } else {
-        print(&r.items, &r.degraded, &r.stage_ms, &r.trace_id);
-    }
+    report(
+        &r.items,
+        &r.models,
+        &r.trace_id,
+        &r.degraded,
+        &r.stage_ms,
+        json,
+    );
     Ok(())
 }
 
@@ -114,14 +133,13 @@ pub(crate) async fn recommend(
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
         .into_inner();
-    if json {
-        let out = serde_json::json!({
-            "items": json_items(&r.items), "models": models(&r.models), "trace_id": r.trace_id,
-            "degraded": r.degraded, "stage_ms": r.stage_ms,
-        });
-        println!("{out}");
-    } else {
-        print(&r.items, &r.degraded, &r.stage_ms, &r.trace_id);
-    }
+    report(
+        &r.items,
+        &r.models,
+        &r.trace_id,
+        &r.degraded,
+        &r.stage_ms,
+        json,
+    );
     Ok(())
 }

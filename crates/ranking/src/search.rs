@@ -189,7 +189,75 @@ fn fuse(lists: &[(&'static str, Vec<String>)]) -> Vec<Candidate> {
     all
 }
 
+/// Typed calls to the upstream services, each with endpoint failover.
+macro_rules! rpc {
+    ($name:ident, $upstream:ident, $client:path, $method:ident, $req:ty, $resp:ty) => {
+        async fn $name(&self, req: $req) -> Result<$resp, tonic::Status> {
+            self.$upstream
+                .call(|ch| {
+                    let req = req.clone();
+                    async move {
+                        <$client>::new(ch)
+                            .$method(req)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await
+        }
+    };
+}
+
 impl Orchestrator {
+    rpc!(
+        retrieve,
+        embedding,
+        emb::embedding_service_client::EmbeddingServiceClient<tonic::transport::Channel>,
+        retrieve,
+        emb::RetrieveRequest,
+        emb::RetrieveResponse
+    );
+    rpc!(
+        embed,
+        embedding,
+        emb::embedding_service_client::EmbeddingServiceClient<tonic::transport::Channel>,
+        embed,
+        emb::EmbedRequest,
+        emb::EmbedResponse
+    );
+    rpc!(
+        features,
+        feature,
+        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        get_features,
+        feat::GetFeaturesRequest,
+        feat::GetFeaturesResponse
+    );
+    rpc!(
+        items,
+        feature,
+        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        get_items,
+        feat::GetItemsRequest,
+        feat::GetItemsResponse
+    );
+    rpc!(
+        profile,
+        feature,
+        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        get_user_profile,
+        feat::GetUserProfileRequest,
+        feat::GetUserProfileResponse
+    );
+    rpc!(
+        lexical_rpc,
+        feature,
+        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        lexical_candidates,
+        feat::LexicalCandidatesRequest,
+        feat::LexicalCandidatesResponse
+    );
+
     pub fn deadline(&self, grpc_timeout: Option<Duration>) -> Instant {
         Instant::now()
             + grpc_timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
@@ -228,18 +296,10 @@ impl Orchestrator {
         let n = self.config.candidates;
         let dense = within(
             budget,
-            self.embedding.call(|ch| {
-                let req = emb::RetrieveRequest {
-                    query: Some(emb::retrieve_request::Query::Text(query.clone())),
-                    k: n,
-                    filters: filters.clone(),
-                };
-                async move {
-                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
-                        .retrieve(req)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+            self.retrieve(emb::RetrieveRequest {
+                query: Some(emb::retrieve_request::Query::Text(query.clone())),
+                k: n,
+                filters: filters.clone(),
             }),
         );
         let lexical = within(budget, self.lexical(&query, n, filters.clone()));
@@ -292,27 +352,14 @@ impl Orchestrator {
         k: u32,
         filters: Option<common::Filters>,
     ) -> Result<Vec<String>, tonic::Status> {
-        self.feature
-            .call(|ch| {
-                let req = feat::LexicalCandidatesRequest {
-                    query: query.to_owned(),
-                    k,
-                    filters: filters.clone(),
-                };
-                async move {
-                    feat::feature_service_client::FeatureServiceClient::new(ch)
-                        .lexical_candidates(req)
-                        .await
-                        .map(|r| {
-                            r.into_inner()
-                                .items
-                                .into_iter()
-                                .map(|i| i.item_id)
-                                .collect()
-                        })
-                }
+        let r = self
+            .lexical_rpc(feat::LexicalCandidatesRequest {
+                query: query.to_owned(),
+                k,
+                filters,
             })
-            .await
+            .await?;
+        Ok(r.items.into_iter().map(|i| i.item_id).collect())
     }
 
     pub async fn recommend(
@@ -336,16 +383,8 @@ impl Orchestrator {
 
         let profile = within(
             share(deadline, 0.2),
-            self.feature.call(|ch| {
-                let req = feat::GetUserProfileRequest {
-                    user_id: user_id.clone(),
-                };
-                async move {
-                    feat::feature_service_client::FeatureServiceClient::new(ch)
-                        .get_user_profile(req)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+            self.profile(feat::GetUserProfileRequest {
+                user_id: user_id.clone(),
             }),
         )
         .await;
@@ -365,20 +404,12 @@ impl Orchestrator {
                     Ok(Some(v)) => {
                         let dense = within(
                             share(deadline, 0.4),
-                            self.embedding.call(|ch| {
-                                let req = emb::RetrieveRequest {
-                                    query: Some(emb::retrieve_request::Query::Vector(
-                                        emb::Vector { values: v.clone() },
-                                    )),
-                                    k: n,
-                                    filters: filters.clone(),
-                                };
-                                async move {
-                                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
-                                        .retrieve(req)
-                                        .await
-                                        .map(tonic::Response::into_inner)
-                                }
+                            self.retrieve(emb::RetrieveRequest {
+                                query: Some(emb::retrieve_request::Query::Vector(emb::Vector {
+                                    values: v,
+                                })),
+                                k: n,
+                                filters: filters.clone(),
                             }),
                         )
                         .await;
@@ -451,18 +482,7 @@ impl Orchestrator {
 
     async fn user_vector(&self, recent: &[String]) -> Result<Option<Vec<f32>>, tonic::Status> {
         let ids: Vec<String> = recent.iter().take(10).cloned().collect();
-        let items = self
-            .feature
-            .call(|ch| {
-                let req = feat::GetItemsRequest { ids: ids.clone() };
-                async move {
-                    feat::feature_service_client::FeatureServiceClient::new(ch)
-                        .get_items(req)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
-            .await?;
+        let items = self.items(feat::GetItemsRequest { ids }).await?;
         let texts: Vec<String> = items
             .items
             .iter()
@@ -471,20 +491,7 @@ impl Orchestrator {
         if texts.is_empty() {
             return Ok(None);
         }
-        let resp = self
-            .embedding
-            .call(|ch| {
-                let req = emb::EmbedRequest {
-                    texts: texts.clone(),
-                };
-                async move {
-                    emb::embedding_service_client::EmbeddingServiceClient::new(ch)
-                        .embed(req)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
-            .await?;
+        let resp = self.embed(emb::EmbedRequest { texts }).await?;
         let dim = resp.dim as usize;
         let mut mean = vec![0f32; dim];
         for v in &resp.vectors {
@@ -512,18 +519,10 @@ impl Orchestrator {
         let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         let features = within(
             share(deadline, 0.5),
-            self.feature.call(|ch| {
-                let req = feat::GetFeaturesRequest {
-                    user_id: user_id.clone(),
-                    query: query.clone(),
-                    candidate_ids: ids.clone(),
-                };
-                async move {
-                    feat::feature_service_client::FeatureServiceClient::new(ch)
-                        .get_features(req)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+            self.features(feat::GetFeaturesRequest {
+                user_id: user_id.clone(),
+                query: query.clone(),
+                candidate_ids: ids,
             }),
         )
         .await;
@@ -611,23 +610,15 @@ impl Orchestrator {
         } else {
             within(
                 deadline.saturating_duration_since(Instant::now()),
-                self.feature.call(|ch| {
-                    let req = feat::GetItemsRequest { ids: top.clone() };
-                    async move {
-                        feat::feature_service_client::FeatureServiceClient::new(ch)
-                            .get_items(req)
-                            .await
-                            .map(|r| {
-                                r.into_inner()
-                                    .items
-                                    .into_iter()
-                                    .map(|i| (i.id.clone(), i))
-                                    .collect::<HashMap<_, _>>()
-                            })
-                    }
-                }),
+                self.items(feat::GetItemsRequest { ids: top }),
             )
             .await
+            .map(|r| {
+                r.items
+                    .into_iter()
+                    .map(|i| (i.id.clone(), i))
+                    .collect::<HashMap<_, _>>()
+            })
         };
         let display = display.unwrap_or_else(|s| {
             trace.degrade("items", &s);

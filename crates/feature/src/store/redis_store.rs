@@ -251,86 +251,23 @@ impl FeatureStore for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    //! Runs the backend contract against a real redis-server on a free port (skipped
-    //! with a message when the binary is missing; `scripts/setup` installs it).
-
-    use std::process::{Child, Command, Stdio};
+    //! Runs the backend contract against a real redis-server on a free port.
 
     use super::*;
     use crate::store::contract;
-
-    struct RedisServer {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    async fn redis() -> Option<RedisServer> {
-        let bin = std::env::var("REDIS_BIN").unwrap_or_else(|_| "/usr/bin/redis-server".into());
-        if !std::path::Path::new(&bin).exists() {
-            eprintln!("SKIP: redis-server not found at {bin}; run scripts/setup");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis");
-        let url = format!("redis://127.0.0.1:{port}/");
-        let server = RedisServer {
-            child,
-            url,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Ok(c) = redis::Client::open(server.url.as_str())
-                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return Some(server);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start");
-    }
+    use rankmesh_tests::redis::RedisServer;
 
     #[tokio::test]
     async fn contract_items() {
-        let Some(r) = redis().await else { return };
-        let s = RedisStore::open(&r.url).expect("open");
+        let r = RedisServer::start().await;
+        let s = RedisStore::open(&r.url()).expect("open");
         contract::items_roundtrip_and_replace(&s).await;
     }
 
     #[tokio::test]
     async fn contract_events() {
-        let Some(r) = redis().await else { return };
-        let s = RedisStore::open(&r.url).expect("open");
+        let r = RedisServer::start().await;
+        let s = RedisStore::open(&r.url()).expect("open");
         contract::events_are_idempotent_and_build_profiles(&s).await;
     }
 
