@@ -111,3 +111,21 @@ pub(crate) async fn retrieve(
     }
     Ok(())
 }
+
+/// Re-embeds the feature service's catalog into the embedding index.
+pub(crate) async fn build_index(addr: &str) -> anyhow::Result<()> {
+    let channel = rankmesh_client::connect(addr, Duration::from_secs(3600)).await?;
+    let r = pb::embedding_service_client::EmbeddingServiceClient::new(channel)
+        .build_index(pb::BuildIndexRequest {
+            item_ids: Vec::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("BuildIndex: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!(
+        "indexed {} items for dense retrieval in {:.1} s",
+        r.indexed,
+        r.elapsed_ms as f64 / 1e3
+    );
+    Ok(())
+}

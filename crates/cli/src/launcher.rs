@@ -206,14 +206,13 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
             );
         }
         if service == "embedding" {
+            // The embedding index follows the feature service's catalog.
             cmd.env("RANKMESH__MODEL__DIR", opts.models.join("encoder"))
                 .env(
                     "RANKMESH__INDEX__SNAPSHOT_DIR",
                     opts.state_dir.join("embedding-index"),
-                );
-            if let Some(c) = &opts.catalog {
-                cmd.env("RANKMESH__INDEX__CATALOG", c);
-            }
+                )
+                .env("RANKMESH__INDEX__FROM_FEATURE", "true");
         }
         let child = cmd
             .env("RANKMESH__SERVER__LISTEN", &grpc)

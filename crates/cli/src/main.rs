@@ -406,10 +406,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .find(|p| p.service == "feature")
                     .map(|p| p.grpc.clone())
                     .ok_or_else(|| anyhow::anyhow!("no feature service started"))?;
-                if let Err(e) = catalog::import(&feature, file, None, true).await {
+                let embedding = mesh
+                    .processes
+                    .iter()
+                    .find(|p| p.service == "embedding")
+                    .map(|p| p.grpc.clone())
+                    .ok_or_else(|| anyhow::anyhow!("no embedding service started"))?;
+                let loaded = async {
+                    catalog::import(&feature, file, None, true).await?;
+                    embed::build_index(&embedding).await
+                };
+                if let Err(e) = loaded.await {
                     launcher::stop(&mesh, Duration::from_secs(10)).await;
                     launcher::down(&state.state_dir).await?;
-                    return Err(e.context("importing the catalog into the feature service"));
+                    return Err(e.context("loading the catalog into the mesh"));
                 }
             }
             println!(

@@ -2,9 +2,12 @@
 //! themselves.
 //!
 //! Today it offers endpoint resolution (etcd discovery or a static list, through
-//! [`rankmesh_common::discovery::Resolver`]), channels with connect and request
-//! deadlines, and gRPC health checks. Balancing, retry budgets and hedging over the
-//! resolved set come with the SDK resilience work.
+//! [`rankmesh_common::discovery::Resolver`]), [`upstream::Upstream`] (round-robin over
+//! the resolved set with one failover on UNAVAILABLE), channels with connect and
+//! request deadlines, readiness and gRPC health checks. Balancing, retry budgets and
+//! hedging come with the SDK resilience work.
+
+pub mod upstream;
 
 use std::time::Duration;
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoder::{Encoder, Variant};
 use crate::index::{IndexParams, VectorIndex};
-use crate::service::{Embedder, EmbeddingApi};
+use crate::service::{CatalogSource, Embedder, EmbeddingApi};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "embedding";
@@ -79,9 +79,13 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexConfig {
-    /// JSONL catalog to embed (import format); empty: build only via BuildIndex
-    /// once a catalog is configured.
+    /// JSONL catalog to embed (import format). Wins over `from_feature`.
     pub catalog: PathBuf,
+    /// Index the feature service's catalog (ScanItems), found in discovery or at
+    /// `feature_addrs`; BuildIndex re-reads it after an import.
+    pub from_feature: bool,
+    /// Feature replicas when etcd is not configured.
+    pub feature_addrs: Vec<String>,
     /// Folder for the snapshot; loaded at startup so a restart does not re-embed.
     /// Empty: no snapshot.
     pub snapshot_dir: PathBuf,
@@ -158,12 +162,31 @@ pub async fn run(
     let batcher = Batcher::new("encoder", batch, move |texts: Vec<String>| {
         enc.encode(&texts).map_err(|e| e.to_string())
     });
+    let source = match non_empty(&config.index.catalog) {
+        Some(path) => CatalogSource::File(path),
+        None if config.index.from_feature => {
+            let etcd = rankmesh_common::service::connect_etcd(&config.etcd)
+                .await
+                .map_err(ScaffoldError::from)?;
+            let resolver = match etcd {
+                Some(e) => rankmesh_common::discovery::Resolver::watch(e, "feature"),
+                None => rankmesh_common::discovery::Resolver::fixed(
+                    "feature",
+                    &config.index.feature_addrs,
+                ),
+            };
+            CatalogSource::Feature(rankmesh_client::upstream::Upstream::new(
+                "feature", resolver,
+            ))
+        }
+        None => CatalogSource::None,
+    };
     let embedder = Arc::new(Embedder::new(
         encoder,
         batcher,
         model,
         config.index.hnsw,
-        non_empty(&config.index.catalog),
+        source,
         non_empty(&config.index.snapshot_dir),
     ));
 
@@ -210,22 +233,30 @@ async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: 
             }
         }
     }
-    if non_empty(&config.catalog).is_some() {
+    if embedder.has_source() {
         readiness.set("index", false);
         let embedder = Arc::clone(embedder);
         let readiness = readiness.clone();
         tokio::spawn(async move {
-            match embedder.build_index(Vec::new()).await {
-                Ok(r) => {
-                    tracing::info!(
-                        items = r.indexed,
-                        ms = r.elapsed_ms,
-                        "initial vector index built"
-                    );
-                    readiness.set("index", true);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "initial index build failed; Retrieve unavailable until BuildIndex succeeds")
+            // The source (a feature replica) may still be starting: retry until it
+            // answers. An empty catalog gives an empty, ready index.
+            let mut delay = std::time::Duration::from_millis(200);
+            loop {
+                match embedder.build_index(Vec::new()).await {
+                    Ok(r) => {
+                        tracing::info!(
+                            items = r.indexed,
+                            ms = r.elapsed_ms,
+                            "initial vector index built"
+                        );
+                        readiness.set("index", true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "initial index build failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
                 }
             }
         });

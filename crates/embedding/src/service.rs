@@ -30,6 +30,8 @@ pub enum EmbedError {
     #[error("{0}")]
     BuildRunning(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -40,6 +42,7 @@ impl From<EmbedError> for Status {
             EmbedError::Overloaded(m) => Status::resource_exhausted(m),
             EmbedError::NoIndex(m) => Status::failed_precondition(m),
             EmbedError::BuildRunning(m) => Status::aborted(m),
+            EmbedError::Unavailable(m) => Status::unavailable(m),
             EmbedError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error; see the embedding service log")
@@ -65,6 +68,67 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> EmbedError {
     }
 }
 
+/// Where the items to index come from.
+#[derive(Debug)]
+pub enum CatalogSource {
+    /// Nothing configured: BuildIndex answers FAILED_PRECONDITION.
+    None,
+    /// A JSONL file in the import format.
+    File(std::path::PathBuf),
+    /// The feature service's catalog, streamed with ScanItems.
+    Feature(rankmesh_client::upstream::Upstream),
+}
+
+/// Items per ScanItems message.
+const SCAN_PAGE: u32 = 1000;
+
+impl CatalogSource {
+    async fn items(&self) -> Result<Vec<CatalogItem>, EmbedError> {
+        match self {
+            Self::None => Err(EmbedError::NoIndex(
+                "no catalog source configured (index.catalog or index.from_feature)".into(),
+            )),
+            Self::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || catalog::read_jsonl(&path))
+                    .await
+                    .map_err(|e| EmbedError::Internal(e.to_string()))?
+                    .map_err(|e| EmbedError::Internal(e.to_string()))
+            }
+            Self::Feature(upstream) => upstream
+                .call(|ch| async move {
+                    use rankmesh_proto::pb::feature::v1 as feat;
+                    let mut stream = feat::feature_service_client::FeatureServiceClient::new(ch)
+                        .max_decoding_message_size(64 << 20)
+                        .scan_items(feat::ScanItemsRequest {
+                            after_id: String::new(),
+                            page_size: SCAN_PAGE,
+                        })
+                        .await?
+                        .into_inner();
+                    let mut out = Vec::new();
+                    while let Some(page) = stream.message().await? {
+                        out.extend(page.items.into_iter().map(|i| CatalogItem {
+                            id: i.id,
+                            title: i.title,
+                            description: i.description,
+                            category: i.category,
+                            brand: i.brand,
+                            price: i.price,
+                        }));
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(|s| EmbedError::Unavailable(format!("feature service: {}", s.message()))),
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
 /// Shared state behind the gRPC handlers.
 #[derive(Debug)]
 pub struct Embedder {
@@ -73,7 +137,7 @@ pub struct Embedder {
     model: common::ModelRef,
     index: ArcSwapOption<VectorIndex>,
     params: IndexParams,
-    catalog: Option<std::path::PathBuf>,
+    source: CatalogSource,
     snapshot: Option<std::path::PathBuf>,
     /// One build at a time; a second caller gets ABORTED instead of doubling the work.
     building: tokio::sync::Mutex<()>,
@@ -85,7 +149,7 @@ impl Embedder {
         batcher: Batcher<String, Embedded>,
         model: common::ModelRef,
         params: IndexParams,
-        catalog: Option<std::path::PathBuf>,
+        source: CatalogSource,
         snapshot: Option<std::path::PathBuf>,
     ) -> Self {
         Self {
@@ -94,7 +158,7 @@ impl Embedder {
             model,
             index: ArcSwapOption::empty(),
             params,
-            catalog,
+            source,
             snapshot,
             building: tokio::sync::Mutex::new(()),
         }
@@ -102,6 +166,11 @@ impl Embedder {
 
     pub fn model(&self) -> &common::ModelRef {
         &self.model
+    }
+
+    /// Whether BuildIndex has somewhere to read the catalog from.
+    pub fn has_source(&self) -> bool {
+        self.source.is_configured()
     }
 
     /// Installs an index (e.g. loaded from a snapshot at startup).
@@ -203,14 +272,7 @@ impl Embedder {
             .try_lock()
             .map_err(|_| EmbedError::BuildRunning("an index build is already running".into()))?;
         let started = Instant::now();
-        let path = self
-            .catalog
-            .clone()
-            .ok_or_else(|| EmbedError::NoIndex("no catalog configured (index.catalog)".into()))?;
-        let items = tokio::task::spawn_blocking(move || catalog::read_jsonl(&path))
-            .await
-            .map_err(|e| EmbedError::Internal(e.to_string()))?
-            .map_err(|e| EmbedError::Internal(e.to_string()))?;
+        let items = self.source.items().await?;
         let current = self.index();
         let only: std::collections::HashSet<String> = ids.into_iter().collect();
         let mut entries = Vec::with_capacity(items.len());

@@ -4,7 +4,6 @@
 //! # Layout
 //! - [`search`]: the request path (retrieval, features, ranker, display).
 //! - [`ranker`]: the ONNX ranker and its schema contract.
-//! - [`upstream`]: channels to embedding and feature replicas from discovery.
 //! - [`service`]: the gRPC API and deadline parsing.
 //!
 //! Replicas elect a leader for the `rollout` role in etcd; the leader will run the
@@ -13,7 +12,6 @@
 pub mod ranker;
 pub mod search;
 pub mod service;
-pub mod upstream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -33,7 +31,7 @@ use tokio::sync::watch;
 use crate::ranker::Ranker;
 use crate::search::{LoadedRanker, Orchestrator, SearchConfig};
 use crate::service::RankingApi;
-use crate::upstream::Upstream;
+use rankmesh_client::upstream::Upstream;
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "ranking";

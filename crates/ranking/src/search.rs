@@ -21,7 +21,7 @@ use rankmesh_proto::pb::ranking::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::ranker::Ranker;
-use crate::upstream::Upstream;
+use rankmesh_client::upstream::Upstream;
 
 /// Candidate generation and deadlines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
