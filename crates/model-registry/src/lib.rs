@@ -1,7 +1,11 @@
 //! The model registry: versioned, encrypted, signed model artifacts in an object store, with versions and stages in etcd.
 //!
 //! Serves gRPC health and reflection, the admin port, and registers in discovery as
-//! `registry`; its own API (`rankmesh.registry.v1.ModelRegistry`, see the proto) lands with its issue.
+//! `registry`; its own API (`rankmesh.registry.v1.ModelRegistry`, see the proto) is
+//! being built: [`envelope`] (AES-256-GCM envelope encryption with rotatable master
+//! keys, ed25519-signed manifests) is its first part.
+
+pub mod envelope;
 
 use std::future::Future;
 

@@ -1,0 +1,324 @@
+//! Envelope encryption and manifest signing for model artifacts.
+//!
+//! Each artifact gets a fresh random 256-bit data key (DEK). The artifact is
+//! encrypted with AES-256-GCM under the DEK; the DEK is itself encrypted ("wrapped")
+//! under a master key that has an id. Rotating the master key re-wraps every DEK and
+//! never touches the (large) ciphertexts. The SHA-256 of both the plaintext and the
+//! ciphertext are recorded: the ciphertext hash lets a replica reject a corrupt
+//! download before decrypting, the GCM tag rejects any tampering, and the plaintext
+//! hash proves the decrypted bytes are the published model.
+//!
+//! The manifest (name, version, hashes, wrapped key, signature of the interface, ...)
+//! is signed with ed25519 over a canonical encoding, so a replica can verify that
+//! what it fetched is what the registry published.
+
+use std::collections::BTreeMap;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("unknown master key id {0:?}")]
+    UnknownKey(String),
+    #[error("ciphertext SHA-256 mismatch: the artifact is corrupt or incomplete")]
+    CiphertextHash,
+    #[error("plaintext SHA-256 mismatch after decryption")]
+    PlaintextHash,
+    #[error("decryption failed: wrong master key, or the artifact or its key was tampered with")]
+    Decrypt,
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("manifest signature invalid: {0}")]
+    Signature(String),
+}
+
+/// Master keys by id. The current id wraps new data keys; old ids stay to unwrap
+/// until rotation has re-wrapped everything.
+#[derive(Clone)]
+pub struct MasterKeys {
+    keys: BTreeMap<String, [u8; 32]>,
+    current: String,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("MasterKeys")
+            .field("ids", &self.keys.keys().collect::<Vec<_>>())
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl MasterKeys {
+    /// `keys` maps id -> 64 hex characters (32 bytes).
+    pub fn from_hex(keys: &BTreeMap<String, String>, current: &str) -> Result<Self, EnvelopeError> {
+        let mut out = BTreeMap::new();
+        for (id, h) in keys {
+            let bytes = decode_hex(h)
+                .map_err(|e| EnvelopeError::Malformed(format!("master key {id:?}: {e}")))?;
+            let key: [u8; 32] = bytes.try_into().map_err(|_| {
+                EnvelopeError::Malformed(format!("master key {id:?}: need 32 bytes (64 hex chars)"))
+            })?;
+            out.insert(id.clone(), key);
+        }
+        if !out.contains_key(current) {
+            return Err(EnvelopeError::UnknownKey(current.to_owned()));
+        }
+        Ok(Self {
+            keys: out,
+            current: current.to_owned(),
+        })
+    }
+
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    fn get(&self, id: &str) -> Result<&[u8; 32], EnvelopeError> {
+        self.keys
+            .get(id)
+            .ok_or_else(|| EnvelopeError::UnknownKey(id.to_owned()))
+    }
+}
+
+/// What is stored next to the ciphertext (part of the signed manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Master key id that wraps the data key.
+    pub key_id: String,
+    /// nonce || AES-GCM(master, DEK) || tag, hex.
+    pub wrapped_key: String,
+    pub sha256_plaintext: String,
+    pub sha256_ciphertext: String,
+    pub size_bytes: u64,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    rand::random()
+}
+
+fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let nonce = random_bytes::<NONCE_LEN>();
+    let mut out = nonce.to_vec();
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| {
+            EnvelopeError::Malformed("encryption failed (input beyond AES-GCM limits)".into())
+        })?;
+    out.extend(ct);
+    Ok(out)
+}
+
+fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return Err(EnvelopeError::Malformed(
+            "too short for nonce and tag".into(),
+        ));
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| EnvelopeError::Decrypt)
+}
+
+/// Encrypts `plaintext` under a fresh data key wrapped by the current master key.
+/// `context` (e.g. "encoder/3/fp32") is bound as associated data, so a ciphertext
+/// cannot be passed off as another artifact.
+pub fn seal(
+    keys: &MasterKeys,
+    context: &str,
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Sealed), EnvelopeError> {
+    let dek = random_bytes::<32>();
+    let ciphertext = seal_with(&dek, plaintext, context.as_bytes())?;
+    let master = keys.get(&keys.current)?;
+    let wrapped = seal_with(master, &dek, keys.current.as_bytes())?;
+    let sealed = Sealed {
+        key_id: keys.current.clone(),
+        wrapped_key: hex(&wrapped),
+        sha256_plaintext: hex(&Sha256::digest(plaintext)),
+        sha256_ciphertext: hex(&Sha256::digest(&ciphertext)),
+        size_bytes: plaintext.len() as u64,
+    };
+    Ok((ciphertext, sealed))
+}
+
+/// Verifies and decrypts. Checks the ciphertext hash first (cheap, and names a
+/// corrupt download as such), then the GCM tag, then the plaintext hash.
+pub fn open(
+    keys: &MasterKeys,
+    context: &str,
+    sealed: &Sealed,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
+    if hex(&Sha256::digest(ciphertext)) != sealed.sha256_ciphertext {
+        return Err(EnvelopeError::CiphertextHash);
+    }
+    let master = keys.get(&sealed.key_id)?;
+    let wrapped = decode_hex(&sealed.wrapped_key).map_err(EnvelopeError::Malformed)?;
+    let dek: [u8; 32] = open_with(master, &wrapped, sealed.key_id.as_bytes())?
+        .try_into()
+        .map_err(|_| EnvelopeError::Malformed("data key is not 32 bytes".into()))?;
+    let plaintext = open_with(&dek, ciphertext, context.as_bytes())?;
+    if hex(&Sha256::digest(&plaintext)) != sealed.sha256_plaintext {
+        return Err(EnvelopeError::PlaintextHash);
+    }
+    Ok(plaintext)
+}
+
+/// Re-wraps the data key under the current master key; the ciphertext is untouched.
+pub fn rewrap(keys: &MasterKeys, sealed: &Sealed) -> Result<Sealed, EnvelopeError> {
+    let old = keys.get(&sealed.key_id)?;
+    let wrapped = decode_hex(&sealed.wrapped_key).map_err(EnvelopeError::Malformed)?;
+    let dek = open_with(old, &wrapped, sealed.key_id.as_bytes())?;
+    let master = keys.get(&keys.current)?;
+    Ok(Sealed {
+        key_id: keys.current.clone(),
+        wrapped_key: hex(&seal_with(master, &dek, keys.current.as_bytes())?),
+        ..sealed.clone()
+    })
+}
+
+/// Signs canonical bytes (callers serialise manifests with sorted keys).
+pub fn sign(key: &SigningKey, canonical: &[u8]) -> String {
+    hex(&key.sign(canonical).to_bytes())
+}
+
+/// Verifies a hex signature over canonical bytes.
+pub fn verify(
+    key: &VerifyingKey,
+    canonical: &[u8],
+    signature_hex: &str,
+) -> Result<(), EnvelopeError> {
+    let bytes = decode_hex(signature_hex).map_err(EnvelopeError::Signature)?;
+    let sig = Signature::from_slice(&bytes).map_err(|e| EnvelopeError::Signature(e.to_string()))?;
+    key.verify(canonical, &sig)
+        .map_err(|_| EnvelopeError::Signature("does not match the manifest".into()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err("odd number of hex characters".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("not hex at {i}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(current: &str) -> MasterKeys {
+        let m: BTreeMap<String, String> = [
+            ("k1".to_owned(), "11".repeat(32)),
+            ("k2".to_owned(), "22".repeat(32)),
+        ]
+        .into();
+        MasterKeys::from_hex(&m, current).expect("keys")
+    }
+
+    #[test]
+    fn seal_open_roundtrip_and_fresh_keys() {
+        let k = keys("k1");
+        let model = b"onnx bytes".repeat(1000);
+        let (ct, s) = seal(&k, "ranker/1/fp32", &model).expect("seal");
+        assert_ne!(ct[NONCE_LEN..NONCE_LEN + 32], model[..32], "encrypted");
+        assert_eq!(open(&k, "ranker/1/fp32", &s, &ct).expect("open"), model);
+        let (ct2, s2) = seal(&k, "ranker/1/fp32", &model).expect("seal");
+        assert_ne!(ct, ct2, "a fresh data key and nonce every time");
+        assert_ne!(s.wrapped_key, s2.wrapped_key);
+    }
+
+    #[test]
+    fn one_flipped_bit_is_refused_with_a_reason() {
+        let k = keys("k1");
+        let (mut ct, s) = seal(&k, "m/1/fp32", b"model").expect("seal");
+        ct[NONCE_LEN + 2] ^= 0x01;
+        assert_eq!(
+            open(&k, "m/1/fp32", &s, &ct),
+            Err(EnvelopeError::CiphertextHash)
+        );
+        // Even with the hash "fixed" by an attacker, the GCM tag refuses it.
+        let forged = Sealed {
+            sha256_ciphertext: hex(&Sha256::digest(&ct)),
+            ..s
+        };
+        assert_eq!(
+            open(&k, "m/1/fp32", &forged, &ct),
+            Err(EnvelopeError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn wrong_master_key_and_wrong_context_are_refused() {
+        let (ct, s) = seal(&keys("k1"), "m/1/fp32", b"model").expect("seal");
+        let other: BTreeMap<String, String> = [("k1".to_owned(), "33".repeat(32))].into();
+        let wrong = MasterKeys::from_hex(&other, "k1").expect("keys");
+        assert_eq!(
+            open(&wrong, "m/1/fp32", &s, &ct),
+            Err(EnvelopeError::Decrypt)
+        );
+        assert_eq!(
+            open(&keys("k1"), "m/2/fp32", &s, &ct),
+            Err(EnvelopeError::Decrypt)
+        );
+        let only_k2: BTreeMap<String, String> = [("k2".to_owned(), "22".repeat(32))].into();
+        let missing = MasterKeys::from_hex(&only_k2, "k2").expect("keys");
+        assert_eq!(
+            open(&missing, "m/1/fp32", &s, &ct),
+            Err(EnvelopeError::UnknownKey("k1".into()))
+        );
+    }
+
+    #[test]
+    fn rotation_rewraps_without_touching_the_blob() {
+        let (ct, s) = seal(&keys("k1"), "m/1/fp32", b"model").expect("seal");
+        let rotated = rewrap(&keys("k2"), &s).expect("rewrap");
+        assert_eq!(rotated.key_id, "k2");
+        assert_eq!(rotated.sha256_ciphertext, s.sha256_ciphertext);
+        let only_k2: BTreeMap<String, String> = [("k2".to_owned(), "22".repeat(32))].into();
+        let k2 = MasterKeys::from_hex(&only_k2, "k2").expect("keys");
+        assert_eq!(
+            open(&k2, "m/1/fp32", &rotated, &ct).expect("open"),
+            b"model"
+        );
+    }
+
+    #[test]
+    fn signatures_detect_any_change() {
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let vk = sk.verifying_key();
+        let manifest = br#"{"name":"ranker","version":1}"#;
+        let sig = sign(&sk, manifest);
+        verify(&vk, manifest, &sig).expect("valid");
+        assert!(verify(&vk, br#"{"name":"ranker","version":2}"#, &sig).is_err());
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        assert!(verify(&other, manifest, &sig).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_keys() {
+        let s = format!("{:?}", keys("k1"));
+        assert!(!s.contains("1111"), "{s}");
+    }
+}
