@@ -6,6 +6,7 @@
 //! keys, ed25519-signed manifests) is its first part.
 
 pub mod envelope;
+pub mod store;
 
 use std::future::Future;
 

@@ -1,0 +1,500 @@
+//! Where the registry keeps things: encrypted blobs in an object store (a local
+//! directory by default; S3-compatible stores plug into the same `ObjectStore`
+//! trait), and versions and stage assignments in etcd under `/rankmesh/models/`.
+//!
+//! etcd layout:
+//! - `/rankmesh/models/<name>/next_version`: the version counter (compare-and-swap);
+//! - `/rankmesh/models/<name>/versions/<version:020>/<variant>`: the signed manifest
+//!   (create-only: a published version never changes);
+//! - `/rankmesh/models/<name>/stage`: production, canary + percent, the previous
+//!   production versions (for rollback) and the history of why stages changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions as ObjGet, GetRange, ObjectStore, PutOptions, PutPayload};
+use rankmesh_common::etcd::{Etcd, EtcdError};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Sealed;
+
+/// Root of the model keyspace.
+pub const MODELS_PREFIX: &str = "/rankmesh/models/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("object store: {0}")]
+    Blob(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("corrupt record {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> Self {
+        Self::Etcd(EtcdError::Client(e))
+    }
+}
+
+/// One input or output of a model's interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<i64>,
+}
+
+/// A published artifact version. Signed: every field but `signature` is covered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: u64,
+    /// "fp32" or "int8".
+    pub variant: String,
+    /// For an INT8 variant, the FP32 version it was made from (0 otherwise).
+    pub parent_version: u64,
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+    pub metadata: BTreeMap<String, String>,
+    pub sealed: Sealed,
+    /// Object-store key of the ciphertext.
+    pub blob: String,
+    pub created_ms: i64,
+    /// Hex ed25519 signature over [`Manifest::canonical`].
+    #[serde(default)]
+    pub signature: String,
+}
+
+impl Manifest {
+    /// The bytes that are signed: the manifest as JSON with the signature emptied.
+    /// Field order is fixed by the struct and maps are ordered, so it is canonical.
+    pub fn canonical(&self) -> Vec<u8> {
+        let unsigned = Self {
+            signature: String::new(),
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).expect("a Manifest always serialises: plain fields and string-keyed maps")
+    }
+}
+
+/// Stage assignment of one model name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stages {
+    /// 0 = none.
+    pub production: u64,
+    /// 0 = no canary.
+    pub canary: u64,
+    pub canary_percent: u32,
+    /// Earlier production versions, most recent last (rollback pops from here).
+    pub previous: Vec<u64>,
+    /// Why stages changed, oldest first (capped).
+    pub history: Vec<StageEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageEvent {
+    pub at_ms: i64,
+    pub description: String,
+}
+
+/// History entries kept per model.
+const HISTORY: usize = 100;
+
+impl Stages {
+    pub fn record(&mut self, at_ms: i64, description: impl Into<String>) {
+        self.history.push(StageEvent {
+            at_ms,
+            description: description.into(),
+        });
+        let excess = self.history.len().saturating_sub(HISTORY);
+        self.history.drain(..excess);
+    }
+}
+
+fn model_key(name: &str, rest: &str) -> String {
+    format!("{MODELS_PREFIX}{name}/{rest}")
+}
+
+fn version_key(name: &str, version: u64, variant: &str) -> String {
+    model_key(name, &format!("versions/{version:020}/{variant}"))
+}
+
+/// Versions and stages in etcd.
+#[derive(Debug, Clone)]
+pub struct ModelDb {
+    etcd: Etcd,
+}
+
+impl ModelDb {
+    pub fn new(etcd: Etcd) -> Self {
+        Self { etcd }
+    }
+
+    /// Allocates the next version number of `name` (1, 2, ...), safe across
+    /// concurrent registry replicas.
+    pub async fn next_version(&self, name: &str) -> Result<u64, StoreError> {
+        let key = model_key(name, "next_version");
+        let mut client = self.etcd.client();
+        for _ in 0..32 {
+            let resp = self.etcd.timed(client.get(key.as_str(), None)).await?;
+            let (current, rev) = match resp.kvs().first() {
+                Some(kv) => (
+                    std::str::from_utf8(kv.value())
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: key.clone(),
+                            message: "not a number".into(),
+                        })?,
+                    kv.mod_revision(),
+                ),
+                None => (0, 0),
+            };
+            let next = current + 1;
+            let cmp = if rev == 0 {
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)
+            };
+            let txn =
+                Txn::new()
+                    .when([cmp])
+                    .and_then([TxnOp::put(key.as_str(), next.to_string(), None)]);
+            if self.etcd.timed(client.txn(txn)).await?.succeeded() {
+                return Ok(next);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "could not allocate a version of {name}: too much contention"
+        )))
+    }
+
+    /// Stores a manifest; refuses to overwrite an existing version.
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let key = version_key(&m.name, m.version, &m.variant);
+        let value = serde_json::to_vec(m).map_err(|e| StoreError::Blob(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        let mut client = self.etcd.client();
+        if self.etcd.timed(client.txn(txn)).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "{} v{} {} already exists",
+                m.name, m.version, m.variant
+            )))
+        }
+    }
+
+    pub async fn manifest(
+        &self,
+        name: &str,
+        version: u64,
+        variant: &str,
+    ) -> Result<Option<Manifest>, StoreError> {
+        let key = version_key(name, version, variant);
+        let mut client = self.etcd.client();
+        let resp = self.etcd.timed(client.get(key.as_str(), None)).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every manifest of `name` (every model when empty), by name then version.
+    pub async fn list(&self, name: &str) -> Result<Vec<Manifest>, StoreError> {
+        let prefix = if name.is_empty() {
+            MODELS_PREFIX.to_owned()
+        } else {
+            model_key(name, "versions/")
+        };
+        let mut client = self.etcd.client();
+        let resp = self
+            .etcd
+            .timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if !key.contains("/versions/") {
+                continue;
+            }
+            out.push(
+                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+                    key,
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Current stages and their etcd mod revision (0 when never set).
+    pub async fn stages(&self, name: &str) -> Result<(Stages, i64), StoreError> {
+        let key = model_key(name, "stage");
+        let mut client = self.etcd.client();
+        let resp = self.etcd.timed(client.get(key.as_str(), None)).await?;
+        match resp.kvs().first() {
+            None => Ok((Stages::default(), 0)),
+            Some(kv) => Ok((
+                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+                    key,
+                    message: e.to_string(),
+                })?,
+                kv.mod_revision(),
+            )),
+        }
+    }
+
+    /// Applies `change` to the stages atomically. With `expected_revision` != 0 the
+    /// change applies only if nobody changed the stages since that revision;
+    /// otherwise concurrent changes are retried on the fresh value.
+    pub async fn update_stages<F>(
+        &self,
+        name: &str,
+        expected_revision: i64,
+        mut change: F,
+    ) -> Result<(Stages, i64), StoreError>
+    where
+        F: FnMut(&mut Stages) -> Result<(), StoreError>,
+    {
+        let key = model_key(name, "stage");
+        let mut client = self.etcd.client();
+        for _ in 0..32 {
+            let (mut stages, rev) = self.stages(name).await?;
+            if expected_revision != 0 && rev != expected_revision {
+                return Err(StoreError::Conflict(format!(
+                    "stages of {name} changed (revision {rev}, expected {expected_revision})"
+                )));
+            }
+            change(&mut stages)?;
+            let value = serde_json::to_vec(&stages).map_err(|e| StoreError::Blob(e.to_string()))?;
+            let cmp = if rev == 0 {
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)
+            };
+            let txn = Txn::new()
+                .when([cmp])
+                .and_then([TxnOp::put(key.as_str(), value, None)]);
+            let resp = self.etcd.timed(client.txn(txn)).await?;
+            if resp.succeeded() {
+                let new_rev = resp.header().map_or(0, |h| h.revision());
+                return Ok((stages, new_rev));
+            }
+            if expected_revision != 0 {
+                return Err(StoreError::Conflict(format!(
+                    "stages of {name} changed concurrently"
+                )));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "stages of {name}: too much contention"
+        )))
+    }
+}
+
+/// Encrypted artifact bytes.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Blobs {
+    /// A local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Blob(format!("{}: {e}", dir.display())))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| StoreError::Blob(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Any object store (S3-compatible in production).
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.store
+            .put_opts(
+                &ObjectPath::from(key),
+                PutPayload::from_bytes(bytes),
+                PutOptions::default(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Blob(e.to_string()))
+    }
+
+    /// `len` bytes from `offset` (fewer at the end of the object).
+    pub async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let opts = ObjGet {
+            range: Some(GetRange::Bounded(offset..offset + len)),
+            ..ObjGet::default()
+        };
+        let r = self
+            .store
+            .get_opts(&ObjectPath::from(key), opts)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    StoreError::NotFound(format!("blob {key} not found"))
+                }
+                other => StoreError::Blob(other.to_string()),
+            })?;
+        r.bytes().await.map_err(|e| StoreError::Blob(e.to_string()))
+    }
+
+    pub async fn size(&self, key: &str) -> Result<u64, StoreError> {
+        let opts = ObjGet {
+            head: true,
+            ..ObjGet::default()
+        };
+        self.store
+            .get_opts(&ObjectPath::from(key), opts)
+            .await
+            .map(|r| r.meta.size)
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    StoreError::NotFound(format!("blob {key} not found"))
+                }
+                other => StoreError::Blob(other.to_string()),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rankmesh_common::config::EtcdConfig;
+    use rankmesh_tests::etcd::EtcdCluster;
+
+    async fn db(cluster: &EtcdCluster) -> ModelDb {
+        let cfg = EtcdConfig {
+            endpoints: cluster.endpoints(),
+            ..EtcdConfig::default()
+        };
+        ModelDb::new(Etcd::connect(&cfg).await.expect("etcd"))
+    }
+
+    fn manifest(name: &str, version: u64) -> Manifest {
+        Manifest {
+            name: name.into(),
+            version,
+            variant: "fp32".into(),
+            parent_version: 0,
+            inputs: vec![],
+            outputs: vec![],
+            metadata: BTreeMap::new(),
+            sealed: Sealed {
+                key_id: "k".into(),
+                wrapped_key: String::new(),
+                sha256_plaintext: String::new(),
+                sha256_ciphertext: String::new(),
+                size_bytes: 0,
+            },
+            blob: format!("{name}/{version}/fp32"),
+            created_ms: 1,
+            signature: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_are_unique_under_concurrency_and_immutable() {
+        let cluster = EtcdCluster::single().await;
+        let db = db(&cluster).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move { db.next_version("ranker").await.expect("version") })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.expect("task"));
+        }
+        got.sort_unstable();
+        assert_eq!(got, (1..=8).collect::<Vec<u64>>());
+
+        db.put_manifest(&manifest("ranker", 1))
+            .await
+            .expect("first write");
+        assert!(matches!(
+            db.put_manifest(&manifest("ranker", 1)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            db.manifest("ranker", 1, "fp32").await.expect("get"),
+            Some(manifest("ranker", 1))
+        );
+        db.put_manifest(&manifest("encoder", 1))
+            .await
+            .expect("other model");
+        assert_eq!(db.list("ranker").await.expect("list").len(), 1);
+        assert_eq!(db.list("").await.expect("list all").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn stage_changes_are_compare_and_set() {
+        let cluster = EtcdCluster::single().await;
+        let db = db(&cluster).await;
+        let (s, rev) = db
+            .update_stages("ranker", 0, |s| {
+                s.production = 1;
+                s.record(1, "promote 1");
+                Ok(())
+            })
+            .await
+            .expect("set");
+        assert_eq!(s.production, 1);
+        // A stale expected revision is refused.
+        let stale = db.update_stages("ranker", rev - 1, |s| {
+            s.production = 2;
+            Ok(())
+        });
+        assert!(matches!(stale.await, Err(StoreError::Conflict(_))));
+        let (s, _) = db
+            .update_stages("ranker", rev, |s| {
+                s.previous.push(s.production);
+                s.production = 2;
+                Ok(())
+            })
+            .await
+            .expect("cas with the right revision");
+        assert_eq!((s.production, s.previous.clone()), (2, vec![1]));
+        assert_eq!(db.stages("ranker").await.expect("read").0, s);
+    }
+
+    #[tokio::test]
+    async fn blobs_roundtrip_with_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = Blobs::local(dir.path()).expect("blobs");
+        b.put("m/1/fp32", Bytes::from_static(b"0123456789"))
+            .await
+            .expect("put");
+        assert_eq!(b.size("m/1/fp32").await.expect("size"), 10);
+        assert_eq!(&b.read("m/1/fp32", 3, 4).await.expect("read")[..], b"3456");
+        assert_eq!(&b.read("m/1/fp32", 8, 100).await.expect("tail")[..], b"89");
+        assert!(matches!(
+            b.read("nope", 0, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
