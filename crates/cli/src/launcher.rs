@@ -199,6 +199,20 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         {
             cmd.env("RANKMESH__RANKER__DIR", dir);
         }
+        if service == "registry" {
+            let secrets = registry_secrets(&opts.state_dir)?;
+            cmd.env(
+                "RANKMESH__REGISTRY__BLOB_DIR",
+                opts.state_dir.join("registry").join("blobs"),
+            )
+            .env("RANKMESH__REGISTRY__ADMIN_TOKEN", &secrets.admin_token)
+            .env(
+                "RANKMESH__REGISTRY__MASTER_KEYS__LOCAL1",
+                &secrets.master_key,
+            )
+            .env("RANKMESH__REGISTRY__CURRENT_KEY", "local1")
+            .env("RANKMESH__REGISTRY__SIGNING_KEY", &secrets.signing_key);
+        }
         if service == "feature" {
             cmd.env(
                 "RANKMESH__STORE__PATH",
@@ -261,6 +275,39 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         }
     }
     Ok(())
+}
+
+/// Development secrets of a local mesh's registry, created once per state dir
+/// (readable by the owner only) so restarts keep decrypting what was published.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RegistrySecrets {
+    pub(crate) admin_token: String,
+    pub(crate) master_key: String,
+    pub(crate) signing_key: String,
+}
+
+fn hex32() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn registry_secrets(state_dir: &Path) -> anyhow::Result<RegistrySecrets> {
+    let path = state_dir.join("registry-secrets.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()));
+    }
+    let secrets = RegistrySecrets {
+        admin_token: hex32(),
+        master_key: hex32(),
+        signing_key: hex32(),
+    };
+    std::fs::create_dir_all(state_dir)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&secrets)?)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(secrets)
 }
 
 /// Waits for the child on a thread so it never lingers as a zombie (which would

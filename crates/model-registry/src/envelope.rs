@@ -81,6 +81,15 @@ impl MasterKeys {
         &self.current
     }
 
+    /// Makes `id` the key that wraps new (and re-wrapped) data keys.
+    pub fn set_current(&mut self, id: &str) -> Result<(), EnvelopeError> {
+        if !self.keys.contains_key(id) {
+            return Err(EnvelopeError::UnknownKey(id.to_owned()));
+        }
+        self.current = id.to_owned();
+        Ok(())
+    }
+
     fn get(&self, id: &str) -> Result<&[u8; 32], EnvelopeError> {
         self.keys
             .get(id)
@@ -214,7 +223,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+/// Hex to bytes; the error says where it is not hex.
+pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     if !s.len().is_multiple_of(2) {
         return Err("odd number of hex characters".into());
     }

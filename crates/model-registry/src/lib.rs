@@ -1,51 +1,161 @@
-//! The model registry: versioned, encrypted, signed model artifacts in an object store, with versions and stages in etcd.
+//! The model registry: versioned, encrypted, signed model artifacts in an object
+//! store, with versions and stages in etcd.
 //!
-//! Serves gRPC health and reflection, the admin port, and registers in discovery as
-//! `registry`; its own API (`rankmesh.registry.v1.ModelRegistry`, see the proto) is
-//! being built: [`envelope`] (AES-256-GCM envelope encryption with rotatable master
-//! keys, ed25519-signed manifests) is its first part.
+//! # Layout
+//! - [`envelope`]: AES-256-GCM envelope encryption with rotatable master keys, and
+//!   ed25519 manifest signatures.
+//! - [`store`]: versions and stages in etcd; encrypted blobs in an object store.
+//! - [`service`]: the gRPC API (publish with validation in ONNX Runtime, fetch with
+//!   resume, stages, rollback, key rotation; writes need the admin token).
 
 pub mod envelope;
+pub mod service;
 pub mod store;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rankmesh_common::config::ConfigError;
-use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
-use rankmesh_common::service::{ScaffoldError, serve_routes};
+use ed25519_dalek::SigningKey;
+use rankmesh_common::config::{ConfigError, invalid};
+use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, serve};
+use rankmesh_common::service::{ScaffoldError, connect_etcd};
+use rankmesh_proto::pb::registry::v1::model_registry_server::ModelRegistryServer;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::MasterKeys;
+use crate::service::{Registry, RegistryApi};
+use crate::store::{Blobs, ModelDb};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "registry";
+/// Fully qualified gRPC service name.
+pub const GRPC_SERVICE: &str = "rankmesh.registry.v1.ModelRegistry";
 
 rankmesh_common::service_config! {
-    /// Configuration of the registry service.
-    pub struct Config {}
+    /// Configuration of the model registry.
+    pub struct Config {
+        /// Storage, keys and the admin token.
+        pub registry: RegistryConfig,
+        /// ONNX Runtime, to validate artifacts at publish.
+        pub onnx: OnnxConfig,
+    }
+}
+
+/// Storage, keys and the admin token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Folder of the local object store.
+    pub blob_dir: PathBuf,
+    /// Bearer token for writes (Publish, SetStage, Rollback, RotateKey); empty
+    /// disables writes. Never logged.
+    pub admin_token: String,
+    /// Master keys by id, 64 hex characters each.
+    pub master_keys: BTreeMap<String, String>,
+    /// The key id that wraps new data keys.
+    pub current_key: String,
+    /// ed25519 signing seed, 64 hex characters.
+    pub signing_key: String,
+    /// Largest artifact accepted, bytes.
+    pub max_artifact_bytes: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            blob_dir: PathBuf::from(".rankmesh/registry/blobs"),
+            admin_token: String::new(),
+            master_keys: BTreeMap::new(),
+            current_key: String::new(),
+            signing_key: String::new(),
+            max_artifact_bytes: 2 << 30,
+        }
+    }
 }
 
 impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
+        self.onnx.validate("onnx")?;
+        if !self.etcd.enabled() {
+            return Err(invalid(
+                "etcd.endpoints",
+                "[]",
+                "the registry keeps versions in etcd: configure it",
+            ));
+        }
+        let r = &self.registry;
+        if r.master_keys.is_empty() {
+            return Err(invalid(
+                "registry.master_keys",
+                "{}",
+                "at least one master key is required",
+            ));
+        }
+        MasterKeys::from_hex(&r.master_keys, &r.current_key)
+            .map_err(|e| invalid("registry.master_keys", "(not shown)", &e.to_string()))?;
+        signing_key(&r.signing_key)
+            .map_err(|m| invalid("registry.signing_key", "(not shown)", &m))?;
         Ok(())
     }
 }
 
-/// Runs the service on `listeners` until `shutdown` resolves, then drains.
+fn signing_key(hex: &str) -> Result<SigningKey, String> {
+    let seed: [u8; 32] = envelope::decode_hex(hex)?
+        .try_into()
+        .map_err(|_| "need 32 bytes (64 hex characters)".to_owned())?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Scaffold(#[from] ScaffoldError),
+    #[error("registry: {0}")]
+    Setup(String),
+}
+
+/// Serves until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ScaffoldError> {
+) -> Result<(), Error> {
+    let etcd = connect_etcd(&config.etcd)
+        .await
+        .map_err(ScaffoldError::from)?
+        .ok_or_else(|| Error::Setup("etcd is required".into()))?;
+    let r = &config.registry;
+    let keys = MasterKeys::from_hex(&r.master_keys, &r.current_key)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let registry = Arc::new(Registry {
+        db: ModelDb::new(etcd.clone()),
+        blobs: Blobs::local(&r.blob_dir).map_err(|e| Error::Setup(e.to_string()))?,
+        keys: std::sync::RwLock::new(keys),
+        signing: signing_key(&r.signing_key).map_err(Error::Setup)?,
+        admin_token: r.admin_token.clone(),
+        max_artifact_bytes: r.max_artifact_bytes,
+        onnx: config.onnx.clone(),
+    });
+    let api = ModelRegistryServer::new(RegistryApi::new(registry))
+        .max_decoding_message_size(rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024)
+        .max_encoding_message_size(rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024);
     let info = ServiceInfo {
         name: SERVICE,
-        grpc_services: Vec::new(),
+        grpc_services: vec![GRPC_SERVICE],
     };
-    let routes = tonic::service::Routes::default();
-    serve_routes(
+    serve(
         info,
-        &config,
+        &config.server,
+        Some(etcd),
         Readiness::default(),
-        routes,
+        tonic::service::Routes::new(api),
         listeners,
         shutdown,
     )
     .await
+    .map_err(ScaffoldError::from)?;
+    Ok(())
 }

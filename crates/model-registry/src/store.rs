@@ -81,7 +81,8 @@ impl Manifest {
             signature: String::new(),
             ..self.clone()
         };
-        serde_json::to_vec(&unsigned).expect("a Manifest always serialises: plain fields and string-keyed maps")
+        serde_json::to_vec(&unsigned)
+            .expect("a Manifest always serialises: plain fields and string-keyed maps")
     }
 }
 
@@ -191,6 +192,26 @@ impl ModelDb {
             Err(StoreError::Conflict(format!(
                 "{} v{} {} already exists",
                 m.name, m.version, m.variant
+            )))
+        }
+    }
+
+    /// Replaces a manifest (key rotation re-wraps its data key), only if it still is
+    /// exactly `old`: concurrent rotations cannot overwrite each other.
+    pub async fn replace_manifest(&self, old: &Manifest, new: &Manifest) -> Result<(), StoreError> {
+        let key = version_key(&old.name, old.version, &old.variant);
+        let old_value = serde_json::to_vec(old).map_err(|e| StoreError::Blob(e.to_string()))?;
+        let new_value = serde_json::to_vec(new).map_err(|e| StoreError::Blob(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::value(key.as_str(), CompareOp::Equal, old_value)])
+            .and_then([TxnOp::put(key.as_str(), new_value, None)]);
+        let mut client = self.etcd.client();
+        if self.etcd.timed(client.txn(txn)).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "{} v{} changed concurrently",
+                old.name, old.version
             )))
         }
     }

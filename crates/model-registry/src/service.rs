@@ -1,0 +1,702 @@
+//! The `ModelRegistry` gRPC API over [`ModelDb`] (etcd) and [`Blobs`] (object store).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use futures::Stream;
+use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_proto::limits::MAX_CHUNK_BYTES;
+use rankmesh_proto::pb::registry::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::envelope::{self, EnvelopeError, MasterKeys};
+use crate::store::{Blobs, Manifest, ModelDb, StoreError, Tensor};
+
+/// Bytes per FetchModel message.
+const FETCH_CHUNK: usize = 1 << 20;
+/// Most metadata entries and bytes per entry (stated in the proto).
+const MAX_METADATA: usize = 64;
+const MAX_METADATA_BYTES: usize = 1024;
+
+/// The registry's state.
+pub struct Registry {
+    pub db: ModelDb,
+    pub blobs: Blobs,
+    pub keys: std::sync::RwLock<MasterKeys>,
+    pub signing: SigningKey,
+    /// Bearer token for writes; never logged.
+    pub admin_token: String,
+    pub max_artifact_bytes: u64,
+    pub onnx: OnnxConfig,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::Conflict(m) => Status::failed_precondition(m),
+        StoreError::Etcd(e) => Status::unavailable(format!("control plane: {e}")),
+        StoreError::Blob(m) => Status::unavailable(format!("object store: {m}")),
+        StoreError::Corrupt { key, message } => {
+            tracing::error!(key, message, "corrupt registry record");
+            Status::internal("corrupt registry record; see the registry log")
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Status> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "name: {name:?} must match [a-z0-9_-]{{1,64}}"
+        )))
+    }
+}
+
+fn tensors(specs: &[pb::TensorSpec]) -> Vec<Tensor> {
+    specs
+        .iter()
+        .map(|t| Tensor {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect()
+}
+
+fn to_specs(ts: &[Tensor]) -> Vec<pb::TensorSpec> {
+    ts.iter()
+        .map(|t| pb::TensorSpec {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect()
+}
+
+/// The proto form of a manifest, with its current stage.
+pub fn to_proto(m: &Manifest, stage: &str) -> pb::ModelManifest {
+    pb::ModelManifest {
+        name: m.name.clone(),
+        version: m.version,
+        variant: m.variant.clone(),
+        parent_version: m.parent_version,
+        signature: Some(pb::ModelSignature {
+            inputs: to_specs(&m.inputs),
+            outputs: to_specs(&m.outputs),
+        }),
+        metadata: m.metadata.clone().into_iter().collect(),
+        sha256_plaintext: m.sealed.sha256_plaintext.clone(),
+        sha256_ciphertext: m.sealed.sha256_ciphertext.clone(),
+        size_bytes: m.sealed.size_bytes,
+        key_id: m.sealed.key_id.clone(),
+        created_ms: m.created_ms,
+        signature_ed25519: envelope::decode_hex(&m.signature).unwrap_or_default(),
+        stage: stage.to_owned(),
+        wrapped_key: m.sealed.wrapped_key.clone(),
+        signed_manifest: m.canonical(),
+    }
+}
+
+/// Element type names as ort prints them, mapped to the proto's names.
+fn dtype_name(t: &ort::value::ValueType) -> (String, Vec<i64>) {
+    match t {
+        ort::value::ValueType::Tensor { ty, shape, .. } => {
+            let name = format!("{ty:?}").to_lowercase();
+            (name, shape.iter().copied().collect())
+        }
+        other => (format!("{other:?}"), Vec::new()),
+    }
+}
+
+/// Loads the model in ONNX Runtime and checks it has the declared interface.
+fn validate(
+    model: &[u8],
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+    onnx: &OnnxConfig,
+) -> Result<(), String> {
+    let (session, _) = rankmesh_common::onnx::build_session(model, onnx)
+        .map_err(|e| format!("does not load: {e}"))?;
+    let check = |kind: &str,
+                 declared: &[Tensor],
+                 actual: Vec<(String, (String, Vec<i64>))>|
+     -> Result<(), String> {
+        for d in declared {
+            let Some((_, (dtype, shape))) = actual.iter().find(|(n, _)| n == &d.name) else {
+                let names: Vec<&str> = actual.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(format!(
+                    "{kind} {:?} not in the model (it has {names:?})",
+                    d.name
+                ));
+            };
+            if !d.dtype.is_empty() && &d.dtype != dtype {
+                return Err(format!(
+                    "{kind} {:?}: declared {}, model has {dtype}",
+                    d.name, d.dtype
+                ));
+            }
+            if !d.shape.is_empty() {
+                let fits = d.shape.len() == shape.len()
+                    && d.shape
+                        .iter()
+                        .zip(shape)
+                        .all(|(want, got)| *want == -1 || *got == -1 || want == got);
+                if !fits {
+                    return Err(format!(
+                        "{kind} {:?}: declared shape {:?}, model has {shape:?}",
+                        d.name, d.shape
+                    ));
+                }
+            }
+        }
+        Ok(())
+    };
+    let ins = session
+        .inputs()
+        .iter()
+        .map(|i| (i.name().to_owned(), dtype_name(i.dtype())))
+        .collect();
+    let outs = session
+        .outputs()
+        .iter()
+        .map(|o| (o.name().to_owned(), dtype_name(o.dtype())))
+        .collect();
+    check("input", inputs, ins)?;
+    check("output", outputs, outs)
+}
+
+impl Registry {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.admin_token.is_empty() {
+            return Err(Status::failed_precondition(
+                "writes are disabled: no admin token configured",
+            ));
+        }
+        let Some(v) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "authorization: Bearer <admin token> required",
+            ));
+        };
+        let presented = v
+            .to_str()
+            .unwrap_or_default()
+            .strip_prefix("Bearer ")
+            .unwrap_or_default();
+        // Constant-time comparison: do not leak the token's prefix through timing.
+        let a = presented.as_bytes();
+        let b = self.admin_token.as_bytes();
+        let same =
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("wrong admin token"))
+        }
+    }
+
+    fn stage_of(stages: &crate::store::Stages, version: u64) -> &'static str {
+        if stages.production == version && version != 0 {
+            "production"
+        } else if stages.canary == version && version != 0 {
+            "canary"
+        } else if stages.previous.contains(&version) {
+            "previous"
+        } else {
+            ""
+        }
+    }
+
+    /// Publishes one artifact; see the proto.
+    pub async fn publish(
+        &self,
+        mut stream: impl Stream<Item = Result<pb::PublishModelRequest, Status>> + Unpin,
+    ) -> Result<pb::PublishModelResponse, Status> {
+        let header = match stream.next().await {
+            Some(Ok(pb::PublishModelRequest {
+                part: Some(pb::publish_model_request::Part::Header(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "header: the first message must be the header",
+                ));
+            }
+            Some(Err(e)) => return Err(Status::aborted(format!("upload failed: {}", e.message()))),
+            None => return Err(Status::invalid_argument("header: empty upload")),
+        };
+        let pb::PublishHeader {
+            name,
+            signature,
+            metadata,
+            quantize_int8,
+            sidecar_names,
+        } = header;
+        check_name(&name)?;
+        if quantize_int8 {
+            return Err(Status::failed_precondition(
+                "quantize_int8: INT8 conversion runs offline; publish the INT8 file with metadata variant=int8 and parent_version=N",
+            ));
+        }
+        if !sidecar_names.is_empty() {
+            return Err(Status::invalid_argument(
+                "sidecar_names: sidecar files are not supported yet",
+            ));
+        }
+        if metadata.len() > MAX_METADATA
+            || metadata
+                .iter()
+                .any(|(k, v)| k.len() + v.len() > MAX_METADATA_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "metadata: at most {MAX_METADATA} entries of at most {MAX_METADATA_BYTES} bytes"
+            )));
+        }
+        let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+        let variant = metadata
+            .get("variant")
+            .cloned()
+            .unwrap_or_else(|| "fp32".into());
+        if variant != "fp32" && variant != "int8" {
+            return Err(Status::invalid_argument(format!(
+                "metadata.variant: {variant:?} is not fp32 or int8"
+            )));
+        }
+        let parent_version: u64 = match metadata.get("parent_version") {
+            Some(v) => v.parse().map_err(|_| {
+                Status::invalid_argument(format!("metadata.parent_version: {v:?} is not a number"))
+            })?,
+            None => 0,
+        };
+        let signature = signature.unwrap_or_default();
+        let (inputs, outputs) = (tensors(&signature.inputs), tensors(&signature.outputs));
+
+        let mut model = Vec::new();
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|e| {
+                Status::aborted(format!(
+                    "upload interrupted: {}; nothing stored",
+                    e.message()
+                ))
+            })?;
+            match msg.part {
+                Some(pb::publish_model_request::Part::Chunk(c)) => {
+                    if c.len() > MAX_CHUNK_BYTES {
+                        return Err(Status::resource_exhausted(format!(
+                            "chunk: {} bytes; at most {MAX_CHUNK_BYTES}",
+                            c.len()
+                        )));
+                    }
+                    if (model.len() + c.len()) as u64 > self.max_artifact_bytes {
+                        return Err(Status::resource_exhausted(format!(
+                            "artifact larger than {} bytes",
+                            self.max_artifact_bytes
+                        )));
+                    }
+                    model.extend_from_slice(&c);
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "chunk: only one header per upload",
+                    ));
+                }
+            }
+        }
+        if model.is_empty() {
+            return Err(Status::invalid_argument("chunk: no artifact bytes"));
+        }
+        let model = Arc::new(model);
+        let (m, i, o, onnx) = (
+            Arc::clone(&model),
+            inputs.clone(),
+            outputs.clone(),
+            self.onnx.clone(),
+        );
+        tokio::task::spawn_blocking(move || validate(&m, &i, &o, &onnx))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(format!("artifact: {e}")))?;
+
+        let version = self.db.next_version(&name).await.map_err(store_status)?;
+        let context = format!("{name}/{version}/{variant}");
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (ciphertext, sealed) =
+            envelope::seal(&keys, &context, &model).map_err(|e| Status::internal(e.to_string()))?;
+        let blob = format!("models/{context}.bin");
+        self.blobs
+            .put(&blob, Bytes::from(ciphertext))
+            .await
+            .map_err(store_status)?;
+        let mut manifest = Manifest {
+            name,
+            version,
+            variant,
+            parent_version,
+            inputs,
+            outputs,
+            metadata,
+            sealed,
+            blob,
+            created_ms: rankmesh_common::server::now_ms(),
+            signature: String::new(),
+        };
+        manifest.signature = envelope::sign(&self.signing, &manifest.canonical());
+        self.db
+            .put_manifest(&manifest)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(name = %manifest.name, version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, "model published");
+        Ok(pb::PublishModelResponse {
+            manifest: Some(to_proto(&manifest, "")),
+        })
+    }
+
+    pub async fn get(
+        &self,
+        name: &str,
+        version: u64,
+        variant: &str,
+    ) -> Result<pb::ModelManifest, Status> {
+        check_name(name)?;
+        let (stages, _) = self.db.stages(name).await.map_err(store_status)?;
+        let version = if version == 0 {
+            stages.production
+        } else {
+            version
+        };
+        if version == 0 {
+            return Err(Status::not_found(format!(
+                "{name} has no production version"
+            )));
+        }
+        let variant = if variant.is_empty() { "fp32" } else { variant };
+        let m = self
+            .db
+            .manifest(name, version, variant)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("{name} v{version} {variant} not found")))?;
+        Ok(to_proto(&m, Self::stage_of(&stages, version)))
+    }
+
+    pub async fn list(&self, name: &str) -> Result<pb::ListModelsResponse, Status> {
+        if !name.is_empty() {
+            check_name(name)?;
+        }
+        let all = self.db.list(name).await.map_err(store_status)?;
+        let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
+        for m in all {
+            by_name.entry(m.name.clone()).or_default().push(m);
+        }
+        let mut models = Vec::new();
+        for (name, versions) in by_name {
+            let (stages, _) = self.db.stages(&name).await.map_err(store_status)?;
+            models.push(pb::ModelSummary {
+                versions: versions
+                    .iter()
+                    .map(|m| to_proto(m, Self::stage_of(&stages, m.version)))
+                    .collect(),
+                production_version: stages.production,
+                canary_version: stages.canary,
+                canary_percent: stages.canary_percent,
+                history: stages
+                    .history
+                    .iter()
+                    .map(|h| pb::StageEvent {
+                        at_ms: h.at_ms,
+                        description: h.description.clone(),
+                    })
+                    .collect(),
+                name,
+            });
+        }
+        Ok(pb::ListModelsResponse { models })
+    }
+
+    pub async fn set_stage(
+        &self,
+        req: pb::SetStageRequest,
+    ) -> Result<pb::SetStageResponse, Status> {
+        let pb::SetStageRequest {
+            name,
+            version,
+            stage,
+            percent,
+            reason,
+            expected_revision,
+        } = req;
+        check_name(&name)?;
+        let stage = pb::Stage::try_from(stage).unwrap_or(pb::Stage::Unspecified);
+        if stage == pb::Stage::Canary && !(1..=50).contains(&percent) {
+            return Err(Status::invalid_argument(format!(
+                "percent: canary share must be within 1..=50, got {percent}"
+            )));
+        }
+        if stage == pb::Stage::Unspecified {
+            return Err(Status::invalid_argument("stage: PRODUCTION or CANARY"));
+        }
+        if self
+            .db
+            .manifest(&name, version, "fp32")
+            .await
+            .map_err(store_status)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!("{name} v{version} not found")));
+        }
+        let now = rankmesh_common::server::now_ms();
+        let (s, rev) = self
+            .db
+            .update_stages(&name, expected_revision, |s| {
+                match stage {
+                    pb::Stage::Production => {
+                        if s.production != 0 && s.production != version {
+                            s.previous.push(s.production);
+                        }
+                        s.production = version;
+                        if s.canary == version {
+                            s.canary = 0;
+                            s.canary_percent = 0;
+                        }
+                        s.record(now, format!("production -> v{version}: {reason}"));
+                    }
+                    _ => {
+                        s.canary = version;
+                        s.canary_percent = percent;
+                        s.record(now, format!("canary -> v{version} at {percent}%: {reason}"));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(pb::SetStageResponse {
+            production_version: s.production,
+            canary_version: s.canary,
+            canary_percent: s.canary_percent,
+            revision: rev,
+        })
+    }
+
+    pub async fn rollback(&self, name: &str, reason: &str) -> Result<pb::SetStageResponse, Status> {
+        check_name(name)?;
+        let now = rankmesh_common::server::now_ms();
+        let (s, rev) = self
+            .db
+            .update_stages(name, 0, |s| {
+                let Some(prev) = s.previous.pop() else {
+                    return Err(StoreError::Conflict(format!(
+                        "{name} has no previous production version"
+                    )));
+                };
+                let from = s.production;
+                s.production = prev;
+                s.canary = 0;
+                s.canary_percent = 0;
+                s.record(now, format!("rollback v{from} -> v{prev}: {reason}"));
+                Ok(())
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(pb::SetStageResponse {
+            production_version: s.production,
+            canary_version: s.canary,
+            canary_percent: s.canary_percent,
+            revision: rev,
+        })
+    }
+
+    /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the
+    /// manifests.
+    pub async fn rotate(&self, new_key_id: &str) -> Result<u64, Status> {
+        let keys = {
+            let mut k = self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = k.clone();
+            next.set_current(new_key_id).map_err(|_| {
+                Status::failed_precondition(format!(
+                    "new_key_id: {new_key_id:?} is not configured on this replica"
+                ))
+            })?;
+            *k = next.clone();
+            next
+        };
+        let mut n = 0;
+        for m in self.db.list("").await.map_err(store_status)? {
+            if m.sealed.key_id == new_key_id {
+                continue;
+            }
+            let sealed = envelope::rewrap(&keys, &m.sealed).map_err(|e| match e {
+                EnvelopeError::UnknownKey(k) => {
+                    Status::failed_precondition(format!("key {k:?} is not configured"))
+                }
+                other => Status::internal(other.to_string()),
+            })?;
+            let mut updated = Manifest {
+                sealed,
+                ..m.clone()
+            };
+            updated.signature = envelope::sign(&self.signing, &updated.canonical());
+            self.db
+                .replace_manifest(&m, &updated)
+                .await
+                .map_err(store_status)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct RegistryApi {
+    inner: Arc<Registry>,
+}
+
+impl RegistryApi {
+    pub fn new(inner: Arc<Registry>) -> Self {
+        Self { inner }
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchModelResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::model_registry_server::ModelRegistry for RegistryApi {
+    async fn publish_model(
+        &self,
+        request: Request<Streaming<pb::PublishModelRequest>>,
+    ) -> Result<Response<pb::PublishModelResponse>, Status> {
+        self.inner.authorize(&request)?;
+        Ok(Response::new(
+            self.inner.publish(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        Ok(Response::new(
+            self.inner.list(&request.into_inner().name).await?,
+        ))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::ModelManifest>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.inner.get(&r.name, r.version, "fp32").await?,
+        ))
+    }
+
+    type FetchModelStream = FetchStream;
+
+    async fn fetch_model(
+        &self,
+        request: Request<pb::FetchModelRequest>,
+    ) -> Result<Response<FetchStream>, Status> {
+        let pb::FetchModelRequest {
+            name,
+            version,
+            variant,
+            offset,
+        } = request.into_inner();
+        check_name(&name)?;
+        let variant = if variant.is_empty() {
+            "fp32".to_owned()
+        } else {
+            variant
+        };
+        let m = self
+            .inner
+            .db
+            .manifest(&name, version, &variant)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("{name} v{version} {variant} not found")))?;
+        let total = self.inner.blobs.size(&m.blob).await.map_err(store_status)?;
+        if offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset: {offset} is beyond the artifact's {total} bytes"
+            )));
+        }
+        let blobs = self.inner.blobs.clone();
+        let stream = futures::stream::unfold(offset, move |at| {
+            let blobs = blobs.clone();
+            let key = m.blob.clone();
+            async move {
+                if at >= total {
+                    return None;
+                }
+                let len = (total - at).min(FETCH_CHUNK as u64);
+                match blobs.read(&key, at, len).await {
+                    Ok(data) => {
+                        let next = at + data.len() as u64;
+                        Some((
+                            Ok(pb::FetchModelResponse {
+                                offset: at,
+                                data: data.to_vec(),
+                                total_bytes: total,
+                            }),
+                            next,
+                        ))
+                    }
+                    Err(e) => Some((Err(store_status(e)), total)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_stage(
+        &self,
+        request: Request<pb::SetStageRequest>,
+    ) -> Result<Response<pb::SetStageResponse>, Status> {
+        self.inner.authorize(&request)?;
+        Ok(Response::new(
+            self.inner.set_stage(request.into_inner()).await?,
+        ))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::SetStageResponse>, Status> {
+        self.inner.authorize(&request)?;
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.inner.rollback(&r.name, &r.reason).await?,
+        ))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        self.inner.authorize(&request)?;
+        let n = self.inner.rotate(&request.into_inner().new_key_id).await?;
+        Ok(Response::new(pb::RotateKeyResponse { rewrapped: n }))
+    }
+}

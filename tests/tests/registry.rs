@@ -1,0 +1,328 @@
+//! The model registry as a real process on a real etcd: writes need the admin token,
+//! publish validates the artifact in ONNX Runtime, fetch resumes from an offset and
+//! the bytes decrypt and verify to exactly what was published, stages change by
+//! compare-and-set with rollback, and key rotation re-wraps without re-encrypting.
+
+use std::collections::BTreeMap;
+
+use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
+use rankmesh_proto::pb::registry::v1 as pb;
+use rankmesh_proto::pb::registry::v1::model_registry_client::ModelRegistryClient;
+use rankmesh_tests::catalog::models_dir;
+use rankmesh_tests::etcd::EtcdCluster;
+use rankmesh_tests::eventually;
+use rankmesh_tests::process::ServiceProcess;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "s3cret-admin-token";
+const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const SEED: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
+}
+
+fn upload(model: &[u8], input: &str) -> Vec<pb::PublishModelRequest> {
+    let header = pb::PublishHeader {
+        name: "ranker".into(),
+        signature: Some(pb::ModelSignature {
+            inputs: vec![pb::TensorSpec {
+                name: input.into(),
+                dtype: "float32".into(),
+                shape: vec![-1, 16],
+            }],
+            outputs: vec![pb::TensorSpec {
+                name: "score".into(),
+                dtype: String::new(),
+                shape: vec![],
+            }],
+        }),
+        metadata: [("trained_by".to_owned(), "test".to_owned())].into(),
+        quantize_int8: false,
+        sidecar_names: vec![],
+    };
+    let mut msgs = vec![pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Header(header)),
+    }];
+    msgs.extend(model.chunks(1000).map(|c| pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Chunk(c.to_vec())),
+    }));
+    msgs
+}
+
+async fn fetch(
+    c: &mut ModelRegistryClient<Channel>,
+    version: u64,
+    offset: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut s = c
+        .fetch_model(pb::FetchModelRequest {
+            name: "ranker".into(),
+            version,
+            variant: String::new(),
+            offset,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        assert_eq!(m.offset, offset + out.len() as u64);
+        out.extend(m.data);
+    }
+    Ok(out)
+}
+
+fn open(m: &pb::ModelManifest, keys: &MasterKeys, ciphertext: &[u8]) -> Vec<u8> {
+    let sealed = Sealed {
+        key_id: m.key_id.clone(),
+        wrapped_key: m.wrapped_key.clone(),
+        sha256_plaintext: m.sha256_plaintext.clone(),
+        sha256_ciphertext: m.sha256_ciphertext.clone(),
+        size_bytes: m.size_bytes,
+    };
+    envelope::open(
+        keys,
+        &format!("{}/{}/{}", m.name, m.version, m.variant),
+        &sealed,
+        ciphertext,
+    )
+    .expect("decrypts and verifies")
+}
+
+#[tokio::test]
+async fn publish_fetch_stage_rollback_rotate() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs");
+    let proc = ServiceProcess::spawn(
+        "rankmesh-model-registry",
+        "registry-test",
+        &etcd.endpoints(),
+        &[
+            ("RANKMESH__REGISTRY__ADMIN_TOKEN", TOKEN),
+            ("RANKMESH__REGISTRY__MASTER_KEYS__K1", K1),
+            ("RANKMESH__REGISTRY__MASTER_KEYS__K2", K2),
+            ("RANKMESH__REGISTRY__CURRENT_KEY", "k1"),
+            ("RANKMESH__REGISTRY__SIGNING_KEY", SEED),
+            (
+                "RANKMESH__REGISTRY__BLOB_DIR",
+                blobs.to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    let addr = format!("http://{}", proc.grpc_addr);
+    let ch = eventually(std::time::Duration::from_secs(20), "registry up", || {
+        let addr = addr.clone();
+        async move { Channel::from_shared(addr).ok()?.connect().await.ok() }
+    })
+    .await;
+    let mut c = ModelRegistryClient::new(ch).max_decoding_message_size(8 << 20);
+    let model = std::fs::read(models_dir().join("ranker/model.onnx"))
+        .expect("trained ranker (scripts/train-ranker)");
+
+    // Writes need the token.
+    let s = c
+        .publish_model(futures::stream::iter(upload(&model, "features")))
+        .await
+        .expect_err("no token");
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c
+        .publish_model(authed(
+            futures::stream::iter(upload(&model, "features")),
+            "wrong",
+        ))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(s.code(), Code::PermissionDenied);
+    // A declared interface the model does not have is refused, naming it.
+    let s = c
+        .publish_model(authed(
+            futures::stream::iter(upload(&model, "input_ids")),
+            TOKEN,
+        ))
+        .await
+        .expect_err("signature mismatch");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("input_ids"), "{}", s.message());
+
+    let v1 = c
+        .publish_model(authed(
+            futures::stream::iter(upload(&model, "features")),
+            TOKEN,
+        ))
+        .await
+        .expect("publish")
+        .into_inner()
+        .manifest
+        .expect("manifest");
+    assert_eq!(
+        (v1.version, v1.variant.as_str(), v1.size_bytes),
+        (1, "fp32", model.len() as u64)
+    );
+    let v2 = c
+        .publish_model(authed(
+            futures::stream::iter(upload(&model, "features")),
+            TOKEN,
+        ))
+        .await
+        .expect("publish again")
+        .into_inner()
+        .manifest
+        .expect("manifest");
+    assert_eq!(v2.version, 2);
+
+    // The stored blob is ciphertext, not the model.
+    let stored = std::fs::read(blobs.join("models/ranker/1/fp32.bin")).expect("blob on disk");
+    assert!(
+        !stored.windows(32).any(|w| w == &model[100..132]),
+        "no plaintext model on disk"
+    );
+
+    // Fetch, resume from the middle, decrypt, verify hash and signature.
+    let whole = fetch(&mut c, 1, 0).await.expect("fetch");
+    let tail = fetch(&mut c, 1, 1234).await.expect("resume");
+    assert_eq!(&whole[1234..], &tail[..]);
+    let m = c
+        .get_model(pb::GetModelRequest {
+            name: "ranker".into(),
+            version: 1,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let keys =
+        MasterKeys::from_hex(&[("k1".to_owned(), K1.to_owned())].into(), "k1").expect("keys");
+    assert_eq!(open(&m, &keys, &whole), model);
+    let vk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+    let sig_hex: String = m
+        .signature_ed25519
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    envelope::verify(&vk, &m.signed_manifest, &sig_hex).expect("signed by the registry");
+    let s = fetch(&mut c, 1, u64::MAX / 2)
+        .await
+        .expect_err("offset beyond");
+    assert_eq!(s.code(), Code::OutOfRange);
+
+    // Stages: production, a newer production, rollback, nothing more to roll back.
+    let set = |version, stage: pb::Stage, percent| {
+        authed(
+            pb::SetStageRequest {
+                name: "ranker".into(),
+                version,
+                stage: stage as i32,
+                percent,
+                reason: "test".into(),
+                expected_revision: 0,
+            },
+            TOKEN,
+        )
+    };
+    c.set_stage(set(1, pb::Stage::Production, 0))
+        .await
+        .expect("promote v1");
+    let s = c
+        .set_stage(set(2, pb::Stage::Canary, 0))
+        .await
+        .expect_err("canary needs a percent");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    c.set_stage(set(2, pb::Stage::Canary, 10))
+        .await
+        .expect("canary v2");
+    let r = c
+        .set_stage(set(2, pb::Stage::Production, 0))
+        .await
+        .expect("promote v2")
+        .into_inner();
+    assert_eq!((r.production_version, r.canary_version), (2, 0));
+    let prod = c
+        .get_model(pb::GetModelRequest {
+            name: "ranker".into(),
+            version: 0,
+        })
+        .await
+        .expect("production")
+        .into_inner();
+    assert_eq!((prod.version, prod.stage.as_str()), (2, "production"));
+    let rb = |token: &str| {
+        authed(
+            pb::RollbackRequest {
+                name: "ranker".into(),
+                reason: "bad".into(),
+            },
+            token,
+        )
+    };
+    let r = c.rollback(rb(TOKEN)).await.expect("rollback").into_inner();
+    assert_eq!(r.production_version, 1);
+    let s = c
+        .rollback(rb(TOKEN))
+        .await
+        .expect_err("nothing to roll back to");
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    let list = c
+        .list_models(pb::ListModelsRequest {
+            name: "ranker".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.models[0].versions.len(), 2);
+    assert!(
+        list.models[0]
+            .history
+            .iter()
+            .any(|h| h.description.contains("rollback v2 -> v1"))
+    );
+
+    // Rotation: data keys re-wrapped under k2; blobs unchanged; k1 no longer needed.
+    let before = std::fs::read(blobs.join("models/ranker/1/fp32.bin")).expect("blob");
+    let r = c
+        .rotate_key(authed(
+            pb::RotateKeyRequest {
+                new_key_id: "k2".into(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!(r.rewrapped, 2);
+    assert_eq!(
+        std::fs::read(blobs.join("models/ranker/1/fp32.bin")).expect("blob"),
+        before
+    );
+    let m = c
+        .get_model(pb::GetModelRequest {
+            name: "ranker".into(),
+            version: 1,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(m.key_id, "k2");
+    let only_k2 = MasterKeys::from_hex(&BTreeMap::from([("k2".to_owned(), K2.to_owned())]), "k2")
+        .expect("keys");
+    assert_eq!(
+        open(&m, &only_k2, &fetch(&mut c, 1, 0).await.expect("fetch")),
+        model
+    );
+    let s = c
+        .rotate_key(authed(
+            pb::RotateKeyRequest {
+                new_key_id: "k9".into(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect_err("unknown key");
+    assert_eq!(s.code(), Code::FailedPrecondition);
+}
