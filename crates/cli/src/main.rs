@@ -9,6 +9,7 @@ mod embed;
 mod eval;
 mod generate;
 mod launcher;
+mod model;
 mod search;
 
 use std::path::PathBuf;
@@ -174,6 +175,19 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Model registry: publish, list, promote, roll back, rotate keys.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Admin token for writes; default: RANKMESH_ADMIN_TOKEN, then the local
+        /// mesh's secrets file.
+        #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Import or generate catalogs.
     Catalog {
         #[command(subcommand)]
@@ -215,6 +229,54 @@ enum CatalogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Upload an ONNX file as the next version of NAME.
+    Publish {
+        name: String,
+        file: PathBuf,
+        /// Input names the artifact must have (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        inputs: Vec<String>,
+        /// Output names the artifact must have (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        outputs: Vec<String>,
+        /// key=value metadata (repeatable), e.g. variant=int8, parent_version=3.
+        #[arg(long = "meta", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Versions, stages and stage history.
+    List {
+        #[arg(default_value = "")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make VERSION production, or a canary with --canary PERCENT.
+    Promote {
+        name: String,
+        version: u64,
+        #[arg(long)]
+        canary: Option<u32>,
+        #[arg(long, default_value = "manual promotion")]
+        reason: String,
+    },
+    /// Restore the previous production version and clear any canary.
+    Rollback {
+        name: String,
+        #[arg(long, default_value = "manual rollback")]
+        reason: String,
+    },
+    /// Re-wrap every data key under master key KEY_ID (configured on the registry).
+    RotateKey { key_id: String },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -549,6 +611,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             )
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model {
+            command,
+            target,
+            token,
+            state,
+        } => {
+            let addr = target.resolve("registry").await?;
+            let token = || -> anyhow::Result<String> {
+                match &token {
+                    Some(t) => Ok(t.clone()),
+                    None => Ok(launcher::registry_secrets(&state.state_dir)?.admin_token),
+                }
+            };
+            match command {
+                ModelCommand::Publish {
+                    name,
+                    file,
+                    inputs,
+                    outputs,
+                    metadata,
+                } => {
+                    model::publish(&addr, &token()?, &name, &file, &inputs, &outputs, &metadata)
+                        .await?
+                }
+                ModelCommand::List { name, json } => model::list(&addr, &name, json).await?,
+                ModelCommand::Promote {
+                    name,
+                    version,
+                    canary,
+                    reason,
+                } => model::promote(&addr, &token()?, &name, version, canary, &reason).await?,
+                ModelCommand::Rollback { name, reason } => {
+                    model::rollback(&addr, &token()?, &name, &reason).await?
+                }
+                ModelCommand::RotateKey { key_id } => {
+                    model::rotate(&addr, &token()?, &key_id).await?
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog { command } => match command {
