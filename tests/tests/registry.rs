@@ -4,6 +4,7 @@
 //! compare-and-set with rollback, and key rotation re-wraps without re-encrypting.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
 use rankmesh_proto::pb::registry::v1 as pb;
@@ -325,4 +326,118 @@ async fn publish_fetch_stage_rollback_rotate() {
         .await
         .expect_err("unknown key");
     assert_eq!(s.code(), Code::FailedPrecondition);
+
+    // A ranking replica follows production: v1 now (after the rollback).
+    let cache = dir.path().join("ranker-cache");
+    let vk_hex: String = vk.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let env = [
+        (
+            "RANKMESH__RANKER__REGISTRY__MODEL".to_owned(),
+            "ranker".to_owned(),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__MASTER_KEYS__K2".to_owned(),
+            K2.to_owned(),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__VERIFY_KEY".to_owned(),
+            vk_hex.clone(),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__CACHE_DIR".to_owned(),
+            cache.display().to_string(),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__POLL_MS".to_owned(),
+            "200".to_owned(),
+        ),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut ranking = ServiceProcess::spawn(
+        "rankmesh-ranking",
+        "ranking-follow",
+        &etcd.endpoints(),
+        &env_ref,
+    );
+    wait_version(&ranking, 1.0).await;
+    // Promote v2: hot swap.
+    c.set_stage(set(2, pb::Stage::Production, 0))
+        .await
+        .expect("promote v2");
+    wait_version(&ranking, 2.0).await;
+    // A v3 whose blob is corrupted on disk is refused; v2 keeps serving.
+    let v3 = c
+        .publish_model(authed(
+            futures::stream::iter(upload(&model, "features")),
+            TOKEN,
+        ))
+        .await
+        .expect("publish v3")
+        .into_inner()
+        .manifest
+        .expect("manifest");
+    let path = blobs.join(format!("models/ranker/{}/fp32.bin", v3.version));
+    let mut bytes = std::fs::read(&path).expect("blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).expect("corrupt");
+    c.set_stage(set(v3.version, pb::Stage::Production, 0))
+        .await
+        .expect("promote corrupt v3");
+    eventually(
+        Duration::from_secs(20),
+        "the corrupt artifact to be refused",
+        || {
+            let admin = ranking.admin_addr.clone();
+            async move {
+                let (_, body) = rankmesh_tests::http_get(&admin, "/metrics").await.ok()?;
+                body.contains(
+                    r#"rankmesh_model_swap_failures_total{model="ranker",reason="verify"}"#,
+                )
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        serving(&ranking).await,
+        Some(2.0),
+        "the last good ranker keeps serving"
+    );
+
+    // Registry gone, ranking restarted: it comes back with the cached (encrypted) v2.
+    drop(proc);
+    ranking.kill();
+    let cached = std::fs::read(cache.join("ranker.bin")).expect("cached");
+    assert!(
+        !cached.windows(32).any(|w| w == &model[100..132]),
+        "the cache holds ciphertext only"
+    );
+    let ranking = ServiceProcess::spawn(
+        "rankmesh-ranking",
+        "ranking-follow-2",
+        &etcd.endpoints(),
+        &env_ref,
+    );
+    wait_version(&ranking, 2.0).await;
+}
+
+/// The ranker version a ranking replica reports on its admin port.
+async fn serving(ranking: &ServiceProcess) -> Option<f64> {
+    let (_, body) = rankmesh_tests::http_get(&ranking.admin_addr, "/metrics")
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with("rankmesh_model_version{model=\"ranker\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+}
+
+async fn wait_version(ranking: &ServiceProcess, want: f64) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("ranking serves ranker v{want}"),
+        || async { serving(ranking).await.filter(|v| *v == want) },
+    )
+    .await;
 }

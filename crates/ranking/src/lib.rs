@@ -4,11 +4,14 @@
 //! # Layout
 //! - [`search`]: the request path (retrieval, features, ranker, display).
 //! - [`ranker`]: the ONNX ranker and its schema contract.
+//! - [`follow`]: follows the ranker's production version in the model registry and
+//!   hot-swaps it (verified, decrypted in memory, warmed up).
 //! - [`service`]: the gRPC API and deadline parsing.
 //!
 //! Replicas elect a leader for the `rollout` role in etcd; the leader will run the
 //! canary controller once the model registry exists (until then it holds the role).
 
+pub mod follow;
 pub mod ranker;
 pub mod search;
 pub mod service;
@@ -72,6 +75,8 @@ pub struct RankerConfig {
     pub dir: PathBuf,
     /// Version reported in replies.
     pub version: u64,
+    /// Follow a model in the registry instead (or after) `dir`.
+    pub registry: follow::RegistrySource,
 }
 
 impl Default for RankerConfig {
@@ -79,6 +84,10 @@ impl Default for RankerConfig {
         Self {
             dir: PathBuf::new(),
             version: 1,
+            registry: follow::RegistrySource {
+                poll_ms: 1_000,
+                ..follow::RegistrySource::default()
+            },
         }
     }
 }
@@ -106,6 +115,8 @@ pub enum Error {
     Ranker(#[from] ranker::RankerError),
     #[error("ranker loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("ranker.registry: {0}")]
+    Follow(String),
 }
 
 fn load_ranker(
@@ -163,13 +174,42 @@ pub async fn run(
         Some(e) => Resolver::watch(e.clone(), service),
         None => Resolver::fixed(service, fixed),
     };
+    let slot = Arc::new(arc_swap::ArcSwapOption::from(ranker.map(Arc::new)));
+    let follower = if config.ranker.registry.model.is_empty() {
+        None
+    } else {
+        let src = config.ranker.registry.clone();
+        let keys = rankmesh_model_registry::envelope::MasterKeys::from_hex(
+            &src.master_keys,
+            src.master_keys.keys().next().map_or("", String::as_str),
+        )
+        .map_err(|e| Error::Follow(e.to_string()))?;
+        let follower = follow::Follower {
+            registry: Upstream::new("registry", resolver("registry", &[])),
+            verify_key: follow::verify_key(&src.verify_key).map_err(Error::Follow)?,
+            source: src,
+            keys,
+            onnx: config.onnx.clone(),
+            batch: BatchConfig {
+                workers: config.onnx.sessions,
+                max_batch: config
+                    .batch
+                    .max_batch
+                    .max(rankmesh_proto::limits::MAX_CANDIDATES as usize),
+                ..config.batch
+            },
+            slot: Arc::clone(&slot),
+            refused: std::sync::Mutex::new(None),
+        };
+        Some(tokio::spawn(follower.run()))
+    };
     let orchestrator = Arc::new(Orchestrator {
         embedding: Upstream::new(
             "embedding",
             resolver("embedding", &config.upstream.embedding),
         ),
         feature: Upstream::new("feature", resolver("feature", &config.upstream.feature)),
-        ranker,
+        ranker: slot,
         config: config.search.clone(),
     });
 
@@ -209,6 +249,9 @@ pub async fn run(
     .await;
     if let Some(task) = election {
         let _ = task.await;
+    }
+    if let Some(f) = follower {
+        f.abort();
     }
     served.map_err(ScaffoldError::from)?;
     Ok(())

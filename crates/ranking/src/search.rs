@@ -111,7 +111,8 @@ pub struct LoadedRanker {
 pub struct Orchestrator {
     pub embedding: Upstream,
     pub feature: Upstream,
-    pub ranker: Option<LoadedRanker>,
+    /// The ranker in use; swapped atomically when a new version is installed.
+    pub ranker: Arc<arc_swap::ArcSwapOption<LoadedRanker>>,
     pub config: SearchConfig,
 }
 
@@ -556,7 +557,8 @@ impl Orchestrator {
                         width,
                     );
                 } else {
-                    match &self.ranker {
+                    let loaded = self.ranker.load_full();
+                    match loaded.as_deref() {
                         Some(r) => match r.ranker.check_schema(
                             &schema.name,
                             schema.version,
