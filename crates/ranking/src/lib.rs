@@ -119,6 +119,18 @@ pub enum Error {
     Follow(String),
 }
 
+/// Ranker batching: one worker per session, and room for a full candidate set.
+fn ranker_batch(config: &Config) -> BatchConfig {
+    BatchConfig {
+        workers: config.onnx.sessions,
+        max_batch: config
+            .batch
+            .max_batch
+            .max(rankmesh_proto::limits::MAX_CANDIDATES as usize),
+        ..config.batch
+    }
+}
+
 fn load_ranker(
     config: &Config,
 ) -> Option<impl Future<Output = Result<LoadedRanker, Error>> + use<>> {
@@ -128,14 +140,7 @@ fn load_ranker(
     let dir = config.ranker.dir.clone();
     let version = config.ranker.version;
     let onnx = config.onnx.clone();
-    let batch = BatchConfig {
-        workers: config.onnx.sessions,
-        max_batch: config
-            .batch
-            .max_batch
-            .max(rankmesh_proto::limits::MAX_CANDIDATES as usize),
-        ..config.batch
-    };
+    let batch = ranker_batch(config);
     Some(async move {
         let ranker = Arc::new(
             tokio::task::spawn_blocking(move || Ranker::load(&dir, version, &onnx)).await??,
@@ -190,14 +195,7 @@ pub async fn run(
             source: src,
             keys,
             onnx: config.onnx.clone(),
-            batch: BatchConfig {
-                workers: config.onnx.sessions,
-                max_batch: config
-                    .batch
-                    .max_batch
-                    .max(rankmesh_proto::limits::MAX_CANDIDATES as usize),
-                ..config.batch
-            },
+            batch: ranker_batch(&config),
             slot: Arc::clone(&slot),
             refused: std::sync::Mutex::new(None),
         };
