@@ -27,6 +27,9 @@ pub struct ServiceProcess {
     pub grpc_addr: String,
     pub admin_addr: String,
     child: Option<Child>,
+    /// The process's working directory: relative default paths (stores, caches)
+    /// land here, never in the source tree.
+    _cwd: tempfile::TempDir,
 }
 
 impl ServiceProcess {
@@ -34,8 +37,10 @@ impl ServiceProcess {
     pub fn spawn(bin: &str, instance: &str, etcd: &[String], env: &[(&str, &str)]) -> Self {
         let grpc_addr = format!("127.0.0.1:{}", crate::free_port());
         let admin_addr = format!("127.0.0.1:{}", crate::free_port());
+        let cwd = tempfile::tempdir().expect("working dir for the service");
         let mut cmd = Command::new(binary(bin));
-        cmd.env("RANKMESH__SERVER__LISTEN", &grpc_addr)
+        cmd.current_dir(cwd.path())
+            .env("RANKMESH__SERVER__LISTEN", &grpc_addr)
             .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin_addr)
             .env("RANKMESH__SERVER__INSTANCE_ID", instance)
             .env("RANKMESH__ETCD__ENDPOINTS", etcd.join(","))
@@ -53,6 +58,7 @@ impl ServiceProcess {
             grpc_addr,
             admin_addr,
             child: Some(child),
+            _cwd: cwd,
         }
     }
 

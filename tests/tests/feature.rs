@@ -61,12 +61,14 @@ async fn client(p: &ServiceProcess) -> FeatureServiceClient<Channel> {
 }
 
 fn chunks(format: pb::CatalogFormat, data: &[u8], replace: bool) -> Vec<pb::ImportCatalogChunk> {
+    let n = data.len().div_ceil(97);
     data.chunks(97)
         .enumerate()
         .map(|(i, c)| pb::ImportCatalogChunk {
             format: if i == 0 { format as i32 } else { 0 },
             data: c.to_vec(),
             replace: i == 0 && replace,
+            last: i + 1 == n,
         })
         .collect()
 }
@@ -114,41 +116,36 @@ async fn suite(backend: Backend) {
     assert_eq!(lines, vec![3, 4]);
     assert!(r.errors[0].reason.starts_with("title"), "{:?}", r.errors);
 
-    // A broken upload imports nothing.
-    let partial = b"{\"id\":\"z1\",\"title\":\"Never\"}\n".to_vec();
-    let upload = futures::stream::iter(vec![pb::ImportCatalogChunk {
+    // Uploads that never send their last chunk import nothing: one cut off mid-way,
+    // and one whose client closed the stream cleanly but early.
+    let partial = || pb::ImportCatalogChunk {
         format: pb::CatalogFormat::Jsonl as i32,
-        data: partial,
+        data: b"{\"id\":\"z1\",\"title\":\"Never\"}\n".to_vec(),
         replace: true,
-    }])
-    .chain(futures::stream::pending());
+        last: false,
+    };
+    let upload = futures::stream::iter(vec![partial()]).chain(futures::stream::pending());
     let mut c2 = c.clone();
     let call = tokio::spawn(async move { c2.import_catalog(upload).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     call.abort();
     let _ = call.await;
-    let items = eventually(
-        Duration::from_secs(5),
-        "the aborted import to be dropped",
-        || {
-            let mut c = c.clone();
-            async move {
-                let r = c
-                    .get_items(pb::GetItemsRequest {
-                        ids: vec!["z1".into(), "hp-1".into()],
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                Some(r)
-            }
-        },
-    )
-    .await;
+    let s = c
+        .import_catalog(futures::stream::iter(vec![partial()]))
+        .await
+        .expect_err("no last chunk");
+    assert_eq!(s.code(), Code::Aborted, "{s:?}");
+    let items = c
+        .get_items(pb::GetItemsRequest {
+            ids: vec!["z1".into(), "hp-1".into()],
+        })
+        .await
+        .expect("get items")
+        .into_inner();
     assert_eq!(
         items.unknown_ids,
         vec!["z1"],
-        "nothing from the broken upload"
+        "nothing from the broken uploads"
     );
     assert_eq!(items.items.len(), 1, "the catalog was not replaced");
 

@@ -40,14 +40,13 @@ pub(crate) async fn import(
         loop {
             let mut buf = vec![0u8; CHUNK];
             let n = file.read(&mut buf)?;
-            if n == 0 && !first {
-                return Ok(());
-            }
             buf.truncate(n);
+            // An empty read is the end: say so, or the service discards the upload.
             let chunk = pb::ImportCatalogChunk {
                 format: if first { format as i32 } else { 0 },
                 data: buf,
                 replace: first && replace,
+                last: n == 0,
             };
             first = false;
             if tx.blocking_send(chunk).is_err() || n == 0 {

@@ -70,6 +70,7 @@ async fn run<S: FeatureStore + Clone>(name: &str, store: S, data: &[u8], n: usiz
         Arc::new(LexicalIndex::new().expect("index")),
     ));
     // Import.
+    let n_chunks = data.len().div_ceil(1 << 20);
     let chunks: Vec<Result<pb::ImportCatalogChunk, String>> = data
         .chunks(1 << 20)
         .enumerate()
@@ -82,6 +83,7 @@ async fn run<S: FeatureStore + Clone>(name: &str, store: S, data: &[u8], n: usiz
                 },
                 data: c.to_vec(),
                 replace: i == 0,
+                last: i + 1 == n_chunks,
             })
         })
         .collect();

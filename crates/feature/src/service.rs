@@ -279,10 +279,11 @@ impl<S: FeatureStore> Features<S> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let parser =
             tokio::task::spawn_blocking(move || import::parse(format, ChunkReader::new(rx)));
-        let mut chunk = Some(first.data);
+        let mut chunk = Some((first.data, first.last));
         let mut upload_error: Option<FeatureError> = None;
         loop {
-            if let Some(data) = chunk.take() {
+            let mut finished = false;
+            if let Some((data, last)) = chunk.take() {
                 if data.len() > MAX_CHUNK_BYTES {
                     upload_error = Some(FeatureError::TooLarge(format!(
                         "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
@@ -295,9 +296,14 @@ impl<S: FeatureStore> Features<S> {
                     // The parser stopped early (too many rows, bad header); its error wins.
                     break;
                 }
+                finished = last;
+            }
+            if finished {
+                let _ = tx.send(Ok(bytes::Bytes::new())).await;
+                break;
             }
             match stream.next().await {
-                Some(Ok(c)) => chunk = Some(c.data),
+                Some(Ok(c)) => chunk = Some((c.data, c.last)),
                 Some(Err(e)) => {
                     upload_error = Some(FeatureError::Aborted(format!(
                         "upload interrupted: {e}; nothing was imported"
@@ -306,7 +312,11 @@ impl<S: FeatureStore> Features<S> {
                     break;
                 }
                 None => {
-                    let _ = tx.send(Ok(bytes::Bytes::new())).await;
+                    // The stream ended without its `last` chunk: treat it as broken.
+                    upload_error = Some(FeatureError::Aborted(
+                        "upload ended without its last chunk; nothing was imported".into(),
+                    ));
+                    let _ = tx.send(Err(())).await;
                     break;
                 }
             }
