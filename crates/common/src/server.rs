@@ -102,6 +102,39 @@ impl Readiness {
             .collect()
     }
 
+    /// Marks `condition` not ready and runs `attempt` in the background, retrying
+    /// with jittered backoff (200 ms up to 5 s) until it succeeds, then marks it ready.
+    /// For start-up work that depends on something that may still be starting.
+    pub fn retry_until_ready<T, E, F, Fut>(&self, condition: &'static str, mut attempt: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: std::fmt::Debug + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.set(condition, false);
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = crate::discovery::Backoff::new(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(5),
+            );
+            loop {
+                match attempt().await {
+                    Ok(done) => {
+                        tracing::info!(condition, result = ?done, "ready");
+                        readiness.set(condition, true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(condition, error = %e, "not ready yet; retrying");
+                        tokio::time::sleep(backoff.next()).await;
+                    }
+                }
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
         // Single-key inserts cannot leave the map inconsistent; recover from poison.
         self.conditions

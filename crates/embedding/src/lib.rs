@@ -234,31 +234,12 @@ async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: 
         }
     }
     if embedder.has_source() {
-        readiness.set("index", false);
+        // The source (a feature replica) may still be starting: retry until it
+        // answers. An empty catalog gives an empty, ready index.
         let embedder = Arc::clone(embedder);
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            // The source (a feature replica) may still be starting: retry until it
-            // answers. An empty catalog gives an empty, ready index.
-            let mut delay = std::time::Duration::from_millis(200);
-            loop {
-                match embedder.build_index(Vec::new()).await {
-                    Ok(r) => {
-                        tracing::info!(
-                            items = r.indexed,
-                            ms = r.elapsed_ms,
-                            "initial vector index built"
-                        );
-                        readiness.set("index", true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "initial index build failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
+        readiness.retry_until_ready("index", move || {
+            let embedder = Arc::clone(&embedder);
+            async move { embedder.build_index(Vec::new()).await }
         });
     }
 }

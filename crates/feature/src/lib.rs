@@ -115,28 +115,11 @@ pub async fn run(
 
     // Serve at once; `/ready` waits until the lexical index holds the catalog.
     let readiness = Readiness::default();
-    readiness.set("lexical_index", false);
-    {
-        let features = Arc::clone(&features);
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            let mut delay = std::time::Duration::from_millis(200);
-            loop {
-                match features.rebuild_lexical().await {
-                    Ok(n) => {
-                        tracing::info!(items = n, "lexical index built");
-                        readiness.set("lexical_index", true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lexical index build failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-    }
+    let f = Arc::clone(&features);
+    readiness.retry_until_ready("lexical_index", move || {
+        let f = Arc::clone(&f);
+        async move { f.rebuild_lexical().await }
+    });
 
     let api = FeatureServiceServer::new(FeatureApi::new(features))
         .max_decoding_message_size(config.server.max_message_bytes)

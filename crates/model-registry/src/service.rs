@@ -88,6 +88,15 @@ fn to_specs(ts: &[Tensor]) -> Vec<pb::TensorSpec> {
         .collect()
 }
 
+fn stage_response(s: &crate::store::Stages, revision: i64) -> pb::SetStageResponse {
+    pb::SetStageResponse {
+        production_version: s.production,
+        canary_version: s.canary,
+        canary_percent: s.canary_percent,
+        revision,
+    }
+}
+
 /// The proto form of a manifest, with its current stage.
 pub fn to_proto(m: &Manifest, stage: &str) -> pb::ModelManifest {
     pb::ModelManifest {
@@ -487,12 +496,7 @@ impl Registry {
             })
             .await
             .map_err(store_status)?;
-        Ok(pb::SetStageResponse {
-            production_version: s.production,
-            canary_version: s.canary,
-            canary_percent: s.canary_percent,
-            revision: rev,
-        })
+        Ok(stage_response(&s, rev))
     }
 
     pub async fn rollback(&self, name: &str, reason: &str) -> Result<pb::SetStageResponse, Status> {
@@ -515,12 +519,7 @@ impl Registry {
             })
             .await
             .map_err(store_status)?;
-        Ok(pb::SetStageResponse {
-            production_version: s.production,
-            canary_version: s.canary,
-            canary_percent: s.canary_percent,
-            revision: rev,
-        })
+        Ok(stage_response(&s, rev))
     }
 
     /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the
