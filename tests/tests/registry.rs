@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rankmesh_client::upstream::Upstream;
+use rankmesh_common::discovery::Resolver;
 use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
+use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 use rankmesh_proto::pb::registry::v1 as pb;
 use rankmesh_proto::pb::registry::v1::model_registry_client::ModelRegistryClient;
 use rankmesh_tests::catalog::models_dir;
@@ -69,6 +72,7 @@ async fn fetch(
             version,
             variant: String::new(),
             offset,
+            sidecar: String::new(),
         })
         .await?
         .into_inner();
@@ -194,6 +198,7 @@ async fn publish_fetch_stage_rollback_rotate() {
         .get_model(pb::GetModelRequest {
             name: "ranker".into(),
             version: 1,
+            variant: String::new(),
         })
         .await
         .expect("get")
@@ -248,6 +253,7 @@ async fn publish_fetch_stage_rollback_rotate() {
         .get_model(pb::GetModelRequest {
             name: "ranker".into(),
             version: 0,
+            variant: String::new(),
         })
         .await
         .expect("production")
@@ -258,6 +264,7 @@ async fn publish_fetch_stage_rollback_rotate() {
             pb::RollbackRequest {
                 name: "ranker".into(),
                 reason: "bad".into(),
+                expected_revision: 0,
             },
             token,
         )
@@ -305,6 +312,7 @@ async fn publish_fetch_stage_rollback_rotate() {
         .get_model(pb::GetModelRequest {
             name: "ranker".into(),
             version: 1,
+            variant: String::new(),
         })
         .await
         .expect("get")
@@ -408,7 +416,7 @@ async fn publish_fetch_stage_rollback_rotate() {
     // Registry gone, ranking restarted: it comes back with the cached (encrypted) v2.
     drop(proc);
     ranking.kill();
-    let cached = std::fs::read(cache.join("ranker.bin")).expect("cached");
+    let cached = std::fs::read(cache.join("production/model.bin")).expect("cached");
     assert!(
         !cached.windows(32).any(|w| w == &model[100..132]),
         "the cache holds ciphertext only"
@@ -428,7 +436,11 @@ async fn serving(ranking: &ServiceProcess) -> Option<f64> {
         .await
         .ok()?;
     body.lines()
-        .find(|l| l.starts_with("rankmesh_model_version{model=\"ranker\"}"))
+        .find(|l| {
+            l.starts_with("rankmesh_model_version{")
+                && l.contains(r#"model="ranker""#)
+                && l.contains(r#"stage="production""#)
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
 }
@@ -440,4 +452,241 @@ async fn wait_version(ranking: &ServiceProcess, want: f64) {
         || async { serving(ranking).await.filter(|v| *v == want) },
     )
     .await;
+}
+
+fn registry_env(
+    blobs: &std::path::Path,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("RANKMESH__REGISTRY__ADMIN_TOKEN", TOKEN),
+        ("RANKMESH__REGISTRY__MASTER_KEYS__K1", K1),
+        ("RANKMESH__REGISTRY__CURRENT_KEY", "k1"),
+        ("RANKMESH__REGISTRY__SIGNING_KEY", SEED),
+        ("RANKMESH__ETCD__LEASE_TTL_S", "2"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    env.push((
+        "RANKMESH__REGISTRY__BLOB_DIR".into(),
+        blobs.display().to_string(),
+    ));
+    env
+}
+
+fn spawn_registry(etcd: &EtcdCluster, instance: &str, env: &[(String, String)]) -> ServiceProcess {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ServiceProcess::spawn("rankmesh-model-registry", instance, &etcd.endpoints(), &env)
+}
+
+async fn connect(proc: &ServiceProcess) -> ModelRegistryClient<Channel> {
+    let addr = format!("http://{}", proc.grpc_addr);
+    let ch = eventually(Duration::from_secs(20), "registry up", || {
+        let addr = addr.clone();
+        async move { Channel::from_shared(addr).ok()?.connect().await.ok() }
+    })
+    .await;
+    ModelRegistryClient::new(ch).max_decoding_message_size(8 << 20)
+}
+
+/// Publishes `model` as `name` with optional metadata and sidecars (no declared
+/// interface: the registry still loads it in ONNX Runtime).
+async fn publish(
+    c: &mut ModelRegistryClient<Channel>,
+    name: &str,
+    model: &[u8],
+    metadata: &[(&str, &str)],
+    sidecars: &[(&str, Vec<u8>)],
+) -> Result<pb::ModelManifest, tonic::Status> {
+    let header = pb::PublishHeader {
+        name: name.into(),
+        signature: None,
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        quantize_int8: false,
+        sidecar_names: sidecars.iter().map(|(n, _)| (*n).to_owned()).collect(),
+    };
+    let mut msgs = vec![pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Header(header)),
+    }];
+    msgs.extend(sidecars.iter().map(|(n, d)| pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Sidecar(pb::Sidecar {
+            name: (*n).to_owned(),
+            data: d.clone(),
+        })),
+    }));
+    msgs.extend(model.chunks(1 << 20).map(|c| pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Chunk(c.to_vec())),
+    }));
+    Ok(c.publish_model(authed(futures::stream::iter(msgs), TOKEN))
+        .await?
+        .into_inner()
+        .manifest
+        .expect("manifest"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fetcher(etcd: &rankmesh_common::etcd::Etcd, model: &str) -> Fetcher {
+    let vk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+    Fetcher::new(
+        RegistrySource {
+            model: model.into(),
+            master_keys: [("k1".to_owned(), K1.to_owned())].into(),
+            verify_key: hex(&vk.to_bytes()),
+            ..RegistrySource::default()
+        },
+        Upstream::new("registry", Resolver::watch(etcd.clone(), "registry")),
+    )
+    .expect("fetcher")
+}
+
+async fn etcd_client(etcd: &EtcdCluster) -> rankmesh_common::etcd::Etcd {
+    rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
+        endpoints: etcd.endpoints(),
+        lease_ttl_s: 2,
+        health_check_interval_ms: 200,
+        request_timeout_ms: 1_000,
+    })
+    .await
+    .expect("etcd")
+}
+
+/// The encoder (90 MB) is fetched at a capped rate; the registry is killed
+/// mid-stream and restarted (new address, found through discovery), and the fetch
+/// resumes from the last byte received. The result decrypts to the exact file, with
+/// its tokenizer sidecar. An INT8 file is stored as a variant of its FP32 parent and
+/// picked on CPU.
+#[tokio::test]
+async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = registry_env(
+        &dir.path().join("blobs"),
+        &[("RANKMESH__REGISTRY__FETCH_BYTES_PER_S", "25000000")],
+    );
+    let mut registry = spawn_registry(&etcd, "registry-a", &env);
+    let mut c = connect(&registry).await;
+    let encoder = models_dir().join("encoder");
+    let fp32 = std::fs::read(encoder.join("fp32/model.onnx")).expect("encoder (scripts/setup)");
+    let int8 = std::fs::read(encoder.join("int8/model.onnx")).expect("int8 encoder");
+    let tokenizer = std::fs::read(encoder.join("fp32/tokenizer.json")).expect("tokenizer");
+
+    // Sidecar rules: named in the header and sent, exactly once.
+    let s = publish(
+        &mut c,
+        "encoder",
+        &fp32,
+        &[],
+        &[("../evil", tokenizer.clone())],
+    )
+    .await
+    .expect_err("path-like sidecar name");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    let v1 = publish(
+        &mut c,
+        "encoder",
+        &fp32,
+        &[],
+        &[("tokenizer.json", tokenizer.clone())],
+    )
+    .await
+    .expect("publish fp32 with its tokenizer");
+    // INT8: needs an existing parent; stored under the parent's version.
+    let s = publish(
+        &mut c,
+        "encoder",
+        &int8,
+        &[("variant", "int8"), ("parent_version", "9")],
+        &[],
+    )
+    .await
+    .expect_err("no such parent");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    let q = publish(
+        &mut c,
+        "encoder",
+        &int8,
+        &[("variant", "int8"), ("parent_version", "1")],
+        &[("tokenizer.json", tokenizer.clone())],
+    )
+    .await
+    .expect("publish the int8 variant");
+    assert_eq!(
+        (q.version, q.variant.as_str(), q.parent_version),
+        (v1.version, "int8", 1)
+    );
+
+    let client = etcd_client(&etcd).await;
+    let f = std::sync::Arc::new(fetcher(&client, "encoder"));
+    let summary = eventually(Duration::from_secs(10), "the registry in discovery", || {
+        let f = std::sync::Arc::clone(&f);
+        async move { f.summary().await.ok().flatten() }
+    })
+    .await;
+    let cpu = f.pick(&summary, 1, false).expect("a variant for CPU");
+    assert_eq!(cpu.variant, "int8", "INT8 on CPU");
+    let gpu = f
+        .pick(&summary, 1, true)
+        .expect("a variant for GPU")
+        .clone();
+    assert_eq!(gpu.variant, "fp32", "FP32 on GPU");
+
+    // Fetch the FP32 artifact; kill the registry part way through.
+    let task = {
+        let f = std::sync::Arc::clone(&f);
+        tokio::spawn(async move { f.fetch(&gpu).await })
+    };
+    eventually(Duration::from_secs(30), "part of the artifact", || {
+        let f = std::sync::Arc::clone(&f);
+        async move { (f.bytes_received() > 20 << 20).then_some(()) }
+    })
+    .await;
+    registry.kill();
+    let at_kill = f.bytes_received();
+    assert!(at_kill < fp32.len() as u64, "killed mid-fetch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _registry = spawn_registry(&etcd, "registry-b", &env);
+    let sealed = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("fetch finishes")
+        .expect("task")
+        .expect("fetch succeeds after the restart");
+    assert!(f.resumes() >= 1, "the fetch resumed rather than restarted");
+    assert!(
+        f.bytes_received() < at_kill + fp32.len() as u64 + (4 << 20),
+        "bytes before the kill were not fetched again"
+    );
+    let opened = f.open(&sealed).expect("verifies and decrypts");
+    assert_eq!(opened.model, fp32);
+    assert_eq!(opened.sidecars.get("tokenizer.json"), Some(&tokenizer));
+
+    // One flipped bit in the sidecar's ciphertext is refused, naming it.
+    let mut bad = sealed.clone();
+    if let Some(t) = bad.sidecars.get_mut("tokenizer.json") {
+        t[10] ^= 1;
+    }
+    let e = f.open(&bad).expect_err("corrupt sidecar");
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    // A replica holding only a wrong master key cannot open it.
+    let wrong = Fetcher::new(
+        RegistrySource {
+            model: "encoder".into(),
+            master_keys: [("k1".to_owned(), K2.to_owned())].into(),
+            verify_key: hex(&ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+                .verifying_key()
+                .to_bytes()),
+            ..RegistrySource::default()
+        },
+        Upstream::new("registry", Resolver::watch(client.clone(), "registry")),
+    )
+    .expect("fetcher");
+    let e = wrong.open(&sealed).expect_err("wrong master key");
+    assert!(e.to_string().contains("wrong master key"), "{e}");
 }

@@ -49,6 +49,8 @@ pub(crate) struct UpOptions {
     pub(crate) catalog: Option<PathBuf>,
     /// Trained ranker folder for the ranking replicas, if any.
     pub(crate) ranker: Option<PathBuf>,
+    /// Extra environment for the ranking replicas (e.g. rollout policy).
+    pub(crate) ranking_env: Vec<(String, String)>,
 }
 
 /// The (service, binary) pairs started, in start order: dependencies first.
@@ -190,17 +192,128 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     });
     wait_etcd(&client, Duration::from_secs(20)).await?;
 
-    for (name, service, bin, grpc, admin) in instances {
+    let secrets = registry_secrets(&opts.state_dir)?;
+    // The registry first: the ranker is published through it before the ranking
+    // replicas start, so they get their model the way production replicas do.
+    let (registry, rest): (Vec<_>, Vec<_>) = instances.into_iter().partition(|i| i.1 == "registry");
+    for inst in registry {
+        spawn(opts, logs, &client, &secrets, inst, state)?;
+    }
+    wait_ready(state).await?;
+    if let Some(dir) = &opts.ranker {
+        let registry = state
+            .processes
+            .iter()
+            .find(|p| p.service == "registry")
+            .map(|p| p.grpc.clone())
+            .context("no registry started")?;
+        publish_ranker(&registry, &secrets.admin_token, &dir.join("model.onnx")).await?;
+    }
+    for inst in rest {
+        spawn(opts, logs, &client, &secrets, inst, state)?;
+    }
+    wait_ready(state).await
+}
+
+/// Publishes the ranker and makes it production, unless production already is
+/// this exact file (a restarted mesh keeps its registry in the state directory).
+async fn publish_ranker(registry: &str, token: &str, file: &Path) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let current = crate::model::production(registry, RANKER_MODEL).await?;
+    if current
+        .as_ref()
+        .is_some_and(|m| m.sha256_plaintext == digest)
+    {
+        return Ok(());
+    }
+    let m = crate::model::publish(
+        registry,
+        token,
+        &crate::model::Upload {
+            name: RANKER_MODEL,
+            file,
+            inputs: &[crate::ranker_input()],
+            outputs: &[crate::ranker_output()],
+            metadata: vec![("source".into(), file.display().to_string())],
+            sidecars: &[],
+        },
+    )
+    .await?;
+    crate::model::promote(
+        registry,
+        token,
+        RANKER_MODEL,
+        m.version,
+        None,
+        "meshctl up: the trained ranker",
+    )
+    .await
+}
+
+/// Name of the ranker in the registry.
+pub(crate) const RANKER_MODEL: &str = "ranker";
+
+/// The registry's public key for a signing seed.
+fn verify_key_hex(signing_seed: &str) -> anyhow::Result<String> {
+    let bytes = (0..signing_seed.len())
+        .step_by(2)
+        .map(|i| {
+            signing_seed
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .context("the signing key must be hex")?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the signing key must be 32 bytes"))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn spawn(
+    opts: &UpOptions,
+    logs: &Path,
+    client: &str,
+    secrets: &RegistrySecrets,
+    (name, service, bin, grpc, admin): (String, &str, &str, String, String),
+    state: &mut MeshState,
+) -> anyhow::Result<()> {
+    {
         let log = logs.join(format!("{name}.log"));
         let path = opts.bin_dir.join(bin);
         let mut cmd = Command::new(&path);
-        if service == "ranking"
-            && let Some(dir) = &opts.ranker
-        {
-            cmd.env("RANKMESH__RANKER__DIR", dir);
+        if service == "ranking" && opts.ranker.is_some() {
+            // The ranker comes from the registry: verified, decrypted in memory,
+            // cached encrypted per replica; the leader runs canary rollouts.
+            cmd.env("RANKMESH__RANKER__REGISTRY__MODEL", RANKER_MODEL)
+                .env(
+                    "RANKMESH__RANKER__REGISTRY__MASTER_KEYS__LOCAL1",
+                    &secrets.master_key,
+                )
+                .env(
+                    "RANKMESH__RANKER__REGISTRY__VERIFY_KEY",
+                    verify_key_hex(&secrets.signing_key)?,
+                )
+                .env(
+                    "RANKMESH__RANKER__REGISTRY__CACHE_DIR",
+                    opts.state_dir.join("model-cache").join(&name),
+                )
+                .env("RANKMESH__ROLLOUT__ADMIN_TOKEN", &secrets.admin_token);
+        }
+        if service == "ranking" {
+            cmd.envs(opts.ranking_env.iter().map(|(k, v)| (k, v)));
         }
         if service == "registry" {
-            let secrets = registry_secrets(&opts.state_dir)?;
             cmd.env(
                 "RANKMESH__REGISTRY__BLOB_DIR",
                 opts.state_dir.join("registry").join("blobs"),
@@ -232,7 +345,7 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
             .env("RANKMESH__SERVER__LISTEN", &grpc)
             .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin)
             .env("RANKMESH__SERVER__INSTANCE_ID", &name)
-            .env("RANKMESH__ETCD__ENDPOINTS", &client)
+            .env("RANKMESH__ETCD__ENDPOINTS", client)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(open_log(&log)?)
@@ -254,6 +367,11 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         });
     }
 
+    Ok(())
+}
+
+/// Waits until every started service answers `/ready`.
+async fn wait_ready(state: &MeshState) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP;
     for p in state.processes.iter().filter(|p| p.service != "etcd") {
         loop {

@@ -77,6 +77,10 @@ enum Command {
         /// `<models>/ranker/model.onnx` exists.
         #[arg(long)]
         no_ranker: bool,
+        /// Extra KEY=VALUE environment for the ranking replicas (repeatable), e.g.
+        /// RANKMESH__ROLLOUT__WINDOW_MS=10000.
+        #[arg(long = "ranking-env", value_parser = parse_kv)]
+        ranking_env: Vec<(String, String)>,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -246,6 +250,13 @@ enum ModelCommand {
         /// key=value metadata (repeatable), e.g. variant=int8, parent_version=3.
         #[arg(long = "meta", value_parser = parse_kv)]
         metadata: Vec<(String, String)>,
+        /// Extra file shipped with the model, e.g. tokenizer.json (repeatable).
+        #[arg(long = "sidecar")]
+        sidecars: Vec<PathBuf>,
+        /// The INT8 variant of FILE (made offline), stored linked to the new version;
+        /// replicas on CPU pick it, replicas on GPU the FP32 file.
+        #[arg(long)]
+        int8: Option<PathBuf>,
     },
     /// Versions, stages and stage history.
     List {
@@ -263,7 +274,7 @@ enum ModelCommand {
         #[arg(long, default_value = "manual promotion")]
         reason: String,
     },
-    /// Restore the previous production version and clear any canary.
+    /// End the running canary; without one, restore the previous production version.
     Rollback {
         name: String,
         #[arg(long, default_value = "manual rollback")]
@@ -439,6 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             models,
             catalog,
             no_ranker,
+            ranking_env,
             state,
         } => {
             let cwd = std::env::current_dir()?;
@@ -458,6 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .filter(|d| d.join("model.onnx").exists()),
                 models: absolute(models),
                 catalog: catalog.map(absolute),
+                ranking_env,
             };
             let mesh = launcher::up(&opts).await?;
             if let Some(file) = &opts.catalog {
@@ -633,9 +646,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     inputs,
                     outputs,
                     metadata,
+                    sidecars,
+                    int8,
                 } => {
-                    model::publish(&addr, &token()?, &name, &file, &inputs, &outputs, &metadata)
-                        .await?
+                    let token = token()?;
+                    let mut up = model::Upload {
+                        name: &name,
+                        file: &file,
+                        inputs: &inputs,
+                        outputs: &outputs,
+                        metadata,
+                        sidecars: &sidecars,
+                    };
+                    let m = model::publish(&addr, &token, &up).await?;
+                    if let Some(int8) = &int8 {
+                        up.file = int8;
+                        up.metadata.push(("variant".into(), "int8".into()));
+                        up.metadata
+                            .push(("parent_version".into(), m.version.to_string()));
+                        model::publish(&addr, &token, &up).await?;
+                    }
                 }
                 ModelCommand::List { name, json } => model::list(&addr, &name, json).await?,
                 ModelCommand::Promote {
@@ -691,4 +721,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The ranker's input and output names (the contract in `rankmesh_ranking::ranker`).
+fn ranker_input() -> String {
+    "features".to_owned()
+}
+
+fn ranker_output() -> String {
+    "score".to_owned()
 }

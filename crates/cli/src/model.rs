@@ -33,18 +33,28 @@ async fn client(
     .max_decoding_message_size(8 << 20))
 }
 
-/// Uploads `file` as the next version of `name`; `inputs`/`outputs` are the names the
-/// artifact must have (checked by the registry in ONNX Runtime).
+/// One artifact to upload.
+#[derive(Debug)]
+pub(crate) struct Upload<'a> {
+    pub name: &'a str,
+    pub file: &'a Path,
+    /// Input and output names the artifact must have (checked by the registry in
+    /// ONNX Runtime).
+    pub inputs: &'a [String],
+    pub outputs: &'a [String],
+    pub metadata: Vec<(String, String)>,
+    /// Extra files (e.g. tokenizer.json), stored encrypted under their file names.
+    pub sidecars: &'a [std::path::PathBuf],
+}
+
+/// Uploads an artifact (the next version of its name, or with metadata
+/// `variant=int8, parent_version=N` the INT8 variant of version N).
 pub(crate) async fn publish(
     addr: &str,
     token: &str,
-    name: &str,
-    file: &Path,
-    inputs: &[String],
-    outputs: &[String],
-    metadata: &[(String, String)],
-) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    up: &Upload<'_>,
+) -> anyhow::Result<pb::ModelManifest> {
+    let bytes = std::fs::read(up.file).with_context(|| format!("read {}", up.file.display()))?;
     let spec = |names: &[String]| {
         names
             .iter()
@@ -55,18 +65,31 @@ pub(crate) async fn publish(
             })
             .collect()
     };
+    let mut sidecars = Vec::new();
+    for path in up.sidecars {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("sidecar {}: no file name", path.display()))?
+            .to_owned();
+        let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        sidecars.push(pb::Sidecar { name, data });
+    }
     let mut msgs = vec![pb::PublishModelRequest {
         part: Some(pb::publish_model_request::Part::Header(pb::PublishHeader {
-            name: name.to_owned(),
+            name: up.name.to_owned(),
             signature: Some(pb::ModelSignature {
-                inputs: spec(inputs),
-                outputs: spec(outputs),
+                inputs: spec(up.inputs),
+                outputs: spec(up.outputs),
             }),
-            metadata: metadata.iter().cloned().collect(),
+            metadata: up.metadata.iter().cloned().collect(),
             quantize_int8: false,
-            sidecar_names: vec![],
+            sidecar_names: sidecars.iter().map(|s| s.name.clone()).collect(),
         })),
     }];
+    msgs.extend(sidecars.into_iter().map(|s| pb::PublishModelRequest {
+        part: Some(pb::publish_model_request::Part::Sidecar(s)),
+    }));
     msgs.extend(bytes.chunks(1 << 20).map(|c| pb::PublishModelRequest {
         part: Some(pb::publish_model_request::Part::Chunk(c.to_vec())),
     }));
@@ -82,7 +105,27 @@ pub(crate) async fn publish(
         "published {} v{} ({}, {} bytes, sha256 {}, key {})",
         m.name, m.version, m.variant, m.size_bytes, m.sha256_plaintext, m.key_id
     );
-    Ok(())
+    Ok(m)
+}
+
+/// The production manifest of `name`, if it has one.
+pub(crate) async fn production(
+    addr: &str,
+    name: &str,
+) -> anyhow::Result<Option<pb::ModelManifest>> {
+    match client(addr)
+        .await?
+        .get_model(pb::GetModelRequest {
+            name: name.to_owned(),
+            version: 0,
+            variant: String::new(),
+        })
+        .await
+    {
+        Ok(m) => Ok(Some(m.into_inner())),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(status(s)),
+    }
 }
 
 pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<()> {
@@ -101,7 +144,7 @@ pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<(
             .map(|m| {
                 serde_json::json!({
                     "name": m.name, "production": m.production_version, "canary": m.canary_version,
-                    "canary_percent": m.canary_percent,
+                    "canary_percent": m.canary_percent, "canary_since_ms": m.canary_since_ms,
                     "versions": m.versions.iter().map(|v| serde_json::json!({
                         "version": v.version, "variant": v.variant, "size_bytes": v.size_bytes,
                         "stage": v.stage, "key_id": v.key_id, "created_ms": v.created_ms,
@@ -131,7 +174,7 @@ pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<(
             );
         }
         for h in m.history.iter().rev().take(5) {
-            println!("  {} {}", h.at_ms, h.description);
+            println!("  {} {}", format_ms(h.at_ms), h.description);
         }
     }
     Ok(())
@@ -184,13 +227,22 @@ pub(crate) async fn rollback(
             pb::RollbackRequest {
                 name: name.to_owned(),
                 reason: reason.to_owned(),
+                expected_revision: 0,
             },
             token,
         )?)
         .await
         .map_err(status)?
         .into_inner();
-    println!("{name}: production is now v{}", r.production_version);
+    println!(
+        "{name}: production v{}, canary {}",
+        r.production_version,
+        if r.canary_version == 0 {
+            "none".to_owned()
+        } else {
+            format!("v{}", r.canary_version)
+        }
+    );
     Ok(())
 }
 
@@ -208,4 +260,39 @@ pub(crate) async fn rotate(addr: &str, token: &str, key_id: &str) -> anyhow::Res
         .into_inner();
     println!("re-wrapped {} data keys under {key_id}", r.rewrapped);
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_ms(1_795_824_000_000), "2026-11-28 00:00:00");
+        assert_eq!(
+            super::format_ms(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+    }
 }

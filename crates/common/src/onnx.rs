@@ -137,6 +137,13 @@ fn load(path: &Path) -> Result<Environment, String> {
     Ok(env)
 }
 
+/// Whether sessions built with `config` are expected to run on a GPU: the build
+/// has CUDA and the device allows it. Used to pick a model variant (INT8 on CPU,
+/// FP32 on GPU) before a session exists.
+pub fn expects_gpu(config: &OnnxConfig) -> bool {
+    cfg!(feature = "cuda") && config.device != Device::Cpu
+}
+
 /// Builds a session from model bytes held in memory (models are decrypted in memory
 /// and never written to disk in plaintext).
 pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Provider), OnnxError> {

@@ -98,7 +98,7 @@ impl MasterKeys {
 }
 
 /// What is stored next to the ciphertext (part of the signed manifest).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sealed {
     /// Master key id that wraps the data key.
     pub key_id: String,

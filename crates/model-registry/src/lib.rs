@@ -5,10 +5,13 @@
 //! - [`envelope`]: AES-256-GCM envelope encryption with rotatable master keys, and
 //!   ed25519 manifest signatures.
 //! - [`store`]: versions and stages in etcd; encrypted blobs in an object store.
+//! - [`replica`]: the replica side: fetch with resume, verify, decrypt in memory,
+//!   encrypted local cache.
 //! - [`service`]: the gRPC API (publish with validation in ONNX Runtime, fetch with
 //!   resume, stages, rollback, key rotation; writes need the admin token).
 
 pub mod envelope;
+pub mod replica;
 pub mod service;
 pub mod store;
 
@@ -61,6 +64,9 @@ pub struct RegistryConfig {
     pub signing_key: String,
     /// Largest artifact accepted, bytes.
     pub max_artifact_bytes: u64,
+    /// Cap on each FetchModel stream, bytes per second (0: none), so a fleet of
+    /// replicas fetching a new version at once does not saturate the network.
+    pub fetch_bytes_per_s: u64,
 }
 
 impl Default for RegistryConfig {
@@ -72,6 +78,7 @@ impl Default for RegistryConfig {
             current_key: String::new(),
             signing_key: String::new(),
             max_artifact_bytes: 2 << 30,
+            fetch_bytes_per_s: 0,
         }
     }
 }
@@ -137,6 +144,7 @@ pub async fn run(
         signing: signing_key(&r.signing_key).map_err(Error::Setup)?,
         admin_token: r.admin_token.clone(),
         max_artifact_bytes: r.max_artifact_bytes,
+        fetch_bytes_per_s: r.fetch_bytes_per_s,
         onnx: config.onnx.clone(),
     });
     let api = ModelRegistryServer::new(RegistryApi::new(registry))

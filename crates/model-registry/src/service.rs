@@ -14,13 +14,15 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::envelope::{self, EnvelopeError, MasterKeys};
-use crate::store::{Blobs, Manifest, ModelDb, StoreError, Tensor};
+use crate::store::{Blobs, Manifest, ModelDb, SidecarEntry, StoreError, Tensor};
 
 /// Bytes per FetchModel message.
 const FETCH_CHUNK: usize = 1 << 20;
 /// Most metadata entries and bytes per entry (stated in the proto).
 const MAX_METADATA: usize = 64;
 const MAX_METADATA_BYTES: usize = 1024;
+/// Most sidecar files per artifact.
+const MAX_SIDECARS: usize = 8;
 
 /// The registry's state.
 pub struct Registry {
@@ -31,6 +33,8 @@ pub struct Registry {
     /// Bearer token for writes; never logged.
     pub admin_token: String,
     pub max_artifact_bytes: u64,
+    /// Cap per FetchModel stream (0: none).
+    pub fetch_bytes_per_s: u64,
     pub onnx: OnnxConfig,
 }
 
@@ -65,6 +69,27 @@ fn check_name(name: &str) -> Result<(), Status> {
             "name: {name:?} must match [a-z0-9_-]{{1,64}}"
         )))
     }
+}
+
+/// Sidecar names: a handful of plain file names.
+fn check_sidecar_names(names: &[String]) -> Result<(), Status> {
+    if names.len() > MAX_SIDECARS {
+        return Err(Status::invalid_argument(format!(
+            "sidecar_names: at most {MAX_SIDECARS}"
+        )));
+    }
+    for n in names {
+        let ok = (1..=64).contains(&n.len())
+            && !n.starts_with('.')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(Status::invalid_argument(format!(
+                "sidecar_names: {n:?} must match [A-Za-z0-9._-]{{1,64}} and not start with a dot"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn tensors(specs: &[pb::TensorSpec]) -> Vec<Tensor> {
@@ -260,11 +285,7 @@ impl Registry {
                 "quantize_int8: INT8 conversion runs offline; publish the INT8 file with metadata variant=int8 and parent_version=N",
             ));
         }
-        if !sidecar_names.is_empty() {
-            return Err(Status::invalid_argument(
-                "sidecar_names: sidecar files are not supported yet",
-            ));
-        }
+        check_sidecar_names(&sidecar_names)?;
         if metadata.len() > MAX_METADATA
             || metadata
                 .iter()
@@ -290,10 +311,110 @@ impl Registry {
             })?,
             None => 0,
         };
+        // An INT8 variant is stored as variant "int8" of its FP32 parent's version,
+        // so a replica asking for version N can pick the variant its hardware wants.
+        let parent = if variant == "int8" {
+            if parent_version == 0 {
+                return Err(Status::invalid_argument(
+                    "metadata.parent_version: an int8 variant names its fp32 parent version",
+                ));
+            }
+            Some(
+                self.db
+                    .manifest(&name, parent_version, "fp32")
+                    .await
+                    .map_err(store_status)?
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "metadata.parent_version: {name} v{parent_version} (fp32) does not exist"
+                        ))
+                    })?,
+            )
+        } else {
+            None
+        };
         let signature = signature.unwrap_or_default();
-        let (inputs, outputs) = (tensors(&signature.inputs), tensors(&signature.outputs));
+        let (mut inputs, mut outputs) = (tensors(&signature.inputs), tensors(&signature.outputs));
+        if let Some(p) = &parent
+            && inputs.is_empty()
+            && outputs.is_empty()
+        {
+            // The variant must serve the same interface as its parent.
+            (inputs, outputs) = (p.inputs.clone(), p.outputs.clone());
+        }
 
+        let (model, sidecars) = self.receive(&mut stream, &sidecar_names).await?;
+        let model = Arc::new(model);
+        let (m, i, o, onnx) = (
+            Arc::clone(&model),
+            inputs.clone(),
+            outputs.clone(),
+            self.onnx.clone(),
+        );
+        tokio::task::spawn_blocking(move || validate(&m, &i, &o, &onnx))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(format!("artifact: {e}")))?;
+
+        let version = match &parent {
+            Some(p) => p.version,
+            None => self.db.next_version(&name).await.map_err(store_status)?,
+        };
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut manifest = Manifest {
+            name,
+            version,
+            variant,
+            parent_version: parent.as_ref().map_or(0, |p| p.version),
+            inputs,
+            outputs,
+            metadata,
+            sealed: envelope::Sealed::default(),
+            blob: String::new(),
+            created_ms: rankmesh_common::server::now_ms(),
+            sidecars: Vec::new(),
+            signature: String::new(),
+        };
+        let (sealed, blob) = self.seal_and_put(&keys, &manifest, None, &model).await?;
+        (manifest.sealed, manifest.blob) = (sealed, blob);
+        for (sidecar, bytes) in &sidecars {
+            let (sealed, blob) = self
+                .seal_and_put(&keys, &manifest, Some(sidecar), bytes)
+                .await?;
+            manifest.sidecars.push(SidecarEntry {
+                name: sidecar.clone(),
+                blob,
+                sealed,
+            });
+        }
+        manifest.signature = envelope::sign(&self.signing, &manifest.canonical());
+        self.db.put_manifest(&manifest).await.map_err(|e| match e {
+            StoreError::Conflict(_) if manifest.variant == "int8" => {
+                Status::already_exists(format!(
+                    "{} v{} already has an int8 variant",
+                    manifest.name, manifest.version
+                ))
+            }
+            other => store_status(other),
+        })?;
+        tracing::info!(name = %manifest.name, version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, sidecars = manifest.sidecars.len(), "model published");
+        Ok(pb::PublishModelResponse {
+            manifest: Some(to_proto(&manifest, "")),
+        })
+    }
+
+    /// Reads the artifact chunks and the sidecars named in the header.
+    async fn receive(
+        &self,
+        stream: &mut (impl Stream<Item = Result<pb::PublishModelRequest, Status>> + Unpin),
+        sidecar_names: &[String],
+    ) -> Result<(Vec<u8>, BTreeMap<String, Vec<u8>>), Status> {
         let mut model = Vec::new();
+        let mut sidecars = BTreeMap::new();
         while let Some(msg) = stream.next().await {
             let msg = msg.map_err(|e| {
                 Status::aborted(format!(
@@ -317,6 +438,24 @@ impl Registry {
                     }
                     model.extend_from_slice(&c);
                 }
+                Some(pb::publish_model_request::Part::Sidecar(pb::Sidecar { name, data })) => {
+                    if !sidecar_names.contains(&name) {
+                        return Err(Status::invalid_argument(format!(
+                            "sidecar: {name:?} is not in the header's sidecar_names"
+                        )));
+                    }
+                    if data.len() > MAX_CHUNK_BYTES {
+                        return Err(Status::resource_exhausted(format!(
+                            "sidecar {name:?}: {} bytes; at most {MAX_CHUNK_BYTES}",
+                            data.len()
+                        )));
+                    }
+                    if sidecars.insert(name.clone(), data).is_some() {
+                        return Err(Status::invalid_argument(format!(
+                            "sidecar: {name:?} sent twice"
+                        )));
+                    }
+                }
                 _ => {
                     return Err(Status::invalid_argument(
                         "chunk: only one header per upload",
@@ -327,54 +466,31 @@ impl Registry {
         if model.is_empty() {
             return Err(Status::invalid_argument("chunk: no artifact bytes"));
         }
-        let model = Arc::new(model);
-        let (m, i, o, onnx) = (
-            Arc::clone(&model),
-            inputs.clone(),
-            outputs.clone(),
-            self.onnx.clone(),
-        );
-        tokio::task::spawn_blocking(move || validate(&m, &i, &o, &onnx))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(format!("artifact: {e}")))?;
+        if let Some(missing) = sidecar_names.iter().find(|n| !sidecars.contains_key(*n)) {
+            return Err(Status::invalid_argument(format!(
+                "sidecar: {missing:?} was named in the header but not sent"
+            )));
+        }
+        Ok((model, sidecars))
+    }
 
-        let version = self.db.next_version(&name).await.map_err(store_status)?;
-        let context = format!("{name}/{version}/{variant}");
-        let keys = self
-            .keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let (ciphertext, sealed) =
-            envelope::seal(&keys, &context, &model).map_err(|e| Status::internal(e.to_string()))?;
+    /// Encrypts `plaintext` under a fresh data key and stores the ciphertext.
+    async fn seal_and_put(
+        &self,
+        keys: &MasterKeys,
+        manifest: &Manifest,
+        sidecar: Option<&str>,
+        plaintext: &[u8],
+    ) -> Result<(envelope::Sealed, String), Status> {
+        let context = manifest.context(sidecar);
+        let (ciphertext, sealed) = envelope::seal(keys, &context, plaintext)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let blob = format!("models/{context}.bin");
         self.blobs
             .put(&blob, Bytes::from(ciphertext))
             .await
             .map_err(store_status)?;
-        let mut manifest = Manifest {
-            name,
-            version,
-            variant,
-            parent_version,
-            inputs,
-            outputs,
-            metadata,
-            sealed,
-            blob,
-            created_ms: rankmesh_common::server::now_ms(),
-            signature: String::new(),
-        };
-        manifest.signature = envelope::sign(&self.signing, &manifest.canonical());
-        self.db
-            .put_manifest(&manifest)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(name = %manifest.name, version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, "model published");
-        Ok(pb::PublishModelResponse {
-            manifest: Some(to_proto(&manifest, "")),
-        })
+        Ok((sealed, blob))
     }
 
     pub async fn get(
@@ -416,8 +532,10 @@ impl Registry {
         }
         let mut models = Vec::new();
         for (name, versions) in by_name {
-            let (stages, _) = self.db.stages(&name).await.map_err(store_status)?;
+            let (stages, revision) = self.db.stages(&name).await.map_err(store_status)?;
             models.push(pb::ModelSummary {
+                canary_since_ms: stages.canary_since_ms,
+                stage_revision: revision,
                 versions: versions
                     .iter()
                     .map(|m| to_proto(m, Self::stage_of(&stages, m.version)))
@@ -483,10 +601,19 @@ impl Registry {
                         if s.canary == version {
                             s.canary = 0;
                             s.canary_percent = 0;
+                            s.canary_since_ms = 0;
                         }
                         s.record(now, format!("production -> v{version}: {reason}"));
                     }
                     _ => {
+                        if s.production == version {
+                            return Err(StoreError::Conflict(format!(
+                                "v{version} is already in production"
+                            )));
+                        }
+                        if s.canary != version {
+                            s.canary_since_ms = now;
+                        }
                         s.canary = version;
                         s.canary_percent = percent;
                         s.record(now, format!("canary -> v{version} at {percent}%: {reason}"));
@@ -499,15 +626,29 @@ impl Registry {
         Ok(stage_response(&s, rev))
     }
 
-    pub async fn rollback(&self, name: &str, reason: &str) -> Result<pb::SetStageResponse, Status> {
+    pub async fn rollback(
+        &self,
+        name: &str,
+        reason: &str,
+        expected_revision: i64,
+    ) -> Result<pb::SetStageResponse, Status> {
         check_name(name)?;
         let now = rankmesh_common::server::now_ms();
         let (s, rev) = self
             .db
-            .update_stages(name, 0, |s| {
+            .update_stages(name, expected_revision, |s| {
+                if s.canary != 0 {
+                    // A running canary is the latest step: end it, production stays.
+                    let canary = s.canary;
+                    s.canary = 0;
+                    s.canary_percent = 0;
+                    s.canary_since_ms = 0;
+                    s.record(now, format!("canary v{canary} rolled back: {reason}"));
+                    return Ok(());
+                }
                 let Some(prev) = s.previous.pop() else {
                     return Err(StoreError::Conflict(format!(
-                        "{name} has no previous production version"
+                        "{name} has no canary and no previous production version"
                     )));
                 };
                 let from = s.production;
@@ -544,16 +685,21 @@ impl Registry {
             if m.sealed.key_id == new_key_id {
                 continue;
             }
-            let sealed = envelope::rewrap(&keys, &m.sealed).map_err(|e| match e {
-                EnvelopeError::UnknownKey(k) => {
-                    Status::failed_precondition(format!("key {k:?} is not configured"))
-                }
-                other => Status::internal(other.to_string()),
-            })?;
+            let rewrap = |sealed: &envelope::Sealed| {
+                envelope::rewrap(&keys, sealed).map_err(|e| match e {
+                    EnvelopeError::UnknownKey(k) => {
+                        Status::failed_precondition(format!("key {k:?} is not configured"))
+                    }
+                    other => Status::internal(other.to_string()),
+                })
+            };
             let mut updated = Manifest {
-                sealed,
+                sealed: rewrap(&m.sealed)?,
                 ..m.clone()
             };
+            for s in &mut updated.sidecars {
+                s.sealed = rewrap(&s.sealed)?;
+            }
             updated.signature = envelope::sign(&self.signing, &updated.canonical());
             self.db
                 .replace_manifest(&m, &updated)
@@ -606,7 +752,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryApi {
     ) -> Result<Response<pb::ModelManifest>, Status> {
         let r = request.into_inner();
         Ok(Response::new(
-            self.inner.get(&r.name, r.version, "fp32").await?,
+            self.inner.get(&r.name, r.version, &r.variant).await?,
         ))
     }
 
@@ -621,6 +767,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryApi {
             version,
             variant,
             offset,
+            sidecar,
         } = request.into_inner();
         check_name(&name)?;
         let variant = if variant.is_empty() {
@@ -635,21 +782,40 @@ impl pb::model_registry_server::ModelRegistry for RegistryApi {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("{name} v{version} {variant} not found")))?;
-        let total = self.inner.blobs.size(&m.blob).await.map_err(store_status)?;
+        let blob = if sidecar.is_empty() {
+            m.blob.clone()
+        } else {
+            m.sidecars
+                .iter()
+                .find(|s| s.name == sidecar)
+                .map(|s| s.blob.clone())
+                .ok_or_else(|| {
+                    Status::not_found(format!("{name} v{version} has no sidecar {sidecar:?}"))
+                })?
+        };
+        let total = self.inner.blobs.size(&blob).await.map_err(store_status)?;
         if offset > total {
             return Err(Status::out_of_range(format!(
                 "offset: {offset} is beyond the artifact's {total} bytes"
             )));
         }
         let blobs = self.inner.blobs.clone();
+        let rate = self.inner.fetch_bytes_per_s;
         let stream = futures::stream::unfold(offset, move |at| {
             let blobs = blobs.clone();
-            let key = m.blob.clone();
+            let key = blob.clone();
             async move {
                 if at >= total {
                     return None;
                 }
                 let len = (total - at).min(FETCH_CHUNK as u64);
+                if rate > 0 {
+                    // Pace the stream: each chunk waits its share of a second.
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(
+                        len as f64 / rate as f64,
+                    ))
+                    .await;
+                }
                 match blobs.read(&key, at, len).await {
                     Ok(data) => {
                         let next = at + data.len() as u64;
@@ -686,7 +852,9 @@ impl pb::model_registry_server::ModelRegistry for RegistryApi {
         self.inner.authorize(&request)?;
         let r = request.into_inner();
         Ok(Response::new(
-            self.inner.rollback(&r.name, &r.reason).await?,
+            self.inner
+                .rollback(&r.name, &r.reason, r.expected_revision)
+                .await?,
         ))
     }
 

@@ -68,12 +68,35 @@ pub struct Manifest {
     /// Object-store key of the ciphertext.
     pub blob: String,
     pub created_ms: i64,
+    /// Extra files (e.g. tokenizer.json), each sealed under its own data key.
+    /// Omitted from the JSON when empty, so manifests without sidecars keep the
+    /// canonical bytes (and signatures) they were published with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<SidecarEntry>,
     /// Hex ed25519 signature over [`Manifest::canonical`].
     #[serde(default)]
     pub signature: String,
 }
 
+/// One sealed sidecar file of a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidecarEntry {
+    pub name: String,
+    /// Object-store key of the ciphertext.
+    pub blob: String,
+    pub sealed: Sealed,
+}
+
 impl Manifest {
+    /// The envelope context (bound into the AEAD) of the artifact or one sidecar.
+    pub fn context(&self, sidecar: Option<&str>) -> String {
+        let base = format!("{}/{}/{}", self.name, self.version, self.variant);
+        match sidecar {
+            Some(s) => format!("{base}/{s}"),
+            None => base,
+        }
+    }
+
     /// The bytes that are signed: the manifest as JSON with the signature emptied.
     /// Field order is fixed by the struct and maps are ordered, so it is canonical.
     pub fn canonical(&self) -> Vec<u8> {
@@ -94,6 +117,9 @@ pub struct Stages {
     /// 0 = no canary.
     pub canary: u64,
     pub canary_percent: u32,
+    /// When the current canary started (ms since the Unix epoch; 0: none).
+    #[serde(default)]
+    pub canary_since_ms: i64,
     /// Earlier production versions, most recent last (rollback pops from here).
     pub previous: Vec<u64>,
     /// Why stages changed, oldest first (capped).
@@ -433,6 +459,7 @@ mod tests {
             },
             blob: format!("{name}/{version}/fp32"),
             created_ms: 1,
+            sidecars: vec![],
             signature: String::new(),
         }
     }

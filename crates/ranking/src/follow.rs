@@ -1,95 +1,111 @@
-//! Follows the ranker's production version in the model registry and hot-swaps it.
+//! Follows the ranker's stages in the model registry and hot-swaps it.
 //!
-//! Every `poll_ms` the follower asks the registry (found through discovery) for the
-//! production manifest. When the version changes it fetches the ciphertext (resuming
-//! from where a broken stream stopped), verifies the manifest's ed25519 signature and
-//! the hashes, unwraps the data key and decrypts *in memory*, loads and warms up a
-//! session, and swaps it in atomically: requests in flight finish on the old ranker.
-//! Any failure keeps the last good ranker serving. The ciphertext and manifest are
-//! cached on disk (never the plaintext), so a restart while the registry is down
-//! still comes up with the last model.
+//! Every `poll_ms` the follower reads the model's stages. When the production or
+//! canary version changes it fetches the artifact in the variant this replica
+//! should run, verifies and decrypts it in memory ([`Fetcher`]), loads and warms
+//! up a session, and swaps it in atomically: requests in flight finish on the old
+//! ranker. Any failure keeps the last good ranker serving, and a version that fails
+//! verification or loading is not fetched again. The production artifact is cached
+//! encrypted, so a restart while the registry is down comes up with the last model.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use ed25519_dalek::VerifyingKey;
-use rankmesh_client::upstream::Upstream;
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::onnx::OnnxConfig;
-use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
-use rankmesh_model_registry::store::Manifest;
+use rankmesh_common::server::Readiness;
+use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened};
 use rankmesh_proto::pb::registry::v1 as pb;
-use serde::{Deserialize, Serialize};
 
 use crate::ranker::Ranker;
-use crate::search::LoadedRanker;
+use crate::search::{Canary, LoadedRanker, Rankers};
 
-/// Where the ranker comes from when it is managed by the registry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RegistrySource {
-    /// Model name in the registry; empty: do not follow the registry.
-    pub model: String,
-    /// Master keys (id -> 64 hex) able to unwrap the data keys.
-    pub master_keys: BTreeMap<String, String>,
-    /// The registry's ed25519 public key, 64 hex; manifests must verify against it.
-    pub verify_key: String,
-    /// Encrypted local cache of the last fetched artifact.
-    pub cache_dir: PathBuf,
-    /// How often the production version is checked, milliseconds.
-    pub poll_ms: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FollowError {
-    #[error("registry: {0}")]
-    Registry(String),
-    #[error("verification: {0}")]
-    Verify(String),
-    #[error("ranker: {0}")]
-    Load(String),
-}
+/// Cache slot of the production artifact.
+const PRODUCTION: &str = "production";
+/// Readiness condition of a registry-managed ranker.
+pub const RANKER_READY: &str = "ranker";
+/// How long a replica waits for its first ranker before serving without one.
+const READY_WITHOUT_RANKER: Duration = Duration::from_secs(60);
 
 /// Everything a follower needs.
 pub struct Follower {
-    pub registry: Upstream,
-    pub source: RegistrySource,
-    pub keys: MasterKeys,
-    pub verify_key: VerifyingKey,
+    pub fetcher: Fetcher,
     pub onnx: OnnxConfig,
     pub batch: BatchConfig,
-    pub slot: Arc<ArcSwapOption<LoadedRanker>>,
-    /// A production version that failed verification: not fetched again until the
-    /// registry points at another one (a corrupt artifact stays corrupt).
-    pub refused: std::sync::Mutex<Option<u64>>,
+    pub rankers: Arc<Rankers>,
+    /// Condition [`RANKER_READY`] holds once a production ranker is in (or the
+    /// registry has none, or [`READY_WITHOUT_RANKER`] passed: then answers are
+    /// served in retrieval order rather than not at all).
+    readiness: Readiness,
+    /// (version, variant) pairs that failed verification or loading: not fetched
+    /// again (a corrupt artifact stays corrupt).
+    refused: Mutex<HashSet<(u64, String)>>,
 }
 
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Follower")
-            .field("model", &self.source.model)
+            .field("fetcher", &self.fetcher)
             .finish_non_exhaustive()
     }
 }
 
-/// Parses the registry's public key.
-pub fn verify_key(hex: &str) -> Result<VerifyingKey, String> {
-    let bytes: [u8; 32] = envelope::decode_hex(hex)?
-        .try_into()
-        .map_err(|_| "need 32 bytes (64 hex characters)".to_owned())?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
+/// Loads a decrypted ranker, warms it up and wraps it in a batcher.
+pub async fn load(
+    opened: Opened,
+    onnx: &OnnxConfig,
+    batch: BatchConfig,
+) -> Result<LoadedRanker, FollowError> {
+    let onnx = onnx.clone();
+    let version = opened.manifest.version;
+    let variant = opened.manifest.variant.clone();
+    let ranker = tokio::task::spawn_blocking(move || -> Result<Ranker, String> {
+        let r = Ranker::from_bytes(&opened.model, version, &onnx).map_err(|e| e.to_string())?;
+        // Warm up: the first run allocates; do it before taking traffic.
+        let width = r.columns().len();
+        r.score(vec![0.0; width * 4])
+            .map_err(|e| format!("warm-up: {e}"))?;
+        Ok(r)
+    })
+    .await
+    .map_err(|e| FollowError::Load(e.to_string()))?
+    .map_err(FollowError::Load)?;
+    let ranker = Arc::new(ranker);
+    let r = Arc::clone(&ranker);
+    let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
+        r.score(rows.concat()).map_err(|e| e.to_string())
+    });
+    Ok(LoadedRanker {
+        ranker,
+        batcher,
+        variant,
+    })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn version_of(r: Option<&LoadedRanker>) -> u64 {
+    r.map_or(0, |r| r.ranker.version())
 }
 
 impl Follower {
-    fn current_version(&self) -> u64 {
-        self.slot.load().as_ref().map_or(0, |r| r.ranker.version())
+    pub fn new(
+        fetcher: Fetcher,
+        onnx: OnnxConfig,
+        batch: BatchConfig,
+        rankers: Arc<Rankers>,
+        readiness: Readiness,
+    ) -> Self {
+        if rankers.production.load().is_none() {
+            readiness.set(RANKER_READY, false);
+        }
+        Self {
+            fetcher,
+            onnx,
+            batch,
+            rankers,
+            readiness,
+            refused: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Runs forever: start from the cache, then follow the registry.
@@ -97,203 +113,148 @@ impl Follower {
         if let Err(e) = self.load_cached().await {
             tracing::info!(reason = %e, "no usable cached ranker");
         }
-        let period = Duration::from_millis(self.source.poll_ms.max(100));
+        let readiness = self.readiness.clone();
+        let give_up = tokio::spawn(async move {
+            tokio::time::sleep(READY_WITHOUT_RANKER).await;
+            if readiness.failing().iter().any(|c| c == RANKER_READY) {
+                tracing::warn!(
+                    "no ranker after {READY_WITHOUT_RANKER:?}; serving in retrieval order until one arrives"
+                );
+                readiness.set(RANKER_READY, true);
+            }
+        });
+        let _give_up = AbortOnDrop(give_up);
+        let period = Duration::from_millis(self.fetcher.source().poll_ms.max(100));
         loop {
-            match self.sync().await {
-                Ok(Some(v)) => tracing::info!(version = v, "ranker swapped in"),
-                Ok(None) => {}
-                Err(e) => {
-                    let reason = match e {
-                        FollowError::Registry(_) => "registry",
-                        FollowError::Verify(_) => "verify",
-                        FollowError::Load(_) => "load",
-                    };
-                    metrics::counter!("rankmesh_model_swap_failures_total", "model" => "ranker", "reason" => reason)
-                        .increment(1);
-                    tracing::warn!(error = %e, serving = self.current_version(), "ranker update failed; keeping the last good one");
-                }
+            if let Err(e) = self.sync().await {
+                metrics::counter!("rankmesh_model_swap_failures_total", "model" => "ranker", "reason" => e.reason())
+                    .increment(1);
+                tracing::warn!(
+                    error = %e,
+                    serving = version_of(self.rankers.production.load().as_deref()),
+                    "ranker update failed; keeping the last good one"
+                );
             }
             tokio::time::sleep(period).await;
         }
     }
 
-    /// One check: swap in the production version if it is new. Returns the version
-    /// swapped in, if any.
-    pub async fn sync(&self) -> Result<Option<u64>, FollowError> {
-        let name = self.source.model.clone();
-        let m = self
-            .registry
-            .call(|ch| {
-                let name = name.clone();
-                async move {
-                    pb::model_registry_client::ModelRegistryClient::new(ch)
-                        .get_model(pb::GetModelRequest { name, version: 0 })
-                        .await
-                        .map(tonic::Response::into_inner)
+    /// One check: brings production and canary in line with the registry.
+    pub async fn sync(&self) -> Result<(), FollowError> {
+        let Some(summary) = self.fetcher.summary().await? else {
+            // Never published: nothing to wait for.
+            self.readiness.set(RANKER_READY, true);
+            return Ok(());
+        };
+        if summary.production_version == 0 {
+            self.readiness.set(RANKER_READY, true);
+        }
+        self.rankers.stats.canary_changed(summary.canary_version);
+
+        let want = summary.production_version;
+        if want != 0
+            && want != version_of(self.rankers.production.load().as_deref())
+            && let Some((loaded, sealed)) = self.obtain(&summary, want).await?
+        {
+            self.rankers.production.store(Some(Arc::new(loaded)));
+            metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "production")
+                .set(want as f64);
+            tracing::info!(version = want, "production ranker swapped in");
+            self.readiness.set(RANKER_READY, true);
+            self.fetcher.cache(PRODUCTION, &sealed);
+        }
+
+        let want = summary.canary_version;
+        let current = self.rankers.canary.load_full();
+        match current.as_deref() {
+            _ if want == 0 => {
+                if current.is_some() {
+                    tracing::info!("canary ranker retired");
+                    metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "canary")
+                        .set(0.0);
                 }
-            })
-            .await;
-        let m = match m {
-            Ok(m) => m,
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-            Err(s) => return Err(FollowError::Registry(s.message().to_owned())),
-        };
-        if m.version == self.current_version() {
-            return Ok(None);
-        }
-        let refused = || {
-            self.refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if *refused() == Some(m.version) {
-            return Ok(None);
-        }
-        let result = async {
-            let manifest = self.verify(&m.signed_manifest, &m.signature_ed25519)?;
-            let ciphertext = self.fetch(&manifest).await?;
-            self.install(&manifest, &ciphertext).await?;
-            Ok::<_, FollowError>((manifest, ciphertext))
-        }
-        .await;
-        let (manifest, ciphertext) = match result {
-            Ok(ok) => ok,
-            Err(e @ (FollowError::Verify(_) | FollowError::Load(_))) => {
-                *refused() = Some(m.version);
-                return Err(e);
+                self.rankers.canary.store(None);
             }
-            Err(e) => return Err(e),
-        };
-        self.cache(&m.signed_manifest, &m.signature_ed25519, &ciphertext);
-        Ok(Some(manifest.version))
-    }
-
-    fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<Manifest, FollowError> {
-        envelope::verify(&self.verify_key, signed, &hex(signature))
-            .map_err(|e| FollowError::Verify(e.to_string()))?;
-        serde_json::from_slice(signed).map_err(|e| FollowError::Verify(format!("manifest: {e}")))
-    }
-
-    /// The whole ciphertext, resuming after a broken stream.
-    async fn fetch(&self, m: &Manifest) -> Result<Vec<u8>, FollowError> {
-        let mut data: Vec<u8> = Vec::new();
-        for _attempt in 0..8 {
-            let offset = data.len() as u64;
-            let (name, version, variant) = (m.name.clone(), m.version, m.variant.clone());
-            let got = self
-                .registry
-                .call(|ch| {
-                    let req = pb::FetchModelRequest {
-                        name: name.clone(),
-                        version,
-                        variant: variant.clone(),
-                        offset,
-                    };
-                    async move {
-                        let mut s = pb::model_registry_client::ModelRegistryClient::new(ch)
-                            .max_decoding_message_size(8 << 20)
-                            .fetch_model(req)
-                            .await?
-                            .into_inner();
-                        let mut part = Vec::new();
-                        let mut total = 0;
-                        loop {
-                            match s.message().await {
-                                Ok(Some(msg)) => {
-                                    total = msg.total_bytes;
-                                    part.extend(msg.data);
-                                }
-                                Ok(None) => return Ok((part, total, true)),
-                                // Keep what arrived; the next attempt resumes after it.
-                                Err(_) => return Ok((part, total, false)),
-                            }
-                        }
-                    }
-                })
-                .await;
-            match got {
-                Ok((part, total, complete)) => {
-                    data.extend(part);
-                    if complete && data.len() as u64 == total {
-                        return Ok(data);
-                    }
+            Some(c) if c.loaded.ranker.version() == want => {
+                if c.percent != summary.canary_percent {
+                    self.rankers.canary.store(Some(Arc::new(Canary {
+                        loaded: Arc::clone(&c.loaded),
+                        percent: summary.canary_percent,
+                    })));
                 }
-                Err(s) => tracing::warn!(error = %s, "fetch attempt failed; retrying"),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            _ => {
+                if let Some((loaded, _)) = self.obtain(&summary, want).await? {
+                    self.rankers.canary.store(Some(Arc::new(Canary {
+                        loaded: Arc::new(loaded),
+                        percent: summary.canary_percent,
+                    })));
+                    metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "canary")
+                        .set(want as f64);
+                    tracing::info!(
+                        version = want,
+                        percent = summary.canary_percent,
+                        "canary ranker swapped in"
+                    );
+                }
+            }
         }
-        Err(FollowError::Registry(format!(
-            "could not fetch {} v{}",
-            m.name, m.version
-        )))
-    }
-
-    async fn install(&self, m: &Manifest, ciphertext: &[u8]) -> Result<(), FollowError> {
-        let context = format!("{}/{}/{}", m.name, m.version, m.variant);
-        let sealed: &Sealed = &m.sealed;
-        let plaintext = envelope::open(&self.keys, &context, sealed, ciphertext)
-            .map_err(|e| FollowError::Verify(e.to_string()))?;
-        let onnx = self.onnx.clone();
-        let version = m.version;
-        let ranker = tokio::task::spawn_blocking(move || -> Result<Ranker, String> {
-            let r = Ranker::from_bytes(&plaintext, version, &onnx).map_err(|e| e.to_string())?;
-            // Warm up: the first run allocates; do it before taking traffic.
-            let width = r.columns().len();
-            r.score(vec![0.0; width * 4])
-                .map_err(|e| format!("warm-up: {e}"))?;
-            Ok(r)
-        })
-        .await
-        .map_err(|e| FollowError::Load(e.to_string()))?
-        .map_err(FollowError::Load)?;
-        let ranker = Arc::new(ranker);
-        let r = Arc::clone(&ranker);
-        let batcher = Batcher::new("ranker", self.batch, move |rows: Vec<Vec<f32>>| {
-            r.score(rows.concat()).map_err(|e| e.to_string())
-        });
-        self.slot
-            .store(Some(Arc::new(LoadedRanker { ranker, batcher })));
-        metrics::gauge!("rankmesh_model_version", "model" => "ranker").set(version as f64);
         Ok(())
     }
 
-    fn cache(&self, signed: &[u8], signature: &[u8], ciphertext: &[u8]) {
-        if self.source.cache_dir.as_os_str().is_empty() {
-            return;
-        }
-        let dir = &self.source.cache_dir;
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            // Ciphertext only: the plaintext model never touches the disk.
-            std::fs::write(dir.join("ranker.bin.tmp"), ciphertext)?;
-            std::fs::write(dir.join("ranker.manifest.tmp"), signed)?;
-            std::fs::write(dir.join("ranker.sig.tmp"), signature)?;
-            for f in ["ranker.bin", "ranker.manifest", "ranker.sig"] {
-                std::fs::rename(dir.join(format!("{f}.tmp")), dir.join(f))?;
-            }
-            Ok(())
+    /// Fetches, verifies, decrypts and loads `version`; `None` if it was refused
+    /// before. A verification or load failure refuses it from now on.
+    async fn obtain(
+        &self,
+        summary: &pb::ModelSummary,
+        version: u64,
+    ) -> Result<Option<(LoadedRanker, rankmesh_model_registry::replica::Sealed)>, FollowError> {
+        let on_gpu = rankmesh_common::onnx::expects_gpu(&self.onnx);
+        let Some(m) = self.fetcher.pick(summary, version, on_gpu) else {
+            return Err(FollowError::Registry(format!("v{version} has no manifest")));
         };
-        if let Err(e) = write() {
-            tracing::warn!(error = %e, "could not cache the ranker");
+        let key = (version, m.variant.clone());
+        let refused = || self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused().contains(&key) {
+            return Ok(None);
+        }
+        let result = async {
+            let sealed = self.fetcher.fetch(m).await?;
+            let opened = self.fetcher.open(&sealed)?;
+            let loaded = load(opened, &self.onnx, self.batch).await?;
+            Ok((loaded, sealed))
+        }
+        .await;
+        match result {
+            Ok(ok) => Ok(Some(ok)),
+            Err(e @ (FollowError::Verify(_) | FollowError::Load(_))) => {
+                refused().insert(key);
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
     async fn load_cached(&self) -> Result<(), FollowError> {
-        let dir = &self.source.cache_dir;
-        let read = |f: &str| {
-            std::fs::read(dir.join(f)).map_err(|e| FollowError::Registry(format!("cache {f}: {e}")))
-        };
-        let (signed, sig, ct) = (
-            read("ranker.manifest")?,
-            read("ranker.sig")?,
-            read("ranker.bin")?,
-        );
-        let m = self.verify(&signed, &sig)?;
-        self.install(&m, &ct).await?;
-        tracing::info!(
-            version = m.version,
-            "ranker loaded from the local encrypted cache"
-        );
+        let sealed = self.fetcher.load_cached(PRODUCTION)?;
+        let opened = self.fetcher.open(&sealed)?;
+        let version = opened.manifest.version;
+        let loaded = load(opened, &self.onnx, self.batch).await?;
+        self.rankers.production.store(Some(Arc::new(loaded)));
+        metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "production")
+            .set(version as f64);
+        self.readiness.set(RANKER_READY, true);
+        tracing::info!(version, "ranker loaded from the local encrypted cache");
         Ok(())
+    }
+}
+
+/// Aborts the task when dropped (the follower's loop never returns; this ties the
+/// readiness timer to it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

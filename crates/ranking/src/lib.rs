@@ -4,21 +4,24 @@
 //! # Layout
 //! - [`search`]: the request path (retrieval, features, ranker, display).
 //! - [`ranker`]: the ONNX ranker and its schema contract.
-//! - [`follow`]: follows the ranker's production version in the model registry and
-//!   hot-swaps it (verified, decrypted in memory, warmed up).
+//! - [`follow`]: follows the ranker's production and canary versions in the model
+//!   registry and hot-swaps them (verified, decrypted in memory, warmed up).
+//! - [`rollout`]: canary outcome counts, their reports in etcd, and the controller.
 //! - [`service`]: the gRPC API and deadline parsing.
 //!
-//! Replicas elect a leader for the `rollout` role in etcd; the leader will run the
-//! canary controller once the model registry exists (until then it holds the role).
+//! Replicas elect a leader for the `rollout` role in etcd; the leader runs the
+//! canary controller, which promotes or rolls back the ranker's canary.
 
 pub mod follow;
 pub mod ranker;
+pub mod rollout;
 pub mod search;
 pub mod service;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::config::ConfigError;
@@ -32,9 +35,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ranker::Ranker;
-use crate::search::{LoadedRanker, Orchestrator, SearchConfig};
+use crate::rollout::{Controller, RolloutPolicy};
+use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
 use rankmesh_client::upstream::Upstream;
+use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "ranking";
@@ -56,6 +61,8 @@ rankmesh_common::service_config! {
         pub onnx: OnnxConfig,
         /// Dynamic batching of ranker calls (rows).
         pub batch: BatchConfig,
+        /// When the rollout leader promotes or rolls back a canary ranker.
+        pub rollout: RolloutPolicy,
     }
 }
 
@@ -76,7 +83,7 @@ pub struct RankerConfig {
     /// Version reported in replies.
     pub version: u64,
     /// Follow a model in the registry instead (or after) `dir`.
-    pub registry: follow::RegistrySource,
+    pub registry: RegistrySource,
 }
 
 impl Default for RankerConfig {
@@ -84,9 +91,10 @@ impl Default for RankerConfig {
         Self {
             dir: PathBuf::new(),
             version: 1,
-            registry: follow::RegistrySource {
+            registry: RegistrySource {
                 poll_ms: 1_000,
-                ..follow::RegistrySource::default()
+                variant: "auto".into(),
+                ..RegistrySource::default()
             },
         }
     }
@@ -149,7 +157,11 @@ fn load_ranker(
         let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
             r.score(rows.concat()).map_err(|e| e.to_string())
         });
-        Ok(LoadedRanker { ranker, batcher })
+        Ok(LoadedRanker {
+            ranker,
+            batcher,
+            variant: "fp32".into(),
+        })
     })
 }
 
@@ -179,27 +191,22 @@ pub async fn run(
         Some(e) => Resolver::watch(e.clone(), service),
         None => Resolver::fixed(service, fixed),
     };
-    let slot = Arc::new(arc_swap::ArcSwapOption::from(ranker.map(Arc::new)));
-    let follower = if config.ranker.registry.model.is_empty() {
-        None
-    } else {
-        let src = config.ranker.registry.clone();
-        let keys = rankmesh_model_registry::envelope::MasterKeys::from_hex(
-            &src.master_keys,
-            src.master_keys.keys().next().map_or("", String::as_str),
-        )
-        .map_err(|e| Error::Follow(e.to_string()))?;
-        let follower = follow::Follower {
-            registry: Upstream::new("registry", resolver("registry", &[])),
-            verify_key: follow::verify_key(&src.verify_key).map_err(Error::Follow)?,
-            source: src,
-            keys,
-            onnx: config.onnx.clone(),
-            batch: ranker_batch(&config),
-            slot: Arc::clone(&slot),
-            refused: std::sync::Mutex::new(None),
-        };
+    let rankers = Arc::new(Rankers::new(ranker));
+    let readiness = Readiness::default();
+    let registry = || Upstream::new("registry", resolver("registry", &[]));
+    let follower = if config.ranker.registry.enabled() {
+        let fetcher =
+            Fetcher::new(config.ranker.registry.clone(), registry()).map_err(Error::Follow)?;
+        let follower = follow::Follower::new(
+            fetcher,
+            config.onnx.clone(),
+            ranker_batch(&config),
+            Arc::clone(&rankers),
+            readiness.clone(),
+        );
         Some(tokio::spawn(follower.run()))
+    } else {
+        None
     };
     let orchestrator = Arc::new(Orchestrator {
         embedding: Upstream::new(
@@ -207,20 +214,54 @@ pub async fn run(
             resolver("embedding", &config.upstream.embedding),
         ),
         feature: Upstream::new("feature", resolver("feature", &config.upstream.feature)),
-        ranker: slot,
+        rankers: Arc::clone(&rankers),
         config: config.search.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leading_tx, _leading_rx) = watch::channel(false);
+    let model = config.ranker.registry.model.clone();
+    let controller = (config.ranker.registry.enabled())
+        .then_some(etcd.as_ref())
+        .flatten()
+        .map(|etcd| {
+            Arc::new(Controller {
+                registry: registry(),
+                etcd: etcd.clone(),
+                model: model.clone(),
+                policy: config.rollout.clone(),
+            })
+        });
+    let reporter = match (&etcd, &controller) {
+        (Some(etcd), Some(_)) => Some(tokio::spawn(rollout::report_forever(
+            etcd.clone(),
+            model,
+            identity.clone(),
+            Arc::clone(&rankers.stats),
+            Duration::from_millis(config.rollout.tick_ms.max(100)),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     let election = etcd.clone().map(|etcd| {
         let candidate = Candidate::new(etcd, ROLLOUT_ROLE, &identity);
-        tokio::spawn(lead_forever(candidate, leading_tx, stop_rx, |leadership| {
-            tracing::info!(fence = leadership.revision(), "leading the rollout role");
-            // The rollout controller needs the model registry; until then leadership
-            // is held (and visible in etcd and `rankmesh_leader`) without work.
-            std::future::pending::<()>()
-        }))
+        tokio::spawn(lead_forever(
+            candidate,
+            leading_tx,
+            stop_rx,
+            move |leadership| {
+                tracing::info!(fence = leadership.revision(), "leading the rollout role");
+                let controller = controller.clone();
+                async move {
+                    match controller {
+                        Some(c) => c.run().await,
+                        // Without a registry-managed ranker there is nothing to roll out;
+                        // leadership is still held (visible in etcd and `rankmesh_leader`).
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            },
+        ))
     });
 
     let api = RankingServiceServer::new(RankingApi::new(orchestrator))
@@ -239,13 +280,16 @@ pub async fn run(
         info,
         &config.server,
         etcd,
-        Readiness::default(),
+        readiness,
         tonic::service::Routes::new(api),
         listeners,
         stop,
     )
     .await;
     if let Some(task) = election {
+        let _ = task.await;
+    }
+    if let Some(task) = reporter {
         let _ = task.await;
     }
     if let Some(f) = follower {

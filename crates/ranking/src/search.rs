@@ -21,6 +21,7 @@ use rankmesh_proto::pb::ranking::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::ranker::Ranker;
+use crate::rollout::{Outcome, RolloutStats};
 use rankmesh_client::upstream::Upstream;
 
 /// Candidate generation and deadlines.
@@ -104,6 +105,53 @@ fn check_user(user: &str, required: bool) -> Result<(), RankError> {
 pub struct LoadedRanker {
     pub ranker: Arc<Ranker>,
     pub batcher: Batcher<Vec<f32>, f32>,
+    /// "fp32" or "int8": the artifact variant this replica runs.
+    pub variant: String,
+}
+
+/// A canary ranker and the share of requests it answers.
+#[derive(Debug)]
+pub struct Canary {
+    pub loaded: Arc<LoadedRanker>,
+    pub percent: u32,
+}
+
+/// The rankers a replica serves with: production, and optionally a canary that
+/// answers `percent` of requests, sticky by routing key.
+#[derive(Debug, Default)]
+pub struct Rankers {
+    pub production: arc_swap::ArcSwapOption<LoadedRanker>,
+    pub canary: arc_swap::ArcSwapOption<Canary>,
+    pub stats: Arc<RolloutStats>,
+}
+
+impl Rankers {
+    pub fn new(production: Option<LoadedRanker>) -> Self {
+        let r = Self::default();
+        r.production.store(production.map(Arc::new));
+        r
+    }
+
+    /// The ranker for a request with this routing key.
+    pub fn pick(&self, routing_key: &str) -> Option<Arc<LoadedRanker>> {
+        if let Some(c) = self.canary.load_full()
+            && bucket(routing_key) < c.percent
+        {
+            return Some(Arc::clone(&c.loaded));
+        }
+        self.production.load_full()
+    }
+}
+
+/// A stable bucket in 0..100 for a routing key (FNV-1a: same key, same bucket, on
+/// every replica and across restarts).
+pub fn bucket(key: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % 100) as u32
 }
 
 /// The orchestrator behind Search and Recommend.
@@ -111,8 +159,8 @@ pub struct LoadedRanker {
 pub struct Orchestrator {
     pub embedding: Upstream,
     pub feature: Upstream,
-    /// The ranker in use; swapped atomically when a new version is installed.
-    pub ranker: Arc<arc_swap::ArcSwapOption<LoadedRanker>>,
+    /// The rankers in use; each swapped atomically when a new version is installed.
+    pub rankers: Arc<Rankers>,
     pub config: SearchConfig,
 }
 
@@ -275,7 +323,7 @@ impl Orchestrator {
             user_id,
             k,
             filters,
-            routing_key: _,
+            routing_key,
         } = req;
         let query = query.trim().to_owned();
         if query.is_empty() {
@@ -334,8 +382,22 @@ impl Orchestrator {
             )));
         }
         let candidates = fuse(&lists);
+        // Sticky canary assignment: the caller's key, else the user, else the query.
+        let routing_key = [&routing_key, &user_id, &query]
+            .into_iter()
+            .find(|k| !k.is_empty())
+            .cloned()
+            .unwrap_or_default();
         self.finish(
-            query, user_id, candidates, k, deadline, trace, started, false,
+            query,
+            user_id,
+            routing_key,
+            candidates,
+            k,
+            deadline,
+            trace,
+            started,
+            false,
         )
         .await
         .map(|(items, trace_id, t)| pb::SearchResponse {
@@ -464,6 +526,7 @@ impl Orchestrator {
         self.finish(
             String::new(),
             user_id,
+            String::new(),
             candidates,
             k,
             deadline,
@@ -509,6 +572,7 @@ impl Orchestrator {
         &self,
         query: String,
         user_id: String,
+        routing_key: String,
         mut candidates: Vec<Candidate>,
         k: usize,
         deadline: Instant,
@@ -557,7 +621,7 @@ impl Orchestrator {
                         width,
                     );
                 } else {
-                    let loaded = self.ranker.load_full();
+                    let loaded = self.rankers.pick(&routing_key);
                     match loaded.as_deref() {
                         Some(r) => match r.ranker.check_schema(
                             &schema.name,
@@ -568,6 +632,7 @@ impl Orchestrator {
                             Ok(()) => {
                                 let rows: Vec<Vec<f32>> =
                                     f.values.chunks(width).map(<[f32]>::to_vec).collect();
+                                let scoring = Instant::now();
                                 let scored = within(share(deadline, 0.6), async {
                                     r.batcher
                                         .submit(rows)
@@ -575,7 +640,19 @@ impl Orchestrator {
                                         .map_err(|e| tonic::Status::internal(e.to_string()))
                                 })
                                 .await;
+                                let version = r.ranker.version();
+                                let outcome = match &scored {
+                                    Ok(scores) => Outcome::of(scores),
+                                    Err(_) => Outcome::Error,
+                                };
+                                self.rankers
+                                    .stats
+                                    .record(version, scoring.elapsed(), outcome);
                                 match scored {
+                                    Ok(_) if outcome == Outcome::NonFinite => trace.degrade(
+                                        "ranker",
+                                        &format!("ranker v{version} gave non-finite scores"),
+                                    ),
                                     Ok(scores) => {
                                         for c in &mut candidates {
                                             c.score = position
@@ -585,8 +662,8 @@ impl Orchestrator {
                                         }
                                         trace.models.push(common::ModelRef {
                                             name: "ranker".into(),
-                                            version: r.ranker.version(),
-                                            variant: "fp32".into(),
+                                            version,
+                                            variant: r.variant.clone(),
                                         });
                                     }
                                     Err(s) => trace.degrade("ranker", &s),

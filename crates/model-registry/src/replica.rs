@@ -1,0 +1,426 @@
+//! The replica side of the registry: what an embedding or ranking replica needs to
+//! follow a model safely.
+//!
+//! A [`Fetcher`] reads a model's stages and manifests, fetches ciphertexts (resuming
+//! where a broken stream stopped), verifies the manifest's ed25519 signature and the
+//! hashes, and decrypts *in memory*. It caches ciphertexts and signed manifests on
+//! disk, never plaintext, so a replica restarted while the registry is down comes up
+//! with its last verified model. What to do with the plaintext (build an ONNX
+//! session, warm it up, swap it in) is the service's business.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use rankmesh_client::upstream::Upstream;
+use rankmesh_proto::pb::registry::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{self, MasterKeys};
+use crate::store::Manifest;
+
+/// Where a replica's model comes from when the registry manages it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySource {
+    /// Model name in the registry; empty: do not follow the registry.
+    pub model: String,
+    /// Master keys (id -> 64 hex) able to unwrap the data keys.
+    pub master_keys: BTreeMap<String, String>,
+    /// The registry's ed25519 public key, 64 hex; manifests must verify against it.
+    pub verify_key: String,
+    /// Encrypted local cache of the last fetched artifacts.
+    pub cache_dir: PathBuf,
+    /// How often the stages are checked, milliseconds.
+    pub poll_ms: u64,
+    /// Variant to prefer: "auto" (INT8 on CPU, FP32 on GPU), "fp32" or "int8". The
+    /// other one is used when the preferred one was not published.
+    pub variant: String,
+}
+
+impl RegistrySource {
+    pub fn enabled(&self) -> bool {
+        !self.model.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The registry could not be reached or answered an error; retried later.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// Signature, hash or decryption failed: this version is refused.
+    #[error("verification: {0}")]
+    Verify(String),
+    /// The artifact verified but the service could not load or warm it up.
+    #[error("load: {0}")]
+    Load(String),
+}
+
+impl FollowError {
+    /// Label for `rankmesh_model_swap_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Registry(_) => "registry",
+            Self::Verify(_) => "verify",
+            Self::Load(_) => "load",
+        }
+    }
+}
+
+/// Ciphertexts of one artifact and its sidecars, as fetched or cached.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The signed manifest bytes and their signature, exactly as published.
+    pub signed_manifest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub manifest: Manifest,
+    pub model: Vec<u8>,
+    pub sidecars: BTreeMap<String, Vec<u8>>,
+}
+
+/// A verified, decrypted artifact. Lives in memory only.
+pub struct Opened {
+    pub manifest: Manifest,
+    pub model: Vec<u8>,
+    pub sidecars: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("variant", &self.manifest.variant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fetches, verifies, decrypts and caches one model's artifacts.
+pub struct Fetcher {
+    registry: Upstream,
+    keys: MasterKeys,
+    verify_key: VerifyingKey,
+    source: RegistrySource,
+    /// Ciphertext bytes received, and fetches resumed after a broken stream.
+    received: AtomicU64,
+    resumes: AtomicU64,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("model", &self.source.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses the registry's public key.
+pub fn verify_key(hex: &str) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = envelope::decode_hex(hex)?
+        .try_into()
+        .map_err(|_| "need 32 bytes (64 hex characters)".to_owned())?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long one artifact is retried (resuming each time) before giving up until
+/// the next poll.
+const FETCH_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Fetcher {
+    /// Checks keys and the verify key; errors name the config field.
+    pub fn new(source: RegistrySource, registry: Upstream) -> Result<Self, String> {
+        let first = source
+            .master_keys
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default();
+        let keys = MasterKeys::from_hex(&source.master_keys, &first)
+            .map_err(|e| format!("master_keys: {e}"))?;
+        let verify_key = verify_key(&source.verify_key).map_err(|e| format!("verify_key: {e}"))?;
+        Ok(Self {
+            registry,
+            keys,
+            verify_key,
+            source,
+            received: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+        })
+    }
+
+    /// Ciphertext bytes received so far (all fetches).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Fetches that continued from an offset after a broken stream or a failed call.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
+    }
+
+    pub fn source(&self) -> &RegistrySource {
+        &self.source
+    }
+
+    /// The model's stages and versions; `None` when it was never published.
+    pub async fn summary(&self) -> Result<Option<pb::ModelSummary>, FollowError> {
+        let name = self.source.model.clone();
+        let listed = self
+            .registry
+            .call(|ch| {
+                let name = name.clone();
+                async move {
+                    pb::model_registry_client::ModelRegistryClient::new(ch)
+                        .list_models(pb::ListModelsRequest { name })
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await
+            .map_err(|s| FollowError::Registry(s.message().to_owned()))?;
+        Ok(listed.models.into_iter().find(|m| m.name == name))
+    }
+
+    /// The manifest of `version` in the variant this replica should run: the
+    /// configured preference, or for "auto" INT8 on CPU and FP32 on GPU; the other
+    /// variant when the preferred one was not published.
+    pub fn pick<'a>(
+        &self,
+        summary: &'a pb::ModelSummary,
+        version: u64,
+        on_gpu: bool,
+    ) -> Option<&'a pb::ModelManifest> {
+        let preferred = match self.source.variant.as_str() {
+            "fp32" => "fp32",
+            "int8" => "int8",
+            _ if on_gpu => "fp32",
+            _ => "int8",
+        };
+        let of = |variant: &str| {
+            summary
+                .versions
+                .iter()
+                .find(|m| m.version == version && m.variant == variant)
+        };
+        of(preferred).or_else(|| of(if preferred == "fp32" { "int8" } else { "fp32" }))
+    }
+
+    /// Verifies the manifest's signature and fetches every ciphertext it names.
+    pub async fn fetch(&self, m: &pb::ModelManifest) -> Result<Sealed, FollowError> {
+        let manifest = self.verify(&m.signed_manifest, &m.signature_ed25519)?;
+        let model = self.fetch_blob(&manifest, "").await?;
+        let mut sidecars = BTreeMap::new();
+        for s in &manifest.sidecars {
+            sidecars.insert(s.name.clone(), self.fetch_blob(&manifest, &s.name).await?);
+        }
+        Ok(Sealed {
+            signed_manifest: m.signed_manifest.clone(),
+            signature: m.signature_ed25519.clone(),
+            manifest,
+            model,
+            sidecars,
+        })
+    }
+
+    /// Checks hashes and decrypts in memory.
+    pub fn open(&self, sealed: &Sealed) -> Result<Opened, FollowError> {
+        let m = &sealed.manifest;
+        let model = envelope::open(&self.keys, &m.context(None), &m.sealed, &sealed.model)
+            .map_err(|e| FollowError::Verify(e.to_string()))?;
+        let mut sidecars = BTreeMap::new();
+        for s in &m.sidecars {
+            let ct = sealed
+                .sidecars
+                .get(&s.name)
+                .ok_or_else(|| FollowError::Verify(format!("sidecar {:?} missing", s.name)))?;
+            let pt = envelope::open(&self.keys, &m.context(Some(&s.name)), &s.sealed, ct)
+                .map_err(|e| FollowError::Verify(format!("sidecar {:?}: {e}", s.name)))?;
+            sidecars.insert(s.name.clone(), pt);
+        }
+        Ok(Opened {
+            manifest: m.clone(),
+            model,
+            sidecars,
+        })
+    }
+
+    fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<Manifest, FollowError> {
+        envelope::verify(&self.verify_key, signed, &hex(signature))
+            .map_err(|e| FollowError::Verify(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(signed)
+            .map_err(|e| FollowError::Verify(format!("manifest: {e}")))?;
+        if m.name != self.source.model {
+            return Err(FollowError::Verify(format!(
+                "manifest is for {:?}, not {:?}",
+                m.name, self.source.model
+            )));
+        }
+        Ok(m)
+    }
+
+    /// One whole ciphertext (the artifact, or the sidecar `sidecar`), resuming
+    /// from the last byte received after a broken stream.
+    async fn fetch_blob(&self, m: &Manifest, sidecar: &str) -> Result<Vec<u8>, FollowError> {
+        let mut data: Vec<u8> = Vec::new();
+        let mut last_error = String::new();
+        let give_up = tokio::time::Instant::now() + FETCH_PATIENCE;
+        let mut attempt = 0u32;
+        while attempt == 0 || tokio::time::Instant::now() < give_up {
+            attempt += 1;
+            if attempt > 1 && !data.is_empty() {
+                self.resumes.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("rankmesh_model_fetch_resumes_total").increment(1);
+            }
+            let req = pb::FetchModelRequest {
+                name: m.name.clone(),
+                version: m.version,
+                variant: m.variant.clone(),
+                offset: data.len() as u64,
+                sidecar: sidecar.to_owned(),
+            };
+            let got = self
+                .registry
+                .call(|ch| {
+                    let req = req.clone();
+                    async move {
+                        let mut s = pb::model_registry_client::ModelRegistryClient::new(ch)
+                            .max_decoding_message_size(8 << 20)
+                            .fetch_model(req)
+                            .await?
+                            .into_inner();
+                        let mut part = Vec::new();
+                        let mut total = 0;
+                        loop {
+                            match s.message().await {
+                                Ok(Some(msg)) => {
+                                    total = msg.total_bytes;
+                                    self.received
+                                        .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+                                    part.extend(msg.data);
+                                }
+                                Ok(None) => return Ok((part, total, None)),
+                                // Keep what arrived; the next attempt resumes after it.
+                                Err(e) => return Ok((part, total, Some(e))),
+                            }
+                        }
+                    }
+                })
+                .await;
+            match got {
+                Ok((part, total, broken)) => {
+                    let resumed_at = data.len();
+                    data.extend(part);
+                    match broken {
+                        None if data.len() as u64 == total => {
+                            if resumed_at > 0 {
+                                tracing::info!(
+                                    model = %m.name,
+                                    version = m.version,
+                                    resumed_at,
+                                    "fetch completed after resuming"
+                                );
+                            }
+                            return Ok(data);
+                        }
+                        None => last_error = format!("stream ended at {} of {total}", data.len()),
+                        Some(e) => {
+                            last_error = e.message().to_owned();
+                            tracing::warn!(received = data.len(), total, error = %e, "fetch broke; resuming");
+                        }
+                    }
+                }
+                Err(s) => {
+                    last_error = s.message().to_owned();
+                    tracing::warn!(error = %s, "fetch attempt failed; retrying");
+                }
+            }
+            // Back off a little more each time (the registry may be restarting).
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+        }
+        Err(FollowError::Registry(format!(
+            "could not fetch {} v{} {}{}: {last_error}",
+            m.name,
+            m.version,
+            m.variant,
+            if sidecar.is_empty() {
+                String::new()
+            } else {
+                format!(" sidecar {sidecar}")
+            }
+        )))
+    }
+
+    fn cache_dir(&self, slot: &str) -> Option<PathBuf> {
+        let dir = &self.source.cache_dir;
+        (!dir.as_os_str().is_empty()).then(|| dir.join(slot))
+    }
+
+    /// Caches the ciphertexts and the signed manifest under `slot` (e.g.
+    /// "production"); a failure is logged, not fatal: the model is already serving.
+    pub fn cache(&self, slot: &str, sealed: &Sealed) {
+        let Some(dir) = self.cache_dir(slot) else {
+            return;
+        };
+        let tmp = dir.with_extension("tmp");
+        let old = dir.with_extension("old");
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            // Ciphertext only: the plaintext model never touches the disk.
+            std::fs::write(tmp.join("model.bin"), &sealed.model)?;
+            for (name, ct) in &sealed.sidecars {
+                std::fs::write(tmp.join(format!("sidecar-{name}.bin")), ct)?;
+            }
+            std::fs::write(tmp.join("manifest.sig"), &sealed.signature)?;
+            // Written last: a cache without it is incomplete and ignored.
+            std::fs::write(tmp.join("manifest.json"), &sealed.signed_manifest)?;
+            let _ = std::fs::remove_dir_all(&old);
+            if dir.exists() {
+                std::fs::rename(&dir, &old)?;
+            }
+            std::fs::rename(&tmp, &dir)?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not cache the model");
+        }
+    }
+
+    /// The cached ciphertexts of `slot`, signature verified (hashes are checked by
+    /// [`Fetcher::open`]).
+    pub fn load_cached(&self, slot: &str) -> Result<Sealed, FollowError> {
+        let dir = self
+            .cache_dir(slot)
+            .ok_or_else(|| FollowError::Registry("no cache_dir configured".into()))?;
+        let read = |f: &Path| {
+            std::fs::read(dir.join(f))
+                .map_err(|e| FollowError::Registry(format!("cache {}: {e}", f.display())))
+        };
+        let signed = read(Path::new("manifest.json"))?;
+        let signature = read(Path::new("manifest.sig"))?;
+        let manifest = self.verify(&signed, &signature)?;
+        let model = read(Path::new("model.bin"))?;
+        let mut sidecars = BTreeMap::new();
+        for s in &manifest.sidecars {
+            sidecars.insert(
+                s.name.clone(),
+                read(Path::new(&format!("sidecar-{}.bin", s.name)))?,
+            );
+        }
+        Ok(Sealed {
+            signed_manifest: signed,
+            signature,
+            manifest,
+            model,
+            sidecars,
+        })
+    }
+}

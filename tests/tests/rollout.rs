@@ -1,0 +1,346 @@
+//! Rollouts on a real local mesh (`meshctl up`: etcd, registry, feature, embedding
+//! and two ranking replicas that get the ranker from the registry), under continuous
+//! search traffic:
+//! - promoting a new version hot-swaps it on every replica with zero failed requests;
+//! - a canary whose scores are NaN, and one whose scores are constant, are rolled
+//!   back by the elected rollout leader on its own, with the reason in the history;
+//! - a healthy canary is promoted by the leader after its window.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rankmesh_proto::pb::ranking::v1 as pb;
+use rankmesh_proto::pb::ranking::v1::ranking_service_client::RankingServiceClient;
+use rankmesh_tests::catalog::{demo_catalog, models_dir};
+use rankmesh_tests::eventually;
+use rankmesh_tests::process::binary;
+use tonic::transport::Channel;
+
+struct Mesh {
+    state: tempfile::TempDir,
+    etcd: String,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = Command::new(binary("meshctl"))
+            .args(["down", "--state-dir"])
+            .arg(self.state.path())
+            .output();
+    }
+}
+
+impl Mesh {
+    fn up() -> Self {
+        let state = tempfile::tempdir().expect("state dir");
+        let base = 40_000 + (std::process::id() % 1_000) as u16 * 12;
+        let out = Command::new(binary("meshctl"))
+            .args(["up", "--detach", "--ranking-replicas", "2", "--state-dir"])
+            .arg(state.path())
+            .args(["--etcd-port", &base.to_string()])
+            .args(["--base-port", &(base + 2).to_string()])
+            .arg("--models")
+            .arg(models_dir())
+            .arg("--catalog")
+            .arg(demo_catalog())
+            .args([
+                "--ranking-env",
+                "RANKMESH__ROLLOUT__WINDOW_MS=3000",
+                "--ranking-env",
+                "RANKMESH__ROLLOUT__MIN_REQUESTS=20",
+                "--ranking-env",
+                "RANKMESH__ROLLOUT__TICK_MS=250",
+                "--ranking-env",
+                "RANKMESH__RANKER__REGISTRY__POLL_MS=250",
+            ])
+            .output()
+            .expect("run meshctl up");
+        assert!(
+            out.status.success(),
+            "meshctl up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            state,
+            etcd: format!("http://127.0.0.1:{base}"),
+        }
+    }
+
+    fn ranking(&self) -> Vec<String> {
+        let bytes = std::fs::read(self.state.path().join("mesh.json")).expect("mesh.json");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        v["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|p| p["service"] == "ranking")
+            .map(|p| format!("http://{}", p["grpc"].as_str().expect("grpc")))
+            .collect()
+    }
+
+    /// Runs `meshctl model ARGS` against this mesh; returns stdout.
+    fn model(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("meshctl"))
+            .args(["model", "--etcd", &self.etcd, "--state-dir"])
+            .arg(self.state.path())
+            .args(args)
+            .output()
+            .expect("run meshctl model");
+        assert!(
+            out.status.success(),
+            "meshctl model {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn publish(&self, file: &Path) -> u64 {
+        let out = self.model(&[
+            "publish",
+            "ranker",
+            file.to_str().expect("utf-8 path"),
+            "--inputs",
+            "features",
+            "--outputs",
+            "score",
+        ]);
+        // "published ranker vN (...)"
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix('v').and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("no version in {out:?}"))
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let out = self.model(&["list", "ranker", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v[0].clone()
+    }
+
+    async fn wait_stages(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(Duration::from_secs(90), what, || {
+            let s = self.summary();
+            let ok = check(&s);
+            async move { ok.then_some(s) }
+        })
+        .await
+    }
+}
+
+/// Continuous searches over both replicas with many routing keys; counts failures
+/// and the ranker versions that answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    versions: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(addrs: &[String]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let versions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let mut tasks = Vec::new();
+        for (w, addr) in addrs.iter().enumerate() {
+            let ch = Channel::from_shared(addr.clone())
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            let (stop, ok, failed, versions) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&versions),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut c = RankingServiceClient::new(ch);
+                let queries = [
+                    "wireless headphones",
+                    "running shoes",
+                    "coffee grinder",
+                    "yoga mat",
+                ];
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let mut req = tonic::Request::new(pb::SearchRequest {
+                        query: queries[i % queries.len()].into(),
+                        user_id: String::new(),
+                        k: 5,
+                        filters: None,
+                        routing_key: format!("session-{}", i % 500),
+                    });
+                    req.set_timeout(Duration::from_secs(5));
+                    match c.search(req).await {
+                        Ok(r) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if let Some(m) = r.get_ref().models.iter().find(|m| m.name == "ranker")
+                            {
+                                *versions.lock().expect("lock").entry(m.version).or_default() += 1;
+                            }
+                        }
+                        Err(s) => {
+                            eprintln!("search failed: {s:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        Self {
+            stop,
+            ok,
+            failed,
+            versions,
+            tasks,
+        }
+    }
+
+    fn seen(&self, version: u64) -> u64 {
+        self.versions
+            .lock()
+            .expect("lock")
+            .get(&version)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn bad_ranker(mode: &str, dir: &Path) -> std::path::PathBuf {
+    let out = dir.join(format!("{mode}.onnx"));
+    let python = std::env::var_os("RANKMESH_VENV").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+        |v| Path::new(&v).join("bin/python"),
+    );
+    let status = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bad_ranker.py"))
+        .arg(mode)
+        .arg(models_dir().join("ranker/model.onnx"))
+        .arg(&out)
+        .status()
+        .expect("run scripts/bad_ranker.py");
+    assert!(status.success(), "bad_ranker.py {mode}");
+    out
+}
+
+fn history(s: &serde_json::Value) -> Vec<String> {
+    s["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["description"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn hot_swap_and_canaries_under_load() {
+    let mesh = Mesh::up();
+    let s = mesh.summary();
+    assert_eq!(s["production"], 1, "meshctl up published the ranker: {s}");
+    let load = Load::start(&mesh.ranking()).await;
+    let good = models_dir().join("ranker/model.onnx");
+
+    // Hot swap: v2 to production while searches run.
+    let v2 = mesh.publish(&good);
+    mesh.model(&["promote", "ranker", &v2.to_string()]);
+    eventually(Duration::from_secs(60), "searches answered by v2", || {
+        let n = load.seen(v2);
+        async move { (n >= 50).then_some(()) }
+    })
+    .await;
+    assert!(load.seen(1) > 0, "v1 answered before the swap");
+    assert_eq!(load.failed(), 0, "no request failed during the hot swap");
+
+    // A canary with NaN scores is rolled back by the leader, production untouched.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let nan = mesh.publish(&bad_ranker("nan", tmp.path()));
+    mesh.model(&["promote", "ranker", &nan.to_string(), "--canary", "50"]);
+    let s = mesh
+        .wait_stages("the NaN canary rolled back", |s| {
+            s["canary"] == 0
+                && history(s)
+                    .iter()
+                    .any(|h| h.contains(&format!("canary v{nan} rolled back")))
+        })
+        .await;
+    assert_eq!(s["production"], v2);
+    let why = history(&s)
+        .into_iter()
+        .rev()
+        .find(|h| h.contains("rolled back"))
+        .expect("reason");
+    assert!(why.contains("NaN"), "{why}");
+
+    // A canary with constant scores too.
+    let constant = mesh.publish(&bad_ranker("constant", tmp.path()));
+    mesh.model(&["promote", "ranker", &constant.to_string(), "--canary", "50"]);
+    let s = mesh
+        .wait_stages("the constant canary rolled back", |s| {
+            s["canary"] == 0
+                && history(s)
+                    .iter()
+                    .any(|h| h.contains(&format!("canary v{constant} rolled back")))
+        })
+        .await;
+    assert_eq!(s["production"], v2);
+    let why = history(&s)
+        .into_iter()
+        .rev()
+        .find(|h| h.contains("rolled back"))
+        .expect("reason");
+    assert!(why.contains("constant"), "{why}");
+
+    // A healthy canary is promoted after its window.
+    let v5 = mesh.publish(&good);
+    mesh.model(&["promote", "ranker", &v5.to_string(), "--canary", "50"]);
+    let s = mesh
+        .wait_stages("the healthy canary promoted", |s| s["production"] == v5)
+        .await;
+    let why = history(&s).into_iter().next_back().expect("history");
+    assert!(why.contains(&format!("promoted canary v{v5}")), "{why}");
+    eventually(
+        Duration::from_secs(30),
+        "searches answered by the promoted version",
+        || {
+            let n = load.seen(v5);
+            async move { (n >= 20).then_some(()) }
+        },
+    )
+    .await;
+
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 200, "enough traffic to judge: {ok}");
+    assert_eq!(
+        failed, 0,
+        "no request failed through swaps, bad canaries and a promotion"
+    );
+    // `meshctl model list` shows the decisions and their reasons.
+    let text = mesh.model(&["list", "ranker"]);
+    eprintln!("{text}\nok={ok}");
+    assert!(text.contains("rollout controller"), "{text}");
+}
