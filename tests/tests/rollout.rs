@@ -1,7 +1,9 @@
 //! Rollouts on a real local mesh (`meshctl up`: etcd, registry, feature, embedding
 //! and two ranking replicas that get the ranker from the registry), under continuous
 //! search traffic:
-//! - promoting a new version hot-swaps it on every replica with zero failed requests;
+//! - promoting a new ranker hot-swaps it on every replica with zero failed requests;
+//! - promoting a new encoder re-embeds the catalog and swaps encoder and index
+//!   together on the embedding replica, with zero failed requests;
 //! - a canary whose scores are NaN, and one whose scores are constant, are rolled
 //!   back by the elected rollout leader on its own, with the reason in the history;
 //! - a healthy canary is promoted by the leader after its window.
@@ -107,6 +109,10 @@ impl Mesh {
             "--outputs",
             "score",
         ]);
+        Self::version_in(&out)
+    }
+
+    fn version_in(out: &str) -> u64 {
         // "published ranker vN (...)"
         out.split_whitespace()
             .find_map(|w| w.strip_prefix('v').and_then(|v| v.parse().ok()))
@@ -114,7 +120,11 @@ impl Mesh {
     }
 
     fn summary(&self) -> serde_json::Value {
-        let out = self.model(&["list", "ranker", "--json"]);
+        self.summary_of("ranker")
+    }
+
+    fn summary_of(&self, name: &str) -> serde_json::Value {
+        let out = self.model(&["list", name, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         v[0].clone()
     }
@@ -139,7 +149,8 @@ struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
-    versions: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, u64>>>,
+    /// (model name, version) -> answers.
+    versions: Arc<std::sync::Mutex<std::collections::BTreeMap<(String, u64), u64>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -184,9 +195,9 @@ impl Load {
                     match c.search(req).await {
                         Ok(r) => {
                             ok.fetch_add(1, Ordering::Relaxed);
-                            if let Some(m) = r.get_ref().models.iter().find(|m| m.name == "ranker")
-                            {
-                                *versions.lock().expect("lock").entry(m.version).or_default() += 1;
+                            let mut v = versions.lock().expect("lock");
+                            for m in &r.get_ref().models {
+                                *v.entry((m.name.clone(), m.version)).or_default() += 1;
                             }
                         }
                         Err(s) => {
@@ -206,11 +217,16 @@ impl Load {
         }
     }
 
+    /// Answers ranked by ranker `version`.
     fn seen(&self, version: u64) -> u64 {
+        self.seen_model("ranker", version)
+    }
+
+    fn seen_model(&self, name: &str, version: u64) -> u64 {
         self.versions
             .lock()
             .expect("lock")
-            .get(&version)
+            .get(&(name.to_owned(), version))
             .copied()
             .unwrap_or(0)
     }
@@ -275,6 +291,40 @@ async fn hot_swap_and_canaries_under_load() {
     .await;
     assert!(load.seen(1) > 0, "v1 answered before the swap");
     assert_eq!(load.failed(), 0, "no request failed during the hot swap");
+
+    // The encoder too: the embedding replica got v1 (INT8 on CPU, with its
+    // tokenizer) from the registry; v2 is fetched, the catalog re-embedded with it,
+    // and encoder and index swapped together, all under load.
+    let e = mesh.summary_of("encoder");
+    assert_eq!(e["production"], 1, "meshctl up published the encoder: {e}");
+    assert!(load.seen_model("encoder", 1) > 0, "encoder v1 answered");
+    let encoder = models_dir().join("encoder");
+    let path = |p: &str| encoder.join(p).to_str().expect("utf-8 path").to_owned();
+    let out = mesh.model(&[
+        "publish",
+        "encoder",
+        &path("fp32/model.onnx"),
+        "--int8",
+        &path("int8/model.onnx"),
+        "--sidecar",
+        &path("fp32/tokenizer.json"),
+    ]);
+    let e2 = Mesh::version_in(&out);
+    mesh.model(&["promote", "encoder", &e2.to_string()]);
+    eventually(
+        Duration::from_secs(90),
+        "searches embedded by encoder v2",
+        || {
+            let n = load.seen_model("encoder", e2);
+            async move { (n >= 20).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        load.failed(),
+        0,
+        "no request failed during the encoder swap"
+    );
 
     // A canary with NaN scores is rolled back by the leader, production untouched.
     let tmp = tempfile::tempdir().expect("tmp");

@@ -200,14 +200,44 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         spawn(opts, logs, &client, &secrets, inst, state)?;
     }
     wait_ready(state).await?;
+    let registry = state
+        .processes
+        .iter()
+        .find(|p| p.service == "registry")
+        .map(|p| p.grpc.clone())
+        .context("no registry started")?;
+    let encoder = opts.models.join("encoder");
+    publish_default(
+        &registry,
+        &secrets.admin_token,
+        &DefaultModel {
+            name: ENCODER_MODEL,
+            fp32: encoder.join("fp32/model.onnx"),
+            int8: Some(encoder.join("int8/model.onnx")),
+            sidecars: vec![encoder.join("fp32/tokenizer.json")],
+            inputs: ["input_ids", "attention_mask", "token_type_ids"]
+                .map(String::from)
+                .to_vec(),
+            outputs: vec!["sentence_embedding".into()],
+        },
+    )
+    .await
+    .context("publishing the encoder (run scripts/setup to export it)")?;
     if let Some(dir) = &opts.ranker {
-        let registry = state
-            .processes
-            .iter()
-            .find(|p| p.service == "registry")
-            .map(|p| p.grpc.clone())
-            .context("no registry started")?;
-        publish_ranker(&registry, &secrets.admin_token, &dir.join("model.onnx")).await?;
+        publish_default(
+            &registry,
+            &secrets.admin_token,
+            &DefaultModel {
+                name: RANKER_MODEL,
+                fp32: dir.join("model.onnx"),
+                int8: None,
+                sidecars: vec![],
+                inputs: vec!["features".into()],
+                outputs: vec!["score".into()],
+            },
+        )
+        .await
+        .context("publishing the ranker")?;
     }
     for inst in rest {
         spawn(opts, logs, &client, &secrets, inst, state)?;
@@ -215,46 +245,64 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     wait_ready(state).await
 }
 
-/// Publishes the ranker and makes it production, unless production already is
-/// this exact file (a restarted mesh keeps its registry in the state directory).
-async fn publish_ranker(registry: &str, token: &str, file: &Path) -> anyhow::Result<()> {
+/// A model `meshctl up` serves from the registry.
+struct DefaultModel {
+    name: &'static str,
+    fp32: PathBuf,
+    /// Published as the INT8 variant of the same version (replicas on CPU pick it).
+    int8: Option<PathBuf>,
+    sidecars: Vec<PathBuf>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+/// Publishes a default model and makes it production, unless production already
+/// is this exact file (a restarted mesh keeps its registry in the state directory).
+async fn publish_default(registry: &str, token: &str, d: &DefaultModel) -> anyhow::Result<()> {
     use sha2::Digest;
-    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let bytes = std::fs::read(&d.fp32).with_context(|| format!("read {}", d.fp32.display()))?;
     let digest: String = sha2::Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let current = crate::model::production(registry, RANKER_MODEL).await?;
+    let current = crate::model::production(registry, d.name).await?;
     if current
         .as_ref()
         .is_some_and(|m| m.sha256_plaintext == digest)
     {
         return Ok(());
     }
-    let m = crate::model::publish(
-        registry,
-        token,
-        &crate::model::Upload {
-            name: RANKER_MODEL,
-            file,
-            inputs: &[crate::ranker_input()],
-            outputs: &[crate::ranker_output()],
-            metadata: vec![("source".into(), file.display().to_string())],
-            sidecars: &[],
-        },
-    )
-    .await?;
+    let mut up = crate::model::Upload {
+        name: d.name,
+        file: &d.fp32,
+        inputs: &d.inputs,
+        outputs: &d.outputs,
+        metadata: vec![("source".into(), d.fp32.display().to_string())],
+        sidecars: &d.sidecars,
+    };
+    let m = crate::model::publish(registry, token, &up).await?;
+    if let Some(int8) = &d.int8 {
+        up.file = int8;
+        up.metadata = vec![
+            ("source".into(), int8.display().to_string()),
+            ("variant".into(), "int8".into()),
+            ("parent_version".into(), m.version.to_string()),
+        ];
+        crate::model::publish(registry, token, &up).await?;
+    }
     crate::model::promote(
         registry,
         token,
-        RANKER_MODEL,
+        d.name,
         m.version,
         None,
-        "meshctl up: the trained ranker",
+        &format!("meshctl up: {}", d.fp32.display()),
     )
     .await
 }
 
+/// Name of the encoder in the registry.
+pub(crate) const ENCODER_MODEL: &str = "encoder";
 /// Name of the ranker in the registry.
 pub(crate) const RANKER_MODEL: &str = "ranker";
 
@@ -292,23 +340,25 @@ fn spawn(
         let log = logs.join(format!("{name}.log"));
         let path = opts.bin_dir.join(bin);
         let mut cmd = Command::new(&path);
-        if service == "ranking" && opts.ranker.is_some() {
-            // The ranker comes from the registry: verified, decrypted in memory,
-            // cached encrypted per replica; the leader runs canary rollouts.
-            cmd.env("RANKMESH__RANKER__REGISTRY__MODEL", RANKER_MODEL)
+        // Models come from the registry: verified, decrypted in memory, cached
+        // encrypted per replica; the ranking leader runs canary rollouts.
+        let follow = |cmd: &mut Command, section: &str, model: &str| -> anyhow::Result<()> {
+            let key = |k: &str| format!("RANKMESH__{section}__REGISTRY__{k}");
+            cmd.env(key("MODEL"), model)
+                .env(key("MASTER_KEYS__LOCAL1"), &secrets.master_key)
+                .env(key("VERIFY_KEY"), verify_key_hex(&secrets.signing_key)?)
                 .env(
-                    "RANKMESH__RANKER__REGISTRY__MASTER_KEYS__LOCAL1",
-                    &secrets.master_key,
-                )
-                .env(
-                    "RANKMESH__RANKER__REGISTRY__VERIFY_KEY",
-                    verify_key_hex(&secrets.signing_key)?,
-                )
-                .env(
-                    "RANKMESH__RANKER__REGISTRY__CACHE_DIR",
+                    key("CACHE_DIR"),
                     opts.state_dir.join("model-cache").join(&name),
-                )
-                .env("RANKMESH__ROLLOUT__ADMIN_TOKEN", &secrets.admin_token);
+                );
+            Ok(())
+        };
+        if service == "ranking" && opts.ranker.is_some() {
+            follow(&mut cmd, "RANKER", RANKER_MODEL)?;
+            cmd.env("RANKMESH__ROLLOUT__ADMIN_TOKEN", &secrets.admin_token);
+        }
+        if service == "embedding" {
+            follow(&mut cmd, "MODEL", ENCODER_MODEL)?;
         }
         if service == "ranking" {
             cmd.envs(opts.ranking_env.iter().map(|(k, v)| (k, v)));
@@ -334,12 +384,11 @@ fn spawn(
         }
         if service == "embedding" {
             // The embedding index follows the feature service's catalog.
-            cmd.env("RANKMESH__MODEL__DIR", opts.models.join("encoder"))
-                .env(
-                    "RANKMESH__INDEX__SNAPSHOT_DIR",
-                    opts.state_dir.join("embedding-index"),
-                )
-                .env("RANKMESH__INDEX__FROM_FEATURE", "true");
+            cmd.env(
+                "RANKMESH__INDEX__SNAPSHOT_DIR",
+                opts.state_dir.join("embedding-index"),
+            )
+            .env("RANKMESH__INDEX__FROM_FEATURE", "true");
         }
         let child = cmd
             .env("RANKMESH__SERVER__LISTEN", &grpc)

@@ -722,12 +722,3 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
-
-/// The ranker's input and output names (the contract in `rankmesh_ranking::ranker`).
-fn ranker_input() -> String {
-    "features".to_owned()
-}
-
-fn ranker_output() -> String {
-    "score".to_owned()
-}

@@ -6,10 +6,14 @@
 //! - [`encoder`]: tokenizer + ONNX session pool; blocking `encode`.
 //! - [`index`]: the vector index, its filters and its checksummed snapshots.
 //! - [`catalog`]: reading catalog items to index.
-//! - [`service`]: the gRPC API (validation, batching, Retrieve, BuildIndex).
+//! - [`service`]: the gRPC API (validation, batching, Retrieve, BuildIndex) and the
+//!   encoder/index generation swapped together.
+//! - [`follow`]: the encoder from the model registry (cache, fetch, hot swap with a
+//!   re-embedded index).
 
 pub mod catalog;
 pub mod encoder;
+pub mod follow;
 pub mod index;
 pub mod service;
 
@@ -17,7 +21,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rankmesh_common::batcher::{BatchConfig, Batcher};
+use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
@@ -27,8 +31,10 @@ use rankmesh_proto::pb::embedding::v1::embedding_service_server::EmbeddingServic
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::{Encoder, Variant};
+use crate::follow::EncoderFollower;
 use crate::index::{IndexParams, VectorIndex};
-use crate::service::{CatalogSource, Embedder, EmbeddingApi};
+use crate::service::{CatalogSource, Embedder, EmbeddingApi, LoadedEncoder};
+use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "embedding";
@@ -62,6 +68,8 @@ pub struct ModelConfig {
     pub version: u64,
     /// Tokens per text; longer texts are truncated and reported as such.
     pub max_tokens: usize,
+    /// Follow this model in the registry instead of loading `dir`.
+    pub registry: RegistrySource,
 }
 
 impl Default for ModelConfig {
@@ -71,6 +79,11 @@ impl Default for ModelConfig {
             variant: Variant::Auto,
             version: 1,
             max_tokens: 256,
+            registry: RegistrySource {
+                poll_ms: 2_000,
+                variant: "auto".into(),
+                ..RegistrySource::default()
+            },
         }
     }
 }
@@ -123,6 +136,8 @@ pub enum Error {
     Encoder(#[from] encoder::EncoderError),
     #[error("encoder loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("model.registry: {0}")]
+    Follow(String),
 }
 
 fn non_empty(p: &std::path::Path) -> Option<PathBuf> {
@@ -135,39 +150,48 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let model_cfg = config.model.clone();
-    let onnx = config.onnx.clone();
-    let encoder = tokio::task::spawn_blocking(move || {
-        Encoder::load(
-            &model_cfg.dir,
-            model_cfg.variant,
-            model_cfg.max_tokens,
-            &onnx,
-        )
-    })
-    .await??;
-    let encoder = Arc::new(encoder);
-    let model = ModelRef {
-        name: "encoder".into(),
-        version: config.model.version,
-        variant: encoder.variant().dir_name().into(),
-    };
-    metrics::gauge!("rankmesh_model_loaded", "model" => "encoder", "version" => model.version.to_string(), "variant" => model.variant.clone()).set(1.0);
-
     let batch = BatchConfig {
         workers: config.onnx.sessions,
         ..config.batch
     };
-    let enc = Arc::clone(&encoder);
-    let batcher = Batcher::new("encoder", batch, move |texts: Vec<String>| {
-        enc.encode(&texts).map_err(|e| e.to_string())
-    });
+    let etcd = rankmesh_common::service::connect_etcd(&config.etcd)
+        .await
+        .map_err(ScaffoldError::from)?;
+    let (encoder, follower) = if config.model.registry.enabled() {
+        let resolver = match &etcd {
+            Some(e) => rankmesh_common::discovery::Resolver::watch(e.clone(), "registry"),
+            None => rankmesh_common::discovery::Resolver::fixed("registry", &[]),
+        };
+        let fetcher = Fetcher::new(
+            config.model.registry.clone(),
+            rankmesh_client::upstream::Upstream::new("registry", resolver),
+        )
+        .map_err(Error::Follow)?;
+        let follower =
+            EncoderFollower::new(fetcher, config.onnx.clone(), batch, config.model.max_tokens);
+        (follower.initial().await, Some(follower))
+    } else {
+        let model_cfg = config.model.clone();
+        let onnx = config.onnx.clone();
+        let encoder = tokio::task::spawn_blocking(move || {
+            Encoder::load(
+                &model_cfg.dir,
+                model_cfg.variant,
+                model_cfg.max_tokens,
+                &onnx,
+            )
+        })
+        .await??;
+        let model = ModelRef {
+            name: "encoder".into(),
+            version: config.model.version,
+            variant: encoder.variant().dir_name().into(),
+        };
+        (LoadedEncoder::new(encoder, model, batch), None)
+    };
     let source = match non_empty(&config.index.catalog) {
         Some(path) => CatalogSource::File(path),
         None if config.index.from_feature => {
-            let etcd = rankmesh_common::service::connect_etcd(&config.etcd)
-                .await
-                .map_err(ScaffoldError::from)?;
             let resolver = match etcd {
                 Some(e) => rankmesh_common::discovery::Resolver::watch(e, "feature"),
                 None => rankmesh_common::discovery::Resolver::fixed(
@@ -183,8 +207,6 @@ pub async fn run(
     };
     let embedder = Arc::new(Embedder::new(
         encoder,
-        batcher,
-        model,
         config.index.hnsw,
         source,
         non_empty(&config.index.snapshot_dir),
@@ -192,6 +214,7 @@ pub async fn run(
 
     let readiness = Readiness::default();
     start_index(&embedder, &config.index, &readiness).await;
+    let following = follower.map(|f| tokio::spawn(f.run(Arc::clone(&embedder))));
 
     let api = EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder)))
         .max_decoding_message_size(config.server.max_message_bytes)
@@ -209,6 +232,9 @@ pub async fn run(
         shutdown,
     )
     .await?;
+    if let Some(f) = following {
+        f.abort();
+    }
     Ok(())
 }
 
@@ -221,9 +247,16 @@ async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: 
         let d = dir.clone();
         match tokio::task::spawn_blocking(move || VectorIndex::load(&d)).await {
             Ok(Ok(index)) => {
-                tracing::info!(items = index.len(), dir = %dir.display(), "vector index loaded from snapshot");
-                embedder.set_index(index);
-                return;
+                let items = index.len();
+                match embedder.set_index(index) {
+                    Ok(()) => {
+                        tracing::info!(items, dir = %dir.display(), "vector index loaded from snapshot");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::info!(reason = %e, "snapshot not usable; rebuilding from the catalog")
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "snapshot refused; rebuilding from the catalog")

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
-use rankmesh_common::batcher::{BatchError, Batcher};
+use arc_swap::ArcSwap;
+use rankmesh_common::batcher::{BatchConfig, BatchError, Batcher};
 use rankmesh_proto::limits::{MAX_BATCH_TEXTS, MAX_RETRIEVE_K, MAX_TEXT_BYTES};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as pb;
@@ -129,34 +129,72 @@ impl CatalogSource {
     }
 }
 
+/// An encoder with its batcher and the version it is.
+#[derive(Debug)]
+pub struct LoadedEncoder {
+    pub encoder: Arc<Encoder>,
+    pub batcher: Batcher<String, Embedded>,
+    pub model: common::ModelRef,
+}
+
+impl LoadedEncoder {
+    pub fn new(encoder: Encoder, model: common::ModelRef, batch: BatchConfig) -> Self {
+        let encoder = Arc::new(encoder);
+        let enc = Arc::clone(&encoder);
+        let batcher = Batcher::new("encoder", batch, move |texts: Vec<String>| {
+            enc.encode(&texts).map_err(|e| e.to_string())
+        });
+        metrics::gauge!("rankmesh_model_version", "model" => "encoder", "stage" => "production")
+            .set(model.version as f64);
+        Self {
+            encoder,
+            batcher,
+            model,
+        }
+    }
+
+    /// What an index built with this encoder records (vectors from another encoder
+    /// are in another space and must not be mixed).
+    pub fn tag(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.model.name, self.model.version, self.model.variant
+        )
+    }
+}
+
+/// An encoder and the index its vectors built: swapped together, so a query is
+/// always embedded by the encoder that embedded the items it is compared with.
+#[derive(Debug)]
+struct Generation {
+    encoder: Arc<LoadedEncoder>,
+    index: Option<Arc<VectorIndex>>,
+}
+
 /// Shared state behind the gRPC handlers.
 #[derive(Debug)]
 pub struct Embedder {
-    batcher: Batcher<String, Embedded>,
-    encoder: Arc<Encoder>,
-    model: common::ModelRef,
-    index: ArcSwapOption<VectorIndex>,
+    current: ArcSwap<Generation>,
     params: IndexParams,
     source: CatalogSource,
     snapshot: Option<std::path::PathBuf>,
-    /// One build at a time; a second caller gets ABORTED instead of doubling the work.
+    /// One build (or encoder swap) at a time; a second BuildIndex caller gets
+    /// ABORTED instead of doubling the work.
     building: tokio::sync::Mutex<()>,
 }
 
 impl Embedder {
     pub fn new(
-        encoder: Arc<Encoder>,
-        batcher: Batcher<String, Embedded>,
-        model: common::ModelRef,
+        encoder: LoadedEncoder,
         params: IndexParams,
         source: CatalogSource,
         snapshot: Option<std::path::PathBuf>,
     ) -> Self {
         Self {
-            batcher,
-            encoder,
-            model,
-            index: ArcSwapOption::empty(),
+            current: ArcSwap::from_pointee(Generation {
+                encoder: Arc::new(encoder),
+                index: None,
+            }),
             params,
             source,
             snapshot,
@@ -164,8 +202,40 @@ impl Embedder {
         }
     }
 
-    pub fn model(&self) -> &common::ModelRef {
-        &self.model
+    pub fn model(&self) -> common::ModelRef {
+        self.current.load().encoder.model.clone()
+    }
+
+    pub fn encoder(&self) -> Arc<LoadedEncoder> {
+        Arc::clone(&self.current.load().encoder)
+    }
+
+    /// Replaces the encoder: with a catalog source, re-embeds every item with the
+    /// new encoder first and swaps encoder and index together; requests keep being
+    /// served by the old pair meanwhile. Without a source, an existing index cannot
+    /// be re-embedded, so the swap is refused.
+    pub async fn swap_encoder(&self, next: LoadedEncoder) -> Result<u64, EmbedError> {
+        let _guard = self.building.lock().await;
+        let next = Arc::new(next);
+        let had_index = self.index().is_some();
+        let index = if self.source.is_configured() {
+            Some(Arc::new(self.build_with(&next, &[], None).await?))
+        } else if had_index {
+            return Err(EmbedError::Internal(
+                "the index cannot be re-embedded without a catalog source; keeping the current encoder".into(),
+            ));
+        } else {
+            None
+        };
+        let items = index.as_ref().map_or(0, |i| i.len() as u64);
+        if let Some(i) = &index {
+            metrics::gauge!("rankmesh_index_items").set(i.len() as f64);
+        }
+        self.current.store(Arc::new(Generation {
+            encoder: next,
+            index,
+        }));
+        Ok(items)
     }
 
     /// Whether BuildIndex has somewhere to read the catalog from.
@@ -173,18 +243,35 @@ impl Embedder {
         self.source.is_configured()
     }
 
-    /// Installs an index (e.g. loaded from a snapshot at startup).
-    pub fn set_index(&self, index: VectorIndex) {
+    /// Installs an index (e.g. loaded from a snapshot at startup); refused when it
+    /// was built by another encoder than the current one.
+    pub fn set_index(&self, index: VectorIndex) -> Result<(), EmbedError> {
+        let current = self.current.load_full();
+        if index.model() != current.encoder.tag() {
+            return Err(EmbedError::Internal(format!(
+                "index built by {}, but the encoder is {}",
+                index.model(),
+                current.encoder.tag()
+            )));
+        }
         metrics::gauge!("rankmesh_index_items").set(index.len() as f64);
-        self.index.store(Some(Arc::new(index)));
+        self.current.store(Arc::new(Generation {
+            encoder: Arc::clone(&current.encoder),
+            index: Some(Arc::new(index)),
+        }));
+        Ok(())
     }
 
     pub fn index(&self) -> Option<Arc<VectorIndex>> {
-        self.index.load_full()
+        self.current.load().index.clone()
     }
 
-    /// Validates and embeds texts through the batcher.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedded>, EmbedError> {
+    /// Validates and embeds texts through the batcher; also returns the encoder that
+    /// embedded them (the one reported in the reply).
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Embedded>, Arc<LoadedEncoder>), EmbedError> {
         if texts.is_empty() {
             return Err(invalid("texts", "at least one text is required"));
         }
@@ -197,7 +284,9 @@ impl Embedder {
         for (i, t) in texts.iter().enumerate() {
             check_text(&format!("texts[{i}]"), t)?;
         }
-        Ok(self.batcher.submit(texts).await?)
+        let encoder = self.encoder();
+        let out = encoder.batcher.submit(texts).await?;
+        Ok((out, encoder))
     }
 
     /// Nearest items to a text or a vector.
@@ -213,14 +302,17 @@ impl Embedder {
             ));
         }
         let filter = filter_from(filters)?;
-        let index = self.index().ok_or_else(|| {
+        // One generation for the whole call: the query is embedded by the encoder
+        // that embedded the items.
+        let generation = self.current.load_full();
+        let index = generation.index.clone().ok_or_else(|| {
             EmbedError::NoIndex("no vector index yet: call BuildIndex or set index.catalog".into())
         })?;
         let vector = match query {
             None => return Err(invalid("query", "set either text or vector")),
             Some(pb::retrieve_request::Query::Text(t)) => {
                 check_text("text", &t)?;
-                let mut out = self.batcher.submit(vec![t]).await?;
+                let mut out = generation.encoder.batcher.submit(vec![t]).await?;
                 out.pop()
                     .ok_or_else(|| EmbedError::Internal("encoder returned no vector".into()))?
                     .vector
@@ -257,7 +349,7 @@ impl Embedder {
                     similarity: h.similarity,
                 })
                 .collect(),
-            model: Some(self.model.clone()),
+            model: Some(generation.encoder.model.clone()),
         })
     }
 
@@ -272,16 +364,40 @@ impl Embedder {
             .try_lock()
             .map_err(|_| EmbedError::BuildRunning("an index build is already running".into()))?;
         let started = Instant::now();
+        let generation = self.current.load_full();
+        let index = self
+            .build_with(&generation.encoder, &ids, generation.index.as_deref())
+            .await?;
+        let indexed = index.len() as u64;
+        self.set_index(index)?;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(pb::BuildIndexResponse {
+            indexed,
+            elapsed_ms,
+        })
+    }
+
+    /// Embeds the catalog with `encoder` (only `ids` when given, reusing the other
+    /// items' vectors from `current` when it was built by the same encoder), builds
+    /// the index and snapshots it.
+    async fn build_with(
+        &self,
+        encoder: &LoadedEncoder,
+        ids: &[String],
+        current: Option<&VectorIndex>,
+    ) -> Result<VectorIndex, EmbedError> {
+        let started = Instant::now();
         let items = self.source.items().await?;
-        let current = self.index();
-        let only: std::collections::HashSet<String> = ids.into_iter().collect();
+        let tag = encoder.tag();
+        let current = current.filter(|i| i.model() == tag);
+        let only: std::collections::HashSet<&String> = ids.iter().collect();
         let mut entries = Vec::with_capacity(items.len());
         let mut to_embed: Vec<&CatalogItem> = Vec::new();
         for item in &items {
             let reuse = if only.is_empty() || only.contains(&item.id) {
                 None
             } else {
-                current.as_ref().and_then(|idx| idx.get(&item.id))
+                current.and_then(|idx| idx.get(&item.id))
             };
             match reuse {
                 Some((_, v)) => entries.push((item.meta(), v)),
@@ -290,7 +406,7 @@ impl Embedder {
         }
         for chunk in to_embed.chunks(BUILD_CHUNK) {
             let texts: Vec<String> = chunk.iter().map(|i| i.text()).collect();
-            let vectors = self.batcher.submit(texts).await?;
+            let vectors = encoder.batcher.submit(texts).await?;
             entries.extend(
                 chunk
                     .iter()
@@ -298,16 +414,12 @@ impl Embedder {
                     .zip(vectors.into_iter().map(|e| e.vector)),
             );
         }
-        let dim = self.encoder.dim();
+        let dim = encoder.encoder.dim();
         let params = self.params;
-        let model = format!(
-            "{}:{}:{}",
-            self.model.name, self.model.version, self.model.variant
-        );
         let snapshot = self.snapshot.clone();
         let index = tokio::task::spawn_blocking(move || -> Result<VectorIndex, String> {
             let index =
-                VectorIndex::build(dim, params, &model, entries).map_err(|e| e.to_string())?;
+                VectorIndex::build(dim, params, &tag, entries).map_err(|e| e.to_string())?;
             if let Some(dir) = snapshot {
                 index.save(&dir).map_err(|e| e.to_string())?;
             }
@@ -316,19 +428,14 @@ impl Embedder {
         .await
         .map_err(|e| EmbedError::Internal(e.to_string()))?
         .map_err(EmbedError::Internal)?;
-        let indexed = index.len() as u64;
-        self.set_index(index);
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
-            indexed,
+            indexed = index.len(),
             embedded = to_embed.len(),
-            elapsed_ms,
+            encoder = %encoder.tag(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "vector index built"
         );
-        Ok(pb::BuildIndexResponse {
-            indexed,
-            elapsed_ms,
-        })
+        Ok(index)
     }
 }
 
@@ -369,8 +476,8 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let pb::EmbedRequest { texts } = request.into_inner();
-        let out = self.inner.embed(texts).await?;
-        let dim = self.inner.encoder.dim() as u32;
+        let (out, encoder) = self.inner.embed(texts).await?;
+        let dim = encoder.encoder.dim() as u32;
         let truncated = out
             .iter()
             .enumerate()
@@ -384,7 +491,7 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
                 .collect(),
             dim,
             truncated,
-            model: Some(self.inner.model.clone()),
+            model: Some(encoder.model.clone()),
         }))
     }
 

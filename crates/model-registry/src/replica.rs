@@ -107,6 +107,8 @@ pub struct Fetcher {
     /// Ciphertext bytes received, and fetches resumed after a broken stream.
     received: AtomicU64,
     resumes: AtomicU64,
+    /// (version, variant) pairs that failed verification or loading.
+    refused: std::sync::Mutex<std::collections::HashSet<(u64, String)>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -152,6 +154,7 @@ impl Fetcher {
             source,
             received: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
+            refused: std::sync::Mutex::default(),
         })
     }
 
@@ -210,6 +213,49 @@ impl Fetcher {
                 .find(|m| m.version == version && m.variant == variant)
         };
         of(preferred).or_else(|| of(if preferred == "fp32" { "int8" } else { "fp32" }))
+    }
+
+    /// Fetches, verifies and decrypts `version` in the variant this replica should
+    /// run, then hands it to `load` (build a session, warm up). `None` when that
+    /// version was refused before: a verification or load failure refuses it for
+    /// good (a corrupt artifact stays corrupt), while a registry failure is retried.
+    pub async fn obtain<T, F, Fut>(
+        &self,
+        summary: &pb::ModelSummary,
+        version: u64,
+        on_gpu: bool,
+        load: F,
+    ) -> Result<Option<(T, Sealed)>, FollowError>
+    where
+        F: FnOnce(Opened) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FollowError>>,
+    {
+        let Some(m) = self.pick(summary, version, on_gpu) else {
+            return Err(FollowError::Registry(format!("v{version} has no manifest")));
+        };
+        let key = (version, m.variant.clone());
+        let refused = || {
+            self.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if refused().contains(&key) {
+            return Ok(None);
+        }
+        let result = async {
+            let sealed = self.fetch(m).await?;
+            let opened = self.open(&sealed)?;
+            Ok((load(opened).await?, sealed))
+        }
+        .await;
+        match result {
+            Ok(ok) => Ok(Some(ok)),
+            Err(e @ (FollowError::Verify(_) | FollowError::Load(_))) => {
+                refused().insert(key);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Verifies the manifest's signature and fetches every ciphertext it names.

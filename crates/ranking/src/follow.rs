@@ -8,14 +8,13 @@
 //! verification or loading is not fetched again. The production artifact is cached
 //! encrypted, so a restart while the registry is down comes up with the last model.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::Readiness;
-use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened};
+use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened, Sealed};
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use crate::ranker::Ranker;
@@ -38,9 +37,6 @@ pub struct Follower {
     /// registry has none, or [`READY_WITHOUT_RANKER`] passed: then answers are
     /// served in retrieval order rather than not at all).
     readiness: Readiness,
-    /// (version, variant) pairs that failed verification or loading: not fetched
-    /// again (a corrupt artifact stays corrupt).
-    refused: Mutex<HashSet<(u64, String)>>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -104,7 +100,6 @@ impl Follower {
             batch,
             rankers,
             readiness,
-            refused: Mutex::new(HashSet::new()),
         }
     }
 
@@ -202,37 +197,18 @@ impl Follower {
         Ok(())
     }
 
-    /// Fetches, verifies, decrypts and loads `version`; `None` if it was refused
-    /// before. A verification or load failure refuses it from now on.
+    /// The ranker `version`, loaded and warmed up; `None` if refused before.
     async fn obtain(
         &self,
         summary: &pb::ModelSummary,
         version: u64,
-    ) -> Result<Option<(LoadedRanker, rankmesh_model_registry::replica::Sealed)>, FollowError> {
+    ) -> Result<Option<(LoadedRanker, Sealed)>, FollowError> {
         let on_gpu = rankmesh_common::onnx::expects_gpu(&self.onnx);
-        let Some(m) = self.fetcher.pick(summary, version, on_gpu) else {
-            return Err(FollowError::Registry(format!("v{version} has no manifest")));
-        };
-        let key = (version, m.variant.clone());
-        let refused = || self.refused.lock().unwrap_or_else(PoisonError::into_inner);
-        if refused().contains(&key) {
-            return Ok(None);
-        }
-        let result = async {
-            let sealed = self.fetcher.fetch(m).await?;
-            let opened = self.fetcher.open(&sealed)?;
-            let loaded = load(opened, &self.onnx, self.batch).await?;
-            Ok((loaded, sealed))
-        }
-        .await;
-        match result {
-            Ok(ok) => Ok(Some(ok)),
-            Err(e @ (FollowError::Verify(_) | FollowError::Load(_))) => {
-                refused().insert(key);
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
+        self.fetcher
+            .obtain(summary, version, on_gpu, |opened| {
+                load(opened, &self.onnx, self.batch)
+            })
+            .await
     }
 
     async fn load_cached(&self) -> Result<(), FollowError> {
