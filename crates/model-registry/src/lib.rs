@@ -51,8 +51,12 @@ rankmesh_common::service_config! {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// Where blobs live: "local" (`blob_dir`) or "s3" (`s3.*`).
+    pub store: String,
     /// Folder of the local object store.
     pub blob_dir: PathBuf,
+    /// The S3-compatible bucket when `store = "s3"`.
+    pub s3: S3Config,
     /// Bearer token for writes (Publish, SetStage, Rollback, RotateKey); empty
     /// disables writes. Never logged.
     pub admin_token: String,
@@ -69,9 +73,24 @@ pub struct RegistryConfig {
     pub fetch_bytes_per_s: u64,
 }
 
+/// An S3-compatible bucket. Credentials: `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` in the environment (kept out of config files).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Endpoint URL of a non-AWS service (MinIO, Ceph, ...); empty for AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Allow a plain-HTTP endpoint (local test servers only).
+    pub allow_http: bool,
+}
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
+            store: "local".into(),
+            s3: S3Config::default(),
             blob_dir: PathBuf::from(".rankmesh/registry/blobs"),
             admin_token: String::new(),
             master_keys: BTreeMap::new(),
@@ -94,6 +113,24 @@ impl Config {
             ));
         }
         let r = &self.registry;
+        match r.store.as_str() {
+            "local" => {}
+            "s3" if r.s3.bucket.is_empty() => {
+                return Err(invalid(
+                    "registry.s3.bucket",
+                    "\"\"",
+                    "store = \"s3\" needs a bucket",
+                ));
+            }
+            "s3" => {}
+            other => {
+                return Err(invalid(
+                    "registry.store",
+                    other,
+                    "must be \"local\" or \"s3\"",
+                ));
+            }
+        }
         if r.master_keys.is_empty() {
             return Err(invalid(
                 "registry.master_keys",
@@ -139,7 +176,11 @@ pub async fn run(
         .map_err(|e| Error::Setup(e.to_string()))?;
     let registry = Arc::new(Registry {
         db: ModelDb::new(etcd.clone()),
-        blobs: Blobs::local(&r.blob_dir).map_err(|e| Error::Setup(e.to_string()))?,
+        blobs: match r.store.as_str() {
+            "s3" => Blobs::s3(&r.s3.bucket, &r.s3.endpoint, &r.s3.region, r.s3.allow_http),
+            _ => Blobs::local(&r.blob_dir),
+        }
+        .map_err(|e| Error::Setup(e.to_string()))?,
         keys: std::sync::RwLock::new(keys),
         signing: signing_key(&r.signing_key).map_err(Error::Setup)?,
         admin_token: r.admin_token.clone(),

@@ -373,9 +373,33 @@ impl Blobs {
         })
     }
 
-    /// Any object store (S3-compatible in production).
+    /// Any object store.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         Self { store }
+    }
+
+    /// An S3-compatible bucket. Credentials come from the standard `AWS_*`
+    /// environment variables (never from the config file, so they are not printed
+    /// with it).
+    pub fn s3(
+        bucket: &str,
+        endpoint: &str,
+        region: &str,
+        allow_http: bool,
+    ) -> Result<Self, StoreError> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_allow_http(allow_http);
+        if !region.is_empty() {
+            b = b.with_region(region);
+        }
+        if !endpoint.is_empty() {
+            b = b.with_endpoint(endpoint);
+        }
+        let store = b.build().map_err(|e| StoreError::Blob(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(store),
+        })
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
