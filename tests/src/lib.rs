@@ -21,6 +21,24 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out an ephemeral loopback port")
 }
 
+/// The first of `n` consecutive loopback ports that are free now, for a process
+/// tree that is handed a port range (`meshctl up --base-port`). Chosen below the
+/// ephemeral range (32768+), where outgoing connections cannot take them before the
+/// services bind.
+pub fn free_port_block(n: u16) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for attempt in 0..1_000u32 {
+        let start = 10_000 + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % 22_000) as u16;
+        if (start..start + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return start;
+        }
+    }
+    panic!("no block of {n} free loopback ports between 10000 and 32767");
+}
+
 /// Polls `probe` every 50 ms until it returns `Some`, or panics after `timeout` naming
 /// `what`. Use instead of sleeps: waits only as long as needed.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T

@@ -24,8 +24,7 @@ fn alive(pid: u64) -> bool {
 async fn up_detach_then_down_leaves_nothing_behind() {
     let state = tempfile::tempdir().expect("state dir");
     let state_dir = state.path().to_str().expect("utf-8 path");
-    // A block of ports unlikely to be taken, distinct per run.
-    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let base = rankmesh_tests::free_port_block(16);
     let etcd_port = base.to_string();
     let svc_port = (base + 2).to_string();
     let up = meshctl(&[

@@ -56,7 +56,7 @@ impl Drop for Mesh {
 
 fn up() -> Mesh {
     let state = tempfile::tempdir().expect("state dir");
-    let base = 30_000 + (std::process::id() % 1_000) as u16 * 12;
+    let base = rankmesh_tests::free_port_block(16);
     let out = Command::new(binary("meshctl"))
         .args(["up", "--detach", "--ranking-replicas", "1", "--state-dir"])
         .arg(state.path())
