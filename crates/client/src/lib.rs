@@ -4,9 +4,11 @@
 //! Today it offers endpoint resolution (etcd discovery or a static list, through
 //! [`rankmesh_common::discovery::Resolver`]), [`upstream::Upstream`] (round-robin over
 //! the resolved set with one failover on UNAVAILABLE), channels with connect and
-//! request deadlines, readiness and gRPC health checks. Balancing, retry budgets and
-//! hedging come with the SDK resilience work.
+//! request deadlines, readiness and gRPC health checks, and [`balance::Balanced`]: a
+//! p2c peak-EWMA balanced channel that ejects failing replicas and probes them back.
+//! Retry budgets and hedging come with the rest of the SDK resilience work.
 
+pub mod balance;
 pub mod upstream;
 
 use std::time::Duration;
