@@ -2,11 +2,11 @@
 //! themselves.
 //!
 //! Today it offers endpoint resolution (etcd discovery or a static list, through
-//! [`rankmesh_common::discovery::Resolver`]), [`upstream::Upstream`] (round-robin over
-//! the resolved set with one failover on UNAVAILABLE), channels with connect and
-//! request deadlines, readiness and gRPC health checks, and [`balance::Balanced`]: a
-//! p2c peak-EWMA balanced channel that ejects failing replicas and probes them back.
-//! Retry budgets and hedging come with the rest of the SDK resilience work.
+//! [`rankmesh_common::discovery::Resolver`]), channels with connect and
+//! request deadlines, readiness and gRPC health checks; [`balance::Balanced`], a p2c
+//! peak-EWMA balanced channel that ejects failing replicas and probes them back; and
+//! [`upstream::Upstream`], calls over it retried on UNAVAILABLE within a retry budget
+//! and, for latency-critical reads, hedged after the observed p95.
 
 pub mod balance;
 pub mod upstream;

@@ -1,104 +1,265 @@
-//! Channels to one upstream service (embedding or feature), following its endpoint
-//! set from discovery (or a static list).
+//! Calls to one upstream service over its [`Balanced`] channel, with retries within a
+//! budget and optional hedging.
 //!
-//! Each call goes to the next endpoint in turn; a call that fails with UNAVAILABLE
-//! (connection refused, endpoint gone) is retried once on another endpoint. This is
-//! the minimal failover the orchestrator needs; the client SDK's balanced, budgeted,
-//! hedged stack replaces it.
+//! - **Balancing and ejection**: [`Balanced`] (p2c over peak-EWMA; failing replicas
+//!   ejected and probed back; fails fast when none is in rotation).
+//! - **Retries**: a call that fails with UNAVAILABLE (the replica could not take it:
+//!   refused, reset, draining) is tried again, at most [`MAX_RETRIES`] times, and only
+//!   while the retry budget allows: retries may add at most `retry_ratio` of the
+//!   recent request rate plus a floor of `retry_floor_per_s` (gRPC A6, Linkerd), so a
+//!   sick upstream is not hit with a retry storm. Only idempotent calls should go
+//!   through [`Upstream::call`]; the caller decides (RecordEvent only with an event
+//!   id).
+//! - **Hedging** ([`Upstream::call_hedged`], for latency-critical reads): when the
+//!   first attempt has not answered after the observed p95 latency of this upstream,
+//!   a second attempt starts (peak-EWMA counts the first one as load, so p2c sends
+//!   the second elsewhere); the first answer wins and the other is cancelled. Hedges
+//!   draw from the same budget.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rankmesh_common::discovery::Resolver;
-use tonic::transport::{Channel, Endpoint};
+use tower::retry::budget::{Budget, TpsBudget};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+use crate::balance::{BalanceConfig, Balanced};
+
+/// Retries per call at most (on top of the first attempt).
+pub const MAX_RETRIES: usize = 2;
+/// Latencies kept to estimate the hedging delay.
+const LATENCY_WINDOW: usize = 512;
+/// Samples needed before hedging starts (a p95 of a handful is noise).
+const MIN_SAMPLES: usize = 50;
+
+/// Retry budget and hedging of one upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamConfig {
+    pub balance: BalanceConfig,
+    /// Retries and hedges may add this share of the recent request rate...
+    pub retry_ratio: f32,
+    /// ... plus this many per second.
+    pub retry_floor_per_s: u32,
+    /// Hedge after this percentile of observed latency (0: never hedge).
+    pub hedge_percentile: f64,
+    /// Bounds of the hedging delay.
+    pub hedge_min: Duration,
+    pub hedge_max: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            balance: BalanceConfig::default(),
+            retry_ratio: 0.2,
+            retry_floor_per_s: 10,
+            hedge_percentile: 0.95,
+            hedge_min: Duration::from_millis(2),
+            hedge_max: Duration::from_millis(500),
+        }
+    }
+}
 
 /// One upstream service.
-#[derive(Debug)]
 pub struct Upstream {
     service: &'static str,
     resolver: Resolver,
-    channels: Mutex<HashMap<String, Channel>>,
-    next: AtomicUsize,
+    config: UpstreamConfig,
+    /// Built on first use, inside the runtime (the balancer runs a task).
+    channel: OnceLock<Balanced>,
+    budget: TpsBudget,
+    latencies: Mutex<VecDeque<Duration>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
     pub fn new(service: &'static str, resolver: Resolver) -> Self {
+        Self::with_config(service, resolver, UpstreamConfig::default())
+    }
+
+    pub fn with_config(service: &'static str, resolver: Resolver, config: UpstreamConfig) -> Self {
         Self {
             service,
             resolver,
-            channels: Mutex::new(HashMap::new()),
-            next: AtomicUsize::new(0),
+            config,
+            channel: OnceLock::new(),
+            budget: TpsBudget::new(
+                Duration::from_secs(10),
+                config.retry_floor_per_s,
+                config.retry_ratio,
+            ),
+            latencies: Mutex::new(VecDeque::with_capacity(LATENCY_WINDOW)),
         }
     }
 
-    /// Endpoints in a stable order, starting at the round-robin position.
-    fn endpoints(&self) -> Vec<String> {
-        let set = self.resolver.current();
-        let mut eps: Vec<String> = set.values().map(|e| e.grpc.clone()).collect();
-        eps.sort();
-        if !eps.is_empty() {
-            let start = self.next.fetch_add(1, Ordering::Relaxed) % eps.len();
-            eps.rotate_left(start);
-        }
-        eps
+    /// The balanced channel (cloning it is cheap).
+    pub fn channel(&self) -> Balanced {
+        self.channel
+            .get_or_init(|| Balanced::new(self.service, &self.resolver, self.config.balance))
+            .clone()
     }
 
-    fn channel(&self, uri: &str) -> Result<Channel, tonic::Status> {
-        let mut map = self
-            .channels
+    fn observe(&self, took: Duration) {
+        let mut l = self
+            .latencies
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = map.get(uri) {
-            return Ok(c.clone());
+        if l.len() == LATENCY_WINDOW {
+            l.pop_front();
         }
-        let c = Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| {
-                tonic::Status::internal(format!("bad {} endpoint {uri}: {e}", self.service))
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        // Forget channels of endpoints that left discovery.
-        let live: std::collections::HashSet<String> = self
-            .resolver
-            .current()
-            .values()
-            .map(|e| e.grpc.clone())
-            .collect();
-        map.retain(|k, _| live.contains(k));
-        map.insert(uri.to_owned(), c.clone());
-        Ok(c)
+        l.push_back(took);
     }
 
-    /// Runs `call` on an endpoint; on UNAVAILABLE, once more on the next one.
+    /// The hedging delay: the configured percentile of recent latencies, bounded;
+    /// `None` while there are too few samples or hedging is off.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        if self.config.hedge_percentile <= 0.0 {
+            return None;
+        }
+        let mut l: Vec<Duration> = self
+            .latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        if l.len() < MIN_SAMPLES {
+            return None;
+        }
+        l.sort_unstable();
+        let i = ((l.len() - 1) as f64 * self.config.hedge_percentile).round() as usize;
+        Some(l[i].clamp(self.config.hedge_min, self.config.hedge_max))
+    }
+
+    /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let eps = self.endpoints();
-        if eps.is_empty() {
-            return Err(tonic::Status::unavailable(format!(
-                "no {} endpoints known",
-                self.service
-            )));
+        self.budget.deposit();
+        let started = Instant::now();
+        let r = call(self.channel()).await;
+        self.settle(r, started, &mut call).await
+    }
+
+    /// Like [`Upstream::call`], and a second attempt races the first when it is
+    /// slower than the observed p95: first answer wins, the other is cancelled.
+    pub async fn call_hedged<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.budget.deposit();
+        let started = Instant::now();
+        let mut first = std::pin::pin!(call(self.channel()));
+        let Some(delay) = self.hedge_delay() else {
+            let r = first.await;
+            return self.settle(r, started, &mut call).await;
+        };
+        tokio::select! {
+            r = &mut first => return self.settle(r, started, &mut call).await,
+            () = tokio::time::sleep(delay) => {}
         }
-        let mut last = None;
-        for uri in eps.iter().take(2) {
-            match call(self.channel(uri)?).await {
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    tracing::debug!(service = self.service, endpoint = %uri, error = %s, "upstream unavailable; trying another");
-                    last = Some(s);
+        if !self.budget.withdraw() {
+            let r = first.await;
+            return self.settle(r, started, &mut call).await;
+        }
+        metrics::counter!("rankmesh_client_hedges_total", "service" => self.service).increment(1);
+        let mut second = std::pin::pin!(call(self.channel()));
+        // The first success wins; dropping the other future cancels its RPC.
+        let r = tokio::select! {
+            r = &mut first => match r {
+                Ok(v) => Ok(v),
+                Err(_) => second.await,
+            },
+            r = &mut second => match r {
+                Ok(v) => Ok(v),
+                Err(_) => first.await,
+            },
+        };
+        self.settle(r, started, &mut call).await
+    }
+
+    /// Records the latency of a success, or retries an UNAVAILABLE within budget.
+    async fn settle<T, F, Fut>(
+        &self,
+        mut r: Result<T, tonic::Status>,
+        started: Instant,
+        call: &mut F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        for _ in 0..MAX_RETRIES {
+            match &r {
+                Err(s) if s.code() == tonic::Code::Unavailable && self.budget.withdraw() => {
+                    tracing::debug!(service = self.service, error = %s, "unavailable; retrying");
+                    metrics::counter!("rankmesh_client_retries_total", "service" => self.service)
+                        .increment(1);
+                    r = call(self.channel()).await;
                 }
-                other => return other,
+                _ => break,
             }
         }
-        Err(last
-            .unwrap_or_else(|| tonic::Status::unavailable(format!("{} unavailable", self.service))))
+        if r.is_ok() {
+            self.observe(started.elapsed());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hedge_delay_is_the_bounded_percentile() {
+        let u = Upstream::new("x", Resolver::fixed("x", &[]));
+        assert_eq!(u.hedge_delay(), None, "too few samples");
+        for ms in 1..=100 {
+            u.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(u.hedge_delay(), Some(Duration::from_millis(95)));
+        for _ in 0..LATENCY_WINDOW {
+            u.observe(Duration::from_secs(5));
+        }
+        assert_eq!(u.hedge_delay(), Some(Duration::from_millis(500)), "capped");
+    }
+
+    #[tokio::test]
+    async fn retries_stop_when_the_budget_is_spent() {
+        let u = Upstream::with_config(
+            "x",
+            Resolver::fixed("x", &["127.0.0.1:1".to_owned()]),
+            UpstreamConfig {
+                retry_ratio: 0.0,
+                retry_floor_per_s: 1,
+                ..UpstreamConfig::default()
+            },
+        );
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..20 {
+            let r: Result<(), _> = u
+                .call(|_| {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async { Err(tonic::Status::unavailable("down")) }
+                })
+                .await;
+            assert_eq!(r.expect_err("down").code(), tonic::Code::Unavailable);
+        }
+        // 20 calls; retries capped by a floor of 1/s over the 10 s window.
+        let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((20..=32).contains(&n), "{n} attempts for 20 calls");
     }
 }

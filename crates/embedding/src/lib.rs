@@ -199,9 +199,9 @@ pub async fn run(
                     &config.index.feature_addrs,
                 ),
             };
-            CatalogSource::Feature(rankmesh_client::upstream::Upstream::new(
+            CatalogSource::Feature(Box::new(rankmesh_client::upstream::Upstream::new(
                 "feature", resolver,
-            ))
+            )))
         }
         None => CatalogSource::None,
     };

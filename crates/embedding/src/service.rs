@@ -76,7 +76,7 @@ pub enum CatalogSource {
     /// A JSONL file in the import format.
     File(std::path::PathBuf),
     /// The feature service's catalog, streamed with ScanItems.
-    Feature(rankmesh_client::upstream::Upstream),
+    Feature(Box<rankmesh_client::upstream::Upstream>),
 }
 
 /// Items per ScanItems message.

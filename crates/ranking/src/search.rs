@@ -238,12 +238,13 @@ fn fuse(lists: &[(&'static str, Vec<String>)]) -> Vec<Candidate> {
     all
 }
 
-/// Typed calls to the upstream services, each with endpoint failover.
+/// Typed calls to the upstream services: balanced, retried within budget and hedged
+/// (every call on the request path is an idempotent read).
 macro_rules! rpc {
     ($name:ident, $upstream:ident, $client:path, $method:ident, $req:ty, $resp:ty) => {
         async fn $name(&self, req: $req) -> Result<$resp, tonic::Status> {
             self.$upstream
-                .call(|ch| {
+                .call_hedged(|ch| {
                     let req = req.clone();
                     async move {
                         <$client>::new(ch)
@@ -261,7 +262,7 @@ impl Orchestrator {
     rpc!(
         retrieve,
         embedding,
-        emb::embedding_service_client::EmbeddingServiceClient<tonic::transport::Channel>,
+        emb::embedding_service_client::EmbeddingServiceClient<rankmesh_client::balance::Balanced>,
         retrieve,
         emb::RetrieveRequest,
         emb::RetrieveResponse
@@ -269,7 +270,7 @@ impl Orchestrator {
     rpc!(
         embed,
         embedding,
-        emb::embedding_service_client::EmbeddingServiceClient<tonic::transport::Channel>,
+        emb::embedding_service_client::EmbeddingServiceClient<rankmesh_client::balance::Balanced>,
         embed,
         emb::EmbedRequest,
         emb::EmbedResponse
@@ -277,7 +278,7 @@ impl Orchestrator {
     rpc!(
         features,
         feature,
-        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
         get_features,
         feat::GetFeaturesRequest,
         feat::GetFeaturesResponse
@@ -285,7 +286,7 @@ impl Orchestrator {
     rpc!(
         items,
         feature,
-        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
         get_items,
         feat::GetItemsRequest,
         feat::GetItemsResponse
@@ -293,7 +294,7 @@ impl Orchestrator {
     rpc!(
         profile,
         feature,
-        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
         get_user_profile,
         feat::GetUserProfileRequest,
         feat::GetUserProfileResponse
@@ -301,7 +302,7 @@ impl Orchestrator {
     rpc!(
         lexical_rpc,
         feature,
-        feat::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
         lexical_candidates,
         feat::LexicalCandidatesRequest,
         feat::LexicalCandidatesResponse
