@@ -40,7 +40,7 @@ fn pct_f(sorted: &[f32], p: f64) -> f64 {
 }
 
 pub(crate) async fn search(
-    addr: &str,
+    replicas: rankmesh_common::discovery::Resolver,
     qps: f64,
     duration: Duration,
     queries: &Path,
@@ -60,8 +60,14 @@ pub(crate) async fn search(
         .map(str::to_owned)
         .collect();
     anyhow::ensure!(!queries.is_empty(), "the query file has no queries");
-    let channel = rankmesh_client::connect(addr, timeout).await?;
-    let client = pb::ranking_service_client::RankingServiceClient::new(channel);
+    // The SDK a storefront uses: every replica, balanced, retried, hedged.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        replicas.wait_for(|set| !set.is_empty()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no ranking replica found"))?;
+    let client = rankmesh_client::RankingClient::new(replicas, timeout);
     let results = Arc::new(Mutex::new(Results::default()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let interval = Duration::from_secs_f64(1.0 / qps);
@@ -75,19 +81,19 @@ pub(crate) async fn search(
             results.lock().await.dropped += 1;
             continue;
         };
-        let mut client = client.clone();
+        let client = client.clone();
         let results = Arc::clone(&results);
         let query = queries[i as usize % queries.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let mut req = tonic::Request::new(pb::SearchRequest {
-                query,
-                user_id: String::new(),
-                k: 10,
-                filters: None,
-                routing_key: String::new(),
-            });
-            req.set_timeout(timeout);
-            let r = client.search(req).await;
+            let r = client
+                .search(pb::SearchRequest {
+                    query,
+                    user_id: String::new(),
+                    k: 10,
+                    filters: None,
+                    routing_key: String::new(),
+                })
+                .await;
             let latency = scheduled.elapsed();
             let second = scheduled.duration_since(start).as_secs();
             let mut res = results.lock().await;
@@ -95,7 +101,7 @@ pub(crate) async fn search(
             slot.0 += 1;
             match r {
                 Ok(resp) => {
-                    for (stage, ms) in resp.into_inner().stage_ms {
+                    for (stage, ms) in resp.stage_ms {
                         res.stages.entry(stage).or_default().push(ms);
                     }
                 }

@@ -614,9 +614,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         } => {
             anyhow::ensure!(rpc == "search", "--rpc {rpc}: only search is supported");
-            let addr = target.resolve("ranking").await?;
+            let replicas = match &target.addr {
+                Some(a) => {
+                    rankmesh_common::discovery::Resolver::fixed("ranking", std::slice::from_ref(a))
+                }
+                None => rankmesh_common::discovery::Resolver::watch(
+                    target.etcd.connect().await?,
+                    "ranking",
+                ),
+            };
             bench::search(
-                &addr,
+                replicas,
                 qps,
                 Duration::from_secs(duration),
                 &queries,

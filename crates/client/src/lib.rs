@@ -9,7 +9,10 @@
 //! and, for latency-critical reads, hedged after the observed p95.
 
 pub mod balance;
+pub mod ranking;
 pub mod upstream;
+
+pub use ranking::RankingClient;
 
 use std::time::Duration;
 
