@@ -20,6 +20,8 @@ const MAX_IN_FLIGHT: usize = 2_000;
 struct Results {
     latencies: Vec<Duration>,
     errors: BTreeMap<String, u64>,
+    /// The first message seen per error code (what went wrong, not just how often).
+    error_examples: BTreeMap<String, String>,
     stages: BTreeMap<String, Vec<f32>>,
     per_second: BTreeMap<u64, (u64, u64)>,
     dropped: u64,
@@ -107,7 +109,11 @@ pub(crate) async fn search(
                 }
                 Err(s) => {
                     slot.1 += 1;
-                    *res.errors.entry(format!("{:?}", s.code())).or_default() += 1;
+                    let code = format!("{:?}", s.code());
+                    *res.errors.entry(code.clone()).or_default() += 1;
+                    res.error_examples
+                        .entry(code)
+                        .or_insert_with(|| s.message().to_owned());
                 }
             }
             res.latencies.push(latency);
@@ -145,6 +151,7 @@ pub(crate) async fn search(
             "{}",
             serde_json::json!({
                 "qps": qps, "sent": sent, "dropped": res.dropped, "failed": failed, "errors": res.errors,
+                "error_examples": res.error_examples,
                 "achieved_qps": sent as f64 / elapsed,
                 "latency_ms": { "p50": pct(&res.latencies, 0.5), "p90": pct(&res.latencies, 0.9), "p99": pct(&res.latencies, 0.99), "max": pct(&res.latencies, 1.0) },
                 "stages": stages, "timeline": timeline,
@@ -168,7 +175,8 @@ pub(crate) async fn search(
             println!("{k:<10} {:>9.2} {:>9.2}", pct_f(v, 0.5), pct_f(v, 0.99));
         }
         for (code, n) in &res.errors {
-            println!("errors {code}: {n}");
+            let example = res.error_examples.get(code).map_or("", String::as_str);
+            println!("errors {code}: {n} (e.g. {example})");
         }
     }
     Ok(())

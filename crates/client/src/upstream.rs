@@ -30,8 +30,9 @@ use crate::balance::{BalanceConfig, Balanced};
 pub const MAX_RETRIES: usize = 2;
 /// Latencies kept to estimate the hedging delay.
 const LATENCY_WINDOW: usize = 512;
-/// Samples needed before hedging starts (a p95 of a handful is noise).
-const MIN_SAMPLES: usize = 50;
+/// Samples needed before the hedging delay follows observed latency (a p95 of a
+/// handful is noise); until then `hedge_initial` applies.
+const MIN_SAMPLES: usize = 20;
 
 /// Retry budget and hedging of one upstream.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,9 @@ pub struct UpstreamConfig {
     pub retry_floor_per_s: u32,
     /// Hedge after this percentile of observed latency (0: never hedge).
     pub hedge_percentile: f64,
+    /// The hedging delay until enough latencies are observed: a fresh client must
+    /// not wait out a hung replica either.
+    pub hedge_initial: Duration,
     /// Bounds of the hedging delay.
     pub hedge_min: Duration,
     pub hedge_max: Duration,
@@ -55,6 +59,7 @@ impl Default for UpstreamConfig {
             retry_ratio: 0.2,
             retry_floor_per_s: 10,
             hedge_percentile: 0.95,
+            hedge_initial: Duration::from_millis(50),
             hedge_min: Duration::from_millis(2),
             hedge_max: Duration::from_millis(500),
         }
@@ -119,8 +124,8 @@ impl Upstream {
         l.push_back(took);
     }
 
-    /// The hedging delay: the configured percentile of recent latencies, bounded;
-    /// `None` while there are too few samples or hedging is off.
+    /// The hedging delay: the configured percentile of recent latencies, bounded
+    /// (`hedge_initial` while there are too few samples); `None` when hedging is off.
     pub fn hedge_delay(&self) -> Option<Duration> {
         if self.config.hedge_percentile <= 0.0 {
             return None;
@@ -133,7 +138,7 @@ impl Upstream {
             .copied()
             .collect();
         if l.len() < MIN_SAMPLES {
-            return None;
+            return Some(self.config.hedge_initial);
         }
         l.sort_unstable();
         let i = ((l.len() - 1) as f64 * self.config.hedge_percentile).round() as usize;
@@ -180,14 +185,45 @@ impl Upstream {
         let r = tokio::select! {
             r = &mut first => match r {
                 Ok(v) => Ok(v),
-                Err(_) => second.await,
+                Err(e) => self.race(second, e, &mut call).await,
             },
             r = &mut second => match r {
                 Ok(v) => Ok(v),
-                Err(_) => first.await,
+                Err(e) => self.race(first, e, &mut call).await,
             },
         };
         self.settle(r, started, &mut call).await
+    }
+
+    /// One attempt failed with `failed` while `remaining` still runs (it may be
+    /// stuck on a hung replica): on UNAVAILABLE, a retry races it (budget
+    /// permitting) instead of waiting on it alone.
+    async fn race<T, F, Fut>(
+        &self,
+        remaining: impl Future<Output = Result<T, tonic::Status>>,
+        failed: tonic::Status,
+        call: &mut F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        if failed.code() != tonic::Code::Unavailable || !self.budget.withdraw() {
+            return remaining.await;
+        }
+        metrics::counter!("rankmesh_client_retries_total", "service" => self.service).increment(1);
+        let retry = call(self.channel());
+        let (mut remaining, mut retry) = (std::pin::pin!(remaining), std::pin::pin!(retry));
+        tokio::select! {
+            r = &mut remaining => match r {
+                Ok(v) => Ok(v),
+                Err(_) => retry.await,
+            },
+            r = &mut retry => match r {
+                Ok(v) => Ok(v),
+                Err(_) => remaining.await,
+            },
+        }
     }
 
     /// Records the latency of a success, or retries an UNAVAILABLE within budget.
@@ -226,7 +262,11 @@ mod tests {
     #[tokio::test]
     async fn hedge_delay_is_the_bounded_percentile() {
         let u = Upstream::new("x", Resolver::fixed("x", &[]));
-        assert_eq!(u.hedge_delay(), None, "too few samples");
+        assert_eq!(
+            u.hedge_delay(),
+            Some(Duration::from_millis(50)),
+            "the initial delay until there are enough samples"
+        );
         for ms in 1..=100 {
             u.observe(Duration::from_millis(ms));
         }
