@@ -15,6 +15,29 @@ use rankmesh_proto::pb::ranking::v1::ranking_service_client::RankingServiceClien
 use crate::upstream::{Upstream, UpstreamConfig};
 
 /// Search and Recommend against the ranking replicas. Cheap to clone.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use rankmesh_client::RankingClient;
+/// use rankmesh_common::{config::EtcdConfig, discovery::Resolver, etcd::Etcd};
+/// use rankmesh_proto::pb::ranking::v1::SearchRequest;
+///
+/// let etcd = Etcd::connect(&EtcdConfig {
+///     endpoints: vec!["http://127.0.0.1:2379".into()],
+///     ..EtcdConfig::default()
+/// })
+/// .await?;
+/// let ranking = RankingClient::new(Resolver::watch(etcd, "ranking"), Duration::from_millis(300));
+/// let page = ranking
+///     .search(SearchRequest { query: "pan for eggs".into(), k: 10, ..Default::default() })
+///     .await?;
+/// for item in page.items {
+///     println!("{} {:.3} {}", item.item_id, item.score, item.title);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RankingClient {
     upstream: Arc<Upstream>,
