@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod etcd;
+pub mod mesh;
 pub mod process;
 pub mod redis;
 

@@ -10,43 +10,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rankmesh_tests::catalog::{demo_catalog, models_dir};
+use rankmesh_tests::mesh::LocalMesh;
 use rankmesh_tests::process::binary;
-
-struct Mesh {
-    state: tempfile::TempDir,
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = Command::new(binary("meshctl"))
-            .args(["down", "--state-dir"])
-            .arg(self.state.path())
-            .output();
-    }
-}
 
 #[tokio::test]
 async fn killing_a_ranking_replica_under_load_fails_almost_nothing() {
-    let state = tempfile::tempdir().expect("state dir");
-    let base = rankmesh_tests::free_port_block(16);
-    let out = Command::new(binary("meshctl"))
-        .args(["up", "--detach", "--ranking-replicas", "3", "--state-dir"])
-        .arg(state.path())
-        .args(["--etcd-port", &base.to_string()])
-        .args(["--base-port", &(base + 2).to_string()])
-        .arg("--models")
-        .arg(models_dir())
-        .arg("--catalog")
-        .arg(demo_catalog())
-        .output()
-        .expect("run meshctl up");
-    assert!(
-        out.status.success(),
-        "meshctl up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mesh = Mesh { state };
+    let mesh = LocalMesh::up(3, &[]);
     let queries = mesh.state.path().join("queries.txt");
     std::fs::write(
         &queries,
@@ -54,7 +23,7 @@ async fn killing_a_ranking_replica_under_load_fails_almost_nothing() {
     )
     .expect("queries");
 
-    let etcd = format!("http://127.0.0.1:{base}");
+    let etcd = mesh.etcd.clone();
     let bench = |seconds: u32| {
         Command::new(binary("meshctl"))
             .args(["bench", "--rpc", "search", "--qps", "30"])
@@ -73,14 +42,7 @@ async fn killing_a_ranking_replica_under_load_fails_almost_nothing() {
         eprintln!("{r}");
         r
     };
-    let signal = |name: &str, sig: &str| {
-        let pid = pid_of(&mesh, name);
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} {name}");
-    };
+    let signal = |name: &str, sig: &str| mesh.signal(name, sig);
 
     // SIGKILL one of three mid-run.
     let run = bench(12);
@@ -111,17 +73,4 @@ async fn killing_a_ranking_replica_under_load_fails_almost_nothing() {
         down["latency_ms"]["max"].as_f64().expect("max") < 3000.0,
         "no request waited for its deadline"
     );
-}
-
-fn pid_of(mesh: &Mesh, name: &str) -> u64 {
-    let bytes = std::fs::read(mesh.state.path().join("mesh.json")).expect("mesh.json");
-    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-    v["processes"]
-        .as_array()
-        .expect("processes")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} in mesh.json"))["pid"]
-        .as_u64()
-        .expect("pid")
 }

@@ -3,81 +3,18 @@
 //! Searches find relevant items, bad input is answered with the field at fault,
 //! purchases steer Recommend, and losing a dependency degrades instead of failing.
 
-use std::process::Command;
 use std::time::Duration;
 
 use rankmesh_proto::pb::common::v1::Filters;
 use rankmesh_proto::pb::feature::v1 as feat;
 use rankmesh_proto::pb::ranking::v1 as pb;
 use rankmesh_proto::pb::ranking::v1::ranking_service_client::RankingServiceClient;
-use rankmesh_tests::catalog::{demo_catalog, models_dir};
-use rankmesh_tests::process::binary;
+use rankmesh_tests::mesh::LocalMesh;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Mesh {
-    state: tempfile::TempDir,
-}
-
-impl Mesh {
-    fn processes(&self) -> Vec<serde_json::Value> {
-        let bytes = std::fs::read(self.state.path().join("mesh.json")).expect("mesh.json");
-        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        v["processes"].as_array().expect("processes").clone()
-    }
-    fn grpc(&self, service: &str) -> String {
-        let p = self
-            .processes()
-            .into_iter()
-            .find(|p| p["service"] == service)
-            .expect("service started");
-        format!("http://{}", p["grpc"].as_str().expect("grpc"))
-    }
-    fn kill(&self, service: &str) {
-        for p in self
-            .processes()
-            .into_iter()
-            .filter(|p| p["service"] == service)
-        {
-            let pid = p["pid"].as_u64().expect("pid").to_string();
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-        }
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = Command::new(binary("meshctl"))
-            .args(["down", "--state-dir"])
-            .arg(self.state.path())
-            .output();
-    }
-}
-
-fn up() -> Mesh {
-    let state = tempfile::tempdir().expect("state dir");
-    let base = rankmesh_tests::free_port_block(16);
-    let out = Command::new(binary("meshctl"))
-        .args(["up", "--detach", "--ranking-replicas", "1", "--state-dir"])
-        .arg(state.path())
-        .args([
-            "--etcd-port",
-            &base.to_string(),
-            "--base-port",
-            &(base + 2).to_string(),
-        ])
-        .arg("--models")
-        .arg(models_dir())
-        .arg("--catalog")
-        .arg(demo_catalog())
-        .output()
-        .expect("run meshctl up");
-    assert!(
-        out.status.success(),
-        "meshctl up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Mesh { state }
+fn up() -> LocalMesh {
+    LocalMesh::up(1, &[])
 }
 
 async fn client(addr: &str) -> RankingServiceClient<Channel> {

@@ -16,39 +16,27 @@ use std::time::Duration;
 
 use rankmesh_proto::pb::ranking::v1 as pb;
 use rankmesh_proto::pb::ranking::v1::ranking_service_client::RankingServiceClient;
-use rankmesh_tests::catalog::{demo_catalog, models_dir};
+use rankmesh_tests::catalog::models_dir;
 use rankmesh_tests::eventually;
+use rankmesh_tests::mesh::LocalMesh;
 use rankmesh_tests::process::binary;
 use tonic::transport::Channel;
 
-struct Mesh {
-    state: tempfile::TempDir,
-    etcd: String,
-}
+/// The mesh under test, and `meshctl model` against it.
+struct Mesh(LocalMesh);
 
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = Command::new(binary("meshctl"))
-            .args(["down", "--state-dir"])
-            .arg(self.state.path())
-            .output();
+impl std::ops::Deref for Mesh {
+    type Target = LocalMesh;
+    fn deref(&self) -> &LocalMesh {
+        &self.0
     }
 }
 
 impl Mesh {
     fn up() -> Self {
-        let state = tempfile::tempdir().expect("state dir");
-        let base = rankmesh_tests::free_port_block(16);
-        let out = Command::new(binary("meshctl"))
-            .args(["up", "--detach", "--ranking-replicas", "2", "--state-dir"])
-            .arg(state.path())
-            .args(["--etcd-port", &base.to_string()])
-            .args(["--base-port", &(base + 2).to_string()])
-            .arg("--models")
-            .arg(models_dir())
-            .arg("--catalog")
-            .arg(demo_catalog())
-            .args([
+        Self(LocalMesh::up(
+            2,
+            &[
                 "--ranking-env",
                 "RANKMESH__ROLLOUT__WINDOW_MS=3000",
                 "--ranking-env",
@@ -63,56 +51,8 @@ impl Mesh {
                 "RANKMESH__ROLLOUT__P99_SLACK_MS=100",
                 "--ranking-env",
                 "RANKMESH__RANKER__REGISTRY__POLL_MS=250",
-            ])
-            .output()
-            .expect("run meshctl up");
-        if !out.status.success() {
-            // The logs are in the temp state dir, gone after the test: show them.
-            let logs = std::fs::read_dir(state.path().join("logs"))
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| {
-                            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-                            format!("{}:\n{}", e.path().display(), tail.join("\n"))
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })
-                .unwrap_or_default();
-            panic!(
-                "meshctl up: {}\n{logs}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Self {
-            state,
-            etcd: format!("http://127.0.0.1:{base}"),
-        }
-    }
-
-    /// SIGKILLs every process of `service`.
-    fn kill(&self, service: &str) {
-        let bytes = std::fs::read(self.state.path().join("mesh.json")).expect("mesh.json");
-        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        for p in v["processes"].as_array().expect("processes") {
-            if p["service"] == service {
-                let pid = p["pid"].as_u64().expect("pid").to_string();
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-            }
-        }
-    }
-
-    fn ranking(&self) -> Vec<String> {
-        let bytes = std::fs::read(self.state.path().join("mesh.json")).expect("mesh.json");
-        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        v["processes"]
-            .as_array()
-            .expect("processes")
-            .iter()
-            .filter(|p| p["service"] == "ranking")
-            .map(|p| format!("http://{}", p["grpc"].as_str().expect("grpc")))
-            .collect()
+            ],
+        ))
     }
 
     /// Runs `meshctl model ARGS` against this mesh; returns stdout.
@@ -320,7 +260,7 @@ async fn hot_swap_and_canaries_under_load() {
     let mesh = Mesh::up();
     let s = mesh.summary();
     assert_eq!(s["production"], 1, "meshctl up published the ranker: {s}");
-    let load = Load::start(&mesh.ranking()).await;
+    let load = Load::start(&mesh.grpc_all("ranking")).await;
     let good = models_dir().join("ranker/model.onnx");
 
     // Hot swap: v2 to production while searches run.

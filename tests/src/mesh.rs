@@ -1,0 +1,122 @@
+//! A local mesh started the way users start one: `meshctl up --detach` with the
+//! demo catalog, in a temp state directory on a free block of loopback ports.
+//! `meshctl down` stops it on drop.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::catalog::{demo_catalog, models_dir};
+use crate::process::binary;
+
+#[derive(Debug)]
+pub struct LocalMesh {
+    pub state: tempfile::TempDir,
+    /// etcd's client URL.
+    pub etcd: String,
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        let _ = Command::new(binary("meshctl"))
+            .args(["down", "--state-dir"])
+            .arg(self.state.path())
+            .output();
+    }
+}
+
+impl LocalMesh {
+    /// `meshctl up` with `ranking_replicas` and `extra` arguments; panics with the
+    /// tail of every service log when it fails (the logs die with the temp dir).
+    pub fn up(ranking_replicas: usize, extra: &[&str]) -> Self {
+        let state = tempfile::tempdir().expect("state dir");
+        let base = crate::free_port_block(16);
+        let out = Command::new(binary("meshctl"))
+            .args(["up", "--detach", "--ranking-replicas"])
+            .arg(ranking_replicas.to_string())
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--etcd-port", &base.to_string()])
+            .args(["--base-port", &(base + 2).to_string()])
+            .arg("--models")
+            .arg(models_dir())
+            .arg("--catalog")
+            .arg(demo_catalog())
+            .args(extra)
+            .output()
+            .expect("run meshctl up");
+        if !out.status.success() {
+            panic!(
+                "meshctl up: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                log_tails(&state.path().join("logs"))
+            );
+        }
+        Self {
+            state,
+            etcd: format!("http://127.0.0.1:{base}"),
+        }
+    }
+
+    /// The processes in `mesh.json`.
+    pub fn processes(&self) -> Vec<serde_json::Value> {
+        let bytes = std::fs::read(self.state.path().join("mesh.json")).expect("mesh.json");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        v["processes"].as_array().expect("processes").clone()
+    }
+
+    /// gRPC URLs of every replica of `service`.
+    pub fn grpc_all(&self, service: &str) -> Vec<String> {
+        self.processes()
+            .iter()
+            .filter(|p| p["service"] == service)
+            .map(|p| format!("http://{}", p["grpc"].as_str().expect("grpc")))
+            .collect()
+    }
+
+    /// gRPC URL of the first replica of `service`.
+    pub fn grpc(&self, service: &str) -> String {
+        self.grpc_all(service)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("{service} started"))
+    }
+
+    /// Sends `signal` (e.g. "-KILL", "-STOP") to the process named `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self
+            .processes()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in mesh.json"))["pid"]
+            .as_u64()
+            .expect("pid");
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {signal} {name}");
+    }
+
+    /// SIGKILLs every process of `service`.
+    pub fn kill(&self, service: &str) {
+        for p in self.processes().iter().filter(|p| p["service"] == service) {
+            let pid = p["pid"].as_u64().expect("pid").to_string();
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    }
+}
+
+fn log_tails(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                    format!("{}:\n{}", e.path().display(), tail.join("\n"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
