@@ -61,37 +61,34 @@ impl RankingClient {
         &self,
         req: pb::SearchRequest,
     ) -> Result<pb::SearchResponse, tonic::Status> {
-        let deadline = Instant::now() + self.timeout;
-        self.within(
-            deadline,
-            self.upstream.call_hedged(|ch| {
-                let r = with_deadline(req.clone(), deadline);
-                async move {
-                    RankingServiceClient::new(ch)
-                        .search(r)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            }),
-        )
-        .await
+        self.hedged(req, |mut c, r| async move { c.search(r).await })
+            .await
     }
 
     pub async fn recommend(
         &self,
         req: pb::RecommendRequest,
     ) -> Result<pb::RecommendResponse, tonic::Status> {
+        self.hedged(req, |mut c, r| async move { c.recommend(r).await })
+            .await
+    }
+
+    /// One read RPC: hedged, retried within budget, within the deadline.
+    async fn hedged<Req, Resp, F, Fut>(&self, req: Req, rpc: F) -> Result<Resp, tonic::Status>
+    where
+        Req: Clone,
+        F: Fn(RankingServiceClient<crate::balance::Balanced>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         self.within(
             deadline,
             self.upstream.call_hedged(|ch| {
-                let r = with_deadline(req.clone(), deadline);
-                async move {
-                    RankingServiceClient::new(ch)
-                        .recommend(r)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+                let call = rpc(
+                    RankingServiceClient::new(ch),
+                    with_deadline(req.clone(), deadline),
+                );
+                async move { call.await.map(tonic::Response::into_inner) }
             }),
         )
         .await

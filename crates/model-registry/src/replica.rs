@@ -119,6 +119,25 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+/// Stages and versions of model `name` (`None`: never published).
+pub async fn summary(
+    registry: &Upstream,
+    name: &str,
+) -> Result<Option<pb::ModelSummary>, tonic::Status> {
+    let listed = registry
+        .call(|ch| {
+            let name = name.to_owned();
+            async move {
+                pb::model_registry_client::ModelRegistryClient::new(ch)
+                    .list_models(pb::ListModelsRequest { name })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await?;
+    Ok(listed.models.into_iter().find(|m| m.name == name))
+}
+
 /// Parses the registry's public key.
 pub fn verify_key(hex: &str) -> Result<VerifyingKey, String> {
     let bytes: [u8; 32] = envelope::decode_hex(hex)?
@@ -174,21 +193,9 @@ impl Fetcher {
 
     /// The model's stages and versions; `None` when it was never published.
     pub async fn summary(&self) -> Result<Option<pb::ModelSummary>, FollowError> {
-        let name = self.source.model.clone();
-        let listed = self
-            .registry
-            .call(|ch| {
-                let name = name.clone();
-                async move {
-                    pb::model_registry_client::ModelRegistryClient::new(ch)
-                        .list_models(pb::ListModelsRequest { name })
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        summary(&self.registry, &self.source.model)
             .await
-            .map_err(|s| FollowError::Registry(s.message().to_owned()))?;
-        Ok(listed.models.into_iter().find(|m| m.name == name))
+            .map_err(|s| FollowError::Registry(s.message().to_owned()))
     }
 
     /// The manifest of `version` in the variant this replica should run: the

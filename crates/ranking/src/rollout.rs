@@ -350,20 +350,10 @@ impl Controller {
     /// One look at the canary; returns what was decided (None: no canary).
     pub async fn step(&self) -> Result<Option<Verdict>, String> {
         let name = self.model.clone();
-        let listed = self
-            .registry
-            .call(|ch| {
-                let name = name.clone();
-                async move {
-                    pb::model_registry_client::ModelRegistryClient::new(ch)
-                        .list_models(pb::ListModelsRequest { name })
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        let Some(summary) = rankmesh_model_registry::replica::summary(&self.registry, &name)
             .await
-            .map_err(|s| format!("registry: {}", s.message()))?;
-        let Some(summary) = listed.models.into_iter().find(|m| m.name == self.model) else {
+            .map_err(|s| format!("registry: {}", s.message()))?
+        else {
             return Ok(None);
         };
         if summary.canary_version == 0 {
