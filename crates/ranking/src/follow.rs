@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rankmesh_common::batcher::{BatchConfig, Batcher};
+use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::Readiness;
 use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened, Sealed};
@@ -67,16 +67,7 @@ pub async fn load(
     .await
     .map_err(|e| FollowError::Load(e.to_string()))?
     .map_err(FollowError::Load)?;
-    let ranker = Arc::new(ranker);
-    let r = Arc::clone(&ranker);
-    let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
-        r.score(rows.concat()).map_err(|e| e.to_string())
-    });
-    Ok(LoadedRanker {
-        ranker,
-        batcher,
-        variant,
-    })
+    Ok(LoadedRanker::new(ranker, batch, &variant))
 }
 
 fn version_of(r: Option<&LoadedRanker>) -> u64 {

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rankmesh_common::batcher::{BatchConfig, Batcher};
+use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::config::ConfigError;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_common::election::{Candidate, lead_forever};
@@ -150,18 +150,9 @@ fn load_ranker(
     let onnx = config.onnx.clone();
     let batch = ranker_batch(config);
     Some(async move {
-        let ranker = Arc::new(
-            tokio::task::spawn_blocking(move || Ranker::load(&dir, version, &onnx)).await??,
-        );
-        let r = Arc::clone(&ranker);
-        let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
-            r.score(rows.concat()).map_err(|e| e.to_string())
-        });
-        Ok(LoadedRanker {
-            ranker,
-            batcher,
-            variant: "fp32".into(),
-        })
+        let ranker =
+            tokio::task::spawn_blocking(move || Ranker::load(&dir, version, &onnx)).await??;
+        Ok(LoadedRanker::new(ranker, batch, "fp32"))
     })
 }
 

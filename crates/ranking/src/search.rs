@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rankmesh_common::batcher::Batcher;
+use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
 use rankmesh_proto::pb::common::v1 as common;
@@ -107,6 +107,22 @@ pub struct LoadedRanker {
     pub batcher: Batcher<Vec<f32>, f32>,
     /// "fp32" or "int8": the artifact variant this replica runs.
     pub variant: String,
+}
+
+impl LoadedRanker {
+    /// Wraps a loaded ranker in its batcher (one worker per session).
+    pub fn new(ranker: Ranker, batch: BatchConfig, variant: &str) -> Self {
+        let ranker = Arc::new(ranker);
+        let r = Arc::clone(&ranker);
+        let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
+            r.score(rows.concat()).map_err(|e| e.to_string())
+        });
+        Self {
+            ranker,
+            batcher,
+            variant: variant.to_owned(),
+        }
+    }
 }
 
 /// A canary ranker and the share of requests it answers.
