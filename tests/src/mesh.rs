@@ -81,15 +81,42 @@ impl LocalMesh {
             .unwrap_or_else(|| panic!("{service} started"))
     }
 
-    /// Sends `signal` (e.g. "-KILL", "-STOP") to the process named `name`.
-    pub fn signal(&self, name: &str, signal: &str) {
-        let pid = self
-            .processes()
+    /// The pid of the process named `name`.
+    pub fn pid(&self, name: &str) -> u64 {
+        self.processes()
             .iter()
             .find(|p| p["name"] == name)
             .unwrap_or_else(|| panic!("{name} in mesh.json"))["pid"]
             .as_u64()
-            .expect("pid");
+            .expect("pid")
+    }
+
+    /// Resident memory of the process named `name`, in KiB.
+    pub fn rss_kib(&self, name: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(name)))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Starts `meshctl bench` at the mesh (through etcd discovery) with `args`;
+    /// [`bench_report`] waits for its JSON report.
+    pub fn bench(&self, args: &[&str]) -> std::process::Child {
+        Command::new(binary("meshctl"))
+            .arg("bench")
+            .args(args)
+            .args(["--json", "--etcd", &self.etcd])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start meshctl bench")
+    }
+
+    /// Sends `signal` (e.g. "-KILL", "-STOP") to the process named `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self.pid(name);
         let ok = Command::new("kill")
             .args([signal, &pid.to_string()])
             .status()
@@ -104,6 +131,28 @@ impl LocalMesh {
             let _ = Command::new("kill").args(["-9", &pid]).status();
         }
     }
+}
+
+/// Waits for a `meshctl bench` started by [`LocalMesh::bench`] and parses its report.
+pub fn bench_report(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("bench finishes");
+    assert!(out.status.success(), "meshctl bench failed");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    eprintln!("bench: {}", summary(&r));
+    r
+}
+
+/// The headline numbers of a bench report, for logs and assertion messages.
+pub fn summary(r: &serde_json::Value) -> String {
+    format!(
+        "{} sent, {} failed {}, p50 {} ms, p99 {} ms, max {} ms",
+        r["sent"],
+        r["failed"],
+        r["errors"],
+        r["latency_ms"]["p50"],
+        r["latency_ms"]["p99"],
+        r["latency_ms"]["max"]
+    )
 }
 
 fn log_tails(dir: &Path) -> String {

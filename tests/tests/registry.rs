@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rankmesh_client::upstream::Upstream;
+use rankmesh_client::RegistryClient;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
 use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
@@ -542,7 +542,10 @@ fn fetcher(etcd: &rankmesh_common::etcd::Etcd, model: &str) -> Fetcher {
             verify_key: hex(&vk.to_bytes()),
             ..RegistrySource::default()
         },
-        Upstream::new("registry", Resolver::watch(etcd.clone(), "registry")),
+        RegistryClient::new(
+            Resolver::watch(etcd.clone(), "registry"),
+            Duration::from_secs(5),
+        ),
     )
     .expect("fetcher")
 }
@@ -684,7 +687,10 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
                 .to_bytes()),
             ..RegistrySource::default()
         },
-        Upstream::new("registry", Resolver::watch(client.clone(), "registry")),
+        RegistryClient::new(
+            Resolver::watch(client.clone(), "registry"),
+            Duration::from_secs(5),
+        ),
     )
     .expect("fetcher");
     let e = wrong.open(&sealed).expect_err("wrong master key");

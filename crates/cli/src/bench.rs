@@ -1,67 +1,309 @@
-//! `meshctl bench`: an open-loop load generator for Search.
+//! `meshctl bench`: an open-loop load generator for Search and Recommend.
 //!
 //! Requests are sent on a fixed schedule (constant arrival rate), whether or not
 //! earlier ones have answered, and each latency is measured from its *scheduled*
 //! send time: when the service slows down, queueing delay shows in the numbers
 //! instead of silently lowering the offered load (no coordinated omission).
+//! Latencies go into HDR histograms (3 significant digits, 1 µs to 1 h), overall
+//! and per second, so a long run costs constant memory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use rankmesh_client::upstream::UpstreamConfig;
+use rankmesh_client::{Deadline, RankingClient};
+use rankmesh_common::discovery::Resolver;
 use rankmesh_proto::pb::ranking::v1 as pb;
-use tokio::sync::Mutex;
+use serde::Serialize;
 
 /// Most requests in flight; beyond it a scheduled request counts as dropped.
 const MAX_IN_FLIGHT: usize = 2_000;
 
-#[derive(Default)]
-struct Results {
-    latencies: Vec<Duration>,
-    errors: BTreeMap<String, u64>,
-    /// The first message seen per error code (what went wrong, not just how often).
-    error_examples: BTreeMap<String, String>,
-    stages: BTreeMap<String, Vec<f32>>,
-    per_second: BTreeMap<u64, (u64, u64)>,
-    dropped: u64,
+/// Which RPC the load calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rpc {
+    Search,
+    Recommend,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+impl std::str::FromStr for Rpc {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "search" => Ok(Self::Search),
+            "recommend" => Ok(Self::Recommend),
+            _ => Err(format!("--rpc {s}: expected search or recommend")),
+        }
     }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-fn pct_f(sorted: &[f32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// What to send, how fast, and how the SDK may help.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub rpc: Rpc,
+    pub qps: f64,
+    pub duration: Duration,
+    pub timeout: Duration,
+    /// Queries (Search) or user ids (Recommend), used in turn.
+    pub inputs: Vec<String>,
+    /// The SDK's retry budget and hedging (`--no-retry`, `--no-hedge` turn them
+    /// off: what a client without them would see).
+    pub upstream: UpstreamConfig,
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.qps > 0.0 && self.qps <= 10_000.0,
+            "--qps must be within (0, 10000]"
+        );
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be at least 1 s");
+        anyhow::ensure!(!self.inputs.is_empty(), "the input file has no lines");
+        Ok(())
     }
-    f64::from(sorted[((sorted.len() as f64 - 1.0) * p).round() as usize])
 }
 
-pub(crate) async fn search(
-    replicas: rankmesh_common::discovery::Resolver,
-    qps: f64,
-    duration: Duration,
-    queries: &Path,
-    timeout: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        qps > 0.0 && qps <= 10_000.0,
-        "--qps must be within (0, 10000]"
-    );
-    let text = std::fs::read_to_string(queries)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", queries.display()))?;
-    let queries: Vec<String> = text
+/// Reads one input per line, skipping blank ones.
+pub(crate) fn read_inputs(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
-        .collect();
-    anyhow::ensure!(!queries.is_empty(), "the query file has no queries");
+        .collect())
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h at 3 significant digits; values are in microseconds.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1e3
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: ms(h, 0.5),
+            p90: ms(h, 0.9),
+            p99: ms(h, 0.99),
+            p999: ms(h, 0.999),
+            max: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1e3
+            },
+        }
+    }
+}
+
+/// One second of the run (by scheduled send time).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Second {
+    pub second: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Answers per model version, as `name:version` (e.g. `ranker:2`).
+    pub models: BTreeMap<String, u64>,
+    /// Answers that skipped a stage, per stage.
+    pub degraded: BTreeMap<String, u64>,
+}
+
+/// Per-stage server timings reported in replies.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Stage {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The outcome of a run (the `--json` output).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub rpc: String,
+    pub qps: f64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// The first message seen per error code (what went wrong, not just how often).
+    pub error_examples: BTreeMap<String, String>,
+    pub achieved_qps: f64,
+    /// From scheduled send time, successes and failures alike.
+    pub latency_ms: Latency,
+    /// The same per outcome: "Ok" or an error code (how fast each kind of answer
+    /// came: an overloaded service must refuse within milliseconds).
+    pub latency_by_outcome_ms: BTreeMap<String, Latency>,
+    pub stages: BTreeMap<String, Stage>,
+    pub timeline: Vec<Second>,
+}
+
+#[derive(Default)]
+struct SecondAcc {
+    requests: u64,
+    errors: BTreeMap<String, u64>,
+    latency: Option<Histogram<u64>>,
+    models: BTreeMap<String, u64>,
+    degraded: BTreeMap<String, u64>,
+}
+
+struct Acc {
+    latency: Histogram<u64>,
+    by_outcome: BTreeMap<String, Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+    error_examples: BTreeMap<String, String>,
+    stages: BTreeMap<String, Histogram<u64>>,
+    seconds: BTreeMap<u64, SecondAcc>,
+    dropped: u64,
+}
+
+/// What one answer said, for the accumulators.
+struct Answer {
+    models: Vec<String>,
+    degraded: Vec<String>,
+    stage_ms: Vec<(String, f32)>,
+}
+
+impl Acc {
+    fn new() -> Self {
+        Self {
+            latency: histogram(),
+            by_outcome: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            seconds: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    fn record(&mut self, second: u64, latency: Duration, outcome: Result<Answer, tonic::Status>) {
+        let us = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
+        self.latency.saturating_record(us);
+        let slot = self.seconds.entry(second).or_default();
+        slot.requests += 1;
+        slot.latency
+            .get_or_insert_with(histogram)
+            .saturating_record(us);
+        let outcome_name = match &outcome {
+            Ok(_) => "Ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.by_outcome
+            .entry(outcome_name)
+            .or_insert_with(histogram)
+            .saturating_record(us);
+        match outcome {
+            Ok(a) => {
+                for m in a.models {
+                    *slot.models.entry(m).or_default() += 1;
+                }
+                for d in a.degraded {
+                    *slot.degraded.entry(d).or_default() += 1;
+                }
+                for (stage, ms) in a.stage_ms {
+                    let v = (f64::from(ms) * 1e3).clamp(1.0, 3.6e9) as u64;
+                    self.stages
+                        .entry(stage)
+                        .or_insert_with(histogram)
+                        .saturating_record(v);
+                }
+            }
+            Err(s) => {
+                let code = format!("{:?}", s.code());
+                *slot.errors.entry(code.clone()).or_default() += 1;
+                *self.errors.entry(code.clone()).or_default() += 1;
+                self.error_examples
+                    .entry(code)
+                    .or_insert_with(|| s.message().to_owned());
+            }
+        }
+    }
+
+    fn report(self, opts: &Options, elapsed: Duration) -> Report {
+        let sent = self.latency.len();
+        Report {
+            rpc: format!("{:?}", opts.rpc).to_lowercase(),
+            qps: opts.qps,
+            duration_s: opts.duration.as_secs_f64(),
+            sent,
+            dropped: self.dropped,
+            failed: self.errors.values().sum(),
+            errors: self.errors,
+            error_examples: self.error_examples,
+            achieved_qps: sent as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_ms: Latency::of(&self.latency),
+            latency_by_outcome_ms: self
+                .by_outcome
+                .iter()
+                .map(|(k, h)| (k.clone(), Latency::of(h)))
+                .collect(),
+            stages: self
+                .stages
+                .iter()
+                .map(|(k, h)| {
+                    (
+                        k.clone(),
+                        Stage {
+                            p50_ms: ms(h, 0.5),
+                            p99_ms: ms(h, 0.99),
+                        },
+                    )
+                })
+                .collect(),
+            timeline: self
+                .seconds
+                .into_iter()
+                .map(|(second, s)| {
+                    let h = s.latency.unwrap_or_else(histogram);
+                    Second {
+                        second,
+                        requests: s.requests,
+                        errors: s.errors.values().sum(),
+                        errors_by_code: s.errors,
+                        p50_ms: ms(&h, 0.5),
+                        p99_ms: ms(&h, 0.99),
+                        models: s.models,
+                        degraded: s.degraded,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn model_names(models: &[rankmesh_proto::pb::common::v1::ModelRef]) -> Vec<String> {
+    models
+        .iter()
+        .map(|m| format!("{}:{}", m.name, m.version))
+        .collect()
+}
+
+/// Runs the load against the replicas in `replicas` and reports.
+pub(crate) async fn run(replicas: Resolver, opts: &Options) -> anyhow::Result<Report> {
+    opts.validate()?;
     // The SDK a storefront uses: every replica, balanced, retried, hedged.
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -69,115 +311,160 @@ pub(crate) async fn search(
     )
     .await
     .map_err(|_| anyhow::anyhow!("no ranking replica found"))?;
-    let client = rankmesh_client::RankingClient::new(replicas, timeout);
-    let results = Arc::new(Mutex::new(Results::default()));
+    let client = RankingClient::with_config(replicas, opts.timeout, opts.upstream);
+    let acc = Arc::new(Mutex::new(Acc::new()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let interval = Duration::from_secs_f64(1.0 / qps);
-    let total = (duration.as_secs_f64() * qps).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / opts.qps);
+    let total = (opts.duration.as_secs_f64() * opts.qps).round() as u64;
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
+    let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         let scheduled = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            results.lock().await.dropped += 1;
+            acc.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .dropped += 1;
             continue;
         };
-        let client = client.clone();
-        let results = Arc::clone(&results);
-        let query = queries[i as usize % queries.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .search(pb::SearchRequest {
-                    query,
-                    user_id: String::new(),
-                    k: 10,
-                    filters: None,
-                    routing_key: String::new(),
-                })
-                .await;
+        let (client, acc, rpc) = (client.clone(), Arc::clone(&acc), opts.rpc);
+        let input = opts.inputs[i as usize % opts.inputs.len()].clone();
+        tasks.spawn(async move {
+            let outcome = match rpc {
+                Rpc::Search => client
+                    .search(
+                        pb::SearchRequest {
+                            query: input,
+                            k: 10,
+                            ..Default::default()
+                        },
+                        Deadline::Default,
+                    )
+                    .await
+                    .map(|r| Answer {
+                        models: model_names(&r.models),
+                        degraded: r.degraded,
+                        stage_ms: r.stage_ms.into_iter().collect(),
+                    }),
+                Rpc::Recommend => client
+                    .recommend(
+                        pb::RecommendRequest {
+                            user_id: input,
+                            k: 10,
+                            ..Default::default()
+                        },
+                        Deadline::Default,
+                    )
+                    .await
+                    .map(|r| Answer {
+                        models: model_names(&r.models),
+                        degraded: r.degraded,
+                        stage_ms: r.stage_ms.into_iter().collect(),
+                    }),
+            };
             let latency = scheduled.elapsed();
             let second = scheduled.duration_since(start).as_secs();
-            let mut res = results.lock().await;
-            let slot = res.per_second.entry(second).or_default();
-            slot.0 += 1;
-            match r {
-                Ok(resp) => {
-                    for (stage, ms) in resp.stage_ms {
-                        res.stages.entry(stage).or_default().push(ms);
-                    }
-                }
-                Err(s) => {
-                    slot.1 += 1;
-                    let code = format!("{:?}", s.code());
-                    *res.errors.entry(code.clone()).or_default() += 1;
-                    res.error_examples
-                        .entry(code)
-                        .or_insert_with(|| s.message().to_owned());
-                }
-            }
-            res.latencies.push(latency);
+            acc.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(second, latency, outcome);
             drop(permit);
-        }));
+        });
+        // Reap finished tasks as we go, so memory stays flat on long runs.
+        while tasks.try_join_next().is_some() {}
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut res = results.lock().await;
-    res.latencies.sort();
-    for v in res.stages.values_mut() {
-        v.sort_by(f32::total_cmp);
-    }
-    let sent = res.latencies.len();
-    let failed: u64 = res.errors.values().sum();
-    if json {
-        let stages: serde_json::Map<String, serde_json::Value> = res
-            .stages
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    serde_json::json!({ "p50_ms": pct_f(v, 0.5), "p99_ms": pct_f(v, 0.99) }),
-                )
-            })
-            .collect();
-        let timeline: Vec<_> = res
-            .per_second
-            .iter()
-            .map(|(s, (n, e))| serde_json::json!({ "second": s, "requests": n, "errors": e }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "qps": qps, "sent": sent, "dropped": res.dropped, "failed": failed, "errors": res.errors,
-                "error_examples": res.error_examples,
-                "achieved_qps": sent as f64 / elapsed,
-                "latency_ms": { "p50": pct(&res.latencies, 0.5), "p90": pct(&res.latencies, 0.9), "p99": pct(&res.latencies, 0.99), "max": pct(&res.latencies, 1.0) },
-                "stages": stages, "timeline": timeline,
-            })
-        );
-    } else {
-        println!(
-            "search at {qps} qps for {:.0} s: {sent} sent, {failed} failed, {} dropped",
-            duration.as_secs_f64(),
-            res.dropped
-        );
-        println!(
-            "latency from scheduled send: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            pct(&res.latencies, 0.5),
-            pct(&res.latencies, 0.9),
-            pct(&res.latencies, 0.99),
-            pct(&res.latencies, 1.0)
-        );
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    let acc = Arc::try_unwrap(acc)
+        .map_err(|_| anyhow::anyhow!("bench tasks still running"))?
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(acc.report(opts, elapsed))
+}
+
+/// Prints a report for a person.
+pub(crate) fn print(r: &Report) {
+    println!(
+        "{} at {} qps for {:.0} s: {} sent, {} failed, {} dropped ({:.1} qps achieved)",
+        r.rpc, r.qps, r.duration_s, r.sent, r.failed, r.dropped, r.achieved_qps
+    );
+    let l = &r.latency_ms;
+    println!(
+        "latency from scheduled send: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    if !r.stages.is_empty() {
         println!("{:<10} {:>9} {:>9}", "stage", "p50 ms", "p99 ms");
-        for (k, v) in &res.stages {
-            println!("{k:<10} {:>9.2} {:>9.2}", pct_f(v, 0.5), pct_f(v, 0.99));
-        }
-        for (code, n) in &res.errors {
-            let example = res.error_examples.get(code).map_or("", String::as_str);
-            println!("errors {code}: {n} (e.g. {example})");
+        for (k, s) in &r.stages {
+            println!("{k:<10} {:>9.2} {:>9.2}", s.p50_ms, s.p99_ms);
         }
     }
-    Ok(())
+    for (code, n) in &r.errors {
+        let example = r.error_examples.get(code).map_or("", String::as_str);
+        println!("errors {code}: {n} (e.g. {example})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            rpc: Rpc::Search,
+            qps: 10.0,
+            duration: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            inputs: vec!["q".into()],
+            upstream: UpstreamConfig::default(),
+        }
+    }
+
+    #[test]
+    fn the_report_counts_errors_per_second_and_models_answering() {
+        let mut acc = Acc::new();
+        for i in 0..100u64 {
+            let outcome = if i % 10 == 0 {
+                Err(tonic::Status::unavailable("down"))
+            } else {
+                Ok(Answer {
+                    models: vec![format!("ranker:{}", 1 + i / 50)],
+                    degraded: vec![],
+                    stage_ms: vec![("rank".into(), 2.0)],
+                })
+            };
+            acc.record(i / 50, Duration::from_millis(i + 1), outcome);
+        }
+        let r = acc.report(&opts(), Duration::from_secs(2));
+        assert_eq!((r.sent, r.failed), (100, 10));
+        assert_eq!(r.errors["Unavailable"], 10);
+        assert!(r.latency_by_outcome_ms["Unavailable"].max <= 91.1);
+        assert!(r.latency_by_outcome_ms["Ok"].max > 99.0);
+        assert_eq!(r.timeline.len(), 2);
+        assert_eq!(r.timeline[0].models["ranker:1"], 45);
+        assert_eq!(r.timeline[1].models["ranker:2"], 45);
+        assert_eq!(r.timeline[1].errors_by_code["Unavailable"], 5);
+        // HDR percentiles are within 0.1% of the true value.
+        assert!(
+            (r.latency_ms.p50 - 50.0).abs() < 0.1,
+            "{}",
+            r.latency_ms.p50
+        );
+        assert!(
+            (r.latency_ms.max - 100.0).abs() < 0.1,
+            "{}",
+            r.latency_ms.max
+        );
+        assert!((r.stages["rank"].p50_ms - 2.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let mut o = opts();
+        o.qps = 0.0;
+        assert!(o.validate().is_err());
+        let mut o = opts();
+        o.inputs.clear();
+        assert!(o.validate().is_err());
+        assert!("grep".parse::<Rpc>().is_err());
+    }
 }

@@ -158,22 +158,29 @@ enum Command {
         #[command(subcommand)]
         command: FeaturesCommand,
     },
-    /// Open-loop load: Search at a constant rate, latency from scheduled send time,
-    /// per-stage timings, errors by code, a per-second timeline with --json.
+    /// Open-loop load: Search or Recommend at a constant rate through the SDK,
+    /// latency from scheduled send time (HDR histograms), per-stage timings, errors
+    /// by code, a per-second timeline (errors, p50/p99, model versions) with --json.
     Bench {
-        /// Only `search` for now.
+        /// `search` (inputs are queries) or `recommend` (inputs are user ids).
         #[arg(long, default_value = "search")]
-        rpc: String,
+        rpc: bench::Rpc,
         #[arg(long, default_value_t = 50.0)]
         qps: f64,
         /// Seconds.
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// One query per line (e.g. a generated queries.txt).
+        /// One query (or user id) per line, e.g. a generated queries.txt.
         #[arg(long)]
         queries: PathBuf,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Turn the SDK's hedging off (what a client without it sees).
+        #[arg(long)]
+        no_hedge: bool,
+        /// Turn the SDK's retries off.
+        #[arg(long)]
+        no_retry: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -610,10 +617,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration,
             queries,
             timeout_ms,
+            no_hedge,
+            no_retry,
             json,
             target,
         } => {
-            anyhow::ensure!(rpc == "search", "--rpc {rpc}: only search is supported");
             let replicas = match &target.addr {
                 Some(a) => {
                     rankmesh_common::discovery::Resolver::fixed("ranking", std::slice::from_ref(a))
@@ -623,15 +631,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "ranking",
                 ),
             };
-            bench::search(
-                replicas,
+            let mut upstream = rankmesh_client::upstream::UpstreamConfig::default();
+            if no_hedge {
+                upstream.hedge_percentile = 0.0;
+            }
+            if no_retry {
+                upstream.max_retries = 0;
+            }
+            let opts = bench::Options {
+                rpc,
                 qps,
-                Duration::from_secs(duration),
-                &queries,
-                Duration::from_millis(timeout_ms),
-                json,
-            )
-            .await?;
+                duration: Duration::from_secs(duration),
+                timeout: Duration::from_millis(timeout_ms),
+                inputs: bench::read_inputs(&queries)?,
+                upstream,
+            };
+            let report = bench::run(replicas, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                bench::print(&report);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Model {

@@ -12,11 +12,18 @@
 //! peak-EWMA alone would favour it, and tonic's reconnecting channel reports ready on
 //! a dead endpoint (tonic#2839). When no replica is in rotation, calls fail at once
 //! with UNAVAILABLE naming the service instead of waiting for one to appear.
+//!
+//! A *hung* replica (SIGSTOP, a wedged process, a black-holed link) is the opposite
+//! case: its connection stays open and ready, calls never answer, and hedging
+//! cancels them, so neither failures nor peak-EWMA load ever build up against it.
+//! So each replica also tracks how long it has gone without answering anything while
+//! calls were sent to it (cancelled ones included); past `stall_after`, with at least
+//! two unanswered calls, it is ejected like a failing one.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -38,6 +45,9 @@ pub struct BalanceConfig {
     /// Peak-EWMA: the RTT assumed for a new replica and the decay window.
     pub default_rtt: Duration,
     pub decay: Duration,
+    /// A replica that answers nothing for this long while at least two calls wait
+    /// on it (or were given up on) counts as hung and is ejected.
+    pub stall_after: Duration,
     /// Requests queued for the balancer at most.
     pub buffer: usize,
 }
@@ -51,6 +61,7 @@ impl Default for BalanceConfig {
             max_ejection: Duration::from_secs(30),
             default_rtt: Duration::from_millis(20),
             decay: Duration::from_secs(10),
+            stall_after: Duration::from_secs(1),
             buffer: 1024,
         }
     }
@@ -178,17 +189,86 @@ impl Service<http::Request<Body>> for Balanced {
     }
 }
 
-/// Health of one replica.
+/// Health of one replica: closed (in rotation), open (ejected for a cooldown) or
+/// half-open (back after a cooldown: one probe call at a time until one succeeds).
 #[derive(Debug)]
 struct Health {
     consecutive_failures: u32,
     ejected_until: Option<tokio::time::Instant>,
     next_ejection: Duration,
     in_rotation: bool,
+    /// Back from an ejection, not yet answered successfully.
+    probing: bool,
+    /// Calls sent and not yet answered or given up on.
+    in_flight: u32,
+    /// When the oldest call sent since the last answer was sent, and how many were
+    /// sent since: a call given up on (a hedge loser, a caller's deadline) stays
+    /// unanswered, so a hung replica cannot look idle by having its calls cancelled.
+    unanswered_since: Option<tokio::time::Instant>,
+    unanswered: u32,
+    /// The balancer task waiting for this replica to take a call again.
+    waker: Option<Waker>,
 }
 
-/// One replica's channel, taken out of rotation after failures, back for a probe
-/// after a cooldown.
+impl Health {
+    fn new(config: &BalanceConfig) -> Self {
+        Self {
+            consecutive_failures: 0,
+            ejected_until: None,
+            next_ejection: config.base_ejection,
+            in_rotation: true,
+            probing: false,
+            in_flight: 0,
+            unanswered_since: None,
+            unanswered: 0,
+            waker: None,
+        }
+    }
+
+    fn sent(&mut self, now: tokio::time::Instant) {
+        self.in_flight += 1;
+        self.unanswered += 1;
+        self.unanswered_since.get_or_insert(now);
+    }
+
+    /// An answer (of any kind) came back: the replica is not hung. Calls still in
+    /// flight are counted as sent now.
+    fn answered(&mut self, now: tokio::time::Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.restart_count(now);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn given_up(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    fn restart_count(&mut self, now: tokio::time::Instant) {
+        self.unanswered = self.in_flight;
+        self.unanswered_since = (self.in_flight > 0).then_some(now);
+    }
+
+    /// Whether the replica looks hung: nothing answered for `after` while calls were
+    /// sent to it (two, or the one probe).
+    fn stalled(&self, now: tokio::time::Instant, after: Duration) -> bool {
+        let enough = if self.probing { 1 } else { 2 };
+        self.unanswered >= enough
+            && self
+                .unanswered_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= after)
+    }
+}
+
+fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
+    health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One replica's channel, taken out of rotation after failures or a hang, back for
+/// a probe after a cooldown.
 #[derive(Debug)]
 struct Ejecting {
     inner: Channel,
@@ -205,13 +285,8 @@ impl Ejecting {
         Self {
             inner,
             uri,
+            health: Arc::new(Mutex::new(Health::new(&config))),
             config,
-            health: Arc::new(Mutex::new(Health {
-                consecutive_failures: 0,
-                ejected_until: None,
-                next_ejection: config.base_ejection,
-                in_rotation: true,
-            })),
             counter,
             sleep: None,
         }
@@ -220,11 +295,7 @@ impl Ejecting {
 
 impl Drop for Ejecting {
     fn drop(&mut self) {
-        let h = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !h.in_rotation {
+        if !lock(&self.health).in_rotation {
             self.counter.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -238,50 +309,120 @@ fn unavailable(resp: &http::Response<Body>) -> bool {
         .is_some_and(|v| v.as_bytes() == b"14")
 }
 
-fn record(
-    health: &Arc<Mutex<Health>>,
-    counter: &Arc<AtomicUsize>,
-    config: &BalanceConfig,
-    uri: &str,
-    ok: bool,
-) {
-    let mut h = health
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if ok {
-        h.consecutive_failures = 0;
-        h.next_ejection = config.base_ejection;
-        return;
-    }
-    h.consecutive_failures += 1;
-    // After an ejection the count is kept, so one failed probe ejects again (for
-    // twice as long).
-    if h.consecutive_failures < config.eject_after || !h.in_rotation {
-        return;
-    }
-    let cooldown = h.next_ejection;
-    h.ejected_until = Some(tokio::time::Instant::now() + cooldown);
-    h.next_ejection = (cooldown * 2).min(config.max_ejection);
-    h.in_rotation = false;
-    counter.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("rankmesh_client_ejections_total").increment(1);
-    tracing::warn!(endpoint = %uri, ?cooldown, "replica ejected after failures");
-    // Back in rotation after the cooldown, for a probe: a timer, because with every
-    // replica ejected no request reaches the balancer to notice.
-    let (weak, counter) = (Arc::downgrade(health), Arc::clone(counter));
-    tokio::spawn(async move {
-        tokio::time::sleep(cooldown).await;
-        if let Some(health) = weak.upgrade() {
-            let mut h = health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !h.in_rotation {
-                h.in_rotation = true;
-                h.ejected_until = None;
-                counter.fetch_sub(1, Ordering::Relaxed);
-            }
+/// What one replica's calls need to report back.
+#[derive(Debug, Clone)]
+struct Reporter {
+    health: Arc<Mutex<Health>>,
+    counter: Arc<AtomicUsize>,
+    config: BalanceConfig,
+    uri: Arc<str>,
+}
+
+impl Reporter {
+    fn record(&self, ok: bool) {
+        let mut h = lock(&self.health);
+        h.answered(tokio::time::Instant::now());
+        if ok {
+            h.consecutive_failures = 0;
+            h.next_ejection = self.config.base_ejection;
+            h.probing = false;
+            return;
         }
-    });
+        h.consecutive_failures += 1;
+        // After an ejection the count is kept, so one failed probe ejects again (for
+        // twice as long).
+        if h.consecutive_failures < self.config.eject_after || !h.in_rotation {
+            return;
+        }
+        self.eject(&mut h, "failures");
+    }
+
+    /// Takes the replica out of rotation for its current cooldown, then lets it
+    /// back, half-open, for a probe.
+    fn eject(&self, h: &mut Health, why: &'static str) {
+        let cooldown = h.next_ejection;
+        h.ejected_until = Some(tokio::time::Instant::now() + cooldown);
+        h.next_ejection = (cooldown * 2).min(self.config.max_ejection);
+        h.in_rotation = false;
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("rankmesh_client_ejections_total", "reason" => why).increment(1);
+        tracing::warn!(endpoint = %self.uri, ?cooldown, reason = why, "replica ejected");
+        // Back in rotation after the cooldown: a timer, because with every replica
+        // ejected no request reaches the balancer to notice.
+        let (weak, counter) = (Arc::downgrade(&self.health), Arc::clone(&self.counter));
+        tokio::spawn(async move {
+            tokio::time::sleep(cooldown).await;
+            if let Some(health) = weak.upgrade() {
+                let mut h = lock(&health);
+                if !h.in_rotation {
+                    h.in_rotation = true;
+                    h.probing = true;
+                    h.ejected_until = None;
+                    // The probe starts a fresh count: calls lost before the
+                    // ejection must not eject it again at once.
+                    h.restart_count(tokio::time::Instant::now());
+                    counter.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(w) = h.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Marks a call given up on when its future is dropped before an answer.
+struct InFlight {
+    health: Arc<Mutex<Health>>,
+    done: bool,
+}
+
+impl InFlight {
+    /// The call came back: the answer is recorded elsewhere.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.health).given_up();
+        }
+    }
+}
+
+impl Ejecting {
+    fn reporter(&self) -> Reporter {
+        Reporter {
+            health: Arc::clone(&self.health),
+            counter: Arc::clone(&self.counter),
+            config: self.config,
+            uri: Arc::from(self.uri.as_str()),
+        }
+    }
+
+    /// Until when this replica must not take a call: ejected (until the cooldown
+    /// ends), or half-open with its probe unanswered (until that probe counts as
+    /// hung). Ejects a replica found hung.
+    fn not_before(&self, cx: &Context<'_>) -> Option<tokio::time::Instant> {
+        let mut h = lock(&self.health);
+        let now = tokio::time::Instant::now();
+        if h.in_rotation && h.stalled(now, self.config.stall_after) {
+            self.reporter().eject(&mut h, "hung");
+        }
+        let until = match h.ejected_until {
+            Some(until) if until > now => Some(until),
+            _ if h.probing && h.unanswered > 0 => {
+                Some(h.unanswered_since.unwrap_or(now) + self.config.stall_after)
+            }
+            _ => None,
+        };
+        if until.is_some() {
+            h.waker = Some(cx.waker().clone());
+        }
+        until
+    }
 }
 
 impl Service<http::Request<Body>> for Ejecting {
@@ -291,16 +432,9 @@ impl Service<http::Request<Body>> for Ejecting {
         Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let until = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .ejected_until;
-        if let Some(until) = until
-            && until > tokio::time::Instant::now()
-        {
-            // Not ready until the cooldown ends: p2c picks among the others. The
-            // timer wakes the balancer for the probe.
+        // Not ready while ejected or probing: p2c picks among the others. The timer
+        // (or the probe's answer) wakes the balancer to look again.
+        while let Some(until) = self.not_before(cx) {
             let sleep = self
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
@@ -313,16 +447,81 @@ impl Service<http::Request<Body>> for Ejecting {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let (health, counter, config, uri) = (
-            Arc::clone(&self.health),
-            Arc::clone(&self.counter),
-            self.config,
-            self.uri.clone(),
-        );
+        let reporter = self.reporter();
+        lock(&self.health).sent(tokio::time::Instant::now());
+        let guard = InFlight {
+            health: Arc::clone(&self.health),
+            done: false,
+        };
         Box::pin(self.inner.call(req).map(move |r| {
+            guard.finish();
             let ok = matches!(&r, Ok(resp) if !unavailable(resp));
-            record(&health, &counter, &config, &uri, ok);
+            reporter.record(ok);
             r.map_err(Into::into)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_replica_that_answers_nothing_counts_as_hung_even_when_its_calls_are_cancelled() {
+        let config = BalanceConfig::default();
+        let mut h = Health::new(&config);
+        let t0 = tokio::time::Instant::now();
+        h.sent(t0);
+        h.given_up(); // a hedge loser
+        assert!(
+            !h.stalled(t0 + ms(5_000), config.stall_after),
+            "one lost call on an idle replica is not a hang"
+        );
+        h.sent(t0 + ms(10));
+        h.given_up();
+        assert!(!h.stalled(t0 + ms(900), config.stall_after));
+        assert!(
+            h.stalled(t0 + ms(1_000), config.stall_after),
+            "two calls sent, nothing answered for stall_after"
+        );
+        h.sent(t0 + ms(1_000));
+        h.answered(t0 + ms(1_001));
+        assert!(
+            !h.stalled(t0 + ms(10_000), config.stall_after),
+            "it answered"
+        );
+    }
+
+    #[test]
+    fn a_busy_healthy_replica_is_never_hung() {
+        let config = BalanceConfig::default();
+        let mut h = Health::new(&config);
+        let t0 = tokio::time::Instant::now();
+        // Calls overlap; each takes 300 ms and one in three is cancelled.
+        for i in 0..100u64 {
+            let now = t0 + ms(i * 100);
+            h.sent(now);
+            if i % 3 == 0 {
+                h.given_up();
+            } else if i >= 3 {
+                h.answered(now);
+            }
+            assert!(!h.stalled(now, config.stall_after), "call {i}");
+        }
+    }
+
+    #[test]
+    fn a_probe_that_hangs_is_enough() {
+        let config = BalanceConfig::default();
+        let mut h = Health::new(&config);
+        h.probing = true;
+        let t0 = tokio::time::Instant::now();
+        h.sent(t0);
+        assert!(!h.stalled(t0 + ms(999), config.stall_after));
+        assert!(h.stalled(t0 + ms(1_000), config.stall_after));
     }
 }

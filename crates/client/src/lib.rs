@@ -1,18 +1,32 @@
 //! The rankmesh client SDK, used by storefront backends and by rankmesh services
 //! themselves.
 //!
-//! Today it offers endpoint resolution (etcd discovery or a static list, through
-//! [`rankmesh_common::discovery::Resolver`]), channels with connect and
-//! request deadlines, readiness and gRPC health checks; [`balance::Balanced`], a p2c
-//! peak-EWMA balanced channel that ejects failing replicas and probes them back; and
-//! [`upstream::Upstream`], calls over it retried on UNAVAILABLE within a retry budget
-//! and, for latency-critical reads, hedged after the observed p95.
+//! One stack under every typed client ([`RankingClient`], [`FeatureClient`],
+//! [`EmbeddingClient`], [`RegistryClient`]):
+//! - endpoints from discovery (an etcd watch, or a static list) through
+//!   [`rankmesh_common::discovery::Resolver`];
+//! - [`balance::Balanced`]: p2c over peak-EWMA, replicas that fail or hang ejected
+//!   and probed back, a fast UNAVAILABLE when none is in rotation;
+//! - [`upstream::Upstream`]: retries on UNAVAILABLE within a retry budget, and for
+//!   reads a hedge to another replica after the observed p95;
+//! - [`rpc::Core`]: a deadline per call, sent as `grpc-timeout`, and the rule per
+//!   RPC of whether it may be repeated (RecordEvent only with its event id).
+//!
+//! Plus one-off helpers: [`connect`], [`health`] and [`ready`].
 
 pub mod balance;
+pub mod embedding;
+pub mod feature;
 pub mod ranking;
+pub mod registry;
+pub mod rpc;
 pub mod upstream;
 
+pub use embedding::EmbeddingClient;
+pub use feature::FeatureClient;
 pub use ranking::RankingClient;
+pub use registry::RegistryClient;
+pub use rpc::Deadline;
 
 use std::time::Duration;
 

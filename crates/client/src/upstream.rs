@@ -4,7 +4,7 @@
 //! - **Balancing and ejection**: [`Balanced`] (p2c over peak-EWMA; failing replicas
 //!   ejected and probed back; fails fast when none is in rotation).
 //! - **Retries**: a call that fails with UNAVAILABLE (the replica could not take it:
-//!   refused, reset, draining) is tried again, at most [`MAX_RETRIES`] times, and only
+//!   refused, reset, draining) is tried again, at most `max_retries` times, and only
 //!   while the retry budget allows: retries may add at most `retry_ratio` of the
 //!   recent request rate plus a floor of `retry_floor_per_s` (gRPC A6, Linkerd), so a
 //!   sick upstream is not hit with a retry storm. Only idempotent calls should go
@@ -26,8 +26,6 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balance::{BalanceConfig, Balanced};
 
-/// Retries per call at most (on top of the first attempt).
-pub const MAX_RETRIES: usize = 2;
 /// Latencies kept to estimate the hedging delay.
 const LATENCY_WINDOW: usize = 512;
 /// Samples needed before the hedging delay follows observed latency (a p95 of a
@@ -38,6 +36,8 @@ const MIN_SAMPLES: usize = 20;
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamConfig {
     pub balance: BalanceConfig,
+    /// Retries per call at most, on top of the first attempt (0: never retry).
+    pub max_retries: usize,
     /// Retries and hedges may add this share of the recent request rate...
     pub retry_ratio: f32,
     /// ... plus this many per second.
@@ -56,6 +56,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             balance: BalanceConfig::default(),
+            max_retries: 2,
             retry_ratio: 0.2,
             retry_floor_per_s: 10,
             hedge_percentile: 0.95,
@@ -106,6 +107,11 @@ impl Upstream {
         }
     }
 
+    /// The service's name in discovery.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
     /// The balanced channel (cloning it is cheap).
     pub fn channel(&self) -> Balanced {
         self.channel
@@ -143,6 +149,22 @@ impl Upstream {
         l.sort_unstable();
         let i = ((l.len() - 1) as f64 * self.config.hedge_percentile).round() as usize;
         Some(l[i].clamp(self.config.hedge_min, self.config.hedge_max))
+    }
+
+    /// Runs a `call` that must not be repeated: one attempt, balanced, neither
+    /// retried nor hedged (its latency still counts for the hedging delay).
+    pub async fn call_once<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnOnce(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.budget.deposit();
+        let started = Instant::now();
+        let r = call(self.channel()).await;
+        if r.is_ok() {
+            self.observe(started.elapsed());
+        }
+        r
     }
 
     /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
@@ -208,7 +230,10 @@ impl Upstream {
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        if failed.code() != tonic::Code::Unavailable || !self.budget.withdraw() {
+        if failed.code() != tonic::Code::Unavailable
+            || self.config.max_retries == 0
+            || !self.budget.withdraw()
+        {
             return remaining.await;
         }
         metrics::counter!("rankmesh_client_retries_total", "service" => self.service).increment(1);
@@ -237,7 +262,7 @@ impl Upstream {
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        for _ in 0..MAX_RETRIES {
+        for _ in 0..self.config.max_retries {
             match &r {
                 Err(s) if s.code() == tonic::Code::Unavailable && self.budget.withdraw() => {
                     tracing::debug!(service = self.service, error = %s, "unavailable; retrying");

@@ -164,7 +164,7 @@ pub async fn run(
         };
         let fetcher = Fetcher::new(
             config.model.registry.clone(),
-            rankmesh_client::upstream::Upstream::new("registry", resolver),
+            rankmesh_client::RegistryClient::new(resolver, std::time::Duration::from_secs(5)),
         )
         .map_err(Error::Follow)?;
         let follower =

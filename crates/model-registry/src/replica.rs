@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use rankmesh_client::upstream::Upstream;
+use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_proto::pb::registry::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +100,7 @@ impl std::fmt::Debug for Opened {
 
 /// Fetches, verifies, decrypts and caches one model's artifacts.
 pub struct Fetcher {
-    registry: Upstream,
+    registry: RegistryClient,
     keys: MasterKeys,
     verify_key: VerifyingKey,
     source: RegistrySource,
@@ -117,25 +117,6 @@ impl std::fmt::Debug for Fetcher {
             .field("model", &self.source.model)
             .finish_non_exhaustive()
     }
-}
-
-/// Stages and versions of model `name` (`None`: never published).
-pub async fn summary(
-    registry: &Upstream,
-    name: &str,
-) -> Result<Option<pb::ModelSummary>, tonic::Status> {
-    let listed = registry
-        .call(|ch| {
-            let name = name.to_owned();
-            async move {
-                pb::model_registry_client::ModelRegistryClient::new(ch)
-                    .list_models(pb::ListModelsRequest { name })
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
-    Ok(listed.models.into_iter().find(|m| m.name == name))
 }
 
 /// Parses the registry's public key.
@@ -156,7 +137,7 @@ const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Fetcher {
     /// Checks keys and the verify key; errors name the config field.
-    pub fn new(source: RegistrySource, registry: Upstream) -> Result<Self, String> {
+    pub fn new(source: RegistrySource, registry: RegistryClient) -> Result<Self, String> {
         let first = source
             .master_keys
             .keys()
@@ -193,7 +174,8 @@ impl Fetcher {
 
     /// The model's stages and versions; `None` when it was never published.
     pub async fn summary(&self) -> Result<Option<pb::ModelSummary>, FollowError> {
-        summary(&self.registry, &self.source.model)
+        self.registry
+            .model(&self.source.model, Deadline::Default)
             .await
             .map_err(|s| FollowError::Registry(s.message().to_owned()))
     }
@@ -340,6 +322,8 @@ impl Fetcher {
             };
             let got = self
                 .registry
+                .core()
+                .upstream()
                 .call(|ch| {
                     let req = req.clone();
                     async move {

@@ -38,13 +38,15 @@ use crate::ranker::Ranker;
 use crate::rollout::{Controller, RolloutPolicy};
 use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
-use rankmesh_client::upstream::Upstream;
+use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
 use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "ranking";
 /// Fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "rankmesh.ranking.v1.RankingService";
+/// Deadline of one registry call (listing stages, a stage change).
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Election role of the replica that runs the rollout controller.
 pub const ROLLOUT_ROLE: &str = "rollout";
 
@@ -184,7 +186,7 @@ pub async fn run(
     };
     let rankers = Arc::new(Rankers::new(ranker));
     let readiness = Readiness::default();
-    let registry = || Upstream::new("registry", resolver("registry", &[]));
+    let registry = || RegistryClient::new(resolver("registry", &[]), REGISTRY_TIMEOUT);
     let follower = if config.ranker.registry.enabled() {
         let fetcher =
             Fetcher::new(config.ranker.registry.clone(), registry()).map_err(Error::Follow)?;
@@ -200,11 +202,15 @@ pub async fn run(
         None
     };
     let orchestrator = Arc::new(Orchestrator {
-        embedding: Upstream::new(
-            "embedding",
+        // Each call's deadline is a share of the request's (see `search`).
+        embedding: EmbeddingClient::new(
             resolver("embedding", &config.upstream.embedding),
+            Duration::from_millis(config.search.default_timeout_ms),
         ),
-        feature: Upstream::new("feature", resolver("feature", &config.upstream.feature)),
+        feature: FeatureClient::new(
+            resolver("feature", &config.upstream.feature),
+            Duration::from_millis(config.search.default_timeout_ms),
+        ),
         rankers: Arc::clone(&rankers),
         config: config.search.clone(),
     });

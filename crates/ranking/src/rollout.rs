@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rankmesh_client::upstream::Upstream;
+use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_common::etcd::Etcd;
 use rankmesh_common::server::now_ms;
 use rankmesh_proto::pb::registry::v1 as pb;
@@ -308,7 +308,7 @@ pub fn judge(
 
 /// The leader's side: watches the model's canary and decides.
 pub struct Controller {
-    pub registry: Upstream,
+    pub registry: RegistryClient,
     pub etcd: Etcd,
     pub model: String,
     pub policy: RolloutPolicy,
@@ -350,7 +350,9 @@ impl Controller {
     /// One look at the canary; returns what was decided (None: no canary).
     pub async fn step(&self) -> Result<Option<Verdict>, String> {
         let name = self.model.clone();
-        let Some(summary) = rankmesh_model_registry::replica::summary(&self.registry, &name)
+        let Some(summary) = self
+            .registry
+            .model(&name, Deadline::Default)
             .await
             .map_err(|s| format!("registry: {}", s.message()))?
         else {
@@ -368,47 +370,40 @@ impl Controller {
             return Ok(Some(verdict));
         }
         let v = summary.canary_version;
-        let token = format!("Bearer {}", self.policy.admin_token);
-        let revision = summary.stage_revision;
-        let result = self
+        let registry = self
             .registry
-            .call(|ch| {
-                let verdict = verdict.clone();
-                let (name, token) = (name.clone(), token.clone());
-                async move {
-                    let mut client = pb::model_registry_client::ModelRegistryClient::new(ch);
-                    let auth = |r: &mut tonic::metadata::MetadataMap| {
-                        if let Ok(v) = token.parse() {
-                            r.insert("authorization", v);
-                        }
-                    };
-                    match verdict {
-                        Verdict::Promote(why) => {
-                            let mut req = tonic::Request::new(pb::SetStageRequest {
-                                name,
-                                version: v,
-                                stage: pb::Stage::Production as i32,
-                                percent: 0,
-                                reason: format!("rollout controller promoted canary v{v}: {why}"),
-                                expected_revision: revision,
-                            });
-                            auth(req.metadata_mut());
-                            client.set_stage(req).await.map(|_| ())
-                        }
-                        Verdict::Rollback(why) => {
-                            let mut req = tonic::Request::new(pb::RollbackRequest {
-                                name,
-                                reason: format!("rollout controller: {why}"),
-                                expected_revision: revision,
-                            });
-                            auth(req.metadata_mut());
-                            client.rollback(req).await.map(|_| ())
-                        }
-                        Verdict::Wait(_) => Ok(()),
-                    }
-                }
-            })
-            .await;
+            .clone()
+            .with_token(&format!("Bearer {}", self.policy.admin_token));
+        let revision = summary.stage_revision;
+        // Both writes are compare-and-sets on the stage record judged.
+        let result = match &verdict {
+            Verdict::Promote(why) => registry
+                .set_stage(
+                    pb::SetStageRequest {
+                        name,
+                        version: v,
+                        stage: pb::Stage::Production as i32,
+                        percent: 0,
+                        reason: format!("rollout controller promoted canary v{v}: {why}"),
+                        expected_revision: revision,
+                    },
+                    Deadline::Default,
+                )
+                .await
+                .map(|_| ()),
+            Verdict::Rollback(why) => registry
+                .rollback(
+                    pb::RollbackRequest {
+                        name,
+                        reason: format!("rollout controller: {why}"),
+                        expected_revision: revision,
+                    },
+                    Deadline::Default,
+                )
+                .await
+                .map(|_| ()),
+            Verdict::Wait(_) => Ok(()),
+        };
         match result {
             Ok(()) => {
                 metrics::counter!("rankmesh_rollout_decisions_total", "model" => self.model.clone(), "decision" => match verdict { Verdict::Promote(_) => "promote", _ => "rollback" }).increment(1);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ranker::Ranker;
 use crate::rollout::{Outcome, RolloutStats};
-use rankmesh_client::upstream::Upstream;
+use rankmesh_client::{EmbeddingClient, FeatureClient};
 
 /// Candidate generation and deadlines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,8 +173,8 @@ pub fn bucket(key: &str) -> u32 {
 /// The orchestrator behind Search and Recommend.
 #[derive(Debug)]
 pub struct Orchestrator {
-    pub embedding: Upstream,
-    pub feature: Upstream,
+    pub embedding: EmbeddingClient,
+    pub feature: FeatureClient,
     /// The rankers in use; each swapped atomically when a new version is installed.
     pub rankers: Arc<Rankers>,
     pub config: SearchConfig,
@@ -254,76 +254,7 @@ fn fuse(lists: &[(&'static str, Vec<String>)]) -> Vec<Candidate> {
     all
 }
 
-/// Typed calls to the upstream services: balanced, retried within budget and hedged
-/// (every call on the request path is an idempotent read).
-macro_rules! rpc {
-    ($name:ident, $upstream:ident, $client:path, $method:ident, $req:ty, $resp:ty) => {
-        async fn $name(&self, req: $req) -> Result<$resp, tonic::Status> {
-            self.$upstream
-                .call_hedged(|ch| {
-                    let req = req.clone();
-                    async move {
-                        <$client>::new(ch)
-                            .$method(req)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await
-        }
-    };
-}
-
 impl Orchestrator {
-    rpc!(
-        retrieve,
-        embedding,
-        emb::embedding_service_client::EmbeddingServiceClient<rankmesh_client::balance::Balanced>,
-        retrieve,
-        emb::RetrieveRequest,
-        emb::RetrieveResponse
-    );
-    rpc!(
-        embed,
-        embedding,
-        emb::embedding_service_client::EmbeddingServiceClient<rankmesh_client::balance::Balanced>,
-        embed,
-        emb::EmbedRequest,
-        emb::EmbedResponse
-    );
-    rpc!(
-        features,
-        feature,
-        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
-        get_features,
-        feat::GetFeaturesRequest,
-        feat::GetFeaturesResponse
-    );
-    rpc!(
-        items,
-        feature,
-        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
-        get_items,
-        feat::GetItemsRequest,
-        feat::GetItemsResponse
-    );
-    rpc!(
-        profile,
-        feature,
-        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
-        get_user_profile,
-        feat::GetUserProfileRequest,
-        feat::GetUserProfileResponse
-    );
-    rpc!(
-        lexical_rpc,
-        feature,
-        feat::feature_service_client::FeatureServiceClient<rankmesh_client::balance::Balanced>,
-        lexical_candidates,
-        feat::LexicalCandidatesRequest,
-        feat::LexicalCandidatesResponse
-    );
-
     pub fn deadline(&self, grpc_timeout: Option<Duration>) -> Instant {
         Instant::now()
             + grpc_timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
@@ -360,15 +291,15 @@ impl Orchestrator {
         let t = Instant::now();
         let budget = share(deadline, 0.45);
         let n = self.config.candidates;
-        let dense = within(
-            budget,
-            self.retrieve(emb::RetrieveRequest {
+        let dense = self.embedding.retrieve(
+            emb::RetrieveRequest {
                 query: Some(emb::retrieve_request::Query::Text(query.clone())),
                 k: n,
                 filters: filters.clone(),
-            }),
+            },
+            budget,
         );
-        let lexical = within(budget, self.lexical(&query, n, filters.clone()));
+        let lexical = self.lexical(&query, n, filters.clone(), budget);
         let (dense, lexical) = tokio::join!(dense, lexical);
         trace.time("retrieve", t);
         let mut lists = Vec::new();
@@ -431,13 +362,18 @@ impl Orchestrator {
         query: &str,
         k: u32,
         filters: Option<common::Filters>,
+        budget: Duration,
     ) -> Result<Vec<String>, tonic::Status> {
         let r = self
-            .lexical_rpc(feat::LexicalCandidatesRequest {
-                query: query.to_owned(),
-                k,
-                filters,
-            })
+            .feature
+            .lexical_candidates(
+                feat::LexicalCandidatesRequest {
+                    query: query.to_owned(),
+                    k,
+                    filters,
+                },
+                budget,
+            )
             .await?;
         Ok(r.items.into_iter().map(|i| i.item_id).collect())
     }
@@ -461,13 +397,15 @@ impl Orchestrator {
         let n = self.config.candidates;
         let t = Instant::now();
 
-        let profile = within(
-            share(deadline, 0.2),
-            self.profile(feat::GetUserProfileRequest {
-                user_id: user_id.clone(),
-            }),
-        )
-        .await;
+        let profile = self
+            .feature
+            .get_user_profile(
+                feat::GetUserProfileRequest {
+                    user_id: user_id.clone(),
+                },
+                share(deadline, 0.2),
+            )
+            .await;
         let profile = match profile {
             Ok(p) if !p.cold_start_user && !p.recent_item_ids.is_empty() => Some(p),
             Ok(_) => None,
@@ -480,19 +418,24 @@ impl Orchestrator {
         match profile {
             Some(p) => {
                 // The user vector: the mean embedding of what they recently touched.
-                match within(share(deadline, 0.4), self.user_vector(&p.recent_item_ids)).await {
+                match self
+                    .user_vector(&p.recent_item_ids, share(deadline, 0.4))
+                    .await
+                {
                     Ok(Some(v)) => {
-                        let dense = within(
-                            share(deadline, 0.4),
-                            self.retrieve(emb::RetrieveRequest {
-                                query: Some(emb::retrieve_request::Query::Vector(emb::Vector {
-                                    values: v,
-                                })),
-                                k: n,
-                                filters: filters.clone(),
-                            }),
-                        )
-                        .await;
+                        let dense = self
+                            .embedding
+                            .retrieve(
+                                emb::RetrieveRequest {
+                                    query: Some(emb::retrieve_request::Query::Vector(
+                                        emb::Vector { values: v },
+                                    )),
+                                    k: n,
+                                    filters: filters.clone(),
+                                },
+                                share(deadline, 0.4),
+                            )
+                            .await;
                         match dense {
                             Ok(r) => {
                                 if let Some(m) = r.model {
@@ -517,7 +460,7 @@ impl Orchestrator {
                         f.category_prefix.clone_from(cat);
                     }
                     let leaf = cat.rsplit('>').next().unwrap_or(cat).trim().to_owned();
-                    match within(share(deadline, 0.4), self.lexical(&leaf, n, Some(f))).await {
+                    match self.lexical(&leaf, n, Some(f), share(deadline, 0.4)).await {
                         Ok(ids) => lists.push(("lexical", ids)),
                         Err(s) => trace.degrade("lexical", &s),
                     }
@@ -527,7 +470,10 @@ impl Orchestrator {
                 // Cold start: every item is a candidate; quality and popularity
                 // features (ranker, or the fallback order) pick the best.
                 trace.degrade("cold_start", &"unknown user or no events");
-                match within(share(deadline, 0.4), self.lexical("*", n, filters.clone())).await {
+                match self
+                    .lexical("*", n, filters.clone(), share(deadline, 0.4))
+                    .await
+                {
                     Ok(ids) => lists.push(("popular", ids)),
                     Err(s) => trace.degrade("lexical", &s),
                 }
@@ -561,9 +507,17 @@ impl Orchestrator {
         })
     }
 
-    async fn user_vector(&self, recent: &[String]) -> Result<Option<Vec<f32>>, tonic::Status> {
+    async fn user_vector(
+        &self,
+        recent: &[String],
+        budget: Duration,
+    ) -> Result<Option<Vec<f32>>, tonic::Status> {
+        let deadline = Instant::now() + budget;
         let ids: Vec<String> = recent.iter().take(10).cloned().collect();
-        let items = self.items(feat::GetItemsRequest { ids }).await?;
+        let items = self
+            .feature
+            .get_items(feat::GetItemsRequest { ids }, deadline)
+            .await?;
         let texts: Vec<String> = items
             .items
             .iter()
@@ -572,7 +526,10 @@ impl Orchestrator {
         if texts.is_empty() {
             return Ok(None);
         }
-        let resp = self.embed(emb::EmbedRequest { texts }).await?;
+        let resp = self
+            .embedding
+            .embed(emb::EmbedRequest { texts }, deadline)
+            .await?;
         let dim = resp.dim as usize;
         let mut mean = vec![0f32; dim];
         for v in &resp.vectors {
@@ -599,15 +556,17 @@ impl Orchestrator {
     ) -> Result<(Vec<pb::RankedItem>, String, Trace), RankError> {
         let t = Instant::now();
         let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
-        let features = within(
-            share(deadline, 0.5),
-            self.features(feat::GetFeaturesRequest {
-                user_id: user_id.clone(),
-                query: query.clone(),
-                candidate_ids: ids,
-            }),
-        )
-        .await;
+        let features = self
+            .feature
+            .get_features(
+                feat::GetFeaturesRequest {
+                    user_id: user_id.clone(),
+                    query: query.clone(),
+                    candidate_ids: ids,
+                },
+                share(deadline, 0.5),
+            )
+            .await;
         trace.time("features", t);
 
         let t = Instant::now();
@@ -704,17 +663,15 @@ impl Orchestrator {
         let display = if top.is_empty() {
             Ok(HashMap::new())
         } else {
-            within(
-                deadline.saturating_duration_since(Instant::now()),
-                self.items(feat::GetItemsRequest { ids: top }),
-            )
-            .await
-            .map(|r| {
-                r.items
-                    .into_iter()
-                    .map(|i| (i.id.clone(), i))
-                    .collect::<HashMap<_, _>>()
-            })
+            self.feature
+                .get_items(feat::GetItemsRequest { ids: top }, deadline)
+                .await
+                .map(|r| {
+                    r.items
+                        .into_iter()
+                        .map(|i| (i.id.clone(), i))
+                        .collect::<HashMap<_, _>>()
+                })
         };
         let display = display.unwrap_or_else(|s| {
             trace.degrade("items", &s);

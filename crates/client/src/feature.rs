@@ -1,0 +1,64 @@
+//! The feature service: item and user features, lexical candidates, events.
+
+use std::time::Duration;
+
+use rankmesh_common::discovery::Resolver;
+use rankmesh_proto::pb::feature::v1 as pb;
+use rankmesh_proto::pb::feature::v1::feature_service_client::FeatureServiceClient;
+
+use crate::rpc::{Core, Deadline, Kind, unary_rpcs};
+use crate::upstream::UpstreamConfig;
+
+/// Typed calls to the feature replicas. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FeatureClient {
+    core: Core,
+}
+
+impl FeatureClient {
+    pub fn new(resolver: Resolver, timeout: Duration) -> Self {
+        Self::with_config(resolver, timeout, UpstreamConfig::default())
+    }
+
+    pub fn with_config(resolver: Resolver, timeout: Duration, config: UpstreamConfig) -> Self {
+        Self {
+            core: Core::new("feature", resolver, timeout, config),
+        }
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Records one event. Retried on UNAVAILABLE only when it carries its
+    /// `event_id` (the server's idempotency key: a repeat answers
+    /// `duplicate = true` and changes nothing); without one a repeat could count
+    /// the event twice, so it is sent once.
+    pub async fn record_event(
+        &self,
+        req: pb::RecordEventRequest,
+        deadline: impl Into<Deadline>,
+    ) -> Result<pb::RecordEventResponse, tonic::Status> {
+        let kind = if req.event_id.is_empty() {
+            Kind::Once
+        } else {
+            Kind::Idempotent
+        };
+        self.core
+            .unary(kind, req, deadline.into(), |ch, r| async move {
+                FeatureServiceClient::new(ch).record_event(r).await
+            })
+            .await
+    }
+}
+
+unary_rpcs!(FeatureClient, FeatureServiceClient {
+    /// Feature rows for a user, a query and candidates (schema `rankmesh.ltr`).
+    Read get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse;
+    /// BM25 candidates for a query.
+    Read lexical_candidates(pb::LexicalCandidatesRequest) -> pb::LexicalCandidatesResponse;
+    /// Display fields of items.
+    Read get_items(pb::GetItemsRequest) -> pb::GetItemsResponse;
+    /// A user's recent events and affinities.
+    Read get_user_profile(pb::GetUserProfileRequest) -> pb::GetUserProfileResponse;
+});

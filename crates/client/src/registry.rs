@@ -1,0 +1,93 @@
+//! The model registry: versions, stages and artifacts.
+//!
+//! Reads need no token; writes (stage changes, key rotation) send the admin token
+//! given with [`RegistryClient::with_token`]. Publishing and fetching stream, and
+//! go through [`Core::upstream`] directly (a fetch resumes from its last byte, which
+//! only the caller knows).
+
+use std::time::Duration;
+
+use rankmesh_common::discovery::Resolver;
+use rankmesh_proto::pb::registry::v1 as pb;
+use rankmesh_proto::pb::registry::v1::model_registry_client::ModelRegistryClient;
+
+use crate::rpc::{Core, Deadline, Kind, unary_rpcs};
+use crate::upstream::UpstreamConfig;
+
+/// Typed calls to the registry replicas. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    core: Core,
+}
+
+impl RegistryClient {
+    pub fn new(resolver: Resolver, timeout: Duration) -> Self {
+        Self::with_config(resolver, timeout, UpstreamConfig::default())
+    }
+
+    pub fn with_config(resolver: Resolver, timeout: Duration, config: UpstreamConfig) -> Self {
+        Self {
+            core: Core::new("registry", resolver, timeout, config),
+        }
+    }
+
+    /// Sends `token` (the registry's admin token) with every call.
+    pub fn with_token(self, token: &str) -> Self {
+        Self {
+            core: self.core.with_token(token),
+        }
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The summary of one model, if the registry has it.
+    pub async fn model(
+        &self,
+        name: &str,
+        deadline: impl Into<Deadline>,
+    ) -> Result<Option<pb::ModelSummary>, tonic::Status> {
+        let listed = self
+            .list_models(
+                pb::ListModelsRequest {
+                    name: name.to_owned(),
+                },
+                deadline,
+            )
+            .await?;
+        Ok(listed.models.into_iter().find(|m| m.name == name))
+    }
+
+    /// Ends a canary, or restores the previous production version. Retried only
+    /// with `expected_revision` set (a compare-and-set: a repeat after a lost answer
+    /// fails the check); without it a repeat would roll back twice.
+    pub async fn rollback(
+        &self,
+        req: pb::RollbackRequest,
+        deadline: impl Into<Deadline>,
+    ) -> Result<pb::SetStageResponse, tonic::Status> {
+        let kind = if req.expected_revision == 0 {
+            Kind::Once
+        } else {
+            Kind::Idempotent
+        };
+        self.core
+            .unary(kind, req, deadline.into(), |ch, r| async move {
+                ModelRegistryClient::new(ch).rollback(r).await
+            })
+            .await
+    }
+}
+
+unary_rpcs!(RegistryClient, ModelRegistryClient {
+    /// Models with their versions and stages.
+    Read list_models(pb::ListModelsRequest) -> pb::ListModelsResponse;
+    /// One version's signed manifest.
+    Read get_model(pb::GetModelRequest) -> pb::ModelManifest;
+    /// Setting a stage twice leaves it as once; with `expected_revision` a repeat
+    /// after a lost answer fails the check instead.
+    Idempotent set_stage(pb::SetStageRequest) -> pb::SetStageResponse;
+    /// Not repeated: a second rotation would retire the key just made.
+    Once rotate_key(pb::RotateKeyRequest) -> pb::RotateKeyResponse;
+});
