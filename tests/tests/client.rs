@@ -2,12 +2,19 @@
 //! loopback: calls succeed across replicas; a replica killed with SIGKILL is ejected
 //! after a couple of failures; with every replica down calls fail fast with
 //! UNAVAILABLE instead of hanging; a replica restarted on its old address is probed
-//! back into rotation (the stuck-channel pitfalls of tonic#1147 and #643).
+//! back into rotation (the stuck-channel pitfalls of tonic#1147 and #643). And a
+//! typed client following etcd discovery keeps calling the last-known replicas while
+//! etcd is down, then follows discovery again when it returns.
 
 use std::time::Duration;
 
 use rankmesh_client::balance::{BalanceConfig, Balanced};
+use rankmesh_client::{Deadline, FeatureClient};
+use rankmesh_common::config::EtcdConfig;
 use rankmesh_common::discovery::Resolver;
+use rankmesh_common::etcd::Etcd;
+use rankmesh_proto::pb::feature::v1::GetUserProfileRequest;
+use rankmesh_tests::etcd::EtcdCluster;
 use rankmesh_tests::eventually;
 use rankmesh_tests::process::ServiceProcess;
 use tonic_health::pb::HealthCheckRequest;
@@ -109,5 +116,84 @@ async fn balanced_channel_ejects_fails_fast_and_recovers() {
     .await;
     for _ in 0..50 {
         check(&b).await.expect("recovered");
+    }
+}
+
+async fn profile(feature: &FeatureClient) -> Result<(), tonic::Status> {
+    feature
+        .get_user_profile(
+            GetUserProfileRequest {
+                user_id: "u1".into(),
+            },
+            Deadline::Default,
+        )
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn typed_client_keeps_last_known_replicas_while_etcd_is_down() {
+    let mut etcd = EtcdCluster::single().await;
+    let endpoints = etcd.endpoints();
+    let env = [
+        ("RANKMESH__ETCD__LEASE_TTL_S", "2"),
+        ("RANKMESH__SERVER__SHUTDOWN_GRACE_MS", "0"),
+    ];
+    let spawn = |name: &str| ServiceProcess::spawn("rankmesh-feature", name, &endpoints, &env);
+    let mut a = spawn("feature-a");
+    let mut b = spawn("feature-b");
+    let client = Etcd::connect(&EtcdConfig {
+        endpoints: endpoints.clone(),
+        lease_ttl_s: 2,
+        health_check_interval_ms: 200,
+        request_timeout_ms: 1_000,
+    })
+    .await
+    .expect("etcd client");
+    let resolver = Resolver::watch(client, "feature");
+    let feature = FeatureClient::new(resolver.clone(), Duration::from_secs(2));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        resolver.wait_for(|set| set.len() == 2),
+    )
+    .await
+    .expect("both replicas in discovery");
+    eventually(Duration::from_secs(30), "replicas serving", || async {
+        profile(&feature).await.ok()
+    })
+    .await;
+
+    // etcd down for three lease TTLs: every call still goes to the replicas known.
+    etcd.kill(0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut calls = 0;
+    while tokio::time::Instant::now() < until {
+        profile(&feature).await.expect("served while etcd is down");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(calls >= 50, "{calls} calls");
+    assert_eq!(resolver.current().len(), 2, "the last-known set is kept");
+
+    // etcd back: a replica that registers now is found, and the old ones (killed,
+    // their leases left to expire) leave.
+    etcd.restart(0).await;
+    let _c = spawn("feature-c");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        resolver.wait_for(|set| set.contains_key("feature-c")),
+    )
+    .await
+    .expect("discovery resumed: the new replica is seen");
+    a.kill();
+    b.kill();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        resolver.wait_for(|set| set.len() == 1),
+    )
+    .await
+    .expect("the killed replicas leave discovery when their leases expire");
+    for _ in 0..50 {
+        profile(&feature).await.expect("served by the new replica");
     }
 }

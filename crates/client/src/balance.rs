@@ -48,6 +48,9 @@ pub struct BalanceConfig {
     /// A replica that answers nothing for this long while at least two calls wait
     /// on it (or were given up on) counts as hung and is ejected.
     pub stall_after: Duration,
+    /// Cancelled streams each connection remembers (late frames for them are
+    /// ignored rather than counted as protocol errors).
+    pub remembered_resets: usize,
     /// Requests queued for the balancer at most.
     pub buffer: usize,
 }
@@ -62,6 +65,7 @@ impl Default for BalanceConfig {
             default_rtt: Duration::from_millis(20),
             decay: Duration::from_secs(10),
             stall_after: Duration::from_secs(1),
+            remembered_resets: 4096,
             buffer: 1024,
         }
     }
@@ -104,6 +108,17 @@ impl Balanced {
                                 let channel = e
                                     .connect_timeout(config.connect_timeout)
                                     .tcp_nodelay(true)
+                                    // Hedging cancels calls (RST_STREAM); frames the
+                                    // server already sent for them arrive after. h2
+                                    // remembers 50 reset streams by default and counts
+                                    // frames for forgotten ones toward a limit of
+                                    // 1024 "local error resets", then tears the
+                                    // connection down with GOAWAY(ENHANCE_YOUR_CALM):
+                                    // seen in `cargo bench --bench stack` at 32
+                                    // callers. Remember enough to cover a burst.
+                                    .http2_max_concurrent_reset_streams(
+                                        config.remembered_resets,
+                                    )
                                     .connect_lazy();
                                 Some(Ok::<_, BoxError>(Change::Insert(
                                     id,
@@ -201,11 +216,12 @@ struct Health {
     probing: bool,
     /// Calls sent and not yet answered or given up on.
     in_flight: u32,
-    /// When the oldest call sent since the last answer was sent, and how many were
-    /// sent since: a call given up on (a hedge loser, a caller's deadline) stays
-    /// unanswered, so a hung replica cannot look idle by having its calls cancelled.
-    unanswered_since: Option<tokio::time::Instant>,
+    /// Calls sent since the last answer, and when the first two of them were sent:
+    /// a call given up on (a hedge loser, a caller's deadline) stays unanswered, so
+    /// a hung replica cannot look idle by having its calls cancelled.
     unanswered: u32,
+    first_unanswered: Option<tokio::time::Instant>,
+    second_unanswered: Option<tokio::time::Instant>,
     /// The balancer task waiting for this replica to take a call again.
     waker: Option<Waker>,
 }
@@ -219,8 +235,9 @@ impl Health {
             in_rotation: true,
             probing: false,
             in_flight: 0,
-            unanswered_since: None,
             unanswered: 0,
+            first_unanswered: None,
+            second_unanswered: None,
             waker: None,
         }
     }
@@ -228,7 +245,11 @@ impl Health {
     fn sent(&mut self, now: tokio::time::Instant) {
         self.in_flight += 1;
         self.unanswered += 1;
-        self.unanswered_since.get_or_insert(now);
+        if self.first_unanswered.is_none() {
+            self.first_unanswered = Some(now);
+        } else if self.second_unanswered.is_none() {
+            self.second_unanswered = Some(now);
+        }
     }
 
     /// An answer (of any kind) came back: the replica is not hung. Calls still in
@@ -247,17 +268,21 @@ impl Health {
 
     fn restart_count(&mut self, now: tokio::time::Instant) {
         self.unanswered = self.in_flight;
-        self.unanswered_since = (self.in_flight > 0).then_some(now);
+        self.first_unanswered = (self.in_flight > 0).then_some(now);
+        self.second_unanswered = (self.in_flight > 1).then_some(now);
     }
 
-    /// Whether the replica looks hung: nothing answered for `after` while calls were
-    /// sent to it (two, or the one probe).
+    /// Whether the replica looks hung: it has answered nothing since two calls
+    /// were sent to it (one, for a probe), the later of them `after` ago. Two,
+    /// because one call lost long ago (a cancelled hedge) followed by an idle spell
+    /// says nothing about the call just sent.
     fn stalled(&self, now: tokio::time::Instant, after: Duration) -> bool {
-        let enough = if self.probing { 1 } else { 2 };
-        self.unanswered >= enough
-            && self
-                .unanswered_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= after)
+        let since = if self.probing {
+            self.first_unanswered
+        } else {
+            self.second_unanswered
+        };
+        since.is_some_and(|since| now.saturating_duration_since(since) >= after)
     }
 }
 
@@ -414,7 +439,7 @@ impl Ejecting {
         let until = match h.ejected_until {
             Some(until) if until > now => Some(until),
             _ if h.probing && h.unanswered > 0 => {
-                Some(h.unanswered_since.unwrap_or(now) + self.config.stall_after)
+                Some(h.first_unanswered.unwrap_or(now) + self.config.stall_after)
             }
             _ => None,
         };
@@ -483,10 +508,10 @@ mod tests {
         );
         h.sent(t0 + ms(10));
         h.given_up();
-        assert!(!h.stalled(t0 + ms(900), config.stall_after));
+        assert!(!h.stalled(t0 + ms(1_000), config.stall_after));
         assert!(
-            h.stalled(t0 + ms(1_000), config.stall_after),
-            "two calls sent, nothing answered for stall_after"
+            h.stalled(t0 + ms(1_010), config.stall_after),
+            "two calls sent, nothing answered for stall_after since the second"
         );
         h.sent(t0 + ms(1_000));
         h.answered(t0 + ms(1_001));
@@ -494,6 +519,21 @@ mod tests {
             !h.stalled(t0 + ms(10_000), config.stall_after),
             "it answered"
         );
+    }
+
+    #[test]
+    fn a_call_after_an_idle_spell_that_followed_a_lost_call_is_given_its_time() {
+        let config = BalanceConfig::default();
+        let mut h = Health::new(&config);
+        let t0 = tokio::time::Instant::now();
+        h.sent(t0);
+        h.given_up();
+        let t1 = t0 + ms(60_000);
+        h.sent(t1);
+        h.sent(t1);
+        assert!(!h.stalled(t1 + ms(5), config.stall_after));
+        h.answered(t1 + ms(10));
+        assert!(!h.stalled(t1 + ms(5_000), config.stall_after));
     }
 
     #[test]

@@ -39,15 +39,13 @@ impl FeatureClient {
         req: pb::RecordEventRequest,
         deadline: impl Into<Deadline>,
     ) -> Result<pb::RecordEventResponse, tonic::Status> {
-        let kind = if req.event_id.is_empty() {
-            Kind::Once
-        } else {
-            Kind::Idempotent
-        };
         self.core
-            .unary(kind, req, deadline.into(), |ch, r| async move {
-                FeatureServiceClient::new(ch).record_event(r).await
-            })
+            .unary(
+                record_event_kind(&req),
+                req,
+                deadline.into(),
+                |ch, r| async move { FeatureServiceClient::new(ch).record_event(r).await },
+            )
             .await
     }
 }
@@ -62,3 +60,29 @@ unary_rpcs!(FeatureClient, FeatureServiceClient {
     /// A user's recent events and affinities.
     Read get_user_profile(pb::GetUserProfileRequest) -> pb::GetUserProfileResponse;
 });
+
+/// RecordEvent may be repeated only when it carries its idempotency key.
+fn record_event_kind(req: &pb::RecordEventRequest) -> Kind {
+    if req.event_id.is_empty() {
+        Kind::Once
+    } else {
+        Kind::Idempotent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_event_is_retried_only_with_its_event_id() {
+        let mut req = pb::RecordEventRequest {
+            user_id: "u".into(),
+            item_id: "i".into(),
+            ..Default::default()
+        };
+        assert_eq!(record_event_kind(&req), Kind::Once);
+        req.event_id = "e-1".into();
+        assert_eq!(record_event_kind(&req), Kind::Idempotent);
+    }
+}

@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ const LATENCY_WINDOW: usize = 512;
 /// Samples needed before the hedging delay follows observed latency (a p95 of a
 /// handful is noise); until then `hedge_initial` applies.
 const MIN_SAMPLES: usize = 20;
+/// Successes between recomputations of the hedging delay.
+const RECOMPUTE_EVERY: u64 = 16;
 
 /// Retry budget and hedging of one upstream.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +79,10 @@ pub struct Upstream {
     channel: OnceLock<Balanced>,
     budget: TpsBudget,
     latencies: Mutex<VecDeque<Duration>>,
+    /// Successes observed, and the hedging delay last computed from the window
+    /// (0: not enough samples yet).
+    observed: AtomicU64,
+    delay_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -104,6 +111,8 @@ impl Upstream {
                 config.retry_ratio,
             ),
             latencies: Mutex::new(VecDeque::with_capacity(LATENCY_WINDOW)),
+            observed: AtomicU64::new(0),
+            delay_ns: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +137,18 @@ impl Upstream {
             l.pop_front();
         }
         l.push_back(took);
+        // Sorting the window costs more than a call's own overhead: recompute the
+        // percentile every few samples, not per call.
+        let seen = self.observed.fetch_add(1, Ordering::Relaxed) + 1;
+        if l.len() >= MIN_SAMPLES && (l.len() == MIN_SAMPLES || seen % RECOMPUTE_EVERY == 0) {
+            let mut sorted: Vec<Duration> = l.iter().copied().collect();
+            drop(l);
+            sorted.sort_unstable();
+            let i = ((sorted.len() - 1) as f64 * self.config.hedge_percentile).round() as usize;
+            let d =
+                sorted[i.min(sorted.len() - 1)].clamp(self.config.hedge_min, self.config.hedge_max);
+            self.delay_ns.store(d.as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 
     /// The hedging delay: the configured percentile of recent latencies, bounded
@@ -136,19 +157,10 @@ impl Upstream {
         if self.config.hedge_percentile <= 0.0 {
             return None;
         }
-        let mut l: Vec<Duration> = self
-            .latencies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect();
-        if l.len() < MIN_SAMPLES {
-            return Some(self.config.hedge_initial);
+        match self.delay_ns.load(Ordering::Relaxed) {
+            0 => Some(self.config.hedge_initial),
+            ns => Some(Duration::from_nanos(ns)),
         }
-        l.sort_unstable();
-        let i = ((l.len() - 1) as f64 * self.config.hedge_percentile).round() as usize;
-        Some(l[i].clamp(self.config.hedge_min, self.config.hedge_max))
     }
 
     /// Runs a `call` that must not be repeated: one attempt, balanced, neither
@@ -292,10 +304,11 @@ mod tests {
             Some(Duration::from_millis(50)),
             "the initial delay until there are enough samples"
         );
-        for ms in 1..=100 {
+        for ms in 1..=96 {
             u.observe(Duration::from_millis(ms));
         }
-        assert_eq!(u.hedge_delay(), Some(Duration::from_millis(95)));
+        // Recomputed at the 96th sample: p95 of 1..=96 ms.
+        assert_eq!(u.hedge_delay(), Some(Duration::from_millis(91)));
         for _ in 0..LATENCY_WINDOW {
             u.observe(Duration::from_secs(5));
         }
