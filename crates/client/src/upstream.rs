@@ -140,7 +140,9 @@ impl Upstream {
         // Sorting the window costs more than a call's own overhead: recompute the
         // percentile every few samples, not per call.
         let seen = self.observed.fetch_add(1, Ordering::Relaxed) + 1;
-        if l.len() >= MIN_SAMPLES && (l.len() == MIN_SAMPLES || seen % RECOMPUTE_EVERY == 0) {
+        if l.len() >= MIN_SAMPLES
+            && (l.len() == MIN_SAMPLES || seen.is_multiple_of(RECOMPUTE_EVERY))
+        {
             let mut sorted: Vec<Duration> = l.iter().copied().collect();
             drop(l);
             sorted.sort_unstable();
