@@ -13,6 +13,8 @@ pub struct LocalMesh {
     pub state: tempfile::TempDir,
     /// etcd's client URL.
     pub etcd: String,
+    /// The trace collector's UI and Jaeger API.
+    pub trace_ui: String,
 }
 
 impl Drop for LocalMesh {
@@ -28,6 +30,10 @@ impl LocalMesh {
     /// `meshctl up` with `ranking_replicas` and `extra` arguments; panics with the
     /// tail of every service log when it fails (the logs die with the temp dir).
     pub fn up(ranking_replicas: usize, extra: &[&str]) -> Self {
+        assert!(
+            ranking_replicas <= 3,
+            "the port block holds 3 ranking replicas"
+        );
         let state = tempfile::tempdir().expect("state dir");
         let base = crate::free_port_block(16);
         let out = Command::new(binary("meshctl"))
@@ -37,6 +43,9 @@ impl LocalMesh {
             .arg(state.path())
             .args(["--etcd-port", &base.to_string()])
             .args(["--base-port", &(base + 2).to_string()])
+            // Up to 3 ranking replicas and 3 other services take base+2..=base+13.
+            .args(["--otlp-port", &(base + 14).to_string()])
+            .args(["--trace-ui-port", &(base + 15).to_string()])
             .arg("--models")
             .arg(models_dir())
             .arg("--catalog")
@@ -54,6 +63,7 @@ impl LocalMesh {
         Self {
             state,
             etcd: format!("http://127.0.0.1:{base}"),
+            trace_ui: format!("127.0.0.1:{}", base + 15),
         }
     }
 
@@ -100,6 +110,20 @@ impl LocalMesh {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+
+    /// Runs `meshctl ARGS` and returns its stdout; panics with stderr when it fails.
+    pub fn meshctl(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("meshctl"))
+            .args(args)
+            .output()
+            .expect("run meshctl");
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Starts `meshctl bench` at the mesh (through etcd discovery) with `args`;

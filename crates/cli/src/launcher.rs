@@ -51,6 +51,16 @@ pub(crate) struct UpOptions {
     pub(crate) ranker: Option<PathBuf>,
     /// Extra environment for the ranking replicas (e.g. rollout policy).
     pub(crate) ranking_env: Vec<(String, String)>,
+    /// The trace collector to start and export to, if any.
+    pub(crate) traces: Option<TraceOptions>,
+}
+
+/// The local trace collector.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TraceOptions {
+    pub(crate) ui_port: u16,
+    pub(crate) otlp_port: u16,
+    pub(crate) sample_ratio: f64,
 }
 
 /// The (service, binary) pairs started, in start order: dependencies first.
@@ -147,6 +157,29 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     // Dependencies start first; ranking (the entry point) last.
     instances.rotate_left(opts.ranking_replicas);
 
+    if let Some(t) = opts.traces {
+        // First, so the services' first spans have somewhere to go.
+        let ui = format!("127.0.0.1:{}", t.ui_port);
+        let otlp = format!("127.0.0.1:{}", t.otlp_port);
+        let log = logs.join("collector.log");
+        let exe = std::env::current_exe().context("meshctl's own path")?;
+        let child = Command::new(&exe)
+            .args(["collector", "--otlp", &otlp, "--ui", &ui])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .context("start the trace collector")?;
+        state.processes.push(Proc {
+            name: "collector".into(),
+            service: "collector".into(),
+            pid: reap_in_background(child),
+            grpc: otlp,
+            // Its UI answers `/ready` like the services' admin ports.
+            admin: ui,
+            log,
+        });
+    }
     let etcd_bin =
         std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from);
     let client = format!("http://127.0.0.1:{}", opts.etcd_port);
@@ -389,6 +422,16 @@ fn spawn(
                 opts.state_dir.join("embedding-index"),
             )
             .env("RANKMESH__INDEX__FROM_FEATURE", "true");
+        }
+        if let Some(t) = opts.traces {
+            cmd.env(
+                "RANKMESH__TELEMETRY__OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", t.otlp_port),
+            )
+            .env(
+                "RANKMESH__TELEMETRY__SAMPLE_RATIO",
+                t.sample_ratio.to_string(),
+            );
         }
         let child = cmd
             .env("RANKMESH__SERVER__LISTEN", &grpc)

@@ -11,6 +11,7 @@ mod generate;
 mod launcher;
 mod model;
 mod search;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,8 +82,43 @@ enum Command {
         /// RANKMESH__ROLLOUT__WINDOW_MS=10000.
         #[arg(long = "ranking-env", value_parser = parse_kv)]
         ranking_env: Vec<(String, String)>,
+        /// Port of the embedded trace collector's UI and Jaeger API (the services
+        /// export spans to it over OTLP on --otlp-port).
+        #[arg(long, default_value_t = 16686)]
+        trace_ui_port: u16,
+        #[arg(long, default_value_t = 4317)]
+        otlp_port: u16,
+        /// Share of requests traced (parent-based: a traced request is traced in
+        /// every service it reaches).
+        #[arg(long, default_value_t = 1.0)]
+        trace_sample_ratio: f64,
+        /// Start no trace collector and export no spans.
+        #[arg(long)]
+        no_traces: bool,
         #[command(flatten)]
         state: StateArgs,
+    },
+    /// Print one trace (a reply's `trace_id`) as a span tree with timings, from the
+    /// local mesh's trace collector.
+    Trace {
+        trace_id: String,
+        /// The collector's UI/API address; default: the local mesh's.
+        #[arg(long)]
+        ui: Option<String>,
+        /// Print the collector's Jaeger JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Run an in-memory trace collector: OTLP/gRPC in, a Jaeger-compatible UI and
+    /// API out (`meshctl up` starts one).
+    #[command(hide = true)]
+    Collector {
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        otlp: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:16686")]
+        ui: std::net::SocketAddr,
     },
     /// Stop a mesh started with `meshctl up --detach`.
     Down {
@@ -458,8 +494,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             catalog,
             no_ranker,
             ranking_env,
+            trace_ui_port,
+            otlp_port,
+            trace_sample_ratio,
+            no_traces,
             state,
         } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&trace_sample_ratio),
+                "--trace-sample-ratio must be within 0.0..=1.0"
+            );
             let cwd = std::env::current_dir()?;
             let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
             let bin_dir = std::env::current_exe()?
@@ -478,6 +522,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 models: absolute(models),
                 catalog: catalog.map(absolute),
                 ranking_env,
+                traces: (!no_traces).then_some(launcher::TraceOptions {
+                    ui_port: trace_ui_port,
+                    otlp_port,
+                    sample_ratio: trace_sample_ratio,
+                }),
             };
             let mesh = launcher::up(&opts).await?;
             if let Some(file) = &opts.catalog {
@@ -609,6 +658,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let t = targets(&etcd).await?;
             eval::dump(&t, &eval::read_labels(&labels)?, candidates, &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace {
+            trace_id,
+            ui,
+            json,
+            state,
+        } => {
+            let ui = match ui {
+                Some(ui) => ui,
+                None => launcher::read_state(&state.state_dir)?
+                    .and_then(|m| {
+                        m.processes
+                            .into_iter()
+                            .find(|p| p.service == "collector")
+                            .map(|p| p.admin)
+                    })
+                    .unwrap_or_else(|| "127.0.0.1:16686".to_owned()),
+            };
+            let doc = trace::fetch(&ui, &trace_id).await?;
+            if json {
+                println!("{doc}");
+            } else {
+                print!("{}", trace::render(&trace::spans_of(&doc)));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Collector { otlp, ui } => {
+            trace::collect(otlp, ui).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -53,9 +53,13 @@ impl Path {
             Self::Bare(ch) => HealthClient::new(ch.clone()).check(req).await.map(|_| ()),
             Self::Balanced(b) => HealthClient::new(b.clone()).check(req).await.map(|_| ()),
             Self::Sdk(core) => core
-                .unary(Kind::Read, req, Deadline::Default, |ch, r| async move {
-                    HealthClient::new(ch).check(r).await
-                })
+                .unary(
+                    "check",
+                    Kind::Read,
+                    req,
+                    Deadline::Default,
+                    |ch, r| async move { HealthClient::new(ch).check(r).await },
+                )
                 .await
                 .map(|_| ()),
         };

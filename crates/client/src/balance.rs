@@ -176,7 +176,9 @@ impl Service<http::Request<Body>> for Balanced {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        // Every attempt carries the caller's trace context (`traceparent`).
+        rankmesh_common::observe::inject(req.headers_mut());
         if self.in_rotation() == 0 {
             let status = tonic::Status::unavailable(format!(
                 "no {} replica available (none registered, or all ejected after failures)",

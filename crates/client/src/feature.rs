@@ -41,6 +41,7 @@ impl FeatureClient {
     ) -> Result<pb::RecordEventResponse, tonic::Status> {
         self.core
             .unary(
+                "record_event",
                 record_event_kind(&req),
                 req,
                 deadline.into(),

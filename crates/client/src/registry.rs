@@ -73,7 +73,7 @@ impl RegistryClient {
             Kind::Idempotent
         };
         self.core
-            .unary(kind, req, deadline.into(), |ch, r| async move {
+            .unary("rollback", kind, req, deadline.into(), |ch, r| async move {
                 ModelRegistryClient::new(ch).rollback(r).await
             })
             .await

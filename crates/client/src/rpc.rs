@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::balance::Balanced;
 use crate::upstream::{Upstream, UpstreamConfig};
 use rankmesh_common::discovery::Resolver;
+use tracing::Instrument;
 
 /// When a call must be over: the client's default timeout, an instant, or a
 /// timeout from now (`Duration` converts).
@@ -91,6 +92,7 @@ impl Core {
     /// Runs one unary RPC of `kind` within `deadline`.
     pub async fn unary<Req, Resp, F, Fut>(
         &self,
+        method: &'static str,
         kind: Kind,
         req: Req,
         deadline: Deadline,
@@ -113,13 +115,32 @@ impl Core {
                 Kind::Once => self.upstream.call_once(attempt).await,
             }
         };
-        match tokio::time::timeout_at(at.into(), call).await {
+        // The call as the caller sees it; its attempts (first, hedge, retries) are
+        // child spans, and each server's span hangs under its attempt.
+        let span = tracing::info_span!(
+            "rpc.client",
+            otel.name = %format!("{}/{method}", self.upstream.service()),
+            otel.status_code = tracing::field::Empty,
+            rpc.service = self.upstream.service(),
+            rpc.method = method,
+            rpc.kind = ?kind,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let r = match tokio::time::timeout_at(at.into(), call.instrument(span.clone())).await {
             Ok(r) => r,
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "{} did not answer within the deadline",
                 self.upstream.service()
             ))),
+        };
+        let code = r
+            .as_ref()
+            .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
         }
+        r
     }
 
     /// The instant `deadline` means for this client.
@@ -162,7 +183,7 @@ macro_rules! unary_rpcs {
                     deadline: impl Into<$crate::rpc::Deadline>,
                 ) -> Result<$resp, tonic::Status> {
                     self.core
-                        .unary($crate::rpc::Kind::$kind, req, deadline.into(), |ch, r| async move {
+                        .unary(stringify!($method), $crate::rpc::Kind::$kind, req, deadline.into(), |ch, r| async move {
                             $grpc::new(ch).$method(r).await
                         })
                         .await

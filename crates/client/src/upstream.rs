@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use rankmesh_common::discovery::Resolver;
 use tower::retry::budget::{Budget, TpsBudget};
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::balance::{BalanceConfig, Balanced};
 
@@ -174,11 +176,33 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let r = call(self.channel()).await;
+        let r = call(self.channel())
+            .instrument(self.attempt_span("first"))
+            .await;
         if r.is_ok() {
             self.observe(started.elapsed());
         }
         r
+    }
+
+    /// The span of one attempt (the network call): its kind is `first`, `hedge` or
+    /// `retry`, and its context is what the server's span hangs under.
+    fn attempt_span(&self, kind: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "attempt",
+            otel.name = %format!("{} {kind}", self.service),
+            otel.kind = "client",
+            rpc.service = self.service,
+            attempt = kind,
+        )
+    }
+
+    fn attempt<T, F, Fut>(&self, call: &mut F, kind: &'static str) -> Instrumented<Fut>
+    where
+        F: FnMut(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        call(self.channel()).instrument(self.attempt_span(kind))
     }
 
     /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
@@ -189,7 +213,7 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let r = call(self.channel()).await;
+        let r = self.attempt(&mut call, "first").await;
         self.settle(r, started, &mut call).await
     }
 
@@ -202,7 +226,7 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let mut first = std::pin::pin!(call(self.channel()));
+        let mut first = std::pin::pin!(self.attempt(&mut call, "first"));
         let Some(delay) = self.hedge_delay() else {
             let r = first.await;
             return self.settle(r, started, &mut call).await;
@@ -216,7 +240,8 @@ impl Upstream {
             return self.settle(r, started, &mut call).await;
         }
         metrics::counter!("rankmesh_client_hedges_total", "service" => self.service).increment(1);
-        let mut second = std::pin::pin!(call(self.channel()));
+        tracing::debug!(?delay, "no answer within the hedging delay; hedging");
+        let mut second = std::pin::pin!(self.attempt(&mut call, "hedge"));
         // The first success wins; dropping the other future cancels its RPC.
         let r = tokio::select! {
             r = &mut first => match r {
@@ -251,7 +276,7 @@ impl Upstream {
             return remaining.await;
         }
         metrics::counter!("rankmesh_client_retries_total", "service" => self.service).increment(1);
-        let retry = call(self.channel());
+        let retry = self.attempt(call, "retry");
         let (mut remaining, mut retry) = (std::pin::pin!(remaining), std::pin::pin!(retry));
         tokio::select! {
             r = &mut remaining => match r {
@@ -282,7 +307,7 @@ impl Upstream {
                     tracing::debug!(service = self.service, error = %s, "unavailable; retrying");
                     metrics::counter!("rankmesh_client_retries_total", "service" => self.service)
                         .increment(1);
-                    r = call(self.channel()).await;
+                    r = self.attempt(call, "retry").await;
                 }
                 _ => break,
             }

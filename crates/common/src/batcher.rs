@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 /// How batches are formed and run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +76,8 @@ pub enum BatchError {
 }
 
 /// Where a job's outputs go.
-type Reply<O> = oneshot::Sender<Result<Vec<O>, BatchError>>;
+/// A job's outputs and the size of the batch it ran in.
+type Reply<O> = oneshot::Sender<Result<(Vec<O>, usize), BatchError>>;
 
 struct Job<I, O> {
     items: Vec<I>,
@@ -175,11 +177,27 @@ where
             waiting.push(rx);
             items = rest;
         }
-        let mut out = Vec::with_capacity(n);
-        for rx in waiting {
-            out.extend(rx.await.map_err(|_| BatchError::Stopped)??);
+        // A span in the caller's trace: how long the items waited and ran, and the
+        // size of the batch they ran in (shared with other requests).
+        let span = tracing::info_span!(
+            "batch",
+            batcher = self.name,
+            items = n,
+            batch_size = tracing::field::Empty,
+        );
+        async {
+            let mut out = Vec::with_capacity(n);
+            let mut batch_size = 0;
+            for rx in waiting {
+                let (part, size) = rx.await.map_err(|_| BatchError::Stopped)??;
+                out.extend(part);
+                batch_size = batch_size.max(size);
+            }
+            tracing::Span::current().record("batch_size", batch_size);
+            Ok(out)
         }
-        Ok(out)
+        .instrument(span)
+        .await
     }
 }
 
@@ -289,7 +307,7 @@ async fn dispatch<I, O>(
             }
             let mut outputs = outputs.into_iter();
             for (n, reply) in replies {
-                let _ = reply.send(Ok(outputs.by_ref().take(n).collect()));
+                let _ = reply.send(Ok((outputs.by_ref().take(n).collect(), expected)));
             }
         });
     }

@@ -5,6 +5,7 @@
 //! - `onnx` (feature `onnx`): ONNX Runtime loading, sessions and session pools.
 //! - [`config`]: typed, layered configuration (defaults, TOML file, `RANKMESH__*` env).
 //! - [`telemetry`]: logs, OTLP traces and the Prometheus recorder.
+//! - [`observe`]: per-RPC spans and metrics on servers, trace-context propagation.
 //! - [`filters`]: validated catalog filters (category, price, brand).
 //! - [`etcd`]: the shared etcd client and member health-checking.
 //! - [`discovery`]: registering instances on a lease and following a service's
@@ -20,6 +21,7 @@ pub mod discovery;
 pub mod election;
 pub mod etcd;
 pub mod filters;
+pub mod observe;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod server;

@@ -28,6 +28,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use crate::config::ServerConfig;
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
+use crate::observe::RpcTelemetryLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -264,8 +265,16 @@ pub async fn serve(
 /// The middleware every gRPC request passes through, outermost first.
 fn stack(
     max_concurrency: usize,
-) -> ServiceBuilder<tower::layer::util::Stack<OverloadLayer, tower::layer::util::Identity>> {
+) -> ServiceBuilder<
+    tower::layer::util::Stack<
+        OverloadLayer,
+        tower::layer::util::Stack<RpcTelemetryLayer, tower::layer::util::Identity>,
+    >,
+> {
     ServiceBuilder::new()
+        // A span per RPC, child of the caller's traceparent, and per-RPC metrics;
+        // outermost, so shed requests are counted and traced too.
+        .layer(RpcTelemetryLayer)
         // Bound in-flight work across all connections; answer RESOURCE_EXHAUSTED at once
         // when full, so overload sheds load instead of queueing it.
         .layer(OverloadLayer::new(max_concurrency))

@@ -10,6 +10,7 @@ use rankmesh_proto::limits::{MAX_BATCH_TEXTS, MAX_RETRIEVE_K, MAX_TEXT_BYTES};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::catalog::{self, CatalogItem};
 use crate::encoder::{Embedded, Encoder};
@@ -135,6 +136,70 @@ pub struct LoadedEncoder {
     pub encoder: Arc<Encoder>,
     pub batcher: Batcher<String, Embedded>,
     pub model: common::ModelRef,
+    /// Query vectors by normalized query text, for this encoder only (a new
+    /// encoder starts with an empty cache).
+    queries: QueryCache,
+}
+
+/// Entries in the query-vector cache (384 floats each: about 15 MB when full).
+const QUERY_CACHE_ENTRIES: u32 = 10_000;
+
+/// An LRU of query vectors: storefront traffic repeats its head queries a lot.
+struct QueryCache(std::sync::Mutex<schnellru::LruMap<String, Vec<f32>>>);
+
+impl std::fmt::Debug for QueryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryCache").finish_non_exhaustive()
+    }
+}
+
+impl QueryCache {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(schnellru::LruMap::new(
+            schnellru::ByLength::new(QUERY_CACHE_ENTRIES),
+        )))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, schnellru::LruMap<String, Vec<f32>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The cache key, and the text embedded on a miss: the encoder is uncased and
+/// splits on whitespace, so case and runs of spaces do not change the vector.
+fn normalize_query(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+impl LoadedEncoder {
+    /// The vector of a query text, from the cache or the encoder.
+    pub async fn query_vector(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let key = normalize_query(text);
+        let cached = self.queries.lock().get(&key).cloned();
+        let hit = cached.is_some();
+        metrics::counter!(
+            "rankmesh_cache_requests_total",
+            "cache" => "query_vector",
+            "result" => if hit { "hit" } else { "miss" },
+        )
+        .increment(1);
+        tracing::Span::current().record("cache", if hit { "hit" } else { "miss" });
+        if let Some(v) = cached {
+            return Ok(v);
+        }
+        let mut out = self.batcher.submit(vec![key.clone()]).await?;
+        let v = out
+            .pop()
+            .ok_or_else(|| EmbedError::Internal("encoder returned no vector".into()))?
+            .vector;
+        self.queries.lock().insert(key, v.clone());
+        Ok(v)
+    }
 }
 
 impl LoadedEncoder {
@@ -150,6 +215,7 @@ impl LoadedEncoder {
             encoder,
             batcher,
             model,
+            queries: QueryCache::new(),
         }
     }
 
@@ -312,10 +378,14 @@ impl Embedder {
             None => return Err(invalid("query", "set either text or vector")),
             Some(pb::retrieve_request::Query::Text(t)) => {
                 check_text("text", &t)?;
-                let mut out = generation.encoder.batcher.submit(vec![t]).await?;
-                out.pop()
-                    .ok_or_else(|| EmbedError::Internal("encoder returned no vector".into()))?
-                    .vector
+                generation
+                    .encoder
+                    .query_vector(&t)
+                    .instrument(tracing::info_span!(
+                        "embed.query",
+                        cache = tracing::field::Empty
+                    ))
+                    .await?
             }
             Some(pb::retrieve_request::Query::Vector(v)) => {
                 if v.values.len() != index.dim() {

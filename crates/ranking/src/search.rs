@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
@@ -231,8 +233,19 @@ async fn within<T>(
     }
 }
 
-fn new_trace_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// The id of the trace this request is part of (what `meshctl trace` and the trace
+/// UI look up); a fresh random id when tracing is off, so replies still carry one
+/// to quote in logs.
+fn trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let id = cx.span().span_context().trace_id();
+    if id == opentelemetry::trace::TraceId::INVALID {
+        format!("{:032x}", rand::random::<u128>())
+    } else {
+        id.to_string()
+    }
 }
 
 const RRF_K: f32 = 60.0;
@@ -300,7 +313,15 @@ impl Orchestrator {
             budget,
         );
         let lexical = self.lexical(&query, n, filters.clone(), budget);
-        let (dense, lexical) = tokio::join!(dense, lexical);
+        let span = tracing::info_span!(
+            "stage.retrieve",
+            dense = tracing::field::Empty,
+            lexical = tracing::field::Empty,
+            candidates = tracing::field::Empty,
+        );
+        let (dense, lexical) = async { tokio::join!(dense, lexical) }
+            .instrument(span.clone())
+            .await;
         trace.time("retrieve", t);
         let mut lists = Vec::new();
         let mut failures = Vec::new();
@@ -330,6 +351,10 @@ impl Orchestrator {
             )));
         }
         let candidates = fuse(&lists);
+        for (source, ids) in &lists {
+            span.record(*source, ids.len());
+        }
+        span.record("candidates", candidates.len());
         // Sticky canary assignment: the caller's key, else the user, else the query.
         let routing_key = [&routing_key, &user_id, &query]
             .into_iter()
@@ -566,10 +591,20 @@ impl Orchestrator {
                 },
                 share(deadline, 0.5),
             )
+            .instrument(tracing::info_span!(
+                "stage.features",
+                candidates = candidates.len()
+            ))
             .await;
         trace.time("features", t);
 
         let t = Instant::now();
+        let rank_span = tracing::info_span!(
+            "stage.rank",
+            ranked = tracing::field::Empty,
+            models = tracing::field::Empty,
+        );
+        let rank_guard = rank_span.clone();
         match features {
             Err(s) => {
                 trace.degrade("features", &s);
@@ -615,6 +650,7 @@ impl Orchestrator {
                                         .await
                                         .map_err(|e| tonic::Status::internal(e.to_string()))
                                 })
+                                .instrument(rank_guard.clone())
                                 .await;
                                 let version = r.ranker.version();
                                 let outcome = match &scored {
@@ -656,6 +692,20 @@ impl Orchestrator {
             _ => b.rrf.total_cmp(&a.rrf),
         });
         candidates.truncate(k);
+        rank_span.record(
+            "ranked",
+            candidates.iter().filter(|c| c.score.is_some()).count(),
+        );
+        rank_span.record(
+            "models",
+            trace
+                .models
+                .iter()
+                .map(|m| format!("{}:{}", m.name, m.version))
+                .collect::<Vec<_>>()
+                .join(",")
+                .as_str(),
+        );
         trace.time("rank", t);
 
         let t = Instant::now();
@@ -697,7 +747,11 @@ impl Orchestrator {
             })
             .collect();
         trace.time("total", started);
-        Ok((items, new_trace_id(), trace))
+        if !trace.degraded.is_empty() {
+            let span = tracing::Span::current();
+            span.record("degraded", trace.degraded.join(",").as_str());
+        }
+        Ok((items, trace_id(), trace))
     }
 }
 

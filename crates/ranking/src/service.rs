@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rankmesh_proto::pb::ranking::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::search::Orchestrator;
 
@@ -46,7 +47,19 @@ impl pb::ranking_service_server::RankingService for RankingApi {
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
-        let resp = self.inner.search(request.into_inner(), deadline).await?;
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "search",
+            k = req.k,
+            degraded = tracing::field::Empty,
+            items = tracing::field::Empty,
+        );
+        let resp = self
+            .inner
+            .search(req, deadline)
+            .instrument(span.clone())
+            .await?;
+        span.record("items", resp.items.len());
         metrics::histogram!("rankmesh_search_ms")
             .record(resp.stage_ms.get("total").copied().unwrap_or(0.0) as f64);
         Ok(Response::new(resp))
@@ -57,9 +70,20 @@ impl pb::ranking_service_server::RankingService for RankingApi {
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
-        Ok(Response::new(
-            self.inner.recommend(request.into_inner(), deadline).await?,
-        ))
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "recommend",
+            k = req.k,
+            degraded = tracing::field::Empty,
+            items = tracing::field::Empty,
+        );
+        let resp = self
+            .inner
+            .recommend(req, deadline)
+            .instrument(span.clone())
+            .await?;
+        span.record("items", resp.items.len());
+        Ok(Response::new(resp))
     }
 }
 

@@ -1,0 +1,296 @@
+//! Local trace inspection: an embedded OTLP collector with a Jaeger-compatible UI
+//! and API (`meshctl collector`, started by `meshctl up`), and `meshctl trace
+//! TRACE_ID`, which prints one trace as a span tree with timings.
+//!
+//! The collector keeps recent traces in memory (bounded by count and bytes); it is
+//! for looking at a local mesh, not for storing production traces.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Traces kept at most, and their memory at most.
+const MAX_TRACES: u32 = 2_000;
+const MAX_MEMORY: usize = 256 << 20;
+
+/// Serves OTLP/gRPC trace ingestion on `otlp` and the UI plus `/api/*` (and
+/// `/ready`) on `ui` until interrupted.
+pub(crate) async fn collect(otlp: SocketAddr, ui: SocketAddr) -> anyhow::Result<()> {
+    use otlp_embedded::{Config, State, TraceServiceImpl, TraceServiceServer, ui_app};
+    let state = State::new(Config {
+        max_length: MAX_TRACES,
+        max_memory_usage: MAX_MEMORY,
+    });
+    let ui_listener = tokio::net::TcpListener::bind(ui)
+        .await
+        .with_context(|| format!("bind the trace UI on {ui}"))?;
+    let otlp_listener = tokio::net::TcpListener::bind(otlp)
+        .await
+        .with_context(|| format!("bind OTLP on {otlp}"))?;
+    let app = axum::Router::new()
+        .route("/ready", axum::routing::get(|| async { "ready\n" }))
+        .merge(ui_app(state.clone(), "/"));
+    eprintln!("trace UI and Jaeger API on http://{ui}/, OTLP/gRPC on {otlp}");
+    let ui_server = async {
+        axum::serve(ui_listener, app)
+            .await
+            .context("trace UI server")
+    };
+    let otlp_server = async {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(TraceServiceImpl::new(state)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(otlp_listener))
+            .await
+            .context("OTLP server")
+    };
+    tokio::select! {
+        r = ui_server => r,
+        r = otlp_server => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// One span of a trace, as the Jaeger API describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    pub id: String,
+    pub parent: Option<String>,
+    pub service: String,
+    pub name: String,
+    pub start_us: u64,
+    pub duration_us: u64,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Reads the spans of a Jaeger API trace document (`{"data": [{...}]}`).
+pub(crate) fn spans_of(doc: &serde_json::Value) -> Vec<Span> {
+    let Some(trace) = doc["data"].get(0) else {
+        return Vec::new();
+    };
+    let processes = &trace["processes"];
+    let Some(spans) = trace["spans"].as_array() else {
+        return Vec::new();
+    };
+    spans
+        .iter()
+        .map(|s| {
+            let parent = s["references"].as_array().and_then(|refs| {
+                refs.iter()
+                    .find(|r| r["refType"] == "CHILD_OF")
+                    .and_then(|r| r["spanID"].as_str())
+                    .map(str::to_owned)
+            });
+            let process = s["processID"].as_str().unwrap_or_default();
+            let tags = s["tags"]
+                .as_array()
+                .map(|tags| {
+                    tags.iter()
+                        .filter_map(|t| {
+                            let key = t["key"].as_str()?.to_owned();
+                            let value = match &t["value"] {
+                                serde_json::Value::String(v) => v.clone(),
+                                v => v.to_string(),
+                            };
+                            Some((key, value))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Span {
+                id: s["spanID"].as_str().unwrap_or_default().to_owned(),
+                parent,
+                service: processes[process]["serviceName"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned(),
+                name: s["operationName"].as_str().unwrap_or_default().to_owned(),
+                start_us: s["startTime"].as_u64().unwrap_or(0),
+                duration_us: s["duration"].as_u64().unwrap_or(0),
+                tags,
+            }
+        })
+        .collect()
+}
+
+/// Tags worth a glance in the tree (stage attributes, attempts, status).
+const SHOWN_TAGS: &[&str] = &[
+    "rpc.grpc.status_code",
+    "attempt",
+    "candidates",
+    "dense",
+    "lexical",
+    "ranked",
+    "models",
+    "degraded",
+    "batch_size",
+    "cache",
+];
+
+/// The span tree as text: one line per span, children indented under parents in
+/// start order, with start offset and duration.
+pub(crate) fn render(spans: &[Span]) -> String {
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    let mut children: BTreeMap<Option<&str>, Vec<&Span>> = BTreeMap::new();
+    for s in spans {
+        // A parent that never arrived (not sampled, lost) makes its children roots.
+        let parent = s.parent.as_deref().filter(|p| ids.contains(p));
+        children.entry(parent).or_default().push(s);
+    }
+    for v in children.values_mut() {
+        v.sort_by_key(|s| s.start_us);
+    }
+    let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
+    let mut out = String::new();
+    fn walk(
+        out: &mut String,
+        children: &BTreeMap<Option<&str>, Vec<&Span>>,
+        parent: Option<&str>,
+        depth: usize,
+        t0: u64,
+    ) {
+        for s in children.get(&parent).into_iter().flatten() {
+            let tags: Vec<String> = SHOWN_TAGS
+                .iter()
+                .filter_map(|k| s.tags.get(*k).map(|v| format!("{k}={v}")))
+                .collect();
+            out.push_str(&format!(
+                "{:>9.2} ms {:>9.2} ms  {}{} [{}]{}\n",
+                (s.start_us - t0) as f64 / 1e3,
+                s.duration_us as f64 / 1e3,
+                "  ".repeat(depth),
+                s.name,
+                s.service,
+                if tags.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", tags.join(" "))
+                }
+            ));
+            walk(out, children, Some(s.id.as_str()), depth + 1, t0);
+        }
+    }
+    out.push_str(&format!(
+        "{:>12} {:>12}  span [service]\n",
+        "start", "duration"
+    ));
+    walk(&mut out, &children, None, 0, t0);
+    out
+}
+
+/// Fetches trace `id` from the collector's Jaeger API at `ui`.
+pub(crate) async fn fetch(ui: &str, id: &str) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "TRACE_ID must be 1..=32 hex digits (the trace_id of a reply)"
+    );
+    let (status, body) = http_get(ui, &format!("/api/traces/{}", id.to_lowercase())).await?;
+    match status {
+        200 => serde_json::from_str(&body).context("the collector's answer is not JSON"),
+        404 => anyhow::bail!(
+            "trace {id} is not in the collector at {ui} (not sampled, not exported yet, or expired)"
+        ),
+        s => anyhow::bail!("the collector at {ui} answered HTTP {s}: {body}"),
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the collector is local; no client library needed).
+pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(&host).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{host}: no answer within 10 s"))?
+        .with_context(|| format!("GET http://{host}{path}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{host}: malformed HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{host}: malformed status line"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::json!({"data": [{
+            "traceID": "ab",
+            "processes": {"r": {"serviceName": "ranking"}, "e": {"serviceName": "embedding"}},
+            "spans": [
+                {"spanID": "2", "operationName": "attempt", "processID": "r", "startTime": 1_500, "duration": 800,
+                 "references": [{"refType": "CHILD_OF", "spanID": "1"}], "tags": [{"key": "attempt", "value": "first"}]},
+                {"spanID": "1", "operationName": "Search", "processID": "r", "startTime": 1_000, "duration": 2_000,
+                 "references": null, "tags": []},
+                {"spanID": "3", "operationName": "Retrieve", "processID": "e", "startTime": 1_600, "duration": 500,
+                 "references": [{"refType": "CHILD_OF", "spanID": "2"}], "tags": [{"key": "rpc.grpc.status_code", "value": 0}]},
+            ]
+        }]})
+    }
+
+    #[test]
+    fn spans_render_as_a_tree_in_start_order() {
+        let spans = spans_of(&doc());
+        assert_eq!(spans.len(), 3);
+        let text = render(&spans);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("Search [ranking]"), "{text}");
+        assert!(
+            lines[2].contains("  attempt [ranking]  attempt=first"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("    Retrieve [embedding]  rpc.grpc.status_code=0"),
+            "{text}"
+        );
+        assert!(lines[3].trim_start().starts_with("0.60 ms"), "{text}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
+    }
+}
