@@ -2,7 +2,9 @@
 //! (which runs the embedded trace collector) is read back from the collector's
 //! Jaeger API by the `trace_id` in the reply, and has spans from ranking, embedding
 //! and feature, connected into one tree: each server span hangs under the ranking
-//! attempt that called it. `meshctl trace` prints that tree.
+//! attempt that called it. `meshctl trace` prints that tree. And every service's
+//! `/metrics` has the per-RPC counters by code and latency histograms that search
+//! produced, with the encoder's batch sizes and query-cache lookups.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;

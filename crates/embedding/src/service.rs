@@ -582,3 +582,17 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
         Ok(Response::new(self.inner.build_index(item_ids).await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_that_embed_alike_share_a_cache_key() {
+        assert_eq!(normalize_query("  Pan   for\tEGGS "), "pan for eggs");
+        assert_ne!(
+            normalize_query("pan for eggs"),
+            normalize_query("pans for eggs")
+        );
+    }
+}
