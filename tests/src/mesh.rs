@@ -157,6 +157,43 @@ impl LocalMesh {
     }
 }
 
+/// A few queries the demo catalog answers, one per line.
+const QUERIES: &str =
+    "wireless headphones\nrunning shoes\ncoffee grinder\nyoga mat\nnoise cancelling headphones\n";
+
+impl LocalMesh {
+    /// Writes a query log into the state dir and returns its path.
+    pub fn queries_file(&self) -> String {
+        let path = self.state.path().join("queries.txt");
+        std::fs::write(&path, QUERIES).expect("queries");
+        path.display().to_string()
+    }
+}
+
+/// `meshctl bench` arguments: Search at `qps` for `seconds`, 3 s deadline.
+pub fn search_load<'a>(queries: &'a str, qps: &'a str, seconds: &'a str) -> Vec<&'a str> {
+    vec![
+        "--rpc",
+        "search",
+        "--qps",
+        qps,
+        "--duration",
+        seconds,
+        "--timeout-ms",
+        "3000",
+        "--queries",
+        queries,
+    ]
+}
+
+/// A number at `path` in a bench report; panics naming the path when absent.
+pub fn number(r: &serde_json::Value, path: &[&str]) -> f64 {
+    path.iter()
+        .fold(r, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} in {r}"))
+}
+
 /// Waits for a `meshctl bench` started by [`LocalMesh::bench`] and parses its report.
 pub fn bench_report(child: std::process::Child) -> serde_json::Value {
     let out = child.wait_with_output().expect("bench finishes");

@@ -239,10 +239,32 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         .find(|p| p.service == "registry")
         .map(|p| p.grpc.clone())
         .context("no registry started")?;
-    let encoder = opts.models.join("encoder");
-    publish_default(
+    publish_defaults(
         &registry,
         &secrets.admin_token,
+        &opts.models,
+        opts.ranker.as_deref(),
+    )
+    .await?;
+    for inst in rest {
+        spawn(opts, logs, &client, &secrets, inst, state)?;
+    }
+    wait_ready(state).await
+}
+
+/// Publishes the encoder (FP32, its INT8 variant and tokenizer) from `models` and,
+/// if given, the ranker in `ranker`, and makes both production (unless they already
+/// are): what `meshctl up` and `meshctl bootstrap` serve.
+pub(crate) async fn publish_defaults(
+    registry: &str,
+    token: &str,
+    models: &Path,
+    ranker: Option<&Path>,
+) -> anyhow::Result<()> {
+    let encoder = models.join("encoder");
+    publish_default(
+        registry,
+        token,
         &DefaultModel {
             name: ENCODER_MODEL,
             fp32: encoder.join("fp32/model.onnx"),
@@ -256,10 +278,10 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     )
     .await
     .context("publishing the encoder (run scripts/setup to export it)")?;
-    if let Some(dir) = &opts.ranker {
+    if let Some(dir) = ranker {
         publish_default(
-            &registry,
-            &secrets.admin_token,
+            registry,
+            token,
             &DefaultModel {
                 name: RANKER_MODEL,
                 fp32: dir.join("model.onnx"),
@@ -272,10 +294,7 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
         .await
         .context("publishing the ranker")?;
     }
-    for inst in rest {
-        spawn(opts, logs, &client, &secrets, inst, state)?;
-    }
-    wait_ready(state).await
+    Ok(())
 }
 
 /// A model `meshctl up` serves from the registry.
@@ -340,7 +359,7 @@ pub(crate) const ENCODER_MODEL: &str = "encoder";
 pub(crate) const RANKER_MODEL: &str = "ranker";
 
 /// The registry's public key for a signing seed.
-fn verify_key_hex(signing_seed: &str) -> anyhow::Result<String> {
+pub(crate) fn verify_key_hex(signing_seed: &str) -> anyhow::Result<String> {
     let bytes = (0..signing_seed.len())
         .step_by(2)
         .map(|i| {
@@ -496,7 +515,7 @@ pub(crate) struct RegistrySecrets {
     pub(crate) signing_key: String,
 }
 
-fn hex32() -> String {
+pub(crate) fn hex32() -> String {
     rand::random::<[u8; 32]>()
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -4,6 +4,7 @@
 //! those that talk to one replica take its gRPC address.
 
 mod bench;
+mod bootstrap;
 mod catalog;
 mod embed;
 mod eval;
@@ -120,6 +121,34 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:16686")]
         ui: std::net::SocketAddr,
     },
+    /// Prepare a mesh started some other way (the compose stack): publish the
+    /// default models, import a catalog into each feature replica, build each
+    /// embedding replica's index. Waits for each service; safe to re-run.
+    Bootstrap {
+        /// gRPC address of a registry replica.
+        #[arg(long)]
+        registry: String,
+        /// The registry's admin token.
+        #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Exported models (`encoder/`, and `ranker/` if trained).
+        #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+        models: PathBuf,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// gRPC address of a feature replica (repeatable).
+        #[arg(long)]
+        feature: Vec<String>,
+        /// gRPC address of an embedding replica (repeatable).
+        #[arg(long)]
+        embedding: Vec<String>,
+    },
+    /// Print fresh development secrets for a registry as KEY=VALUE lines.
+    #[command(hide = true)]
+    DevSecrets,
+    /// Exit 0 when the admin port at ADDR answers /ready with 200, else 1.
+    #[command(hide = true)]
+    Ready { addr: String },
     /// Stop a mesh started with `meshctl up --detach`.
     Down {
         #[command(flatten)]
@@ -684,6 +713,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", trace::render(&trace::spans_of(&doc)));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bootstrap {
+            registry,
+            token,
+            models,
+            catalog,
+            feature,
+            embedding,
+        } => {
+            bootstrap::run(&bootstrap::Plan {
+                registry: &registry,
+                token: &token,
+                models: &models,
+                catalog: catalog.as_deref(),
+                feature: &feature,
+                embedding: &embedding,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevSecrets => {
+            print!("{}", bootstrap::dev_secrets()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ready { addr } => {
+            let ok = rankmesh_client::ready(&addr, Duration::from_secs(2))
+                .await
+                .unwrap_or(false);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Collector { otlp, ui } => {
             trace::collect(otlp, ui).await?;

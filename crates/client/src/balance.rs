@@ -64,7 +64,7 @@ impl Default for BalanceConfig {
             max_ejection: Duration::from_secs(30),
             default_rtt: Duration::from_millis(20),
             decay: Duration::from_secs(10),
-            stall_after: Duration::from_secs(1),
+            stall_after: Duration::from_millis(500),
             remembered_resets: 4096,
             buffer: 1024,
         }
@@ -81,6 +81,43 @@ pub struct Balanced {
     resolver: Resolver,
     /// Replicas ejected right now.
     ejected: Arc<AtomicUsize>,
+    /// Set on a channel made for one attempt: told which replica took it.
+    placement: Option<Placement>,
+}
+
+/// Which replica one attempt went to (the replica's channel fills it in), so that a
+/// hedge can be kept off it: p2c alone may well pick the same replica again, and a
+/// hung replica's calls are cancelled, so its load looks low.
+#[derive(Debug, Clone, Default)]
+pub struct Placement(Arc<Mutex<Option<Arc<Mutex<Health>>>>>);
+
+impl Placement {
+    fn replica(&self) -> Option<Arc<Mutex<Health>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps the replica this attempt went to out of rotation until it answers
+    /// something, [`Placement::clear`], or `for_at_most` passes.
+    pub fn suspect(&self, for_at_most: Duration) {
+        if let Some(h) = self.replica() {
+            lock(&h).suspect_until = Some(tokio::time::Instant::now() + for_at_most);
+        }
+    }
+
+    /// Lifts [`Placement::suspect`] (the race is over).
+    pub fn clear(&self) {
+        if let Some(h) = self.replica() {
+            let mut h = lock(&h);
+            if h.suspect_until.take().is_some()
+                && let Some(w) = h.waker.take()
+            {
+                w.wake();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Balanced {
@@ -149,7 +186,16 @@ impl Balanced {
             inner: tower::util::BoxCloneSyncService::new(buffered),
             resolver: resolver.clone(),
             ejected,
+            placement: None,
         }
+    }
+
+    /// A clone for one attempt, and where that attempt will have gone.
+    pub fn placed(&self) -> (Self, Placement) {
+        let placement = Placement::default();
+        let mut ch = self.clone();
+        ch.placement = Some(placement.clone());
+        (ch, placement)
     }
 
     /// Replicas known from discovery and not ejected. (The balancer learns of
@@ -179,6 +225,9 @@ impl Service<http::Request<Body>> for Balanced {
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         // Every attempt carries the caller's trace context (`traceparent`).
         rankmesh_common::observe::inject(req.headers_mut());
+        if let Some(p) = &self.placement {
+            req.extensions_mut().insert(p.clone());
+        }
         if self.in_rotation() == 0 {
             let status = tonic::Status::unavailable(format!(
                 "no {} replica available (none registered, or all ejected after failures)",
@@ -224,6 +273,9 @@ struct Health {
     unanswered: u32,
     first_unanswered: Option<tokio::time::Instant>,
     second_unanswered: Option<tokio::time::Instant>,
+    /// Kept out of rotation until then (or its next answer): a call on it is being
+    /// hedged, so the hedge must go elsewhere.
+    suspect_until: Option<tokio::time::Instant>,
     /// The balancer task waiting for this replica to take a call again.
     waker: Option<Waker>,
 }
@@ -240,6 +292,7 @@ impl Health {
             unanswered: 0,
             first_unanswered: None,
             second_unanswered: None,
+            suspect_until: None,
             waker: None,
         }
     }
@@ -259,6 +312,7 @@ impl Health {
     fn answered(&mut self, now: tokio::time::Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.restart_count(now);
+        self.suspect_until = None;
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -443,7 +497,7 @@ impl Ejecting {
             _ if h.probing && h.unanswered > 0 => {
                 Some(h.first_unanswered.unwrap_or(now) + self.config.stall_after)
             }
-            _ => None,
+            _ => h.suspect_until.filter(|until| *until > now),
         };
         if until.is_some() {
             h.waker = Some(cx.waker().clone());
@@ -474,6 +528,11 @@ impl Service<http::Request<Body>> for Ejecting {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if let Some(p) = req.extensions().get::<Placement>() {
+            *p.0.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Arc::clone(&self.health));
+        }
         let reporter = self.reporter();
         lock(&self.health).sent(tokio::time::Instant::now());
         let guard = InFlight {
@@ -499,7 +558,10 @@ mod tests {
 
     #[test]
     fn a_replica_that_answers_nothing_counts_as_hung_even_when_its_calls_are_cancelled() {
-        let config = BalanceConfig::default();
+        let config = BalanceConfig {
+            stall_after: Duration::from_secs(1),
+            ..BalanceConfig::default()
+        };
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         h.sent(t0);
@@ -525,7 +587,10 @@ mod tests {
 
     #[test]
     fn a_call_after_an_idle_spell_that_followed_a_lost_call_is_given_its_time() {
-        let config = BalanceConfig::default();
+        let config = BalanceConfig {
+            stall_after: Duration::from_secs(1),
+            ..BalanceConfig::default()
+        };
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         h.sent(t0);
@@ -540,7 +605,10 @@ mod tests {
 
     #[test]
     fn a_busy_healthy_replica_is_never_hung() {
-        let config = BalanceConfig::default();
+        let config = BalanceConfig {
+            stall_after: Duration::from_secs(1),
+            ..BalanceConfig::default()
+        };
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         // Calls overlap; each takes 300 ms and one in three is cancelled.
@@ -558,7 +626,10 @@ mod tests {
 
     #[test]
     fn a_probe_that_hangs_is_enough() {
-        let config = BalanceConfig::default();
+        let config = BalanceConfig {
+            stall_after: Duration::from_secs(1),
+            ..BalanceConfig::default()
+        };
         let mut h = Health::new(&config);
         h.probing = true;
         let t0 = tokio::time::Instant::now();

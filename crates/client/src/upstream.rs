@@ -226,7 +226,8 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let mut first = std::pin::pin!(self.attempt(&mut call, "first"));
+        let (ch, placement) = self.channel().placed();
+        let mut first = std::pin::pin!(call(ch).instrument(self.attempt_span("first")));
         let Some(delay) = self.hedge_delay() else {
             let r = first.await;
             return self.settle(r, started, &mut call).await;
@@ -241,6 +242,8 @@ impl Upstream {
         }
         metrics::counter!("rankmesh_client_hedges_total", "service" => self.service).increment(1);
         tracing::debug!(?delay, "no answer within the hedging delay; hedging");
+        // The replica that is slow on the first attempt must not take the hedge.
+        placement.suspect(self.config.balance.stall_after);
         let mut second = std::pin::pin!(self.attempt(&mut call, "hedge"));
         // The first success wins; dropping the other future cancels its RPC.
         let r = tokio::select! {
@@ -253,6 +256,7 @@ impl Upstream {
                 Err(e) => self.race(first, e, &mut call).await,
             },
         };
+        placement.clear();
         self.settle(r, started, &mut call).await
     }
 

@@ -223,6 +223,34 @@ pub struct ServiceArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Ask the admin port at ADDR (`host:port`) whether that replica is ready and
+    /// exit 0 if it is, 1 if not: a container health check for images that have no
+    /// shell or curl.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_ready: Option<String>,
+}
+
+/// `GET /ready` on `addr` within 2 s: true on HTTP 200.
+fn probe_ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(2);
+    let ask = || -> std::io::Result<bool> {
+        let target = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&target, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(
+            format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(&head[9..12] == b"200")
+    };
+    ask().unwrap_or(false)
 }
 
 /// Loads a service config for a binary: parses [`ServiceArgs`], and on any error
@@ -232,6 +260,9 @@ where
     C: Serialize + DeserializeOwned + Default,
 {
     let args = <ServiceArgs as clap::Parser>::parse();
+    if let Some(addr) = &args.probe_ready {
+        std::process::exit(if probe_ready(addr) { 0 } else { 1 });
+    }
     match load::<C>(args.config.as_deref(), std::env::vars()) {
         Ok(config) => {
             if args.print_config {

@@ -1,0 +1,92 @@
+//! `meshctl bootstrap`: what `meshctl up` does to a fresh mesh after starting it,
+//! for a mesh started some other way (the compose stack): publish the default models
+//! into the registry, import a catalog into each feature replica, and build each
+//! embedding replica's index. Each step waits for its service to answer, so it can
+//! run as soon as the containers are created. Re-running it changes nothing that is
+//! already in place.
+//!
+//! Also `meshctl dev-secrets`: fresh development secrets for a registry, as
+//! environment lines.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// How long each step waits for its service to come up.
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// Retries `step` until it succeeds or `PATIENCE` passes (services in other
+/// containers may still be starting).
+async fn patiently<T, F, Fut>(what: &str, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                eprintln!("{what}: {e:#}; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("gave up")))
+        .with_context(|| format!("{what}: not done within {PATIENCE:?}"))
+}
+
+pub(crate) struct Plan<'a> {
+    pub registry: &'a str,
+    pub token: &'a str,
+    pub models: &'a Path,
+    pub catalog: Option<&'a Path>,
+    pub feature: &'a [String],
+    pub embedding: &'a [String],
+}
+
+pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
+    let ranker = plan.models.join("ranker");
+    let ranker = ranker.join("model.onnx").exists().then_some(ranker);
+    patiently("publishing the default models", || {
+        crate::launcher::publish_defaults(plan.registry, plan.token, plan.models, ranker.as_deref())
+    })
+    .await?;
+    println!(
+        "models published: encoder{}",
+        if ranker.is_some() { ", ranker" } else { "" }
+    );
+    if let Some(file) = plan.catalog {
+        // Every replica: each keeps its own lexical index over the shared store,
+        // rebuilt on import.
+        for addr in plan.feature {
+            patiently(&format!("importing the catalog into {addr}"), || {
+                crate::catalog::import(addr, file, None, true)
+            })
+            .await?;
+        }
+    }
+    for addr in plan.embedding {
+        patiently(&format!("building the index of {addr}"), || {
+            crate::embed::build_index(addr)
+        })
+        .await?;
+    }
+    println!("bootstrap done");
+    Ok(())
+}
+
+/// Environment lines with fresh development secrets for a registry and its
+/// replicas: admin token, master key, signing seed and its verify key.
+pub(crate) fn dev_secrets() -> anyhow::Result<String> {
+    let signing = crate::launcher::hex32();
+    Ok(format!(
+        "RANKMESH_ADMIN_TOKEN={}\nRANKMESH_MASTER_KEY={}\nRANKMESH_SIGNING_KEY={signing}\nRANKMESH_VERIFY_KEY={}\n",
+        crate::launcher::hex32(),
+        crate::launcher::hex32(),
+        crate::launcher::verify_key_hex(&signing)?,
+    ))
+}
