@@ -252,6 +252,20 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     wait_ready(state).await
 }
 
+/// Imports `file` into the mesh's feature service (features, lexical search) and
+/// rebuilds the embedding index from it.
+pub(crate) async fn load_catalog(mesh: &MeshState, file: &Path) -> anyhow::Result<()> {
+    let grpc_of = |service: &str| {
+        mesh.processes
+            .iter()
+            .find(|p| p.service == service)
+            .map(|p| p.grpc.clone())
+            .ok_or_else(|| anyhow::anyhow!("no {service} service started"))
+    };
+    crate::catalog::import(&grpc_of("feature")?, file, None, true).await?;
+    crate::embed::build_index(&grpc_of("embedding")?).await
+}
+
 /// Publishes the encoder (FP32, its INT8 variant and tokenizer) from `models` and,
 /// if given, the ranker in `ranker`, and makes both production (unless they already
 /// are): what `meshctl up` and `meshctl bootstrap` serve.

@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod catalog;
+mod drill;
 mod embed;
 mod eval;
 mod generate;
@@ -149,6 +150,12 @@ enum Command {
     /// Exit 0 when the admin port at ADDR answers /ready with 200, else 1.
     #[command(hide = true)]
     Ready { addr: String },
+    /// Disaster-recovery drills: run a scenario (topology, load, fault timeline,
+    /// SLO), write its report, exit non-zero when the SLO is missed.
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
     /// Stop a mesh started with `meshctl up --detach`.
     Down {
         #[command(flatten)]
@@ -274,6 +281,39 @@ enum Command {
         role: String,
         #[command(flatten)]
         etcd: EtcdArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// Run scenarios (or --all in --dir); each gets `<report>/<name>/report.{json,html}`.
+    Run {
+        scenarios: Vec<PathBuf>,
+        /// Every scenario in --dir.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "deploy/drills")]
+        dir: PathBuf,
+        #[arg(long, default_value = ".rankmesh/drills")]
+        report: PathBuf,
+        /// Weaken the client: no hedging.
+        #[arg(long)]
+        no_hedge: bool,
+        /// Weaken the client: no retries.
+        #[arg(long)]
+        no_retry: bool,
+        /// etcd's client port for the drill's mesh; services from --base-port.
+        #[arg(long, default_value_t = 24379)]
+        etcd_port: u16,
+        #[arg(long, default_value_t = 24400)]
+        base_port: u16,
+        #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+        models: PathBuf,
+    },
+    /// The scenario catalog: name, duration, faults, hypothesis.
+    List {
+        #[arg(long, default_value = "deploy/drills")]
+        dir: PathBuf,
     },
 }
 
@@ -559,23 +599,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mesh = launcher::up(&opts).await?;
             if let Some(file) = &opts.catalog {
-                // The feature service holds the catalog (features, lexical search).
-                let feature = mesh
-                    .processes
-                    .iter()
-                    .find(|p| p.service == "feature")
-                    .map(|p| p.grpc.clone())
-                    .ok_or_else(|| anyhow::anyhow!("no feature service started"))?;
-                let embedding = mesh
-                    .processes
-                    .iter()
-                    .find(|p| p.service == "embedding")
-                    .map(|p| p.grpc.clone())
-                    .ok_or_else(|| anyhow::anyhow!("no embedding service started"))?;
-                let loaded = async {
-                    catalog::import(&feature, file, None, true).await?;
-                    embed::build_index(&embedding).await
-                };
+                let loaded = launcher::load_catalog(&mesh, file);
                 if let Err(e) = loaded.await {
                     launcher::stop(&mesh, Duration::from_secs(10)).await;
                     launcher::down(&state.state_dir).await?;
@@ -732,6 +756,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            command: DrillCommand::List { dir },
+        } => {
+            drill::list(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            command:
+                DrillCommand::Run {
+                    scenarios,
+                    all,
+                    dir,
+                    report,
+                    no_hedge,
+                    no_retry,
+                    etcd_port,
+                    base_port,
+                    models,
+                },
+        } => {
+            let mut paths = scenarios;
+            if all {
+                paths.extend(drill::catalog(&dir)?.into_iter().map(|(p, _)| p));
+            }
+            anyhow::ensure!(!paths.is_empty(), "name a scenario file, or --all");
+            let cwd = std::env::current_dir()?;
+            let opts = drill::RunOptions {
+                report_dir: cwd.join(report),
+                no_hedge,
+                no_retry,
+                etcd_port,
+                base_port,
+                models: cwd.join(models),
+            };
+            let mut failed = Vec::new();
+            for p in &paths {
+                let r = drill::run(p, &opts).await?;
+                if !r.pass {
+                    failed.push(r.name);
+                }
+            }
+            if failed.is_empty() {
+                println!("{} drill(s) passed", paths.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("SLO missed: {}", failed.join(", "));
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::DevSecrets => {
             print!("{}", bootstrap::dev_secrets()?);

@@ -1,0 +1,533 @@
+//! A drill's verdict and report: the SLO checks, time to recover per fault, and a
+//! JSON document plus one self-contained HTML page (inline SVG timelines with fault
+//! markers), viewable offline.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::bench::Report as Load;
+
+use super::scenario::Slo;
+
+/// A fault as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Injected {
+    pub at_s: f64,
+    pub kind: String,
+    pub detail: String,
+    /// `name:version` the fault published, whose answers count as wrong.
+    pub forbidden_model: Option<String>,
+    /// Seconds from the fault until every following second was clean again (None:
+    /// it never was before the run ended).
+    pub recovered_after_s: Option<f64>,
+}
+
+/// One SLO line.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DrillReport {
+    pub name: String,
+    pub hypothesis: String,
+    pub pass: bool,
+    pub checks: Vec<Check>,
+    pub faults: Vec<Injected>,
+    pub requests_lost: u64,
+    pub wrong_version_answers: u64,
+    pub events_acked: u64,
+    /// None when they could not be read back (the feature service was down).
+    pub events_lost: Option<u64>,
+    /// What the SDK was allowed to do (a weakened run turns these off).
+    pub client: String,
+    pub load: Load,
+}
+
+/// Whether second `s` of the run was clean: no errors and p99 within bound.
+fn clean(s: &crate::bench::Second, p99_ms: f64) -> bool {
+    s.errors == 0 && s.p99_ms <= p99_ms
+}
+
+/// Seconds from `at_s` until every following second (before `until_s`) is clean.
+pub(crate) fn recovery(load: &Load, at_s: f64, until_s: f64, p99_ms: f64) -> Option<f64> {
+    let from = at_s.floor() as u64;
+    let until = until_s.ceil() as u64;
+    let window: Vec<&crate::bench::Second> = load
+        .timeline
+        .iter()
+        .filter(|s| s.second >= from && s.second < until)
+        .collect();
+    match window.iter().rposition(|s| !clean(s, p99_ms)) {
+        None => Some(0.0),
+        Some(i) if i + 1 == window.len() => None,
+        Some(i) => Some((window[i].second + 1) as f64 - at_s),
+    }
+}
+
+pub(crate) struct Inputs<'a> {
+    pub name: &'a str,
+    pub hypothesis: &'a str,
+    pub slo: &'a Slo,
+    pub faults: Vec<Injected>,
+    pub load: Load,
+    pub events_acked: u64,
+    pub events_lost: Option<u64>,
+    pub client: String,
+}
+
+/// Judges a run against its SLO.
+pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
+    let Inputs {
+        name,
+        hypothesis,
+        slo,
+        mut faults,
+        load,
+        events_acked,
+        events_lost,
+        client,
+    } = i;
+    let end = load.duration_s;
+    let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s).collect();
+    next_at.push(end);
+    for (f, until) in faults.iter_mut().zip(next_at) {
+        // Recovery is judged up to the next fault (or the end).
+        f.recovered_after_s = recovery(&load, f.at_s, until.max(f.at_s + 1.0), slo.p99_ms);
+    }
+    let forbidden: Vec<&str> = faults
+        .iter()
+        .filter_map(|f| f.forbidden_model.as_deref())
+        .collect();
+    let wrong: u64 = load
+        .timeline
+        .iter()
+        .flat_map(|s| s.models.iter())
+        .filter(|(m, _)| forbidden.contains(&m.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    let sent = load.sent.max(1);
+    let availability = 1.0 - load.failed as f64 / sent as f64;
+    let worst_rto = faults
+        .iter()
+        .map(|f| f.recovered_after_s.unwrap_or(f64::INFINITY))
+        .fold(0.0, f64::max);
+    let mut checks = vec![
+        Check {
+            what: "availability".into(),
+            target: format!(">= {:.3}%", slo.availability * 100.0),
+            measured: format!(
+                "{:.3}% ({} of {} failed)",
+                availability * 100.0,
+                load.failed,
+                load.sent
+            ),
+            pass: availability >= slo.availability,
+        },
+        Check {
+            what: "p99".into(),
+            target: format!("<= {} ms", slo.p99_ms),
+            measured: format!("{:.1} ms", load.latency_ms.p99),
+            pass: load.latency_ms.p99 <= slo.p99_ms,
+        },
+        Check {
+            what: "time to recover".into(),
+            target: format!("<= {} s", slo.recover_within_s),
+            measured: if faults.is_empty() {
+                "no faults".into()
+            } else if worst_rto.is_finite() {
+                format!("{worst_rto:.1} s (worst fault)")
+            } else {
+                "not recovered".into()
+            },
+            pass: worst_rto <= slo.recover_within_s,
+        },
+        Check {
+            what: "wrong-version answers".into(),
+            target: format!("<= {}", slo.wrong_version_answers),
+            measured: wrong.to_string(),
+            pass: wrong <= slo.wrong_version_answers,
+        },
+    ];
+    if events_acked > 0 {
+        checks.push(Check {
+            what: "acknowledged events lost".into(),
+            target: format!("<= {}", slo.lost_events),
+            measured: events_lost.map_or_else(
+                || "not read back".into(),
+                |n| format!("{n} of {events_acked}"),
+            ),
+            pass: events_lost.is_some_and(|n| n <= slo.lost_events),
+        });
+    }
+    DrillReport {
+        name: name.to_owned(),
+        hypothesis: hypothesis.to_owned(),
+        pass: checks.iter().all(|c| c.pass),
+        checks,
+        faults,
+        requests_lost: load.failed,
+        wrong_version_answers: wrong,
+        events_acked,
+        events_lost,
+        client,
+        load,
+    }
+}
+
+/// The summary table for the terminal.
+pub(crate) fn summary(r: &DrillReport) -> String {
+    let mut out = format!(
+        "drill {}: {}\n",
+        r.name,
+        if r.pass { "PASS" } else { "FAIL" }
+    );
+    for f in &r.faults {
+        let _ = writeln!(
+            out,
+            "  fault at {:>5.1} s  {:<16} {}  recovered {}",
+            f.at_s,
+            f.kind,
+            f.detail,
+            f.recovered_after_s
+                .map_or("never".into(), |s| format!("after {s:.1} s"))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<26} {:<16} {:<32} result",
+        "check", "target", "measured"
+    );
+    for c in &r.checks {
+        let _ = writeln!(
+            out,
+            "  {:<26} {:<16} {:<32} {}",
+            c.what,
+            c.target,
+            c.measured,
+            if c.pass { "pass" } else { "FAIL" }
+        );
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One timeline chart: `series` of (label, color, values per second), with fault
+/// markers.
+fn chart(
+    title: &str,
+    unit: &str,
+    seconds: u64,
+    series: &[(&str, &str, Vec<f64>)],
+    faults: &[Injected],
+) -> String {
+    let (w, h, pad) = (720.0, 180.0, 40.0);
+    let max = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().copied())
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let n = seconds.max(1) as f64;
+    let x = |s: f64| pad + s / n * (w - 2.0 * pad);
+    let y = |v: f64| h - pad + -(v / max) * (h - 2.0 * pad);
+    let mut svg = format!(
+        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" role="img"><title>{}</title>"#,
+        escape(title)
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{pad}" y="{pad}" width="{}" height="{}" fill="#fafafa" stroke="#ccc"/>"##,
+        w - 2.0 * pad,
+        h - 2.0 * pad
+    );
+    let _ = write!(
+        svg,
+        r##"<text x="{pad}" y="{}" font-size="12">{} ({unit}, max {:.1})</text>"##,
+        pad - 8.0,
+        escape(title),
+        max / 1.1
+    );
+    for f in faults {
+        let fx = x(f.at_s);
+        let _ = write!(
+            svg,
+            r##"<line x1="{fx}" y1="{pad}" x2="{fx}" y2="{}" stroke="#d33" stroke-dasharray="4 3"/><text x="{}" y="{}" font-size="10" fill="#d33">{}</text>"##,
+            h - pad,
+            fx + 3.0,
+            pad + 12.0,
+            escape(&f.kind)
+        );
+    }
+    for (i, (label, color, values)) in series.iter().enumerate() {
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(s, v)| format!("{:.1},{:.1}", x(s as f64 + 0.5), y(*v)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/><text x="{}" y="{}" font-size="11" fill="{color}">{}</text>"#,
+            points.join(" "),
+            w - pad - 150.0 + 75.0 * (i % 2) as f64,
+            h - 10.0,
+            escape(label)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{pad}" y="{}" font-size="10">0 s</text><text x="{}" y="{}" font-size="10">{seconds} s</text></svg>"#,
+        h - pad + 14.0,
+        w - pad - 20.0,
+        h - pad + 14.0
+    );
+    svg
+}
+
+/// The self-contained HTML page.
+pub(crate) fn html(r: &DrillReport) -> String {
+    let seconds = r.load.duration_s.ceil() as u64;
+    let per = |f: &dyn Fn(&crate::bench::Second) -> f64| -> Vec<f64> {
+        (0..seconds)
+            .map(|s| {
+                r.load
+                    .timeline
+                    .iter()
+                    .find(|x| x.second == s)
+                    .map_or(0.0, f)
+            })
+            .collect()
+    };
+    let throughput = chart(
+        "requests and errors per second",
+        "per s",
+        seconds,
+        &[
+            ("requests", "#2a6", per(&|s| s.requests as f64)),
+            ("errors", "#d33", per(&|s| s.errors as f64)),
+        ],
+        &r.faults,
+    );
+    let latency = chart(
+        "latency per second",
+        "ms",
+        seconds,
+        &[
+            ("p50", "#36c", per(&|s| s.p50_ms)),
+            ("p99", "#c63", per(&|s| s.p99_ms)),
+        ],
+        &r.faults,
+    );
+    let mut models: Vec<&String> = r
+        .load
+        .timeline
+        .iter()
+        .flat_map(|s| s.models.keys())
+        .collect();
+    models.sort();
+    models.dedup();
+    let colors = ["#555", "#2a6", "#c63", "#36c", "#a3a", "#d33"];
+    let model_series: Vec<(&str, &str, Vec<f64>)> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            (
+                m.as_str(),
+                colors[i % colors.len()],
+                per(&|s| s.models.get(*m).copied().unwrap_or(0) as f64),
+            )
+        })
+        .collect();
+    let versions = chart(
+        "answers per model version per second",
+        "per s",
+        seconds,
+        &model_series,
+        &r.faults,
+    );
+    let mut rows = String::new();
+    for c in &r.checks {
+        let _ = write!(
+            rows,
+            r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            if c.pass { "pass" } else { "fail" },
+            escape(&c.what),
+            escape(&c.target),
+            escape(&c.measured),
+            if c.pass { "pass" } else { "FAIL" }
+        );
+    }
+    let mut faults = String::new();
+    for f in &r.faults {
+        let _ = write!(
+            faults,
+            "<tr><td>{:.1} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f.at_s,
+            escape(&f.kind),
+            escape(&f.detail),
+            f.recovered_after_s
+                .map_or("never".into(), |s| format!("{s:.1} s"))
+        );
+    }
+    let errors: Vec<String> = r
+        .load
+        .errors
+        .iter()
+        .map(|(code, n)| {
+            format!(
+                "{} {code}: {}",
+                n,
+                escape(r.load.error_examples.get(code).map_or("", String::as_str))
+            )
+        })
+        .collect();
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>drill {name}: {verdict}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 800px; color: #222; }}
+h1 .pass, td.pass {{ color: #2a6; }} h1 .fail {{ color: #d33; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+tr.fail td {{ background: #fee; }} tr.pass td:last-child {{ color: #2a6; }} tr.fail td:last-child {{ color: #d33; font-weight: bold; }}
+.hyp {{ background: #f4f4f4; padding: 0.8em; border-left: 4px solid #999; }}
+</style></head><body>
+<h1>drill {name}: <span class="{class}">{verdict}</span></h1>
+<p class="hyp">{hypothesis}</p>
+<p>Load: {rpc} at {qps} qps for {duration} s (open loop), {sent} sent, {failed} failed; client: {client}.</p>
+<h2>SLO</h2><table><tr><th>check</th><th>target</th><th>measured</th><th>result</th></tr>{rows}</table>
+<h2>Faults</h2><table><tr><th>at</th><th>kind</th><th>what</th><th>recovered after</th></tr>{faults}</table>
+<h2>Timelines</h2>{throughput}{latency}{versions}
+<h2>Errors</h2><p>{errors}</p>
+</body></html>
+"#,
+        name = escape(&r.name),
+        verdict = if r.pass { "PASS" } else { "FAIL" },
+        class = if r.pass { "pass" } else { "fail" },
+        hypothesis = escape(&r.hypothesis),
+        rpc = escape(&r.load.rpc),
+        qps = r.load.qps,
+        duration = r.load.duration_s,
+        sent = r.load.sent,
+        failed = r.load.failed,
+        client = escape(&r.client),
+        errors = if errors.is_empty() {
+            "none".to_owned()
+        } else {
+            errors.join("<br>")
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Latency, Second};
+    use std::collections::BTreeMap;
+
+    fn second(s: u64, errors: u64, p99: f64) -> Second {
+        Second {
+            second: s,
+            requests: 10,
+            errors,
+            errors_by_code: BTreeMap::new(),
+            p50_ms: p99 / 2.0,
+            p99_ms: p99,
+            models: BTreeMap::from([("ranker:1".to_owned(), 10 - errors)]),
+            degraded: BTreeMap::new(),
+        }
+    }
+
+    fn load(timeline: Vec<Second>) -> Load {
+        let failed = timeline.iter().map(|s| s.errors).sum();
+        Load {
+            rpc: "search".into(),
+            qps: 10.0,
+            duration_s: timeline.len() as f64,
+            sent: 10 * timeline.len() as u64,
+            dropped: 0,
+            failed,
+            errors: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
+            achieved_qps: 10.0,
+            latency_ms: Latency {
+                p50: 10.0,
+                p90: 15.0,
+                p99: 20.0,
+                p999: 30.0,
+                max: 40.0,
+            },
+            latency_by_outcome_ms: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            timeline,
+        }
+    }
+
+    #[test]
+    fn recovery_runs_from_the_fault_to_the_last_bad_second() {
+        let l = load(vec![
+            second(0, 0, 20.0),
+            second(1, 0, 20.0),
+            second(2, 3, 20.0),
+            second(3, 0, 900.0),
+            second(4, 0, 20.0),
+            second(5, 0, 20.0),
+        ]);
+        assert_eq!(recovery(&l, 2.0, 6.0, 100.0), Some(2.0));
+        assert_eq!(recovery(&l, 4.0, 6.0, 100.0), Some(0.0));
+        let never = load(vec![second(0, 0, 20.0), second(1, 1, 20.0)]);
+        assert_eq!(recovery(&never, 0.5, 2.0, 100.0), None);
+    }
+
+    #[test]
+    fn a_missed_slo_fails_the_drill_and_the_page_says_why() {
+        let slo = Slo {
+            availability: 0.999,
+            p99_ms: 100.0,
+            recover_within_s: 5.0,
+            wrong_version_answers: 0,
+            lost_events: 0,
+        };
+        let r = judge(Inputs {
+            name: "t",
+            hypothesis: "h",
+            slo: &slo,
+            faults: vec![Injected {
+                at_s: 1.0,
+                kind: "stop".into(),
+                detail: "ranking-1".into(),
+                forbidden_model: Some("ranker:1".into()),
+                recovered_after_s: None,
+            }],
+            load: load(vec![
+                second(0, 0, 20.0),
+                second(1, 2, 20.0),
+                second(2, 0, 20.0),
+            ]),
+            events_acked: 0,
+            events_lost: None,
+            client: "hedging, retries".into(),
+        });
+        assert!(!r.pass);
+        let failed: Vec<&str> = r
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.what.as_str())
+            .collect();
+        assert_eq!(failed, ["availability", "wrong-version answers"]);
+        assert_eq!(r.faults[0].recovered_after_s, Some(1.0));
+        let page = html(&r);
+        assert!(page.contains("<svg") && page.contains("FAIL") && page.contains("stop"));
+        assert!(summary(&r).contains("availability"));
+    }
+}
