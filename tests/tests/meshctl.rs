@@ -1,5 +1,5 @@
-//! `meshctl up --detach` brings every service up healthy and registered; `meshctl
-//! down` stops every process it started.
+//! `meshctl up --detach` brings every service (and the trace collector) up healthy
+//! and registered; `meshctl down` stops every process it started.
 
 use std::process::Command;
 use std::time::Duration;
@@ -27,6 +27,7 @@ async fn up_detach_then_down_leaves_nothing_behind() {
     let base = rankmesh_tests::free_port_block(16);
     let etcd_port = base.to_string();
     let svc_port = (base + 2).to_string();
+    let (otlp_port, ui_port) = ((base + 14).to_string(), (base + 15).to_string());
     let up = meshctl(&[
         "up",
         "--detach",
@@ -38,6 +39,10 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         &svc_port,
         "--ranking-replicas",
         "2",
+        "--otlp-port",
+        &otlp_port,
+        "--trace-ui-port",
+        &ui_port,
     ]);
     assert!(
         up.status.success(),
@@ -49,10 +54,22 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         serde_json::from_slice(&std::fs::read(state.path().join("mesh.json")).expect("mesh.json"))
             .expect("json");
     let procs = mesh["processes"].as_array().expect("processes");
+    let mut names: Vec<&str> = procs
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    names.sort_unstable();
     assert_eq!(
-        procs.len(),
-        6,
-        "etcd, registry, feature, embedding, 2 ranking"
+        names,
+        [
+            "collector",
+            "embedding-0",
+            "etcd",
+            "feature-0",
+            "ranking-0",
+            "ranking-1",
+            "registry-0"
+        ]
     );
     let pids: Vec<u64> = procs
         .iter()

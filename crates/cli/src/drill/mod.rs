@@ -365,6 +365,12 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
     }
     launcher::stop(&mesh, Duration::from_secs(5)).await;
     let _ = launcher::down(&state_dir).await;
+    // Keep the services' logs beside the report; drop the mesh's data (registry
+    // blobs, etcd, indexes).
+    let logs = out.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let _ = std::fs::rename(state_dir.join("logs"), &logs);
+    let _ = std::fs::remove_dir_all(&state_dir);
     let report = result?;
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("report.html"), report::html(&report))?;
