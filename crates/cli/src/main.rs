@@ -793,9 +793,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut failed = Vec::new();
             for p in &paths {
-                let r = drill::run(p, &opts).await?;
-                if !r.pass {
-                    failed.push(r.name);
+                // One drill that cannot run does not stop the others.
+                match drill::run(p, &opts).await {
+                    Ok(r) if r.pass => {}
+                    Ok(r) => failed.push(r.name),
+                    Err(e) => {
+                        eprintln!("drill {}: could not run: {e:#}", p.display());
+                        failed.push(p.display().to_string());
+                    }
                 }
             }
             if failed.is_empty() {

@@ -21,7 +21,6 @@
 //! two unanswered calls, it is ejected like a failing one.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -80,7 +79,7 @@ pub struct Balanced {
     inner: Inner,
     resolver: Resolver,
     /// Replicas ejected right now.
-    ejected: Arc<AtomicUsize>,
+    ejected: Ejected,
     /// Set on a channel made for one attempt: told which replica took it.
     placement: Option<Placement>,
 }
@@ -132,10 +131,10 @@ impl std::fmt::Debug for Balanced {
 impl Balanced {
     /// Starts following `resolver` (must be called inside a tokio runtime).
     pub fn new(service: &'static str, resolver: &Resolver, config: BalanceConfig) -> Self {
-        let ejected = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&ejected);
+        let ejected = Ejected::default();
+        let counter = ejected.clone();
         let discover = resolver.changes().filter_map(move |c| {
-            let counter = Arc::clone(&counter);
+            let counter = counter.clone();
             async move {
                 match c {
                     Change::Insert(id, ep) => {
@@ -199,12 +198,16 @@ impl Balanced {
     }
 
     /// Replicas known from discovery and not ejected. (The balancer learns of
-    /// changes lazily, when it is polled; discovery is the source of truth.)
+    /// changes lazily, when it is polled; discovery is the source of truth, so a
+    /// replica that has left discovery counts for nothing, ejected or not: with a
+    /// count of ejections instead, a dead replica leaving discovery while ejected
+    /// made the last live one look ejected too, until its cooldown ended.)
     pub fn in_rotation(&self) -> usize {
         self.resolver
             .current()
-            .len()
-            .saturating_sub(self.ejected.load(Ordering::Relaxed))
+            .values()
+            .filter(|ep| !self.ejected.contains(&crate::uri_of(&ep.grpc)))
+            .count()
     }
 }
 
@@ -252,6 +255,27 @@ impl Service<http::Request<Body>> for Balanced {
                 }
             })
         }))
+    }
+}
+
+/// The replicas (by URI) ejected right now.
+#[derive(Debug, Clone, Default)]
+struct Ejected(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl Ejected {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn add(&self, uri: &str) {
+        self.set().insert(uri.to_owned());
+    }
+    fn remove(&self, uri: &str) {
+        self.set().remove(uri);
+    }
+    fn contains(&self, uri: &str) -> bool {
+        self.set().contains(uri)
     }
 }
 
@@ -356,13 +380,13 @@ struct Ejecting {
     uri: String,
     config: BalanceConfig,
     health: Arc<Mutex<Health>>,
-    /// The balancer's count of ejected replicas.
-    counter: Arc<AtomicUsize>,
+    /// The balancer's set of ejected replicas.
+    counter: Ejected,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Ejecting {
-    fn new(inner: Channel, uri: String, config: BalanceConfig, counter: Arc<AtomicUsize>) -> Self {
+    fn new(inner: Channel, uri: String, config: BalanceConfig, counter: Ejected) -> Self {
         Self {
             inner,
             uri,
@@ -377,7 +401,7 @@ impl Ejecting {
 impl Drop for Ejecting {
     fn drop(&mut self) {
         if !lock(&self.health).in_rotation {
-            self.counter.fetch_sub(1, Ordering::Relaxed);
+            self.counter.remove(&self.uri);
         }
     }
 }
@@ -394,7 +418,7 @@ fn unavailable(resp: &http::Response<Body>) -> bool {
 #[derive(Debug, Clone)]
 struct Reporter {
     health: Arc<Mutex<Health>>,
-    counter: Arc<AtomicUsize>,
+    counter: Ejected,
     config: BalanceConfig,
     uri: Arc<str>,
 }
@@ -425,12 +449,16 @@ impl Reporter {
         h.ejected_until = Some(tokio::time::Instant::now() + cooldown);
         h.next_ejection = (cooldown * 2).min(self.config.max_ejection);
         h.in_rotation = false;
-        self.counter.fetch_add(1, Ordering::Relaxed);
+        self.counter.add(&self.uri);
         metrics::counter!("rankmesh_client_ejections_total", "reason" => why).increment(1);
         tracing::warn!(endpoint = %self.uri, ?cooldown, reason = why, "replica ejected");
         // Back in rotation after the cooldown: a timer, because with every replica
         // ejected no request reaches the balancer to notice.
-        let (weak, counter) = (Arc::downgrade(&self.health), Arc::clone(&self.counter));
+        let (weak, counter, uri) = (
+            Arc::downgrade(&self.health),
+            self.counter.clone(),
+            Arc::clone(&self.uri),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(cooldown).await;
             if let Some(health) = weak.upgrade() {
@@ -442,7 +470,7 @@ impl Reporter {
                     // The probe starts a fresh count: calls lost before the
                     // ejection must not eject it again at once.
                     h.restart_count(tokio::time::Instant::now());
-                    counter.fetch_sub(1, Ordering::Relaxed);
+                    counter.remove(&uri);
                     if let Some(w) = h.waker.take() {
                         w.wake();
                     }
@@ -477,7 +505,7 @@ impl Ejecting {
     fn reporter(&self) -> Reporter {
         Reporter {
             health: Arc::clone(&self.health),
-            counter: Arc::clone(&self.counter),
+            counter: self.counter.clone(),
             config: self.config,
             uri: Arc::from(self.uri.as_str()),
         }

@@ -116,8 +116,12 @@ struct Env {
     models: PathBuf,
 }
 
-/// Publishes `file` as the next ranker version; returns the version.
-async fn publish_ranker(env: &Env, file: &Path, why: &str) -> anyhow::Result<u64> {
+/// Publishes `file` as the next ranker version; returns its manifest.
+async fn publish_ranker(
+    env: &Env,
+    file: &Path,
+    why: &str,
+) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelManifest> {
     let registry = grpc_of(&env.mesh, "registry")?;
     let m = crate::model::publish(
         &registry,
@@ -132,7 +136,32 @@ async fn publish_ranker(env: &Env, file: &Path, why: &str) -> anyhow::Result<u64
         },
     )
     .await?;
-    Ok(m.version)
+    Ok(m)
+}
+
+/// The most recently written file under `dir`: the blob just published (the
+/// registry names blobs by an opaque context, and a drill's registry has no other
+/// writer).
+fn newest_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if newest
+                .as_ref()
+                .is_none_or(|(t, _)| meta.modified().is_ok_and(|m| m > *t))
+            {
+                newest = Some((meta.modified()?, e.path()));
+            }
+        }
+    }
+    newest
+        .map(|(_, p)| p)
+        .ok_or_else(|| anyhow::anyhow!("no blob under {}", dir.display()))
 }
 
 /// Injects one fault; returns what it did.
@@ -179,7 +208,9 @@ async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
                     "run scripts/bad_ranker.py (from the repository root, after scripts/setup)",
                 )?;
             anyhow::ensure!(status.success(), "scripts/bad_ranker.py {} failed", f.model);
-            let v = publish_ranker(env, &bad, "drill: broken canary").await?;
+            let v = publish_ranker(env, &bad, "drill: broken canary")
+                .await?
+                .version;
             crate::model::promote(
                 &grpc_of(&env.mesh, "registry")?,
                 &env.token,
@@ -196,20 +227,16 @@ async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
             injected.forbidden_model = Some(format!("ranker:{v}"));
         }
         FaultKind::CorruptArtifact => {
-            let v = publish_ranker(
+            let m = publish_ranker(
                 env,
                 &env.models.join("ranker/model.onnx"),
                 "drill: corrupted after publishing",
             )
             .await?;
+            let v = m.version;
             // Flip bytes in the middle of the stored (encrypted) blob: the GCM tag
             // and the hashes no longer match.
-            let blob = env
-                .state_dir
-                .join("registry/blobs")
-                .join(launcher::RANKER_MODEL)
-                .join(v.to_string())
-                .join("fp32");
+            let blob = newest_file(&env.state_dir.join("registry/blobs"))?;
             let mut bytes =
                 std::fs::read(&blob).with_context(|| format!("read {}", blob.display()))?;
             let mid = bytes.len() / 2;
