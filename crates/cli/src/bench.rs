@@ -294,11 +294,22 @@ impl Acc {
     }
 }
 
-fn model_names(models: &[rankmesh_proto::pb::common::v1::ModelRef]) -> Vec<String> {
-    models
-        .iter()
-        .map(|m| format!("{}:{}", m.name, m.version))
-        .collect()
+impl Answer {
+    /// What a Search or Recommend reply said (both carry the same fields).
+    fn new(
+        models: &[rankmesh_proto::pb::common::v1::ModelRef],
+        degraded: Vec<String>,
+        stage_ms: std::collections::HashMap<String, f32>,
+    ) -> Self {
+        Self {
+            models: models
+                .iter()
+                .map(|m| format!("{}:{}", m.name, m.version))
+                .collect(),
+            degraded,
+            stage_ms: stage_ms.into_iter().collect(),
+        }
+    }
 }
 
 /// Runs the load against the replicas in `replicas` and reports.
@@ -341,11 +352,7 @@ pub(crate) async fn run(replicas: Resolver, opts: &Options) -> anyhow::Result<Re
                         Deadline::Default,
                     )
                     .await
-                    .map(|r| Answer {
-                        models: model_names(&r.models),
-                        degraded: r.degraded,
-                        stage_ms: r.stage_ms.into_iter().collect(),
-                    }),
+                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
                 Rpc::Recommend => client
                     .recommend(
                         pb::RecommendRequest {
@@ -356,11 +363,7 @@ pub(crate) async fn run(replicas: Resolver, opts: &Options) -> anyhow::Result<Re
                         Deadline::Default,
                     )
                     .await
-                    .map(|r| Answer {
-                        models: model_names(&r.models),
-                        degraded: r.degraded,
-                        stage_ms: r.stage_ms.into_iter().collect(),
-                    }),
+                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
             };
             let latency = scheduled.elapsed();
             let second = scheduled.duration_since(start).as_secs();
