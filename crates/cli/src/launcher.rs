@@ -53,6 +53,8 @@ pub(crate) struct UpOptions {
     pub(crate) ranking_env: Vec<(String, String)>,
     /// The trace collector to start and export to, if any.
     pub(crate) traces: Option<TraceOptions>,
+    /// etcd members: 1, or 3 for a cluster that can lose a member.
+    pub(crate) etcd_members: usize,
 }
 
 /// The local trace collector.
@@ -182,48 +184,71 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     }
     let etcd_bin =
         std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from);
-    let client = format!("http://127.0.0.1:{}", opts.etcd_port);
-    let peer = format!("http://127.0.0.1:{}", opts.etcd_port.saturating_add(1));
-    let log = logs.join("etcd.log");
-    let child = Command::new(&etcd_bin)
-        .args(["--name", "local"])
-        .arg("--data-dir")
-        .arg(opts.state_dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("local={peer}")])
-        .args(["--logger", "zap", "--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(open_log(&log)?)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "start {} (run scripts/setup to install etcd)",
-                etcd_bin.display()
-            )
-        })?;
-    let pid = reap_in_background(child);
+    // One member, or a cluster (to lose its leader in a drill): member i listens
+    // for clients on etcd_port + 2i and for peers on the port after.
+    let members = opts.etcd_members.max(1);
+    let port = |i: usize, peer: bool| {
+        let p = opts.etcd_port as usize + 2 * i + usize::from(peer);
+        format!("http://127.0.0.1:{p}")
+    };
+    let name = |i: usize| {
+        if members == 1 {
+            "etcd".to_owned()
+        } else {
+            format!("etcd-{i}")
+        }
+    };
+    let initial_cluster = (0..members)
+        .map(|i| format!("{}={}", name(i), port(i, true)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut clients = Vec::new();
+    for i in 0..members {
+        let (client, peer, name) = (port(i, false), port(i, true), name(i));
+        let log = logs.join(format!("{name}.log"));
+        let child = Command::new(&etcd_bin)
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(opts.state_dir.join(&name))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {} (run scripts/setup to install etcd)",
+                    etcd_bin.display()
+                )
+            })?;
+        state.processes.push(Proc {
+            name,
+            service: "etcd".into(),
+            pid: reap_in_background(child),
+            grpc: client.clone(),
+            admin: String::new(),
+            log,
+        });
+        clients.push(client);
+    }
+    let client = clients.join(",");
     state.etcd.clone_from(&client);
-    state.processes.push(Proc {
-        name: "etcd".into(),
-        service: "etcd".into(),
-        pid,
-        grpc: client.clone(),
-        admin: String::new(),
-        log,
-    });
-    wait_etcd(&client, Duration::from_secs(20)).await?;
+    for c in &clients {
+        wait_etcd(c, Duration::from_secs(20)).await?;
+    }
 
     let secrets = registry_secrets(&opts.state_dir)?;
     // The registry first: the ranker is published through it before the ranking

@@ -97,6 +97,9 @@ enum Command {
         /// Start no trace collector and export no spans.
         #[arg(long)]
         no_traces: bool,
+        /// etcd members: 1, or 3 (a cluster; member i on --etcd-port + 2i).
+        #[arg(long, default_value_t = 1)]
+        etcd_members: usize,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -567,8 +570,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             otlp_port,
             trace_sample_ratio,
             no_traces,
+            etcd_members,
             state,
         } => {
+            anyhow::ensure!(
+                etcd_members == 1 || etcd_members == 3,
+                "--etcd-members must be 1 or 3"
+            );
             anyhow::ensure!(
                 (0.0..=1.0).contains(&trace_sample_ratio),
                 "--trace-sample-ratio must be within 0.0..=1.0"
@@ -591,6 +599,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 models: absolute(models),
                 catalog: catalog.map(absolute),
                 ranking_env,
+                etcd_members,
                 traces: (!no_traces).then_some(launcher::TraceOptions {
                     ui_port: trace_ui_port,
                     otlp_port,

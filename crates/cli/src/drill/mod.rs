@@ -81,6 +81,34 @@ fn send(pid: u32, sig: Signal) {
     }
 }
 
+/// The etcd member that leads the raft group now (asked of each member).
+async fn etcd_leader(mesh: &MeshState) -> anyhow::Result<String> {
+    for p in mesh.processes.iter().filter(|p| p.service == "etcd") {
+        let Ok(mut c) = etcd_client::Client::connect([p.grpc.as_str()], None).await else {
+            continue;
+        };
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await
+            && s.header().is_some_and(|h| h.member_id() == s.leader())
+        {
+            return Ok(p.name.clone());
+        }
+    }
+    anyhow::bail!("no etcd member says it leads")
+}
+
+/// Fault targets by instance name; `etcd-leader` is whichever member leads now.
+async fn resolve(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in targets {
+        if t == "etcd-leader" {
+            out.push(etcd_leader(mesh).await?);
+        } else {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     targets
         .iter()
@@ -175,13 +203,13 @@ async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
     };
     match f.kind {
         FaultKind::Kill => {
-            for (name, pid) in pids(&env.mesh, &f.targets)? {
+            for (name, pid) in pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)? {
                 send(pid, Signal::SIGKILL);
                 injected.detail.push_str(&format!("SIGKILL {name} "));
             }
         }
         FaultKind::Stop => {
-            let targets = pids(&env.mesh, &f.targets)?;
+            let targets = pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)?;
             for (name, pid) in &targets {
                 send(*pid, Signal::SIGSTOP);
                 injected
@@ -382,6 +410,7 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         traces: None,
+        etcd_members: scenario.topology.etcd_members,
     };
     let mesh = launcher::up(&up).await?;
     let result = drive(&scenario, opts, &mesh, &state_dir, &catalog, inputs).await;
@@ -423,7 +452,7 @@ async fn drive(
         models: opts.models.clone(),
     };
     let etcd = rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
-        endpoints: vec![mesh.etcd.clone()],
+        endpoints: mesh.etcd.split(',').map(str::to_owned).collect(),
         ..rankmesh_common::config::EtcdConfig::default()
     })
     .await?;

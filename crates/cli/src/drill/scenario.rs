@@ -28,6 +28,8 @@ pub(crate) struct Topology {
     /// `local`: processes on loopback through `meshctl up`'s launcher.
     pub kind: String,
     pub ranking_replicas: usize,
+    /// etcd members: 1, or 3 (so that its leader can be lost).
+    pub etcd_members: usize,
     /// Extra environment for the ranking replicas.
     pub ranking_env: std::collections::BTreeMap<String, String>,
     /// Catalog to load; empty: a generated demo store of 2000 items.
@@ -39,6 +41,7 @@ impl Default for Topology {
         Self {
             kind: "local".into(),
             ranking_replicas: 3,
+            etcd_members: 1,
             ranking_env: Default::default(),
             catalog: PathBuf::new(),
         }
@@ -78,7 +81,8 @@ pub(crate) struct Fault {
     /// Seconds after the load starts.
     pub at_s: f64,
     pub kind: FaultKind,
-    /// Instance names (`ranking-1`, `registry-0`, `etcd`, ...), for kill and stop.
+    /// Instance names (`ranking-1`, `registry-0`, `etcd`, `etcd-2`, ...) for kill
+    /// and stop; `etcd-leader` is the member leading when the fault fires.
     #[serde(default)]
     pub targets: Vec<String>,
     /// For `stop`: SIGCONT after this many seconds.
@@ -150,6 +154,10 @@ impl Scenario {
         anyhow::ensure!(
             (1..=3).contains(&self.topology.ranking_replicas),
             "topology.ranking_replicas: 1..=3"
+        );
+        anyhow::ensure!(
+            self.topology.etcd_members == 1 || self.topology.etcd_members == 3,
+            "topology.etcd_members: 1 or 3"
         );
         anyhow::ensure!(
             self.load.rpc == "search" || self.load.rpc == "recommend",
