@@ -55,6 +55,9 @@ pub(crate) struct UpOptions {
     pub(crate) traces: Option<TraceOptions>,
     /// etcd members: 1, or 3 for a cluster that can lose a member.
     pub(crate) etcd_members: usize,
+    /// Keep the feature store in a Redis started on this port (durable: fsync per
+    /// write) instead of an embedded redb file.
+    pub(crate) redis_port: Option<u16>,
 }
 
 /// The local trace collector.
@@ -246,6 +249,9 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     }
     let client = clients.join(",");
     state.etcd.clone_from(&client);
+    if let Some(port) = opts.redis_port {
+        start_redis(opts, logs, port, state).await?;
+    }
     for c in &clients {
         wait_etcd(c, Duration::from_secs(20)).await?;
     }
@@ -472,6 +478,12 @@ fn spawn(
                 "RANKMESH__STORE__PATH",
                 opts.state_dir.join("feature").join("features.redb"),
             );
+            if let Some(port) = opts.redis_port {
+                cmd.env("RANKMESH__STORE__BACKEND", "redis").env(
+                    "RANKMESH__STORE__REDIS_URL",
+                    format!("redis://127.0.0.1:{port}/0"),
+                );
+            }
         }
         if service == "embedding" {
             // The embedding index follows the feature service's catalog.
@@ -523,7 +535,8 @@ fn spawn(
 /// Waits until every started service answers `/ready`.
 async fn wait_ready(state: &MeshState) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP;
-    for p in state.processes.iter().filter(|p| p.service != "etcd") {
+    // etcd and Redis have no admin port; they were waited for when started.
+    for p in state.processes.iter().filter(|p| !p.admin.is_empty()) {
         loop {
             if !alive(p.pid) {
                 bail!("{} exited during startup; see {}", p.name, p.log.display());
@@ -590,6 +603,57 @@ fn reap_in_background(mut child: std::process::Child) -> u32 {
 
 fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(path).with_context(|| format!("create {}", path.display()))
+}
+
+/// Debian's redis-server on `port`, append-only with an fsync per write (so an
+/// acknowledged event is on disk), its files in the state dir.
+async fn start_redis(
+    opts: &UpOptions,
+    logs: &Path,
+    port: u16,
+    state: &mut MeshState,
+) -> anyhow::Result<()> {
+    let dir = opts.state_dir.join("redis");
+    std::fs::create_dir_all(&dir)?;
+    let log = logs.join("redis.log");
+    let bin =
+        std::env::var_os("REDIS_BIN").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
+    let child = Command::new(&bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(open_log(&log)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {} (run scripts/setup)", bin.display()))?;
+    state.processes.push(Proc {
+        name: "redis".into(),
+        service: "redis".into(),
+        pid: reap_in_background(child),
+        grpc: format!("redis://127.0.0.1:{port}"),
+        admin: String::new(),
+        log,
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("redis on port {port} did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 async fn wait_etcd(url: &str, timeout: Duration) -> anyhow::Result<()> {

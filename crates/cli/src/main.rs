@@ -600,6 +600,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 catalog: catalog.map(absolute),
                 ranking_env,
                 etcd_members,
+                redis_port: None,
                 traces: (!no_traces).then_some(launcher::TraceOptions {
                     ui_port: trace_ui_port,
                     otlp_port,

@@ -411,6 +411,11 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
             .collect(),
         traces: None,
         etcd_members: scenario.topology.etcd_members,
+        // Right after the services' ports (two per instance).
+        redis_port: (scenario.topology.feature_store == "redis").then(|| {
+            opts.base_port
+                .saturating_add(2 * (scenario.topology.ranking_replicas as u16 + 3))
+        }),
     };
     let mesh = launcher::up(&up).await?;
     let result = drive(&scenario, opts, &mesh, &state_dir, &catalog, inputs).await;

@@ -30,6 +30,9 @@ pub(crate) struct Topology {
     pub ranking_replicas: usize,
     /// etcd members: 1, or 3 (so that its leader can be lost).
     pub etcd_members: usize,
+    /// `redb` (an embedded file) or `redis` (a Redis server the drill starts, which
+    /// a fault can take down: target `redis`).
+    pub feature_store: String,
     /// Extra environment for the ranking replicas.
     pub ranking_env: std::collections::BTreeMap<String, String>,
     /// Catalog to load; empty: a generated demo store of 2000 items.
@@ -42,6 +45,7 @@ impl Default for Topology {
             kind: "local".into(),
             ranking_replicas: 3,
             etcd_members: 1,
+            feature_store: "redb".into(),
             ranking_env: Default::default(),
             catalog: PathBuf::new(),
         }
@@ -158,6 +162,10 @@ impl Scenario {
         anyhow::ensure!(
             self.topology.etcd_members == 1 || self.topology.etcd_members == 3,
             "topology.etcd_members: 1 or 3"
+        );
+        anyhow::ensure!(
+            self.topology.feature_store == "redb" || self.topology.feature_store == "redis",
+            "topology.feature_store: redb or redis"
         );
         anyhow::ensure!(
             self.load.rpc == "search" || self.load.rpc == "recommend",
