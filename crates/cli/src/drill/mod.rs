@@ -42,7 +42,7 @@ pub(crate) fn list(dir: &Path) -> anyhow::Result<()> {
         let faults: Vec<String> = s
             .faults
             .iter()
-            .map(|f| format!("{:?}@{}s", f.kind, f.at_s).to_lowercase())
+            .map(|f| format!("{}@{}s", f.kind.name(), f.at_s))
             .collect();
         let first = s
             .hypothesis
@@ -196,7 +196,7 @@ fn newest_file(dir: &Path) -> anyhow::Result<PathBuf> {
 async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
     let mut injected = Injected {
         at_s,
-        kind: format!("{:?}", f.kind).to_lowercase(),
+        kind: f.kind.name().to_owned(),
         detail: String::new(),
         forbidden_model: None,
         recovered_after_s: None,
@@ -519,7 +519,7 @@ async fn drive(
         let at = start.elapsed().as_secs_f64();
         let i = inject(&env, f, at)
             .await
-            .with_context(|| format!("injecting {:?} at {} s", f.kind, f.at_s))?;
+            .with_context(|| format!("injecting {} at {} s", f.kind.name(), f.at_s))?;
         eprintln!("  {:>5.1} s  {}: {}", at, i.kind, i.detail);
         injected.push(i);
     }

@@ -118,6 +118,18 @@ pub(crate) enum FaultKind {
     CorruptArtifact,
 }
 
+impl FaultKind {
+    /// The name scenarios use for it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Stop => "stop",
+            Self::Canary => "canary",
+            Self::CorruptArtifact => "corrupt-artifact",
+        }
+    }
+}
+
 /// What must hold for the drill to pass.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
