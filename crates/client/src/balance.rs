@@ -258,15 +258,26 @@ impl Service<http::Request<Body>> for Balanced {
     }
 }
 
-/// The replicas (by URI) ejected right now.
+/// The replicas (by URI) ejected right now, and how many the balancer holds.
 #[derive(Debug, Clone, Default)]
-struct Ejected(Arc<Mutex<std::collections::HashSet<String>>>);
+struct Ejected {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    members: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl Ejected {
     fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.0
+        self.set
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// Whether one more replica may be ejected for looking hung: never the last
+    /// one in rotation. A slow machine can make every replica look hung at once
+    /// (seen in a drill on 2 starved cores); failing every call fast then is worse
+    /// than waiting. (Failures still eject the last one: a dead replica is dead.)
+    fn may_eject_hung(&self) -> bool {
+        let members = self.members.load(std::sync::atomic::Ordering::Relaxed);
+        self.set().len() + 1 < members
     }
     fn add(&self, uri: &str) {
         self.set().insert(uri.to_owned());
@@ -387,6 +398,9 @@ struct Ejecting {
 
 impl Ejecting {
     fn new(inner: Channel, uri: String, config: BalanceConfig, counter: Ejected) -> Self {
+        counter
+            .members
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             inner,
             uri,
@@ -403,6 +417,9 @@ impl Drop for Ejecting {
         if !lock(&self.health).in_rotation {
             self.counter.remove(&self.uri);
         }
+        self.counter
+            .members
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -517,7 +534,8 @@ impl Ejecting {
     fn not_before(&self, cx: &Context<'_>) -> Option<tokio::time::Instant> {
         let mut h = lock(&self.health);
         let now = tokio::time::Instant::now();
-        if h.in_rotation && h.stalled(now, self.config.stall_after) {
+        if h.in_rotation && h.stalled(now, self.config.stall_after) && self.counter.may_eject_hung()
+        {
             self.reporter().eject(&mut h, "hung");
         }
         let until = match h.ejected_until {
