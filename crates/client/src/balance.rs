@@ -203,10 +203,16 @@ impl Balanced {
     /// count of ejections instead, a dead replica leaving discovery while ejected
     /// made the last live one look ejected too, until its cooldown ended.)
     pub fn in_rotation(&self) -> usize {
-        self.resolver
-            .current()
+        let current = self.resolver.current();
+        // Called twice per request: most calls see nothing ejected, and then need
+        // neither the lock held per replica nor a URI built per replica.
+        let ejected = self.ejected.set();
+        if ejected.is_empty() {
+            return current.len();
+        }
+        current
             .values()
-            .filter(|ep| !self.ejected.contains(&crate::uri_of(&ep.grpc)))
+            .filter(|ep| !ejected.contains(crate::uri_of(&ep.grpc).as_str()))
             .count()
     }
 }
@@ -284,9 +290,6 @@ impl Ejected {
     }
     fn remove(&self, uri: &str) {
         self.set().remove(uri);
-    }
-    fn contains(&self, uri: &str) -> bool {
-        self.set().contains(uri)
     }
 }
 
