@@ -185,7 +185,12 @@ pub(crate) async fn fetch(ui: &str, id: &str) -> anyhow::Result<serde_json::Valu
         !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
         "TRACE_ID must be 1..=32 hex digits (the trace_id of a reply)"
     );
-    let (status, body) = http_get(ui, &format!("/api/traces/{}", id.to_lowercase())).await?;
+    let (status, body) = rankmesh_client::http_get(
+        ui,
+        &format!("/api/traces/{}", id.to_lowercase()),
+        Duration::from_secs(10),
+    )
+    .await?;
     match status {
         200 => serde_json::from_str(&body).context("the collector's answer is not JSON"),
         404 => anyhow::bail!(
@@ -193,63 +198,6 @@ pub(crate) async fn fetch(ui: &str, id: &str) -> anyhow::Result<serde_json::Valu
         ),
         s => anyhow::bail!("the collector at {ui} answered HTTP {s}: {body}"),
     }
-}
-
-/// A minimal HTTP/1.1 GET (the collector is local; no client library needed).
-pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = addr
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let ask = async {
-        let mut s = tokio::net::TcpStream::connect(&host).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), ask)
-        .await
-        .map_err(|_| anyhow::anyhow!("{host}: no answer within 10 s"))?
-        .with_context(|| format!("GET http://{host}{path}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("{host}: malformed HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{host}: malformed status line"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -287,10 +235,5 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].trim_start().starts_with("0.60 ms"), "{text}");
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
     }
 }

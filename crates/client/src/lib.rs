@@ -60,6 +60,8 @@ pub enum ClientError {
     },
     #[error("{endpoint}: no answer within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
+    #[error("{endpoint}: {message}")]
+    Http { endpoint: String, message: String },
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -117,35 +119,96 @@ pub async fn health(
 /// Asks a replica's admin port whether it is ready (`GET /ready` answers 200): the
 /// service is up *and* its own conditions hold (model loaded, index built, ...).
 pub async fn ready(admin_addr: &str, timeout: Duration) -> Result<bool, ClientError> {
+    match http_get(admin_addr, "/ready", timeout).await {
+        Ok((status, _)) => Ok(status == 200),
+        Err(e @ ClientError::Timeout { .. }) => Err(e),
+        // Refused, reset, garbled: not ready (yet).
+        Err(_) => Ok(false),
+    }
+}
+
+/// A minimal HTTP/1.1 GET of `path` on `addr` (admin ports, the local trace
+/// collector: loopback peers, no client library needed): status and body.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = admin_addr
+    let host = addr
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
     let ask = async {
         let mut s = tokio::net::TcpStream::connect(&host).await?;
         s.write_all(
-            format!("GET /ready HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await?;
-        // "HTTP/1.1 200"
-        Ok::<bool, std::io::Error>(&head[9..12] == b"200")
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
     };
-    match tokio::time::timeout(timeout, ask).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(_)) => Ok(false),
-        Err(_) => Err(ClientError::Timeout {
-            endpoint: host,
-            timeout,
-        }),
+    let raw = match tokio::time::timeout(timeout, ask).await {
+        Ok(r) => r.map_err(|e| ClientError::Http {
+            endpoint: host.clone(),
+            message: e.to_string(),
+        })?,
+        Err(_) => {
+            return Err(ClientError::Timeout {
+                endpoint: host,
+                timeout,
+            });
+        }
+    };
+    let malformed = |what: &str| ClientError::Http {
+        endpoint: host.clone(),
+        message: format!("malformed HTTP answer: {what}"),
+    };
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| malformed("no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("no status"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
+    }
 
     #[test]
     fn uri_of_adds_scheme_once() {
