@@ -601,16 +601,21 @@ impl Service<http::Request<Body>> for Ejecting {
 mod tests {
     use super::*;
 
+    /// A 1 s stall threshold, which the timings below are written against.
+    fn config() -> BalanceConfig {
+        BalanceConfig {
+            stall_after: Duration::from_secs(1),
+            ..BalanceConfig::default()
+        }
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
     #[test]
     fn a_replica_that_answers_nothing_counts_as_hung_even_when_its_calls_are_cancelled() {
-        let config = BalanceConfig {
-            stall_after: Duration::from_secs(1),
-            ..BalanceConfig::default()
-        };
+        let config = config();
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         h.sent(t0);
@@ -636,10 +641,7 @@ mod tests {
 
     #[test]
     fn a_call_after_an_idle_spell_that_followed_a_lost_call_is_given_its_time() {
-        let config = BalanceConfig {
-            stall_after: Duration::from_secs(1),
-            ..BalanceConfig::default()
-        };
+        let config = config();
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         h.sent(t0);
@@ -654,10 +656,7 @@ mod tests {
 
     #[test]
     fn a_busy_healthy_replica_is_never_hung() {
-        let config = BalanceConfig {
-            stall_after: Duration::from_secs(1),
-            ..BalanceConfig::default()
-        };
+        let config = config();
         let mut h = Health::new(&config);
         let t0 = tokio::time::Instant::now();
         // Calls overlap; each takes 300 ms and one in three is cancelled.
@@ -675,10 +674,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_hangs_is_enough() {
-        let config = BalanceConfig {
-            stall_after: Duration::from_secs(1),
-            ..BalanceConfig::default()
-        };
+        let config = config();
         let mut h = Health::new(&config);
         h.probing = true;
         let t0 = tokio::time::Instant::now();
