@@ -520,10 +520,15 @@ async fn drive(
         rankmesh_common::discovery::Resolver::watch(etcd, "feature"),
         Duration::from_secs(2),
     );
-    let events = (scenario.load.events_per_s > 0.0).then(|| {
+    let items = if scenario.load.events_per_s > 0.0 {
+        Some(Arc::new(item_ids(catalog)?))
+    } else {
+        None
+    };
+    let events = items.map(|items| {
         tokio::spawn(record_events(
             feature.clone(),
-            Arc::new(item_ids(catalog).unwrap_or_else(|_| vec!["p0000000".into()])),
+            items,
             scenario.load.events_per_s,
             start + load.duration,
         ))
