@@ -58,6 +58,10 @@ pub(crate) struct UpOptions {
     /// Keep the feature store in a Redis started on this port (durable: fsync per
     /// write) instead of an embedded redb file.
     pub(crate) redis_port: Option<u16>,
+    /// Extra environment for single instances, by name (`ranking-1`), applied last
+    /// so it overrides: a drill points an instance's advertised port and etcd
+    /// endpoints at its fault proxies.
+    pub(crate) instance_env: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// The local trace collector.
@@ -134,31 +138,46 @@ fn write_state(dir: &Path, state: &MeshState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One service instance to start: name, service, binary, gRPC and admin addresses.
+pub(crate) type Instance = (String, &'static str, &'static str, String, String);
+
+/// The service instances `up` starts, with their addresses, in a stable, memorable
+/// port order (ranking-0 first): ranking-0 on `base_port` and its admin port on the
+/// next, every further instance on the following two.
+pub(crate) fn instances(opts: &UpOptions) -> Vec<Instance> {
+    let mut names: Vec<(String, &'static str, &'static str)> = (0..opts.ranking_replicas)
+        .map(|i| (format!("ranking-{i}"), "ranking", "rankmesh-ranking"))
+        .collect();
+    names.extend(
+        SERVICES
+            .iter()
+            .map(|(svc, bin)| (format!("{svc}-0"), *svc, *bin)),
+    );
+    names
+        .into_iter()
+        .zip((opts.base_port..).step_by(2))
+        .map(|((name, svc, bin), port)| {
+            let admin = port + 1;
+            (
+                name,
+                svc,
+                bin,
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{admin}"),
+            )
+        })
+        .collect()
+}
+
+/// etcd's members' client URLs: member i on `etcd_port + 2i` (its peer port next).
+pub(crate) fn etcd_client_urls(opts: &UpOptions) -> Vec<String> {
+    (0..opts.etcd_members.max(1))
+        .map(|i| format!("http://127.0.0.1:{}", opts.etcd_port as usize + 2 * i))
+        .collect()
+}
+
 async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyhow::Result<()> {
-    let mut port = opts.base_port;
-    let mut next_port = || {
-        let p = port;
-        port += 1;
-        p
-    };
-    // Ports in a stable, memorable order (ranking-0 first); start order is separate.
-    let mut instances: Vec<(String, &str, &str, String, String)> = Vec::new();
-    for i in 0..opts.ranking_replicas {
-        instances.push((
-            format!("ranking-{i}"),
-            "ranking",
-            "rankmesh-ranking",
-            String::new(),
-            String::new(),
-        ));
-    }
-    for (svc, bin) in SERVICES {
-        instances.push((format!("{svc}-0"), svc, bin, String::new(), String::new()));
-    }
-    for inst in &mut instances {
-        inst.3 = format!("127.0.0.1:{}", next_port());
-        inst.4 = format!("127.0.0.1:{}", next_port());
-    }
+    let mut instances = instances(opts);
     // Dependencies start first; ranking (the entry point) last.
     instances.rotate_left(opts.ranking_replicas);
 
@@ -508,6 +527,13 @@ fn spawn(
             .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin)
             .env("RANKMESH__SERVER__INSTANCE_ID", &name)
             .env("RANKMESH__ETCD__ENDPOINTS", client)
+            .envs(
+                opts.instance_env
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(open_log(&log)?)

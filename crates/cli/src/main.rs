@@ -312,6 +312,10 @@ enum DrillCommand {
         base_port: u16,
         #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
         models: PathBuf,
+        /// The compose stack that `topology.kind = "compose"` scenarios run
+        /// (images from scripts/images, its .env beside it).
+        #[arg(long, default_value = "deploy/compose")]
+        compose_dir: PathBuf,
     },
     /// The scenario catalog: name, duration, faults, hypothesis.
     List {
@@ -601,6 +605,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ranking_env,
                 etcd_members,
                 redis_port: None,
+                instance_env: Default::default(),
                 traces: (!no_traces).then_some(launcher::TraceOptions {
                     ui_port: trace_ui_port,
                     otlp_port,
@@ -785,6 +790,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     etcd_port,
                     base_port,
                     models,
+                    compose_dir,
                 },
         } => {
             let mut paths = scenarios;
@@ -800,6 +806,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 etcd_port,
                 base_port,
                 models: cwd.join(models),
+                compose_dir: cwd.join(compose_dir),
             };
             let mut failed = Vec::new();
             for p in &paths {

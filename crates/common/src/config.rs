@@ -319,6 +319,10 @@ pub struct ServerConfig {
     pub admin_listen: String,
     /// Host registered in discovery; empty uses the bound IP.
     pub advertise_host: String,
+    /// gRPC port registered in discovery; 0 uses the bound port. Set when callers
+    /// reach this instance through something in between (a NAT, or a drill's fault
+    /// proxy).
+    pub advertise_port: u16,
     /// Requests served at once; beyond it the service answers RESOURCE_EXHAUSTED
     /// immediately instead of queueing.
     pub max_concurrency: usize,
@@ -339,6 +343,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             advertise_host: String::new(),
+            advertise_port: 0,
             max_concurrency: 256,
             max_message_bytes: rankmesh_proto::limits::MAX_MESSAGE_BYTES,
             shutdown_grace_ms: 200,

@@ -294,10 +294,14 @@ fn endpoint_for(
         grpc.ip().to_string()
     };
     let instance = instance_id(config, grpc);
+    let port = match config.advertise_port {
+        0 => grpc.port(),
+        p => p,
+    };
     Endpoint {
         instance,
         service: service.to_owned(),
-        grpc: format!("http://{host}:{}", grpc.port()),
+        grpc: format!("http://{host}:{port}"),
         admin: format!("http://{host}:{}", admin.port()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: now_ms(),
@@ -568,5 +572,20 @@ mod tests {
         assert_eq!(r.failing(), vec!["model"]);
         r.set("model", true);
         assert!(r.failing().is_empty());
+    }
+
+    #[test]
+    fn registers_the_advertised_host_and_port_when_set() {
+        let grpc = SocketAddr::from(([0, 0, 0, 0], 5000));
+        let admin = SocketAddr::from(([0, 0, 0, 0], 5001));
+        let mut config = ServerConfig::default();
+        let e = endpoint_for("ranking", &config, grpc, admin);
+        assert_eq!(e.grpc, "http://127.0.0.1:5000");
+        config.advertise_host = "ranking-1".into();
+        config.advertise_port = 6000;
+        let e = endpoint_for("ranking", &config, grpc, admin);
+        assert_eq!(e.grpc, "http://ranking-1:6000");
+        // The admin port is not proxied: probes reach the process itself.
+        assert_eq!(e.admin, "http://ranking-1:5001");
     }
 }

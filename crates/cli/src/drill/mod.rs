@@ -1,24 +1,31 @@
 //! Disaster-recovery drills: `meshctl drill run SCENARIO.toml` starts the topology a
-//! scenario names, offers its open-loop load through the SDK (as a storefront
-//! would), injects its faults on schedule, then judges the SLO and writes a JSON
-//! report and a self-contained HTML page. A drill whose SLO is missed exits
-//! non-zero. `meshctl drill list` shows the catalog in `deploy/drills/`.
+//! scenario names (local processes, or the compose stack), offers its open-loop
+//! load through the SDK (as a storefront would), injects its faults on schedule,
+//! then judges the SLO and writes a JSON report and a self-contained HTML page. A
+//! drill whose SLO is missed exits non-zero. `meshctl drill list` shows the catalog
+//! in `deploy/drills/`.
 
+pub(crate) mod compose;
+pub(crate) mod local;
+pub(crate) mod netfault;
 pub(crate) mod report;
 pub(crate) mod scenario;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::bench;
-use crate::launcher::{self, MeshState};
+use crate::launcher;
+use local::Links;
+use netfault::{FaultProxy, Impairment};
+use rankmesh_common::discovery::Resolver;
 use report::{DrillReport, Injected};
-use scenario::{Fault, FaultKind, Scenario};
+use scenario::{Fault, FaultKind, Link, Scenario};
 
 /// How a drill is run (from the command line).
 #[derive(Debug, Clone)]
@@ -32,6 +39,8 @@ pub(crate) struct RunOptions {
     pub etcd_port: u16,
     pub base_port: u16,
     pub models: PathBuf,
+    /// The compose stack (`deploy/compose`) for compose scenarios.
+    pub compose_dir: PathBuf,
 }
 
 /// Lists the scenarios in `dir`: name, duration, faults, hypothesis.
@@ -73,236 +82,6 @@ pub(crate) fn catalog(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
         .into_iter()
         .map(|p| Scenario::load(&p).map(|s| (p, s)))
         .collect()
-}
-
-fn send(pid: u32, sig: Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(p), sig);
-    }
-}
-
-/// The etcd member that leads the raft group now (asked of each member).
-async fn etcd_leader(mesh: &MeshState) -> anyhow::Result<String> {
-    for p in mesh.processes.iter().filter(|p| p.service == "etcd") {
-        let Ok(mut c) = etcd_client::Client::connect([p.grpc.as_str()], None).await else {
-            continue;
-        };
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await
-            && s.header().is_some_and(|h| h.member_id() == s.leader())
-        {
-            return Ok(p.name.clone());
-        }
-    }
-    anyhow::bail!("no etcd member says it leads")
-}
-
-/// Fault targets by instance name; `etcd-leader` is whichever member leads now.
-async fn resolve(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for t in targets {
-        if t == "etcd-leader" {
-            out.push(etcd_leader(mesh).await?);
-        } else {
-            out.push(t.clone());
-        }
-    }
-    Ok(out)
-}
-
-fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
-    targets
-        .iter()
-        .map(|t| {
-            mesh.processes
-                .iter()
-                .find(|p| &p.name == t)
-                .map(|p| (p.name.clone(), p.pid))
-                .ok_or_else(|| {
-                    let names: Vec<&str> = mesh.processes.iter().map(|p| p.name.as_str()).collect();
-                    anyhow::anyhow!(
-                        "fault target {t:?} is not in the mesh ({})",
-                        names.join(", ")
-                    )
-                })
-        })
-        .collect()
-}
-
-fn grpc_of(mesh: &MeshState, service: &str) -> anyhow::Result<String> {
-    mesh.processes
-        .iter()
-        .find(|p| p.service == service)
-        .map(|p| p.grpc.clone())
-        .ok_or_else(|| anyhow::anyhow!("no {service} in the mesh"))
-}
-
-/// Where the drill's local mesh lives.
-struct Env {
-    mesh: MeshState,
-    state_dir: PathBuf,
-    token: String,
-    models: PathBuf,
-}
-
-/// Publishes `file` as the next ranker version; returns its manifest.
-async fn publish_ranker(
-    env: &Env,
-    file: &Path,
-    why: &str,
-) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelManifest> {
-    let registry = grpc_of(&env.mesh, "registry")?;
-    let m = crate::model::publish(
-        &registry,
-        &env.token,
-        &crate::model::Upload {
-            name: launcher::RANKER_MODEL,
-            file,
-            inputs: &["features".to_owned()],
-            outputs: &["score".to_owned()],
-            metadata: vec![("source".into(), why.to_owned())],
-            sidecars: &[],
-        },
-    )
-    .await?;
-    Ok(m)
-}
-
-/// The most recently written file under `dir`: the blob just published (the
-/// registry names blobs by an opaque context, and a drill's registry has no other
-/// writer).
-fn newest_file(dir: &Path) -> anyhow::Result<PathBuf> {
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
-            let e = e?;
-            let meta = e.metadata()?;
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else if newest
-                .as_ref()
-                .is_none_or(|(t, _)| meta.modified().is_ok_and(|m| m > *t))
-            {
-                newest = Some((meta.modified()?, e.path()));
-            }
-        }
-    }
-    newest
-        .map(|(_, p)| p)
-        .ok_or_else(|| anyhow::anyhow!("no blob under {}", dir.display()))
-}
-
-fn broken_ranker(env: &Env, mode: &str) -> PathBuf {
-    env.state_dir.join(format!("ranker-{mode}.onnx"))
-}
-
-/// What faults need made before the load starts, so that making it does not load
-/// the machine during the measurement (it did: a Python process on 2 cores pushed
-/// p99 past a second): broken copies of the ranker for canaries.
-fn prepare(env: &Env, faults: &[Fault]) -> anyhow::Result<()> {
-    for f in faults.iter().filter(|f| f.kind == FaultKind::Canary) {
-        let bad = broken_ranker(env, &f.model);
-        if bad.exists() {
-            continue;
-        }
-        let status = std::process::Command::new(".venv/bin/python")
-            .arg("scripts/bad_ranker.py")
-            .arg(&f.model)
-            .arg(env.models.join("ranker/model.onnx"))
-            .arg(&bad)
-            .status()
-            .context("run scripts/bad_ranker.py (from the repository root, after scripts/setup)")?;
-        anyhow::ensure!(status.success(), "scripts/bad_ranker.py {} failed", f.model);
-    }
-    Ok(())
-}
-
-/// Injects one fault; returns what it did.
-async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
-    let mut injected = Injected {
-        at_s,
-        kind: f.kind.name().to_owned(),
-        detail: String::new(),
-        forbidden_model: None,
-        recovered_after_s: None,
-    };
-    match f.kind {
-        FaultKind::Kill => {
-            for (name, pid) in pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)? {
-                send(pid, Signal::SIGKILL);
-                injected.detail.push_str(&format!("SIGKILL {name} "));
-            }
-        }
-        FaultKind::Stop => {
-            let targets = pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)?;
-            for (name, pid) in &targets {
-                send(*pid, Signal::SIGSTOP);
-                injected
-                    .detail
-                    .push_str(&format!("SIGSTOP {name} for {} s ", f.duration_s));
-            }
-            let hold = Duration::from_secs_f64(f.duration_s);
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                for (_, pid) in targets {
-                    send(pid, Signal::SIGCONT);
-                }
-            });
-        }
-        FaultKind::Canary => {
-            // Made by `prepare` before the load started.
-            let bad = broken_ranker(env, &f.model);
-            let v = publish_ranker(env, &bad, "drill: broken canary")
-                .await?
-                .version;
-            crate::model::promote(
-                &grpc_of(&env.mesh, "registry")?,
-                &env.token,
-                launcher::RANKER_MODEL,
-                v,
-                Some(f.percent),
-                &format!("drill: {} canary", f.model),
-            )
-            .await?;
-            injected.detail = format!(
-                "ranker v{v} ({} scores) as a {}% canary",
-                f.model, f.percent
-            );
-            injected.forbidden_model = Some(format!("ranker:{v}"));
-        }
-        FaultKind::CorruptArtifact => {
-            let m = publish_ranker(
-                env,
-                &env.models.join("ranker/model.onnx"),
-                "drill: corrupted after publishing",
-            )
-            .await?;
-            let v = m.version;
-            // Flip bytes in the middle of the stored (encrypted) blob: the GCM tag
-            // and the hashes no longer match.
-            let blob = newest_file(&env.state_dir.join("registry/blobs"))?;
-            let mut bytes =
-                std::fs::read(&blob).with_context(|| format!("read {}", blob.display()))?;
-            let mid = bytes.len() / 2;
-            for b in bytes.iter_mut().skip(mid).take(16) {
-                *b ^= 0xff;
-            }
-            std::fs::write(&blob, bytes)?;
-            crate::model::promote(
-                &grpc_of(&env.mesh, "registry")?,
-                &env.token,
-                launcher::RANKER_MODEL,
-                v,
-                None,
-                "drill: promote a corrupt artifact",
-            )
-            .await?;
-            injected.detail = format!("ranker v{v} corrupted in the store, then promoted");
-            injected.forbidden_model = Some(format!("ranker:{v}"));
-        }
-    }
-    injected.detail = injected.detail.trim().to_owned();
-    Ok(injected)
 }
 
 /// RecordEvent at `per_s` until `until`; returns the requests that were acked.
@@ -371,6 +150,244 @@ fn item_ids(catalog: &Path) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// The mesh a drill runs against, and how its faults reach it.
+enum Target {
+    Local {
+        env: local::Env,
+        // Boxed: the client is large, and a compose target holds little.
+        etcd: Box<rankmesh_common::etcd::Etcd>,
+    },
+    Compose {
+        stack: Arc<compose::Stack>,
+        links: Links,
+    },
+}
+
+impl Target {
+    async fn inject(&self, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
+        match self {
+            Self::Local { env, .. } => local::inject(env, f, at_s).await,
+            Self::Compose { stack, links } => inject_compose(stack, links, f, at_s).await,
+        }
+    }
+
+    async fn rejoined(&self, killed: &[&str]) -> report::Rejoined {
+        let wait = Duration::from_secs(10);
+        match self {
+            Self::Local { env, etcd } => local::rejoined(etcd, &env.mesh, killed, wait).await,
+            Self::Compose { stack, .. } => compose_rejoined(stack, killed, wait).await,
+        }
+    }
+}
+
+/// Impairs the links a network fault names (their proxies are running) and heals
+/// them after its duration; returns what it did.
+fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
+    let impairment = Impairment {
+        delay: Duration::from_millis(f.delay_ms),
+        jitter: Duration::from_millis(f.jitter_ms),
+        loss: f.loss_percent / 100.0,
+        cut: f.kind == FaultKind::Partition,
+    };
+    let mut impaired: Vec<Arc<FaultProxy>> = Vec::new();
+    for t in &f.targets {
+        for link in f.links() {
+            let proxies = links
+                .get(&(t.clone(), link))
+                .with_context(|| format!("{t}'s {} link has no fault proxy", link.name()))?;
+            for p in proxies {
+                p.set(impairment);
+                impaired.push(p.clone());
+            }
+        }
+    }
+    let what = match f.kind {
+        FaultKind::Delay => format!("{} ± {} ms delay", f.delay_ms, f.jitter_ms),
+        FaultKind::Loss => format!("{}% loss", f.loss_percent),
+        _ => "partition".to_owned(),
+    };
+    let names: Vec<&str> = f.links().iter().map(|l| l.name()).collect();
+    let hold = Duration::from_secs_f64(f.duration_s);
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        for p in impaired {
+            p.heal();
+        }
+    });
+    Ok(format!(
+        "{what} on {} ({} links) for {} s",
+        f.targets.join(", "),
+        names.join(" and "),
+        f.duration_s
+    ))
+}
+
+/// Injects one fault into the compose stack.
+async fn inject_compose(
+    stack: &Arc<compose::Stack>,
+    links: &Links,
+    f: &Fault,
+    at_s: f64,
+) -> anyhow::Result<Injected> {
+    let mut injected = Injected {
+        at_s,
+        kind: f.kind.name().to_owned(),
+        detail: String::new(),
+        forbidden_model: None,
+        recovered_after_s: None,
+        killed: Vec::new(),
+    };
+    let mut targets = Vec::new();
+    for t in &f.targets {
+        targets.push(if t == "etcd-leader" {
+            stack.etcd_leader().await?
+        } else {
+            t.clone()
+        });
+    }
+    let hold = Duration::from_secs_f64(f.duration_s);
+    match f.kind {
+        FaultKind::Kill => {
+            for t in targets {
+                stack.kill(&t).await?;
+                injected
+                    .detail
+                    .push_str(&format!("docker kill -s KILL {t} "));
+                injected.killed.push(t);
+            }
+        }
+        FaultKind::Stop => {
+            for t in &targets {
+                stack.pause(t).await?;
+                injected
+                    .detail
+                    .push_str(&format!("docker pause {t} for {} s ", f.duration_s));
+            }
+            let stack = stack.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                for t in targets {
+                    if let Err(e) = stack.unpause(&t).await {
+                        eprintln!("drill: unpause {t}: {e:#}");
+                    }
+                }
+            });
+        }
+        FaultKind::Partition => {
+            let mut detached = Vec::new();
+            for t in &targets {
+                detached.push(stack.disconnect(t).await?);
+                injected.detail.push_str(&format!(
+                    "docker network disconnect {t} for {} s ",
+                    f.duration_s
+                ));
+            }
+            let stack = stack.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                for d in detached {
+                    if let Err(e) = stack.reconnect(&d).await {
+                        eprintln!("drill: reconnect: {e:#}");
+                    }
+                }
+            });
+        }
+        FaultKind::Delay | FaultKind::Loss => injected.detail = impair(links, f)?,
+        FaultKind::Canary | FaultKind::CorruptArtifact => {
+            anyhow::bail!("{} is a local-topology fault", f.kind.name())
+        }
+    }
+    injected.detail = injected.detail.trim().to_owned();
+    Ok(injected)
+}
+
+/// Waits up to `wait` for every compose service not killed to be registered again.
+async fn compose_rejoined(
+    stack: &compose::Stack,
+    killed: &[&str],
+    wait: Duration,
+) -> report::Rejoined {
+    let survivors: Vec<&str> = compose::SERVICES
+        .iter()
+        .copied()
+        .filter(|s| {
+            ["ranking", "registry", "feature", "embedding"]
+                .iter()
+                .any(|svc| s.starts_with(&format!("{svc}-")))
+                && !killed.contains(s)
+        })
+        .collect();
+    if ["etcd-1", "etcd-2", "etcd-3"]
+        .iter()
+        .filter(|m| killed.contains(m))
+        .count()
+        >= 2
+    {
+        // No quorum left to read discovery from.
+        return report::Rejoined::NotChecked;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut missing = Vec::new();
+        for service in ["ranking", "registry", "feature", "embedding"] {
+            let listed = stack.registered(service).await.unwrap_or_default();
+            missing.extend(
+                survivors
+                    .iter()
+                    .filter(|s| s.starts_with(&format!("{service}-")))
+                    .filter(|s| !listed.iter().any(|l| l == *s))
+                    .map(|s| (*s).to_owned()),
+            );
+        }
+        if missing.is_empty() {
+            return report::Rejoined::All(survivors.len());
+        }
+        if Instant::now() >= deadline {
+            return report::Rejoined::Missing(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fault proxies in front of the compose stack's published ranking ports, for the
+/// network faults that name a replica; returns them and the addresses the
+/// storefront calls (a proxy's where there is one).
+async fn compose_links(
+    scenario: &Scenario,
+    stack: &compose::Stack,
+) -> anyhow::Result<(Links, Vec<String>)> {
+    let mut addrs = stack.ranking_addrs();
+    let mut links = Links::new();
+    for f in scenario.faults.iter().filter(|f| f.is_network()) {
+        if f.kind == FaultKind::Partition {
+            continue; // docker network disconnect
+        }
+        for t in &f.targets {
+            let key = (t.clone(), Link::Clients);
+            if links.contains_key(&key) {
+                continue;
+            }
+            let i = compose_replica(t)?;
+            let upstream = addrs[i].parse().with_context(|| addrs[i].clone())?;
+            let p = FaultProxy::start(([127, 0, 0, 1], 0).into(), upstream).await?;
+            addrs[i] = p.addr().to_string();
+            links.insert(key, vec![Arc::new(p)]);
+        }
+    }
+    Ok((links, addrs))
+}
+
+/// `ranking-1`..`ranking-3`: the index of its published port.
+fn compose_replica(name: &str) -> anyhow::Result<usize> {
+    name.strip_prefix("ranking-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=3).contains(n))
+        .map(|n| n - 1)
+        .with_context(|| {
+            format!("{name:?}: delay and loss in the compose stack reach ranking-1..ranking-3")
+        })
+}
+
 /// Runs one scenario; returns its report (written to disk too).
 pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillReport> {
     let scenario = Scenario::load(path)?;
@@ -383,6 +400,8 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
             .with_context(|| format!("clear {}", state_dir.display()))?;
     }
     std::fs::create_dir_all(&state_dir)?;
+    // The same demo store (and its queries) that scripts/images bakes into the
+    // compose stack's bootstrap.
     let demo = state_dir.join("demo");
     let catalog = if scenario.topology.catalog.as_os_str().is_empty() {
         crate::generate::generate(2_000, 200, 7, &demo)?;
@@ -400,7 +419,31 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
     } else {
         bench::read_inputs(&queries)?
     };
+    let logs = out.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let result = if scenario.topology.kind == "compose" {
+        run_compose(&scenario, opts, &logs, inputs).await
+    } else {
+        run_local(&scenario, opts, &state_dir, &logs, &catalog, inputs).await
+    };
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let report = result?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(out.join("report.html"), report::html(&report))?;
+    print!("{}", report::summary(&report));
+    println!("report: {}", out.join("report.html").display());
+    Ok(report)
+}
 
+/// The local topology: start the mesh, drive, stop it; its logs go to `logs`.
+async fn run_local(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    state_dir: &Path,
+    logs: &Path,
+    catalog: &Path,
+    inputs: Vec<String>,
+) -> anyhow::Result<DrillReport> {
     eprintln!(
         "drill {}: starting the mesh in {}",
         scenario.name,
@@ -408,7 +451,7 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
     );
     let ranker = opts.models.join("ranker");
     let up = launcher::UpOptions {
-        state_dir: state_dir.clone(),
+        state_dir: state_dir.to_owned(),
         ranking_replicas: scenario.topology.ranking_replicas,
         etcd_port: opts.etcd_port,
         base_port: opts.base_port,
@@ -418,7 +461,7 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
             .unwrap_or_default(),
         ranker: ranker.join("model.onnx").exists().then_some(ranker),
         models: opts.models.clone(),
-        catalog: Some(catalog.clone()),
+        catalog: Some(catalog.to_owned()),
         ranking_env: scenario
             .topology
             .ranking_env
@@ -432,51 +475,117 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
             opts.base_port
                 .saturating_add(2 * (scenario.topology.ranking_replicas as u16 + 3))
         }),
+        instance_env: BTreeMap::new(),
     };
+    // Kept until the mesh has stopped: the instances' etcd links run through them.
+    let (links, instance_env) = local::start_links(scenario, &up).await?;
+    let up = launcher::UpOptions { instance_env, ..up };
     let mesh = launcher::up(&up).await?;
-    let result = drive(&scenario, opts, &mesh, &state_dir, &catalog, inputs).await;
+    let result = async {
+        launcher::load_catalog(&mesh, catalog).await?;
+        let env = local::Env {
+            mesh: mesh.clone(),
+            state_dir: state_dir.to_owned(),
+            token: launcher::registry_secrets(state_dir)?.admin_token,
+            models: opts.models.clone(),
+            links: links.clone(),
+        };
+        local::prepare(&env, &scenario.faults)?;
+        let etcd = rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
+            endpoints: mesh.etcd.split(',').map(str::to_owned).collect(),
+            ..rankmesh_common::config::EtcdConfig::default()
+        })
+        .await?;
+        let ranking = Resolver::watch(etcd.clone(), "ranking");
+        let feature = rankmesh_client::FeatureClient::new(
+            Resolver::watch(etcd.clone(), "feature"),
+            Duration::from_secs(2),
+        );
+        let target = Target::Local {
+            env,
+            etcd: Box::new(etcd),
+        };
+        drive(
+            scenario,
+            opts,
+            &target,
+            ranking,
+            Some(feature),
+            catalog,
+            inputs,
+        )
+        .await
+    }
+    .await;
     // Whatever happened, nothing keeps running: hung processes are continued so
-    // they can be stopped.
+    // they can be stopped, and cut links healed so they can deregister.
     for p in &mesh.processes {
-        send(p.pid, Signal::SIGCONT);
+        local::send(p.pid, Signal::SIGCONT);
+    }
+    for p in links.values().flatten() {
+        p.heal();
     }
     launcher::stop(&mesh, Duration::from_secs(5)).await;
-    let _ = launcher::down(&state_dir).await;
-    // Keep the services' logs beside the report; drop the mesh's data (registry
-    // blobs, etcd, indexes).
-    let logs = out.join("logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    let _ = std::fs::rename(state_dir.join("logs"), &logs);
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let report = result?;
-    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write(out.join("report.html"), report::html(&report))?;
-    print!("{}", report::summary(&report));
-    println!("report: {}", out.join("report.html").display());
-    Ok(report)
+    drop(links);
+    let _ = launcher::down(state_dir).await;
+    // Keep the services' logs beside the report; the mesh's data (registry blobs,
+    // etcd, indexes) goes with the state directory.
+    let _ = std::fs::rename(state_dir.join("logs"), logs);
+    result
 }
 
-/// Loads the catalog, offers the load, injects the faults, judges.
+/// The compose topology: bring the stack up as its own project, drive, take it
+/// down with its volumes; every container's log goes to `logs/compose.log`.
+async fn run_compose(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    logs: &Path,
+    inputs: Vec<String>,
+) -> anyhow::Result<DrillReport> {
+    let project = format!("rankmesh-drill-{}", scenario.name);
+    let stack = Arc::new(compose::Stack::new(&opts.compose_dir, &project, opts.base_port).await?);
+    eprintln!(
+        "drill {}: starting the compose stack (project {project})",
+        scenario.name
+    );
+    // A stack left by an interrupted run goes first.
+    stack.down().await;
+    let result = async {
+        stack.up().await?;
+        let (links, addrs) = compose_links(scenario, &stack).await?;
+        let ranking = Resolver::fixed("ranking", &addrs);
+        let target = Target::Compose {
+            stack: stack.clone(),
+            links,
+        };
+        drive(
+            scenario,
+            opts,
+            &target,
+            ranking,
+            None,
+            Path::new(""),
+            inputs,
+        )
+        .await
+    }
+    .await;
+    std::fs::create_dir_all(logs)?;
+    stack.save_logs(&logs.join("compose.log")).await;
+    stack.down().await;
+    result
+}
+
+/// Offers the load, injects the faults, reads the events back, judges.
 async fn drive(
     scenario: &Scenario,
     opts: &RunOptions,
-    mesh: &MeshState,
-    state_dir: &Path,
+    target: &Target,
+    ranking: Resolver,
+    feature: Option<rankmesh_client::FeatureClient>,
     catalog: &Path,
     inputs: Vec<String>,
 ) -> anyhow::Result<DrillReport> {
-    launcher::load_catalog(mesh, catalog).await?;
-    let env = Env {
-        mesh: mesh.clone(),
-        state_dir: state_dir.to_owned(),
-        token: launcher::registry_secrets(state_dir)?.admin_token,
-        models: opts.models.clone(),
-    };
-    let etcd = rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
-        endpoints: mesh.etcd.split(',').map(str::to_owned).collect(),
-        ..rankmesh_common::config::EtcdConfig::default()
-    })
-    .await?;
     let mut upstream = rankmesh_client::upstream::UpstreamConfig::default();
     if opts.no_hedge {
         upstream.hedge_percentile = 0.0;
@@ -502,13 +611,11 @@ async fn drive(
         inputs,
         upstream,
     };
-    prepare(&env, &scenario.faults)?;
     // Warm-up: connections, caches, the hedging delay's first samples.
     let warm = bench::Options {
         duration: Duration::from_secs(2),
         ..load.clone()
     };
-    let ranking = rankmesh_common::discovery::Resolver::watch(etcd.clone(), "ranking");
     bench::run(ranking.clone(), &warm).await?;
 
     let start = Instant::now();
@@ -516,44 +623,42 @@ async fn drive(
         let load = load.clone();
         async move { bench::run(ranking, &load).await }
     });
-    let feature = rankmesh_client::FeatureClient::new(
-        rankmesh_common::discovery::Resolver::watch(etcd, "feature"),
-        Duration::from_secs(2),
-    );
-    let items = if scenario.load.events_per_s > 0.0 {
-        Some(Arc::new(item_ids(catalog)?))
-    } else {
-        None
-    };
-    let events = items.map(|items| {
-        tokio::spawn(record_events(
+    let events = match (&feature, scenario.load.events_per_s > 0.0) {
+        (Some(feature), true) => Some(tokio::spawn(record_events(
             feature.clone(),
-            items,
+            Arc::new(item_ids(catalog)?),
             scenario.load.events_per_s,
             start + load.duration,
-        ))
-    });
+        ))),
+        _ => None,
+    };
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let mut injected = Vec::new();
     for f in &faults {
         tokio::time::sleep_until((start + Duration::from_secs_f64(f.at_s)).into()).await;
         let at = start.elapsed().as_secs_f64();
-        let i = inject(&env, f, at)
+        let i = target
+            .inject(f, at)
             .await
             .with_context(|| format!("injecting {} at {} s", f.kind.name(), f.at_s))?;
         eprintln!("  {:>5.1} s  {}: {}", at, i.kind, i.detail);
         injected.push(i);
     }
     let load_report = bench_task.await.context("load task")??;
-    let (acked, lost) = match events {
-        Some(t) => {
+    let (acked, lost) = match (events, &feature) {
+        (Some(t), Some(feature)) => {
             let acked = t.await.context("event task")?;
-            let lost = lost_events(&feature, &acked).await;
+            let lost = lost_events(feature, &acked).await;
             (acked.len() as u64, lost)
         }
-        None => (0, None),
+        _ => (0, None),
     };
+    let killed: Vec<&str> = injected
+        .iter()
+        .flat_map(|i| i.killed.iter().map(String::as_str))
+        .collect();
+    let rejoined = target.rejoined(&killed).await;
     Ok(report::judge(report::Inputs {
         name: &scenario.name,
         hypothesis: scenario.hypothesis.trim(),
@@ -562,6 +667,7 @@ async fn drive(
         load: load_report,
         events_acked: acked,
         events_lost: lost,
+        rejoined,
         client: client.to_owned(),
     }))
 }

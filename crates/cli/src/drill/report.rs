@@ -21,6 +21,22 @@ pub(crate) struct Injected {
     /// Seconds from the fault until every following second was clean again (None:
     /// it never was before the run ended).
     pub recovered_after_s: Option<f64>,
+    /// Instances it killed (they are not expected back in discovery).
+    #[serde(skip)]
+    pub killed: Vec<String>,
+}
+
+/// Whether the instances that outlived the drill were all registered in discovery
+/// again at its end (a hung or partitioned instance whose lease expired must come
+/// back by itself).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) enum Rejoined {
+    /// Every surviving instance is listed; how many.
+    All(usize),
+    /// Those still missing after the wait.
+    Missing(Vec<String>),
+    /// No etcd member was left to ask (a drill that kills etcd).
+    NotChecked,
 }
 
 /// One SLO line.
@@ -44,6 +60,7 @@ pub(crate) struct DrillReport {
     pub events_acked: u64,
     /// None when they could not be read back (the feature service was down).
     pub events_lost: Option<u64>,
+    pub rejoined: Rejoined,
     /// What the SDK was allowed to do (a weakened run turns these off).
     pub client: String,
     pub load: Load,
@@ -78,6 +95,7 @@ pub(crate) struct Inputs<'a> {
     pub load: Load,
     pub events_acked: u64,
     pub events_lost: Option<u64>,
+    pub rejoined: Rejoined,
     pub client: String,
 }
 
@@ -91,6 +109,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         load,
         events_acked,
         events_lost,
+        rejoined,
         client,
     } = i;
     let end = load.duration_s;
@@ -165,6 +184,16 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
             pass: events_lost.is_some_and(|n| n <= slo.lost_events),
         });
     }
+    checks.push(Check {
+        what: "survivors back in discovery".into(),
+        target: "all".into(),
+        measured: match &rejoined {
+            Rejoined::All(n) => format!("all {n}"),
+            Rejoined::Missing(m) => format!("missing: {}", m.join(", ")),
+            Rejoined::NotChecked => "not checked (etcd down)".into(),
+        },
+        pass: !matches!(rejoined, Rejoined::Missing(_)),
+    });
     DrillReport {
         name: name.to_owned(),
         hypothesis: hypothesis.to_owned(),
@@ -175,6 +204,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         wrong_version_answers: wrong,
         events_acked,
         events_lost,
+        rejoined,
         client,
         load,
     }
@@ -507,6 +537,7 @@ mod tests {
                 detail: "ranking-1".into(),
                 forbidden_model: Some("ranker:1".into()),
                 recovered_after_s: None,
+                killed: vec![],
             }],
             load: load(vec![
                 second(0, 0, 20.0),
@@ -515,6 +546,7 @@ mod tests {
             ]),
             events_acked: 0,
             events_lost: None,
+            rejoined: Rejoined::Missing(vec!["ranking-1".into()]),
             client: "hedging, retries".into(),
         });
         assert!(!r.pass);
@@ -524,7 +556,14 @@ mod tests {
             .filter(|c| !c.pass)
             .map(|c| c.what.as_str())
             .collect();
-        assert_eq!(failed, ["availability", "wrong-version answers"]);
+        assert_eq!(
+            failed,
+            [
+                "availability",
+                "wrong-version answers",
+                "survivors back in discovery"
+            ]
+        );
         assert_eq!(r.faults[0].recovered_after_s, Some(1.0));
         let page = html(&r);
         assert!(page.contains("<svg") && page.contains("FAIL") && page.contains("stop"));

@@ -25,7 +25,10 @@ pub(crate) struct Scenario {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Topology {
-    /// `local`: processes on loopback through `meshctl up`'s launcher.
+    /// `local`: processes on loopback through `meshctl up`'s launcher; `compose`:
+    /// the stack in deploy/compose (3 etcd, Redis, 2 each of registry, feature and
+    /// embedding, 3 ranking), its faults made through Docker. The other fields
+    /// are the local topology's.
     pub kind: String,
     pub ranking_replicas: usize,
     /// etcd members: 1, or 3 (so that its leader can be lost).
@@ -89,9 +92,24 @@ pub(crate) struct Fault {
     /// and stop; `etcd-leader` is the member leading when the fault fires.
     #[serde(default)]
     pub targets: Vec<String>,
-    /// For `stop`: SIGCONT after this many seconds.
+    /// For `stop`: SIGCONT after this many seconds; for `delay`, `loss` and
+    /// `partition`: heal after this many.
     #[serde(default)]
     pub duration_s: f64,
+    /// For `delay`: added to each chunk crossing the link, each way.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// For `delay`: each chunk's delay varies by up to this much either way.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// For `loss`: share of chunks lost (each then waits for a retransmission).
+    #[serde(default)]
+    pub loss_percent: f64,
+    /// For `delay`, `loss` and `partition`: which of the targets' links:
+    /// `clients` (callers to it) and `etcd` (it to the control plane). Default:
+    /// `clients`, and both for a partition.
+    #[serde(default)]
+    pub links: Vec<Link>,
     /// For `canary`: `nan` or `constant` (a broken copy of the trained ranker).
     #[serde(default)]
     pub model: String,
@@ -116,6 +134,50 @@ pub(crate) enum FaultKind {
     /// Publish a new ranker version, flip bytes in its stored blob, and promote it:
     /// replicas must refuse it and keep serving the version they have.
     CorruptArtifact,
+    /// Delay what crosses the targets' links, for `duration_s`.
+    Delay,
+    /// Lose chunks on the targets' links, for `duration_s`.
+    Loss,
+    /// Let nothing cross the targets' links, for `duration_s`.
+    Partition,
+}
+
+/// A network link of one instance that a fault proxy sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Link {
+    /// Its callers (everyone who finds it in discovery) to it.
+    Clients,
+    /// It to etcd (its lease, its watches, its elections).
+    Etcd,
+}
+
+impl Link {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Clients => "clients",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+impl Fault {
+    /// Whether this fault impairs network links (through fault proxies).
+    pub(crate) fn is_network(&self) -> bool {
+        matches!(
+            self.kind,
+            FaultKind::Delay | FaultKind::Loss | FaultKind::Partition
+        )
+    }
+
+    /// The links this fault impairs on each target.
+    pub(crate) fn links(&self) -> Vec<Link> {
+        match (self.links.is_empty(), self.kind) {
+            (false, _) => self.links.clone(),
+            (true, FaultKind::Partition) => vec![Link::Clients, Link::Etcd],
+            (true, _) => vec![Link::Clients],
+        }
+    }
 }
 
 impl FaultKind {
@@ -126,6 +188,9 @@ impl FaultKind {
             Self::Stop => "stop",
             Self::Canary => "canary",
             Self::CorruptArtifact => "corrupt-artifact",
+            Self::Delay => "delay",
+            Self::Loss => "loss",
+            Self::Partition => "partition",
         }
     }
 }
@@ -162,9 +227,10 @@ impl Scenario {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.name.is_empty(), "name: must not be empty");
+        let compose = self.topology.kind == "compose";
         anyhow::ensure!(
-            self.topology.kind == "local",
-            "topology.kind {:?}: only \"local\" is supported",
+            compose || self.topology.kind == "local",
+            "topology.kind {:?}: \"local\" or \"compose\"",
             self.topology.kind
         );
         anyhow::ensure!(
@@ -212,15 +278,83 @@ impl Scenario {
                     "fault[{i}].model: nan or constant"
                 ),
                 FaultKind::CorruptArtifact => {}
+                FaultKind::Delay => anyhow::ensure!(
+                    (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
+                    "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"
+                ),
+                FaultKind::Loss => anyhow::ensure!(
+                    f.loss_percent > 0.0 && f.loss_percent < 100.0,
+                    "fault[{i}].loss_percent: within (0, 100)"
+                ),
+                FaultKind::Partition => {}
             }
-            if f.kind == FaultKind::Stop {
-                anyhow::ensure!(f.duration_s > 0.0, "fault[{i}].duration_s: > 0 for stop");
+            if f.kind == FaultKind::Stop || f.is_network() {
+                anyhow::ensure!(
+                    f.duration_s > 0.0,
+                    "fault[{i}].duration_s: > 0 for {}",
+                    f.kind.name()
+                );
+            }
+            if f.is_network() {
+                anyhow::ensure!(
+                    !f.targets.is_empty(),
+                    "fault[{i}].targets: name at least one"
+                );
+            }
+            if compose {
+                self.validate_compose(i, f)?;
+            } else if f.is_network() {
+                for t in &f.targets {
+                    // The links are a service instance's: its advertised port and
+                    // its etcd endpoints are what the proxies take over.
+                    let service = t.rsplit_once('-').map_or(t.as_str(), |(s, _)| s);
+                    anyhow::ensure!(
+                        ["ranking", "registry", "feature", "embedding"].contains(&service),
+                        "fault[{i}].targets: {t:?} has no links to impair \
+                         (a ranking, registry, feature or embedding instance)"
+                    );
+                }
             }
         }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.slo.availability),
             "slo.availability: 0..=1"
         );
+        if compose {
+            anyhow::ensure!(
+                self.load.events_per_s == 0.0,
+                "load.events_per_s: the compose stack's feature service is not published to the host; run event drills locally"
+            );
+        }
+        Ok(())
+    }
+
+    /// What a fault may be in the compose stack: Docker reaches whole containers,
+    /// and only the ranking replicas are published to the host.
+    fn validate_compose(&self, i: usize, f: &Fault) -> anyhow::Result<()> {
+        match f.kind {
+            FaultKind::Canary | FaultKind::CorruptArtifact => anyhow::bail!(
+                "fault[{i}].kind {}: needs the registry from the host; a local-topology fault",
+                f.kind.name()
+            ),
+            FaultKind::Partition => anyhow::ensure!(
+                f.links.is_empty() || f.links().len() == 2,
+                "fault[{i}].links: a compose partition (docker network disconnect) cuts every link"
+            ),
+            FaultKind::Delay | FaultKind::Loss => {
+                anyhow::ensure!(
+                    f.links() == [Link::Clients],
+                    "fault[{i}].links: in the compose stack only `clients` (a proxy before the published port)"
+                );
+                for t in &f.targets {
+                    anyhow::ensure!(
+                        ["ranking-1", "ranking-2", "ranking-3"].contains(&t.as_str()),
+                        "fault[{i}].targets: {t:?}: delay and loss reach ranking-1..ranking-3 in the compose stack"
+                    );
+                }
+            }
+            FaultKind::Kill | FaultKind::Stop => {}
+        }
         Ok(())
     }
 }
@@ -264,5 +398,66 @@ mod tests {
         let s: Scenario = toml::from_str(bad).expect("parses");
         let e = s.validate().expect_err("fault after the end");
         assert!(e.to_string().contains("fault[0].at_s"), "{e}");
+    }
+
+    fn with_fault(topology: &str, fault: &str) -> anyhow::Result<()> {
+        let text = format!(
+            r#"
+            name = "x"
+            hypothesis = "y"
+            [topology]
+            kind = "{topology}"
+            [load]
+            qps = 10
+            duration_s = 10
+            [[fault]]
+            at_s = 1
+            {fault}
+            [slo]
+            availability = 0.99
+            p99_ms = 100
+            recover_within_s = 1
+        "#
+        );
+        toml::from_str::<Scenario>(&text)?.validate()
+    }
+
+    #[test]
+    fn network_faults_need_a_duration_and_an_instance_with_links() {
+        let ok = r#"kind = "delay"
+            targets = ["ranking-1"]
+            delay_ms = 100
+            duration_s = 2"#;
+        with_fault("local", ok).expect("valid");
+        let e = with_fault("local", "kind = \"partition\"\ntargets = [\"ranking-1\"]")
+            .expect_err("no duration");
+        assert!(e.to_string().contains("duration_s"), "{e}");
+        let e = with_fault(
+            "local",
+            "kind = \"loss\"\ntargets = [\"etcd\"]\nloss_percent = 5\nduration_s = 1",
+        )
+        .expect_err("etcd has no proxied links");
+        assert!(e.to_string().contains("no links"), "{e}");
+    }
+
+    #[test]
+    fn the_compose_topology_refuses_what_docker_cannot_do() {
+        with_fault(
+            "compose",
+            "kind = \"partition\"\ntargets = [\"etcd-2\"]\nduration_s = 3",
+        )
+        .expect("a partition of any container");
+        let e = with_fault("compose", "kind = \"canary\"\nmodel = \"nan\"")
+            .expect_err("canary needs the registry");
+        assert!(e.to_string().contains("local-topology"), "{e}");
+        let e = with_fault(
+            "compose",
+            "kind = \"delay\"\ntargets = [\"feature-1\"]\ndelay_ms = 5\nduration_s = 1",
+        )
+        .expect_err("only ranking replicas are published");
+        assert!(e.to_string().contains("ranking-1..ranking-3"), "{e}");
+        let e = with_fault("swarm", "kind = \"kill\"\ntargets = [\"ranking-1\"]")
+            .expect_err("unknown topology");
+        assert!(e.to_string().contains("topology.kind"), "{e}");
     }
 }

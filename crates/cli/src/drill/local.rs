@@ -1,0 +1,364 @@
+//! The local topology of a drill: the mesh as processes on loopback, started by
+//! `meshctl up`'s launcher on the drill's own ports, and its faults: signals
+//! (SIGKILL; SIGSTOP then SIGCONT), fault proxies on an instance's links (see
+//! `netfault`), and broken models published through the registry (a canary that
+//! scores NaN or a constant; an artifact corrupted in the store).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::netfault::FaultProxy;
+use super::report::{self, Injected};
+use super::scenario::{Fault, FaultKind, Link, Scenario};
+use crate::launcher::{self, MeshState};
+
+pub(super) fn send(pid: u32, sig: Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(p), sig);
+    }
+}
+
+/// The etcd member that leads the raft group now (asked of each member).
+async fn etcd_leader(mesh: &MeshState) -> anyhow::Result<String> {
+    for p in mesh.processes.iter().filter(|p| p.service == "etcd") {
+        let Ok(mut c) = etcd_client::Client::connect([p.grpc.as_str()], None).await else {
+            continue;
+        };
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await
+            && s.header().is_some_and(|h| h.member_id() == s.leader())
+        {
+            return Ok(p.name.clone());
+        }
+    }
+    anyhow::bail!("no etcd member says it leads")
+}
+
+/// Fault targets by instance name; `etcd-leader` is whichever member leads now.
+async fn resolve(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in targets {
+        if t == "etcd-leader" {
+            out.push(etcd_leader(mesh).await?);
+        } else {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    targets
+        .iter()
+        .map(|t| {
+            mesh.processes
+                .iter()
+                .find(|p| &p.name == t)
+                .map(|p| (p.name.clone(), p.pid))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = mesh.processes.iter().map(|p| p.name.as_str()).collect();
+                    anyhow::anyhow!(
+                        "fault target {t:?} is not in the mesh ({})",
+                        names.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+fn grpc_of(mesh: &MeshState, service: &str) -> anyhow::Result<String> {
+    mesh.processes
+        .iter()
+        .find(|p| p.service == service)
+        .map(|p| p.grpc.clone())
+        .ok_or_else(|| anyhow::anyhow!("no {service} in the mesh"))
+}
+
+/// Where the drill's local mesh lives.
+pub(super) struct Env {
+    pub(super) mesh: MeshState,
+    pub(super) state_dir: PathBuf,
+    pub(super) token: String,
+    pub(super) models: PathBuf,
+    pub(super) links: Links,
+}
+
+/// The fault proxies on the links a scenario's network faults impair, by instance
+/// and link (one proxy per etcd member on an etcd link).
+pub(super) type Links = BTreeMap<(String, Link), Vec<Arc<FaultProxy>>>;
+
+/// Starts a proxy on every link a network fault names, before the mesh starts, and
+/// returns the environment that routes each instance through them: its advertised
+/// port (callers find the proxy in discovery) and its etcd endpoints.
+pub(super) async fn start_links(
+    scenario: &Scenario,
+    up: &launcher::UpOptions,
+) -> anyhow::Result<(Links, BTreeMap<String, Vec<(String, String)>>)> {
+    let instances = launcher::instances(up);
+    let etcd: Vec<String> = launcher::etcd_client_urls(up)
+        .iter()
+        .map(|u| u.trim_start_matches("http://").to_owned())
+        .collect();
+    let mut links = Links::new();
+    let mut env: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for f in scenario.faults.iter().filter(|f| f.is_network()) {
+        for t in &f.targets {
+            for link in f.links() {
+                if links.contains_key(&(t.clone(), link)) {
+                    continue;
+                }
+                let upstreams = match link {
+                    Link::Clients => {
+                        let i = instances.iter().find(|i| &i.0 == t).ok_or_else(|| {
+                            let names: Vec<&str> = instances.iter().map(|i| i.0.as_str()).collect();
+                            anyhow::anyhow!(
+                                "fault target {t:?} is not in the mesh ({})",
+                                names.join(", ")
+                            )
+                        })?;
+                        vec![i.3.clone()]
+                    }
+                    Link::Etcd => etcd.clone(),
+                };
+                let mut proxies = Vec::new();
+                for u in upstreams {
+                    let upstream = u.parse().with_context(|| format!("address {u}"))?;
+                    let p = FaultProxy::start(([127, 0, 0, 1], 0).into(), upstream)
+                        .await
+                        .with_context(|| format!("start a fault proxy for {t} to {u}"))?;
+                    proxies.push(Arc::new(p));
+                }
+                let var = match link {
+                    Link::Clients => (
+                        "RANKMESH__SERVER__ADVERTISE_PORT".to_owned(),
+                        proxies[0].addr().port().to_string(),
+                    ),
+                    Link::Etcd => (
+                        "RANKMESH__ETCD__ENDPOINTS".to_owned(),
+                        proxies
+                            .iter()
+                            .map(|p| format!("http://{}", p.addr()))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                };
+                env.entry(t.clone()).or_default().push(var);
+                links.insert((t.clone(), link), proxies);
+            }
+        }
+    }
+    Ok((links, env))
+}
+
+/// Publishes `file` as the next ranker version; returns its manifest.
+async fn publish_ranker(
+    env: &Env,
+    file: &Path,
+    why: &str,
+) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelManifest> {
+    let registry = grpc_of(&env.mesh, "registry")?;
+    let m = crate::model::publish(
+        &registry,
+        &env.token,
+        &crate::model::Upload {
+            name: launcher::RANKER_MODEL,
+            file,
+            inputs: &["features".to_owned()],
+            outputs: &["score".to_owned()],
+            metadata: vec![("source".into(), why.to_owned())],
+            sidecars: &[],
+        },
+    )
+    .await?;
+    Ok(m)
+}
+
+/// The most recently written file under `dir`: the blob just published (the
+/// registry names blobs by an opaque context, and a drill's registry has no other
+/// writer).
+fn newest_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if newest
+                .as_ref()
+                .is_none_or(|(t, _)| meta.modified().is_ok_and(|m| m > *t))
+            {
+                newest = Some((meta.modified()?, e.path()));
+            }
+        }
+    }
+    newest
+        .map(|(_, p)| p)
+        .ok_or_else(|| anyhow::anyhow!("no blob under {}", dir.display()))
+}
+
+fn broken_ranker(env: &Env, mode: &str) -> PathBuf {
+    env.state_dir.join(format!("ranker-{mode}.onnx"))
+}
+
+/// What faults need made before the load starts, so that making it does not load
+/// the machine during the measurement (it did: a Python process on 2 cores pushed
+/// p99 past a second): broken copies of the ranker for canaries.
+pub(super) fn prepare(env: &Env, faults: &[Fault]) -> anyhow::Result<()> {
+    for f in faults.iter().filter(|f| f.kind == FaultKind::Canary) {
+        let bad = broken_ranker(env, &f.model);
+        if bad.exists() {
+            continue;
+        }
+        let status = std::process::Command::new(".venv/bin/python")
+            .arg("scripts/bad_ranker.py")
+            .arg(&f.model)
+            .arg(env.models.join("ranker/model.onnx"))
+            .arg(&bad)
+            .status()
+            .context("run scripts/bad_ranker.py (from the repository root, after scripts/setup)")?;
+        anyhow::ensure!(status.success(), "scripts/bad_ranker.py {} failed", f.model);
+    }
+    Ok(())
+}
+
+/// Injects one fault; returns what it did.
+pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
+    let mut injected = Injected {
+        at_s,
+        kind: f.kind.name().to_owned(),
+        detail: String::new(),
+        forbidden_model: None,
+        recovered_after_s: None,
+        killed: Vec::new(),
+    };
+    match f.kind {
+        FaultKind::Kill => {
+            for (name, pid) in pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)? {
+                send(pid, Signal::SIGKILL);
+                injected.detail.push_str(&format!("SIGKILL {name} "));
+                injected.killed.push(name);
+            }
+        }
+        FaultKind::Stop => {
+            let targets = pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)?;
+            for (name, pid) in &targets {
+                send(*pid, Signal::SIGSTOP);
+                injected
+                    .detail
+                    .push_str(&format!("SIGSTOP {name} for {} s ", f.duration_s));
+            }
+            let hold = Duration::from_secs_f64(f.duration_s);
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                for (_, pid) in targets {
+                    send(pid, Signal::SIGCONT);
+                }
+            });
+        }
+        FaultKind::Canary => {
+            // Made by `prepare` before the load started.
+            let bad = broken_ranker(env, &f.model);
+            let v = publish_ranker(env, &bad, "drill: broken canary")
+                .await?
+                .version;
+            crate::model::promote(
+                &grpc_of(&env.mesh, "registry")?,
+                &env.token,
+                launcher::RANKER_MODEL,
+                v,
+                Some(f.percent),
+                &format!("drill: {} canary", f.model),
+            )
+            .await?;
+            injected.detail = format!(
+                "ranker v{v} ({} scores) as a {}% canary",
+                f.model, f.percent
+            );
+            injected.forbidden_model = Some(format!("ranker:{v}"));
+        }
+        FaultKind::Delay | FaultKind::Loss | FaultKind::Partition => {
+            injected.detail = super::impair(&env.links, f)?;
+        }
+        FaultKind::CorruptArtifact => {
+            let m = publish_ranker(
+                env,
+                &env.models.join("ranker/model.onnx"),
+                "drill: corrupted after publishing",
+            )
+            .await?;
+            let v = m.version;
+            // Flip bytes in the middle of the stored (encrypted) blob: the GCM tag
+            // and the hashes no longer match.
+            let blob = newest_file(&env.state_dir.join("registry/blobs"))?;
+            let mut bytes =
+                std::fs::read(&blob).with_context(|| format!("read {}", blob.display()))?;
+            let mid = bytes.len() / 2;
+            for b in bytes.iter_mut().skip(mid).take(16) {
+                *b ^= 0xff;
+            }
+            std::fs::write(&blob, bytes)?;
+            crate::model::promote(
+                &grpc_of(&env.mesh, "registry")?,
+                &env.token,
+                launcher::RANKER_MODEL,
+                v,
+                None,
+                "drill: promote a corrupt artifact",
+            )
+            .await?;
+            injected.detail = format!("ranker v{v} corrupted in the store, then promoted");
+            injected.forbidden_model = Some(format!("ranker:{v}"));
+        }
+    }
+    injected.detail = injected.detail.trim().to_owned();
+    Ok(injected)
+}
+
+/// Waits up to `wait` for every service instance not killed to be listed in
+/// discovery again.
+pub(super) async fn rejoined(
+    etcd: &rankmesh_common::etcd::Etcd,
+    mesh: &MeshState,
+    killed: &[&str],
+    wait: Duration,
+) -> report::Rejoined {
+    let survivors: Vec<&launcher::Proc> = mesh
+        .processes
+        .iter()
+        .filter(|p| {
+            ["ranking", "registry", "feature", "embedding"].contains(&p.service.as_str())
+                && !killed.contains(&p.name.as_str())
+        })
+        .collect();
+    let etcd_left = mesh
+        .processes
+        .iter()
+        .any(|p| p.service == "etcd" && !killed.contains(&p.name.as_str()));
+    if !etcd_left {
+        return report::Rejoined::NotChecked;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut missing = Vec::new();
+        for p in &survivors {
+            match rankmesh_common::discovery::list(etcd, &p.service).await {
+                Ok(listed) if listed.contains_key(&p.name) => {}
+                _ => missing.push(p.name.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return report::Rejoined::All(survivors.len());
+        }
+        if Instant::now() >= deadline {
+            return report::Rejoined::Missing(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
