@@ -6,6 +6,7 @@
 //! build them first: `cargo build --workspace --bins` (`scripts/test` does).
 
 pub mod catalog;
+pub mod drill;
 pub mod etcd;
 pub mod mesh;
 pub mod process;

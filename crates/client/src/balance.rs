@@ -277,11 +277,14 @@ impl Ejected {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// Whether one more replica may be ejected for looking hung: never the last
-    /// one in rotation. A slow machine can make every replica look hung at once
-    /// (seen in a drill on 2 starved cores); failing every call fast then is worse
-    /// than waiting. (Failures still eject the last one: a dead replica is dead.)
-    fn may_eject_hung(&self) -> bool {
+    /// Whether one more replica may be ejected: never the last one in rotation,
+    /// for looking hung or for failing. Ejection routes calls around a replica;
+    /// with nowhere else to route them it only turns slow or flaky answers into
+    /// certain failures. Seen in drills on 2 starved cores: every replica looked
+    /// hung at once, and every call failed fast; and the one feature replica was
+    /// ejected for two transport errors, degrading every search for its cooldown.
+    /// A dead last replica still fails fast (its connection is refused).
+    fn may_eject(&self) -> bool {
         let members = self.members.load(std::sync::atomic::Ordering::Relaxed);
         self.set().len() + 1 < members
     }
@@ -456,7 +459,10 @@ impl Reporter {
         h.consecutive_failures += 1;
         // After an ejection the count is kept, so one failed probe ejects again (for
         // twice as long).
-        if h.consecutive_failures < self.config.eject_after || !h.in_rotation {
+        if h.consecutive_failures < self.config.eject_after
+            || !h.in_rotation
+            || !self.counter.may_eject()
+        {
             return;
         }
         self.eject(&mut h, "failures");
@@ -537,8 +543,7 @@ impl Ejecting {
     fn not_before(&self, cx: &Context<'_>) -> Option<tokio::time::Instant> {
         let mut h = lock(&self.health);
         let now = tokio::time::Instant::now();
-        if h.in_rotation && h.stalled(now, self.config.stall_after) && self.counter.may_eject_hung()
-        {
+        if h.in_rotation && h.stalled(now, self.config.stall_after) && self.counter.may_eject() {
             self.reporter().eject(&mut h, "hung");
         }
         let until = match h.ejected_until {
@@ -611,6 +616,26 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_last_replica_in_rotation_is_never_ejected() {
+        let ejected = Ejected::default();
+        let members = |n| {
+            ejected
+                .members
+                .store(n, std::sync::atomic::Ordering::Relaxed)
+        };
+        members(1);
+        assert!(!ejected.may_eject(), "the only replica");
+        members(3);
+        assert!(ejected.may_eject());
+        ejected.add("http://a");
+        assert!(ejected.may_eject(), "one of three out, one more may go");
+        ejected.add("http://b");
+        assert!(!ejected.may_eject(), "the last one in rotation stays");
+        ejected.remove("http://a");
+        assert!(ejected.may_eject());
     }
 
     #[test]

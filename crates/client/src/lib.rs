@@ -6,7 +6,8 @@
 //! - endpoints from discovery (an etcd watch, or a static list) through
 //!   [`rankmesh_common::discovery::Resolver`];
 //! - [`balance::Balanced`]: p2c over peak-EWMA, replicas that fail or hang ejected
-//!   and probed back, a fast UNAVAILABLE when none is in rotation;
+//!   and probed back (never the last one in rotation), a fast UNAVAILABLE when
+//!   discovery lists none;
 //! - [`upstream::Upstream`]: retries on UNAVAILABLE within a retry budget, and for
 //!   reads a hedge to another replica after the observed p95;
 //! - [`rpc::Core`]: a deadline per call, sent as `grpc-timeout`, and the rule per

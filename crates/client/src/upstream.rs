@@ -1,8 +1,9 @@
 //! Calls to one upstream service over its [`Balanced`] channel, with retries within a
 //! budget and optional hedging.
 //!
-//! - **Balancing and ejection**: [`Balanced`] (p2c over peak-EWMA; failing replicas
-//!   ejected and probed back; fails fast when none is in rotation).
+//! - **Balancing and ejection**: [`Balanced`] (p2c over peak-EWMA; failing or hung
+//!   replicas ejected and probed back, never the last one in rotation; fails fast
+//!   when discovery lists none).
 //! - **Retries**: a call that fails with UNAVAILABLE (the replica could not take it:
 //!   refused, reset, draining) is tried again, at most `max_retries` times, and only
 //!   while the retry budget allows: retries may add at most `retry_ratio` of the

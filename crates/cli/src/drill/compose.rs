@@ -45,10 +45,10 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
-    /// The stack described in `<repo>/deploy/compose`, as project `project`, its
+    /// The stack described in `dir` (`deploy/compose`), as project `project`, its
     /// ranking replicas on `base_port`..`base_port + 2` and the trace UI on the next.
-    pub(crate) async fn new(repo: &Path, project: &str, base_port: u16) -> anyhow::Result<Self> {
-        let dir = repo.join("deploy/compose");
+    pub(crate) async fn new(dir: &Path, project: &str, base_port: u16) -> anyhow::Result<Self> {
+        let dir = dir.to_owned();
         anyhow::ensure!(
             dir.join(".env").exists(),
             "{} is missing: run scripts/images first (it builds the images and writes it)",
