@@ -230,14 +230,7 @@ pub(super) fn prepare(env: &Env, faults: &[Fault]) -> anyhow::Result<()> {
 
 /// Injects one fault; returns what it did.
 pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
-    let mut injected = Injected {
-        at_s,
-        kind: f.kind.name().to_owned(),
-        detail: String::new(),
-        forbidden_model: None,
-        recovered_after_s: None,
-        killed: Vec::new(),
-    };
+    let mut injected = Injected::new(f.kind.name(), at_s);
     match f.kind {
         FaultKind::Kill => {
             for (name, pid) in pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)? {

@@ -229,14 +229,7 @@ async fn inject_compose(
     f: &Fault,
     at_s: f64,
 ) -> anyhow::Result<Injected> {
-    let mut injected = Injected {
-        at_s,
-        kind: f.kind.name().to_owned(),
-        detail: String::new(),
-        forbidden_model: None,
-        recovered_after_s: None,
-        killed: Vec::new(),
-    };
+    let mut injected = Injected::new(f.kind.name(), at_s);
     let mut targets = Vec::new();
     for t in &f.targets {
         targets.push(if t == "etcd-leader" {

@@ -26,6 +26,20 @@ pub(crate) struct Injected {
     pub killed: Vec<String>,
 }
 
+impl Injected {
+    /// A fault of `kind` injected at `at_s`, before its details are known.
+    pub(crate) fn new(kind: &str, at_s: f64) -> Self {
+        Self {
+            at_s,
+            kind: kind.to_owned(),
+            detail: String::new(),
+            forbidden_model: None,
+            recovered_after_s: None,
+            killed: Vec::new(),
+        }
+    }
+}
+
 /// Whether the instances that outlived the drill were all registered in discovery
 /// again at its end (a hung or partitioned instance whose lease expired must come
 /// back by itself).
