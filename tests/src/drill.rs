@@ -7,6 +7,7 @@ use std::process::Command;
 use crate::process::binary;
 
 /// One finished drill.
+#[derive(Debug)]
 pub struct DrillRun {
     /// Whether meshctl exited 0 (the SLO held).
     pub ok: bool,
