@@ -106,6 +106,18 @@ impl Placement {
         }
     }
 
+    /// Keeps the replica this attempt went to out of rotation until it answers a
+    /// call successfully or `for_at_most` passes: it has just failed this call, and
+    /// the retry must go elsewhere. (A replica failing fast looks lightly loaded to
+    /// peak-EWMA, so p2c would pick it again; and one failure is below
+    /// `eject_after`.) Only while another replica is in rotation: see
+    /// [`Balanced::in_rotation`].
+    pub fn avoid(&self, for_at_most: Duration) {
+        if let Some(h) = self.replica() {
+            lock(&h).avoid_until = Some(tokio::time::Instant::now() + for_at_most);
+        }
+    }
+
     /// Lifts [`Placement::suspect`] (the race is over).
     pub fn clear(&self) {
         if let Some(h) = self.replica() {
@@ -317,6 +329,9 @@ struct Health {
     /// Kept out of rotation until then (or its next answer): a call on it is being
     /// hedged, so the hedge must go elsewhere.
     suspect_until: Option<tokio::time::Instant>,
+    /// Kept out of rotation until then (or its next success): it failed a call
+    /// that is being retried.
+    avoid_until: Option<tokio::time::Instant>,
     /// The balancer task waiting for this replica to take a call again.
     waker: Option<Waker>,
 }
@@ -334,6 +349,7 @@ impl Health {
             first_unanswered: None,
             second_unanswered: None,
             suspect_until: None,
+            avoid_until: None,
             waker: None,
         }
     }
@@ -451,6 +467,7 @@ impl Reporter {
         let mut h = lock(&self.health);
         h.answered(tokio::time::Instant::now());
         if ok {
+            h.avoid_until = None;
             h.consecutive_failures = 0;
             h.next_ejection = self.config.base_ejection;
             h.probing = false;
@@ -551,7 +568,12 @@ impl Ejecting {
             _ if h.probing && h.unanswered > 0 => {
                 Some(h.first_unanswered.unwrap_or(now) + self.config.stall_after)
             }
-            _ => h.suspect_until.filter(|until| *until > now),
+            _ => h
+                .suspect_until
+                .into_iter()
+                .chain(h.avoid_until)
+                .filter(|until| *until > now)
+                .max(),
         };
         if until.is_some() {
             h.waker = Some(cx.waker().clone());

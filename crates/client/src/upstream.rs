@@ -28,7 +28,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use crate::balance::{BalanceConfig, Balanced};
+use crate::balance::{BalanceConfig, Balanced, Placement};
 
 /// Latencies kept to estimate the hedging delay.
 const LATENCY_WINDOW: usize = 512;
@@ -198,12 +198,24 @@ impl Upstream {
         )
     }
 
-    fn attempt<T, F, Fut>(&self, call: &mut F, kind: &'static str) -> Instrumented<Fut>
+    /// One attempt of `call`, and where it went.
+    fn attempt<T, F, Fut>(&self, call: &mut F, kind: &'static str) -> (Instrumented<Fut>, Placement)
     where
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        call(self.channel()).instrument(self.attempt_span(kind))
+        let (ch, placement) = self.channel().placed();
+        (call(ch).instrument(self.attempt_span(kind)), placement)
+    }
+
+    /// Keeps the replica an attempt failed on out of the way of its retry, while
+    /// another replica is in rotation (with none other, the retry waits for no one).
+    fn avoid(&self, failed_on: Option<&Placement>) {
+        if let Some(p) = failed_on
+            && self.channel().in_rotation() > 1
+        {
+            p.avoid(self.config.balance.stall_after);
+        }
     }
 
     /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
@@ -214,8 +226,9 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let r = self.attempt(&mut call, "first").await;
-        self.settle(r, started, &mut call).await
+        let (first, placement) = self.attempt(&mut call, "first");
+        let r = first.await;
+        self.settle(r, Some(placement), started, &mut call).await
     }
 
     /// Like [`Upstream::call`], and a second attempt races the first when it is
@@ -227,49 +240,53 @@ impl Upstream {
     {
         self.budget.deposit();
         let started = Instant::now();
-        let (ch, placement) = self.channel().placed();
-        let mut first = std::pin::pin!(call(ch).instrument(self.attempt_span("first")));
+        let (first, placement) = self.attempt(&mut call, "first");
+        let mut first = std::pin::pin!(first);
         let Some(delay) = self.hedge_delay() else {
             let r = first.await;
-            return self.settle(r, started, &mut call).await;
+            return self.settle(r, Some(placement), started, &mut call).await;
         };
         tokio::select! {
-            r = &mut first => return self.settle(r, started, &mut call).await,
+            r = &mut first => return self.settle(r, Some(placement), started, &mut call).await,
             () = tokio::time::sleep(delay) => {}
         }
         if !self.budget.withdraw() {
             let r = first.await;
-            return self.settle(r, started, &mut call).await;
+            return self.settle(r, Some(placement), started, &mut call).await;
         }
         metrics::counter!("rankmesh_client_hedges_total", "service" => self.service).increment(1);
         tracing::debug!(?delay, "no answer within the hedging delay; hedging");
         // The replica that is slow on the first attempt must not take the hedge.
         placement.suspect(self.config.balance.stall_after);
-        let mut second = std::pin::pin!(self.attempt(&mut call, "hedge"));
+        let (second, hedged) = self.attempt(&mut call, "hedge");
+        let mut second = std::pin::pin!(second);
         // The first success wins; dropping the other future cancels its RPC.
-        let r = tokio::select! {
+        let (r, last) = tokio::select! {
             r = &mut first => match r {
-                Ok(v) => Ok(v),
-                Err(e) => self.race(second, e, &mut call).await,
+                Ok(v) => (Ok(v), None),
+                Err(e) => self.race(second, Some(hedged), e, &placement, &mut call).await,
             },
             r = &mut second => match r {
-                Ok(v) => Ok(v),
-                Err(e) => self.race(first, e, &mut call).await,
+                Ok(v) => (Ok(v), None),
+                Err(e) => self.race(first, Some(placement.clone()), e, &hedged, &mut call).await,
             },
         };
         placement.clear();
-        self.settle(r, started, &mut call).await
+        self.settle(r, last, started, &mut call).await
     }
 
-    /// One attempt failed with `failed` while `remaining` still runs (it may be
-    /// stuck on a hung replica): on UNAVAILABLE, a retry races it (budget
-    /// permitting) instead of waiting on it alone.
+    /// One attempt failed with `failed` (on `failed_on`) while `remaining` still
+    /// runs (it may be stuck on a hung replica): on UNAVAILABLE, a retry races it
+    /// (budget permitting) instead of waiting on it alone. Returns the outcome, and
+    /// where it came from when that is one attempt that failed.
     async fn race<T, F, Fut>(
         &self,
         remaining: impl Future<Output = Result<T, tonic::Status>>,
+        remaining_on: Option<Placement>,
         failed: tonic::Status,
+        failed_on: &Placement,
         call: &mut F,
-    ) -> Result<T, tonic::Status>
+    ) -> (Result<T, tonic::Status>, Option<Placement>)
     where
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -278,27 +295,30 @@ impl Upstream {
             || self.config.max_retries == 0
             || !self.budget.withdraw()
         {
-            return remaining.await;
+            return (remaining.await, remaining_on);
         }
         metrics::counter!("rankmesh_client_retries_total", "service" => self.service).increment(1);
-        let retry = self.attempt(call, "retry");
+        self.avoid(Some(failed_on));
+        let (retry, retried_on) = self.attempt(call, "retry");
         let (mut remaining, mut retry) = (std::pin::pin!(remaining), std::pin::pin!(retry));
         tokio::select! {
             r = &mut remaining => match r {
-                Ok(v) => Ok(v),
-                Err(_) => retry.await,
+                Ok(v) => (Ok(v), None),
+                Err(_) => (retry.await, Some(retried_on)),
             },
             r = &mut retry => match r {
-                Ok(v) => Ok(v),
-                Err(_) => remaining.await,
+                Ok(v) => (Ok(v), None),
+                Err(_) => (remaining.await, remaining_on),
             },
         }
     }
 
-    /// Records the latency of a success, or retries an UNAVAILABLE within budget.
+    /// Records the latency of a success, or retries an UNAVAILABLE within budget,
+    /// each retry kept off the replica the attempt before it failed on.
     async fn settle<T, F, Fut>(
         &self,
         mut r: Result<T, tonic::Status>,
+        mut failed_on: Option<Placement>,
         started: Instant,
         call: &mut F,
     ) -> Result<T, tonic::Status>
@@ -312,7 +332,10 @@ impl Upstream {
                     tracing::debug!(service = self.service, error = %s, "unavailable; retrying");
                     metrics::counter!("rankmesh_client_retries_total", "service" => self.service)
                         .increment(1);
-                    r = self.attempt(call, "retry").await;
+                    self.avoid(failed_on.as_ref());
+                    let (retry, placement) = self.attempt(call, "retry");
+                    r = retry.await;
+                    failed_on = Some(placement);
                 }
                 _ => break,
             }
@@ -345,6 +368,75 @@ mod tests {
             u.observe(Duration::from_secs(5));
         }
         assert_eq!(u.hedge_delay(), Some(Duration::from_millis(500)), "capped");
+    }
+
+    /// A replica that fails every call at once: accepts, then closes (as a
+    /// partitioned or restarting replica's proxy, or a crashing process, does).
+    async fn failing_replica() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        addr
+    }
+
+    async fn healthy_replica() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let (_, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_retry_does_not_go_back_to_the_replica_that_just_failed() {
+        let u = Upstream::with_config(
+            "x",
+            Resolver::fixed("x", &[failing_replica().await, healthy_replica().await]),
+            UpstreamConfig {
+                // Never ejected, and one retry: only avoiding the failed replica
+                // can make every call succeed. (It fails fast, so it looks the
+                // less loaded of the two to peak-EWMA.)
+                balance: BalanceConfig {
+                    eject_after: u32::MAX,
+                    ..BalanceConfig::default()
+                },
+                max_retries: 1,
+                retry_ratio: 1.0,
+                retry_floor_per_s: 1000,
+                ..UpstreamConfig::default()
+            },
+        );
+        let mut failed = Vec::new();
+        for _ in 0..40 {
+            let r = u
+                .call(|ch| async move {
+                    tonic_health::pb::health_client::HealthClient::new(ch)
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                })
+                .await;
+            if let Err(s) = r {
+                failed.push(s.to_string());
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of 40 failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
     }
 
     #[tokio::test]
