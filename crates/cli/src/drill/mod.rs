@@ -419,7 +419,11 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
     } else {
         run_local(&scenario, opts, &state_dir, &logs, &catalog, inputs).await
     };
-    let _ = std::fs::remove_dir_all(&state_dir);
+    // A mesh that could not run keeps its state: the error names its logs there.
+    // (The next run of the scenario clears it.)
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
     let report = result?;
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("report.html"), report::html(&report))?;
