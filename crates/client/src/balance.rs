@@ -385,6 +385,32 @@ impl Health {
         self.second_unanswered = (self.in_flight > 1).then_some(now);
     }
 
+    /// Until when the replica must not take a call (always later than `now`, so a
+    /// caller that sleeps until then makes progress): the end of its ejection; the
+    /// moment its unanswered probe counts as hung; or the end of a suspicion or an
+    /// avoidance. A probe past that moment that was not ejected for it (the last
+    /// replica in rotation is never ejected) lets calls through again: returning
+    /// that past moment had `poll_ready` loop on an elapsed timer for good, one
+    /// worker thread at 100% and every call stuck (a drill with Redis down, where
+    /// the ranking replicas all looked hung).
+    fn not_before(
+        &self,
+        now: tokio::time::Instant,
+        stall_after: Duration,
+    ) -> Option<tokio::time::Instant> {
+        let probe = (self.probing && self.unanswered > 0)
+            .then(|| self.first_unanswered.unwrap_or(now) + stall_after);
+        match self.ejected_until {
+            Some(until) if until > now => Some(until),
+            _ => probe
+                .into_iter()
+                .chain(self.suspect_until)
+                .chain(self.avoid_until)
+                .filter(|until| *until > now)
+                .max(),
+        }
+    }
+
     /// Whether the replica looks hung: it has answered nothing since two calls
     /// were sent to it (one, for a probe), the later of them `after` ago. Two,
     /// because one call lost long ago (a cancelled hedge) followed by an idle spell
@@ -563,18 +589,7 @@ impl Ejecting {
         if h.in_rotation && h.stalled(now, self.config.stall_after) && self.counter.may_eject() {
             self.reporter().eject(&mut h, "hung");
         }
-        let until = match h.ejected_until {
-            Some(until) if until > now => Some(until),
-            _ if h.probing && h.unanswered > 0 => {
-                Some(h.first_unanswered.unwrap_or(now) + self.config.stall_after)
-            }
-            _ => h
-                .suspect_until
-                .into_iter()
-                .chain(h.avoid_until)
-                .filter(|until| *until > now)
-                .max(),
-        };
+        let until = h.not_before(now, self.config.stall_after);
         if until.is_some() {
             h.waker = Some(cx.waker().clone());
         }
@@ -658,6 +673,34 @@ mod tests {
         assert!(!ejected.may_eject(), "the last one in rotation stays");
         ejected.remove("http://a");
         assert!(ejected.may_eject());
+    }
+
+    #[test]
+    fn a_stalled_probe_that_was_not_ejected_lets_calls_through() {
+        let config = config();
+        let mut h = Health::new(&config);
+        let t0 = tokio::time::Instant::now();
+        h.probing = true;
+        h.restart_count(t0);
+        h.sent(t0);
+        assert_eq!(
+            h.not_before(t0 + ms(100), config.stall_after),
+            Some(t0 + config.stall_after),
+            "one probe at a time, until it counts as hung"
+        );
+        // Hung, but the last one in rotation: never a moment in the past.
+        assert_eq!(h.not_before(t0 + ms(1_100), config.stall_after), None);
+        h.suspect_until = Some(t0 + ms(1_300));
+        assert_eq!(
+            h.not_before(t0 + ms(1_100), config.stall_after),
+            Some(t0 + ms(1_300))
+        );
+        h.avoid_until = Some(t0 + ms(1_400));
+        assert_eq!(
+            h.not_before(t0 + ms(1_350), config.stall_after),
+            Some(t0 + ms(1_400))
+        );
+        assert_eq!(h.not_before(t0 + ms(1_400), config.stall_after), None);
     }
 
     #[test]
