@@ -110,8 +110,8 @@ impl Placement {
     /// call successfully or `for_at_most` passes: it has just failed this call, and
     /// the retry must go elsewhere. (A replica failing fast looks lightly loaded to
     /// peak-EWMA, so p2c would pick it again; and one failure is below
-    /// `eject_after`.) Only while another replica is in rotation: see
-    /// [`Balanced::in_rotation`].
+    /// `eject_after`.) Callers avoid only while another replica is in rotation
+    /// ([`Balanced::in_rotation`]), or the retry would wait for no one.
     pub fn avoid(&self, for_at_most: Duration) {
         if let Some(h) = self.replica() {
             lock(&h).avoid_until = Some(tokio::time::Instant::now() + for_at_most);

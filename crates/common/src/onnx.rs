@@ -167,7 +167,20 @@ pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Prov
             }
         }
     }
-    let session = Session::builder(env)
+    let session = builder(env, config)
+        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(model))
+        .map_err(|e| OnnxError::Session(e.to_string()))?;
+    Ok((session, Provider::Cpu))
+}
+
+/// A session builder with what every provider shares: full graph optimisation,
+/// `intra_threads`, and whether pool threads spin.
+fn builder(
+    env: &Environment,
+    config: &OnnxConfig,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Session::builder(env)
         .and_then(|b| {
             b.with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(Into::into)
@@ -176,21 +189,8 @@ pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Prov
             b.with_intra_threads(config.intra_threads)
                 .map_err(Into::into)
         })
-        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
-        .and_then(|b| with_spinning(b, config.spin))
-        .and_then(|mut b| b.commit_from_memory(model))
-        .map_err(|e| OnnxError::Session(e.to_string()))?;
-    Ok((session, Provider::Cpu))
-}
-
-/// Sets busy-waiting of the session's intra- and inter-op pool threads.
-fn with_spinning(
-    b: ort::session::builder::SessionBuilder,
-    spin: bool,
-) -> ort::Result<ort::session::builder::SessionBuilder> {
-    b.with_intra_op_spinning(spin)
-        .map_err(Into::into)
-        .and_then(|b| b.with_inter_op_spinning(spin).map_err(Into::into))
+        .and_then(|b| b.with_intra_op_spinning(config.spin).map_err(Into::into))
+        .and_then(|b| b.with_inter_op_spinning(config.spin).map_err(Into::into))
 }
 
 #[cfg(feature = "cuda")]
@@ -202,16 +202,7 @@ fn build_cuda(env: &Environment, model: &[u8], config: &OnnxConfig) -> Result<Se
         Ok(false) => return Err("this ONNX Runtime build has no CUDA execution provider".into()),
         Err(e) => return Err(e.to_string()),
     }
-    Session::builder(env)
-        .and_then(|b| {
-            b.with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(Into::into)
-        })
-        .and_then(|b| {
-            b.with_intra_threads(config.intra_threads)
-                .map_err(Into::into)
-        })
-        .and_then(|b| with_spinning(b, config.spin))
+    builder(env, config)
         // error_on_failure: a silent fallback would report CUDA while running on CPU.
         .and_then(|b| {
             b.with_execution_providers([cuda.build().error_on_failure()])
