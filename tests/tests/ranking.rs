@@ -34,6 +34,7 @@ fn search(q: &str, user: &str, k: u32, filters: Option<Filters>) -> pb::SearchRe
         k,
         filters,
         routing_key: String::new(),
+        explain: false,
     }
 }
 

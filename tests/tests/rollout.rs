@@ -168,6 +168,7 @@ impl Load {
                         k: 5,
                         filters: None,
                         routing_key: format!("session-{}", i % 500),
+                        explain: false,
                     });
                     req.set_timeout(Duration::from_secs(5));
                     match c.search(req).await {

@@ -39,6 +39,13 @@ impl ranking::ranking_service_server::RankingService for Gate {
     ) -> Result<tonic::Response<ranking::RecommendResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in this test"))
     }
+
+    async fn featurize(
+        &self,
+        _req: tonic::Request<ranking::SearchRequest>,
+    ) -> Result<tonic::Response<ranking::FeaturizeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
 }
 
 #[tokio::test]

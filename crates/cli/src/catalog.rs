@@ -4,7 +4,6 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rankmesh_proto::pb::feature::v1 as pb;
 
 /// Bytes per streamed chunk (the service accepts up to 4 MiB).
@@ -22,7 +21,12 @@ pub(crate) async fn import(
         Some("jsonl") => pb::CatalogFormat::Jsonl,
         Some("csv") => pb::CatalogFormat::Csv,
         Some(other) => anyhow::bail!("--format {other}: expected jsonl or csv"),
-        None => match path.extension().and_then(|e| e.to_str()) {
+        None => match path
+            .to_str()
+            .map(|p| p.trim_end_matches(".gz"))
+            .and_then(|p| Path::new(p).extension())
+            .and_then(|e| e.to_str())
+        {
             Some("csv") => pb::CatalogFormat::Csv,
             Some("jsonl" | "ndjson" | "json") => pb::CatalogFormat::Jsonl,
             _ => anyhow::bail!(
@@ -31,8 +35,9 @@ pub(crate) async fn import(
             ),
         },
     };
-    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // `.gz` is read through gunzip.
+    let mut file = crate::eval::open_maybe_gz(path)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportCatalogChunk>(4);
     // Read on a blocking thread so a large file streams without loading it whole.
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -1,103 +1,210 @@
 //! Offline quality work against a running mesh:
-//! - `meshctl eval --labels FILE`: NDCG@10, MRR and recall@100 for lexical only, dense
-//!   only, hybrid retrieval without the ranker (reciprocal-rank fusion), and the full
-//!   pipeline (Search).
-//! - `meshctl features dump --labels FILE --out CSV`: the feature rows a ranker trains
-//!   on: for every labelled query, its retrieved candidates plus its labelled items,
-//!   with the grade (0 when unlabelled).
+//! - judgments (`query,item_id,grade`, grades fractional, e.g. the mean of several
+//!   raters on 1..3), read whole and validated before anything is evaluated;
+//! - `meshctl eval --labels FILE`: per variant (lexical only, dense only, hybrid
+//!   retrieval in fused order without the ranker, and the full pipeline), NDCG@10
+//!   with linear gain (gain = grade), MRR and recall@100 with relevant = grade >= 2,
+//!   and the candidate recall (share of relevant items that reach the ranker).
+//!
+//! An unjudged item is unknown, not irrelevant, but counts as gain 0: the
+//! usual convention, which rewards putting judged items first.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use futures::StreamExt;
 use rankmesh_proto::pb::embedding::v1 as emb;
 use rankmesh_proto::pb::feature::v1 as feat;
 use rankmesh_proto::pb::ranking::v1 as rank;
 use tonic::transport::Channel;
 
-/// query -> item -> grade
-pub(crate) type Labels = BTreeMap<String, HashMap<String, u8>>;
+/// Grade from which an item counts as relevant (MRR, recall).
+pub(crate) const RELEVANT: f32 = 2.0;
+/// Depth of recall and of each variant's list.
+const DEPTH: usize = 100;
+/// Queries evaluated at once.
+const CONCURRENCY: usize = 4;
 
-/// Reads `query,item_id,grade` (with a header row; quoted queries allowed).
+/// query -> item -> grade
+pub(crate) type Labels = BTreeMap<String, HashMap<String, f32>>;
+
+/// Opens a file, transparently gunzipping `*.gz`.
+pub(crate) fn open_maybe_gz(path: &Path) -> anyhow::Result<Box<dyn Read + Send>> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::new(f),
+        )))
+    } else {
+        Ok(Box::new(std::io::BufReader::new(f)))
+    }
+}
+
+/// Reads judgments `query,item_id,grade` (a header row naming those columns, in
+/// any order; quoted queries allowed; `.gz` read as gzip). Every row is checked
+/// before any is used: a missing column, an empty query or item, or a grade that is
+/// not a finite number >= 0 is an error naming the row.
 pub(crate) fn read_labels(path: &Path) -> anyhow::Result<Labels> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("open {}", path.display()))?;
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(open_maybe_gz(path)?);
+    let header = r
+        .headers()
+        .with_context(|| format!("{}: header row", path.display()))?
+        .clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .with_context(|| {
+                format!(
+                    "{}: row 1: no {name:?} column (the header must name query,item_id,grade)",
+                    path.display()
+                )
+            })
+    };
+    let (qc, ic, gc) = (col("query")?, col("item_id")?, col("grade")?);
     let mut out = Labels::new();
     for (i, rec) in r.records().enumerate() {
-        let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
-        let (Some(q), Some(item), Some(g)) = (rec.get(0), rec.get(1), rec.get(2)) else {
-            anyhow::bail!(
-                "{}: row {}: expected query,item_id,grade",
-                path.display(),
-                i + 2
-            );
+        let row = i + 2;
+        let rec = rec.with_context(|| format!("{}: row {row}", path.display()))?;
+        let field = |c: usize, name: &str| {
+            rec.get(c)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .with_context(|| format!("{}: row {row}: missing {name}", path.display()))
         };
-        let g: u8 = g
-            .trim()
+        let (q, item, g) = (
+            field(qc, "query")?,
+            field(ic, "item_id")?,
+            field(gc, "grade")?,
+        );
+        let grade: f32 = g
             .parse()
-            .with_context(|| format!("{}: row {}: grade {g:?}", path.display(), i + 2))?;
+            .ok()
+            .filter(|g: &f32| g.is_finite())
+            .with_context(|| {
+                format!("{}: row {row}: grade {g:?} is not a number", path.display())
+            })?;
+        if grade < 0.0 {
+            bail!("{}: row {row}: grade {grade} is negative", path.display());
+        }
         out.entry(q.to_owned())
             .or_default()
-            .insert(item.to_owned(), g);
+            .insert(item.to_owned(), grade);
+    }
+    if out.is_empty() {
+        bail!("{}: no judgments", path.display());
     }
     Ok(out)
 }
 
-/// DCG-based NDCG@k with gains 2^g - 1.
-fn ndcg(ranked: &[String], labels: &HashMap<String, u8>, k: usize) -> f64 {
-    let gain = |g: u8| f64::from((1u32 << g) - 1);
+/// NDCG@k with linear gain (gain = grade); the ideal ranking is every judged item
+/// by grade. `None` when the query has no positive grade.
+pub(crate) fn ndcg(ranked: &[String], labels: &HashMap<String, f32>, k: usize) -> Option<f64> {
+    let disc = |i: usize| 1.0 / ((i + 2) as f64).log2();
     let dcg: f64 = ranked
         .iter()
         .take(k)
         .enumerate()
-        .map(|(i, id)| gain(labels.get(id).copied().unwrap_or(0)) / ((i + 2) as f64).log2())
+        .map(|(i, id)| f64::from(labels.get(id).copied().unwrap_or(0.0)) * disc(i))
         .sum();
-    let mut ideal: Vec<u8> = labels.values().copied().collect();
-    ideal.sort_unstable_by(|a, b| b.cmp(a));
+    let mut ideal: Vec<f32> = labels.values().copied().collect();
+    ideal.sort_unstable_by(|a, b| b.total_cmp(a));
     let idcg: f64 = ideal
         .iter()
         .take(k)
         .enumerate()
-        .map(|(i, g)| gain(*g) / ((i + 2) as f64).log2())
+        .map(|(i, g)| f64::from(*g) * disc(i))
         .sum();
-    if idcg == 0.0 { 0.0 } else { dcg / idcg }
+    (idcg > 0.0).then(|| dcg / idcg)
 }
 
-/// Reciprocal rank of the first item with the query's best grade.
-fn mrr(ranked: &[String], labels: &HashMap<String, u8>) -> f64 {
-    let best = labels.values().copied().max().unwrap_or(0);
-    ranked
+fn relevant(labels: &HashMap<String, f32>) -> HashSet<&String> {
+    labels
         .iter()
-        .position(|id| labels.get(id).copied() == Some(best))
-        .map_or(0.0, |p| 1.0 / (p + 1) as f64)
-}
-
-/// Share of relevant (grade >= 2) items found in the first k.
-fn recall(ranked: &[String], labels: &HashMap<String, u8>, k: usize) -> f64 {
-    let relevant: Vec<&String> = labels
-        .iter()
-        .filter(|(_, g)| **g >= 2)
+        .filter(|(_, g)| **g >= RELEVANT)
         .map(|(id, _)| id)
-        .collect();
-    if relevant.is_empty() {
-        return 0.0;
-    }
-    let top: std::collections::HashSet<&String> = ranked.iter().take(k).collect();
-    relevant.iter().filter(|id| top.contains(*id)).count() as f64 / relevant.len() as f64
+        .collect()
 }
 
+/// Reciprocal rank of the first relevant item; `None` without relevant items.
+pub(crate) fn mrr(ranked: &[String], labels: &HashMap<String, f32>) -> Option<f64> {
+    let rel = relevant(labels);
+    if rel.is_empty() {
+        return None;
+    }
+    Some(
+        ranked
+            .iter()
+            .position(|id| rel.contains(id))
+            .map_or(0.0, |p| 1.0 / (p + 1) as f64),
+    )
+}
+
+/// Share of relevant items in the first k; `None` without relevant items.
+pub(crate) fn recall(ranked: &[String], labels: &HashMap<String, f32>, k: usize) -> Option<f64> {
+    let rel = relevant(labels);
+    if rel.is_empty() {
+        return None;
+    }
+    let top: HashSet<&String> = ranked.iter().take(k).collect();
+    Some(rel.iter().filter(|id| top.contains(*id)).count() as f64 / rel.len() as f64)
+}
+
+/// Running means of the metrics of one variant (each over the queries it is
+/// defined for).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Means {
+    sums: [f64; 3],
+    counts: [usize; 3],
+}
+
+impl Means {
+    pub(crate) fn add(&mut self, ranked: &[String], labels: &HashMap<String, f32>) {
+        for (i, v) in [
+            ndcg(ranked, labels, 10),
+            mrr(ranked, labels),
+            recall(ranked, labels, DEPTH),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = v {
+                self.sums[i] += v;
+                self.counts[i] += 1;
+            }
+        }
+    }
+
+    fn mean(&self, i: usize) -> f64 {
+        if self.counts[i] == 0 {
+            0.0
+        } else {
+            self.sums[i] / self.counts[i] as f64
+        }
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "ndcg@10": self.mean(0), "mrr": self.mean(1), "recall@100": self.mean(2) })
+    }
+}
+
+/// One replica of each service.
 pub(crate) struct Targets {
     pub ranking: Channel,
     pub embedding: Channel,
     pub feature: Channel,
 }
 
-async fn dense(t: &Targets, q: &str, k: u32) -> anyhow::Result<Vec<String>> {
+async fn dense(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
     let r = emb::embedding_service_client::EmbeddingServiceClient::new(t.embedding.clone())
         .retrieve(emb::RetrieveRequest {
             query: Some(emb::retrieve_request::Query::Text(q.to_owned())),
-            k,
+            k: DEPTH as u32,
             filters: None,
         })
         .await?
@@ -105,11 +212,11 @@ async fn dense(t: &Targets, q: &str, k: u32) -> anyhow::Result<Vec<String>> {
     Ok(r.items.into_iter().map(|n| n.item_id).collect())
 }
 
-async fn lexical(t: &Targets, q: &str, k: u32) -> anyhow::Result<Vec<String>> {
+async fn lexical(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
     let r = feat::feature_service_client::FeatureServiceClient::new(t.feature.clone())
         .lexical_candidates(feat::LexicalCandidatesRequest {
             query: q.to_owned(),
-            k,
+            k: DEPTH as u32,
             filters: None,
         })
         .await?
@@ -117,143 +224,157 @@ async fn lexical(t: &Targets, q: &str, k: u32) -> anyhow::Result<Vec<String>> {
     Ok(r.items.into_iter().map(|i| i.item_id).collect())
 }
 
-fn fuse(lists: &[&[String]]) -> Vec<String> {
-    let mut score: HashMap<&String, f64> = HashMap::new();
-    for list in lists {
-        for (rank, id) in list.iter().enumerate() {
-            *score.entry(id).or_default() += 1.0 / (61.0 + rank as f64);
-        }
+pub(crate) fn search_request(q: &str, k: u32) -> rank::SearchRequest {
+    rank::SearchRequest {
+        query: q.to_owned(),
+        k,
+        ..Default::default()
     }
-    let mut all: Vec<(&String, f64)> = score.into_iter().collect();
-    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    all.into_iter().map(|(id, _)| id.clone()).collect()
 }
 
-/// Metrics per variant, averaged over queries.
-pub(crate) async fn eval(t: &Targets, labels: &Labels, json: bool) -> anyhow::Result<()> {
-    let variants = ["lexical", "dense", "hybrid", "full"];
-    let mut sums: BTreeMap<&str, [f64; 3]> = variants.iter().map(|v| (*v, [0.0; 3])).collect();
-    let mut degraded_full = 0usize;
-    for (q, l) in labels {
-        let lex = lexical(t, q, 100).await?;
-        let den = dense(t, q, 100).await?;
-        let hyb = fuse(&[&lex, &den]);
-        let full = rank::ranking_service_client::RankingServiceClient::new(t.ranking.clone())
-            .search(rank::SearchRequest {
-                query: q.clone(),
-                user_id: String::new(),
-                k: 100,
-                filters: None,
-                routing_key: String::new(),
-            })
-            .await?
-            .into_inner();
-        if full.degraded.iter().any(|d| d == "ranker") {
-            degraded_full += 1;
-        }
-        let full: Vec<String> = full.items.into_iter().map(|i| i.item_id).collect();
-        for (v, ranked) in [
-            ("lexical", &lex),
-            ("dense", &den),
-            ("hybrid", &hyb),
-            ("full", &full),
-        ] {
-            let s = sums.get_mut(v).context("variant")?;
-            s[0] += ndcg(ranked, l, 10);
-            s[1] += mrr(ranked, l);
-            s[2] += recall(ranked, l, 100);
-        }
-    }
-    let n = labels.len().max(1) as f64;
-    if json {
-        let out: serde_json::Map<String, serde_json::Value> = sums
+/// Every variant's ranking for one query.
+struct Answers {
+    lexical: Vec<String>,
+    dense: Vec<String>,
+    /// The ranker's candidates in fused (reciprocal-rank) order.
+    hybrid: Vec<String>,
+    full: Vec<String>,
+    ranked: bool,
+}
+
+async fn answers(t: &Targets, q: &str) -> anyhow::Result<Answers> {
+    let mut ranking = rank::ranking_service_client::RankingServiceClient::new(t.ranking.clone());
+    let mut ranking2 = ranking.clone();
+    let (lex, den, cands, full) = tokio::join!(
+        lexical(t, q),
+        dense(t, q),
+        ranking.featurize(search_request(q, DEPTH as u32)),
+        ranking2.search(search_request(q, DEPTH as u32)),
+    );
+    let full = full.with_context(|| format!("search {q:?}"))?.into_inner();
+    Ok(Answers {
+        lexical: lex?,
+        dense: den?,
+        hybrid: cands
+            .with_context(|| format!("featurize {q:?}"))?
+            .into_inner()
+            .item_ids,
+        ranked: !full.degraded.iter().any(|d| d == "ranker"),
+        full: full.items.into_iter().map(|i| i.item_id).collect(),
+    })
+}
+
+/// What `eval` measured.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) variants: BTreeMap<&'static str, Means>,
+    /// Mean over queries with relevant items of the share that reach the ranker.
+    pub(crate) candidate_recall: f64,
+    pub(crate) candidates_mean: f64,
+    pub(crate) queries: usize,
+    pub(crate) full_without_ranker: usize,
+}
+
+pub(crate) const VARIANTS: [&str; 4] = ["lexical", "dense", "hybrid", "full"];
+
+impl Report {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let variants: serde_json::Map<String, serde_json::Value> = self
+            .variants
             .iter()
-            .map(|(v, s)| {
-                ((*v).to_owned(), serde_json::json!({ "ndcg@10": s[0] / n, "mrr": s[1] / n, "recall@100": s[2] / n }))
-            })
+            .map(|(v, m)| ((*v).to_owned(), m.json()))
             .collect();
+        serde_json::json!({
+            "queries": self.queries,
+            "gain": "linear: gain = grade (NDCG@10)",
+            "relevant": format!("grade >= {RELEVANT} (MRR, recall@100, candidate recall)"),
+            "variants": variants,
+            "candidate_recall": self.candidate_recall,
+            "candidates_per_query": self.candidates_mean,
+            "full_without_ranker": self.full_without_ranker,
+        })
+    }
+
+    pub(crate) fn print(&self) {
         println!(
-            "{}",
-            serde_json::json!({ "queries": labels.len(), "variants": out, "full_without_ranker": degraded_full })
+            "{} queries; NDCG@10 with gain = grade; relevant = grade >= {RELEVANT}",
+            self.queries
         );
-    } else {
-        println!("{} queries", labels.len());
         println!(
             "{:<10} {:>9} {:>9} {:>11}",
             "variant", "NDCG@10", "MRR", "recall@100"
         );
-        for v in variants {
-            let s = sums[v];
+        for v in VARIANTS {
+            let m = self.variants.get(v).copied().unwrap_or_default();
             println!(
                 "{v:<10} {:>9.4} {:>9.4} {:>11.4}",
-                s[0] / n,
-                s[1] / n,
-                s[2] / n
+                m.mean(0),
+                m.mean(1),
+                m.mean(2)
             );
         }
-        if degraded_full > 0 {
+        println!(
+            "candidate recall {:.4} ({:.0} candidates a query reach the ranker)",
+            self.candidate_recall, self.candidates_mean
+        );
+        if self.full_without_ranker > 0 {
             println!(
-                "note: {degraded_full} full-pipeline answers ran without the ranker (degraded)"
+                "note: {} full-pipeline answers ran without the ranker (degraded)",
+                self.full_without_ranker
             );
         }
     }
-    Ok(())
 }
 
-/// Writes the training rows: `qid,grade,<columns...>` plus `<out>.schema.json`.
-pub(crate) async fn dump(
-    t: &Targets,
-    labels: &Labels,
-    candidates: u32,
-    out: &Path,
-) -> anyhow::Result<()> {
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?,
-    );
-    let mut schema_written = false;
-    let mut rows = 0usize;
-    for (qid, (q, l)) in labels.iter().enumerate() {
-        let mut ids = lexical(t, q, candidates).await?;
-        ids.extend(dense(t, q, candidates).await?);
-        ids.extend(l.keys().cloned());
-        ids.sort();
-        ids.dedup();
-        ids.truncate(rankmesh_proto::limits::MAX_CANDIDATES as usize);
-        let f = feat::feature_service_client::FeatureServiceClient::new(t.feature.clone())
-            .get_features(feat::GetFeaturesRequest {
-                user_id: String::new(),
-                query: q.clone(),
-                candidate_ids: ids,
-            })
-            .await?
-            .into_inner();
-        let schema = f.schema.context("no schema in GetFeatures reply")?;
-        if !schema_written {
-            writeln!(file, "qid,grade,{}", schema.columns.join(","))?;
-            let meta = serde_json::json!({ "name": schema.name, "version": schema.version, "columns": schema.columns });
-            std::fs::write(
-                out.with_extension("schema.json"),
-                serde_json::to_vec_pretty(&meta)?,
-            )?;
-            schema_written = true;
+/// Evaluates every variant on `labels`.
+pub(crate) async fn evaluate(t: &Targets, labels: &Labels) -> anyhow::Result<Report> {
+    let progress = crate::progress::Progress::new("evaluating", labels.len());
+    let mut stream = futures::stream::iter(labels.iter())
+        .map(|(q, l)| async move { answers(t, q).await.map(|a| (a, l)) })
+        .buffer_unordered(CONCURRENCY);
+    let mut report = Report {
+        queries: labels.len(),
+        ..Report::default()
+    };
+    let (mut cand_sum, mut cand_n, mut cands) = (0.0, 0usize, 0usize);
+    while let Some(r) = stream.next().await {
+        let (a, l) = r?;
+        progress.tick();
+        for (v, ranked) in [
+            ("lexical", &a.lexical),
+            ("dense", &a.dense),
+            ("hybrid", &a.hybrid),
+            ("full", &a.full),
+        ] {
+            report.variants.entry(v).or_default().add(ranked, l);
         }
-        let w = schema.columns.len();
-        for (i, id) in f.item_ids.iter().enumerate() {
-            let grade = l.get(id).copied().unwrap_or(0);
-            let vals: Vec<String> = f.values[i * w..(i + 1) * w]
-                .iter()
-                .map(|v| format!("{v}"))
-                .collect();
-            writeln!(file, "{qid},{grade},{}", vals.join(","))?;
-            rows += 1;
+        if let Some(r) = recall(&a.hybrid, l, usize::MAX) {
+            cand_sum += r;
+            cand_n += 1;
+        }
+        cands += a.hybrid.len();
+        if !a.ranked {
+            report.full_without_ranker += 1;
         }
     }
-    file.flush()?;
-    println!(
-        "wrote {rows} rows for {} queries to {}",
-        labels.len(),
-        out.display()
-    );
+    progress.done();
+    report.candidate_recall = if cand_n == 0 {
+        0.0
+    } else {
+        cand_sum / cand_n as f64
+    };
+    report.candidates_mean = cands as f64 / labels.len().max(1) as f64;
+    Ok(report)
+}
+
+/// `meshctl eval`.
+pub(crate) async fn eval(t: &Targets, labels: &Labels, json: bool) -> anyhow::Result<()> {
+    let report = evaluate(t, labels).await?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        report.print();
+    }
     Ok(())
 }
 
@@ -275,19 +396,55 @@ pub(crate) async fn targets(
 mod tests {
     use super::*;
 
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     #[test]
     fn metrics_on_a_known_ranking() {
-        let labels: HashMap<String, u8> =
-            [("a".into(), 3), ("b".into(), 1), ("c".into(), 2)].into();
-        let perfect: Vec<String> = ["a", "c", "b"].iter().map(|s| (*s).to_owned()).collect();
-        assert!((ndcg(&perfect, &labels, 10) - 1.0).abs() < 1e-12);
-        let worse: Vec<String> = ["x", "b", "c", "a"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        assert!(ndcg(&worse, &labels, 10) < 0.8);
-        assert!((mrr(&worse, &labels) - 0.25).abs() < 1e-12);
-        assert!((recall(&worse, &labels, 2) - 0.0).abs() < 1e-12);
-        assert!((recall(&worse, &labels, 4) - 1.0).abs() < 1e-12);
+        let labels: HashMap<String, f32> =
+            [("a".into(), 3.0), ("b".into(), 1.0), ("c".into(), 2.33)].into();
+        assert!((ndcg(&ids(&["a", "c", "b"]), &labels, 10).expect("ndcg") - 1.0).abs() < 1e-12);
+        // Linear gain: b (1.0) at rank 2 and c (2.33) at rank 3.
+        let worse = ids(&["x", "b", "c", "a"]);
+        let d = |i: usize| 1.0 / ((i + 2) as f64).log2();
+        let want = (1.0 * d(1) + 2.33f32 as f64 * d(2) + 3.0 * d(3))
+            / (3.0 * d(0) + 2.33f32 as f64 * d(1) + 1.0 * d(2));
+        assert!((ndcg(&worse, &labels, 10).expect("ndcg") - want).abs() < 1e-9);
+        // Relevant = grade >= 2: c is the first one, at rank 3.
+        assert!((mrr(&worse, &labels).expect("mrr") - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(recall(&worse, &labels, 2), Some(0.0));
+        assert_eq!(recall(&worse, &labels, 4), Some(1.0));
+        let irrelevant: HashMap<String, f32> = [("a".into(), 1.0)].into();
+        assert_eq!(
+            mrr(&worse, &irrelevant),
+            None,
+            "no relevant item: undefined"
+        );
+        assert_eq!(ndcg(&worse, &[("a".into(), 0.0)].into(), 10), None);
+    }
+
+    fn labels_from(text: &str) -> anyhow::Result<Labels> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("j.csv");
+        std::fs::write(&p, text)?;
+        read_labels(&p)
+    }
+
+    #[test]
+    fn judgments_take_fractional_grades_and_name_bad_rows() {
+        let l = labels_from("query,item_id,grade\n\"2x4, treated\",a,2.33\nq,b,3\n").expect("ok");
+        assert_eq!(l["2x4, treated"]["a"], 2.33);
+        let err = |t: &str| format!("{:#}", labels_from(t).expect_err("bad"));
+        assert!(err("query,item_id,grade\nq,a,high\n").contains("row 2: grade \"high\""));
+        assert!(
+            err("query,item_id,grade\nq,a,1\nq,b,-1\n").contains("row 3: grade -1 is negative")
+        );
+        assert!(err("query,item_id,grade\nq,a,NaN\n").contains("row 2"));
+        assert!(err("query,item_id\nq,a\n").contains("no \"grade\" column"));
+        assert!(err("query,item_id,grade\nq,a\n").contains("row 2: missing grade"));
+        // Columns in any order.
+        let l = labels_from("grade,query,item_id\n1.67,q,a\n").expect("ok");
+        assert_eq!(l["q"]["a"], 1.67);
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct UpOptions {
     pub(crate) catalog: Option<PathBuf>,
     /// Trained ranker folder for the ranking replicas, if any.
     pub(crate) ranker: Option<PathBuf>,
+    /// Ranking replicas follow the ranker in the registry even when no ranker is
+    /// published at start (`meshctl ranker train` publishes one later).
+    pub(crate) follow_ranker: bool,
     /// Extra environment for the ranking replicas (e.g. rollout policy).
     pub(crate) ranking_env: Vec<(String, String)>,
     /// The trace collector to start and export to, if any.
@@ -469,7 +472,7 @@ fn spawn(
                 );
             Ok(())
         };
-        if service == "ranking" && opts.ranker.is_some() {
+        if service == "ranking" && (opts.ranker.is_some() || opts.follow_ranker) {
             follow(&mut cmd, "RANKER", RANKER_MODEL)?;
             cmd.env("RANKMESH__ROLLOUT__ADMIN_TOKEN", &secrets.admin_token);
         }

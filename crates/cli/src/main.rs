@@ -12,6 +12,8 @@ mod eval;
 mod generate;
 mod launcher;
 mod model;
+mod progress;
+mod ranker;
 mod search;
 mod trace;
 
@@ -218,8 +220,11 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Quality of lexical, dense, hybrid and full ranking on graded labels
-    /// (`query,item_id,grade`): NDCG@10, MRR, recall@100.
+    /// Quality of lexical, dense, hybrid and full ranking on judgments
+    /// (`query,item_id,grade`, fractional grades allowed, `.gz` read as gzip):
+    /// NDCG@10 with linear gain (gain = grade), MRR and recall@100 with relevant =
+    /// grade >= 2, and the candidate recall (share of relevant items that reach the
+    /// ranker). Every row is validated before anything is evaluated.
     Eval {
         #[arg(long)]
         labels: PathBuf,
@@ -227,6 +232,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         etcd: EtcdArgs,
+    },
+    /// Learned rankers: train one on a store's own judgments.
+    Ranker {
+        #[command(subcommand)]
+        command: RankerCommand,
     },
     /// Feature rows for ranker training.
     Features {
@@ -410,19 +420,32 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum RankerCommand {
+    /// Train a ranker on judgments (`query,item_id,grade`) over a catalog: split by
+    /// query into train and dev, featurize every judged query with the serving code
+    /// in a private mesh, train LambdaMART and a listwise MLP, keep the better on dev
+    /// NDCG@10, export ONNX, evaluate every variant on dev. Writes DIR/model.onnx,
+    /// DIR/metrics.json, DIR/training.json and the rows (DIR/rows/).
+    Train(ranker::TrainArgs),
+}
+
+/// The ranker's ONNX signature.
+pub(crate) const RANKER_INPUT: &str = "features";
+pub(crate) const RANKER_OUTPUT: &str = "score";
+
+#[derive(Debug, Subcommand)]
 enum FeaturesCommand {
-    /// For each labelled query: retrieved candidates plus labelled items, their
-    /// feature rows and grades, as CSV (`qid,grade,<columns>`) and `<out>.schema.json`.
+    /// For each judged query, the ranker's input exactly as Search computes it
+    /// (ranking's Featurize): into DIR, `all.csv` (qid, grade, item_id; grade 0 when
+    /// unjudged), `all.f32` (rows, little-endian f32), `schema.json`, `queries.csv`
+    /// and `judged.csv`.
     Dump {
         #[arg(long)]
         labels: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Candidates per retrieval source and query.
-        #[arg(long, default_value_t = 100)]
-        candidates: u32,
         #[command(flatten)]
-        etcd: EtcdArgs,
+        target: TargetArgs,
     },
 }
 
@@ -605,6 +628,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ranking_env,
                 etcd_members,
                 redis_port: None,
+                follow_ranker: false,
                 instance_env: Default::default(),
                 traces: (!no_traces).then_some(launcher::TraceOptions {
                     ui_port: trace_ui_port,
@@ -720,12 +744,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 FeaturesCommand::Dump {
                     labels,
                     out,
-                    candidates,
-                    etcd,
+                    target,
                 },
         } => {
-            let t = targets(&etcd).await?;
-            eval::dump(&t, &eval::read_labels(&labels)?, candidates, &out).await?;
+            let ranking = rankmesh_client::RankingClient::new(
+                rankmesh_common::discovery::Resolver::fixed(
+                    "ranking",
+                    &[target.resolve("ranking").await?],
+                ),
+                Duration::from_secs(30),
+            );
+            let labels = eval::read_labels(&labels)?;
+            ranker::featurize(&ranking, &[("all", &labels)], &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ranker {
+            command: RankerCommand::Train(args),
+        } => {
+            ranker::train(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace {

@@ -98,6 +98,7 @@ pub(crate) async fn search(
             k,
             filters: filters.to_proto(),
             routing_key: String::new(),
+            explain: false,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?

@@ -65,4 +65,6 @@ unary_rpcs!(RankingClient, RankingServiceClient {
     Read search(pb::SearchRequest) -> pb::SearchResponse;
     /// Ranked products for a user.
     Read recommend(pb::RecommendRequest) -> pb::RecommendResponse;
+    /// The ranker's input for every candidate of a query (training, evaluation).
+    Read featurize(pb::SearchRequest) -> pb::FeaturizeResponse;
 });

@@ -9,18 +9,35 @@ use std::collections::{HashMap, HashSet};
 
 use rankmesh_common::filters::normalize_category;
 
+use crate::lexical::QueryScores;
 use crate::model::{EventKind, Item, UserProfile};
+use crate::text;
 
 pub const SCHEMA_NAME: &str = "rankmesh.ltr";
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Column names in matrix order.
 pub const COLUMNS: &[&str] = &[
-    // query-item
+    // query-item: lexical scores
     "bm25",
+    "bm25_trigram",
+    // query-item: how much of the query the title holds
     "title_overlap",
+    "title_idf_overlap",
+    "title_fuzzy_overlap",
+    "title_bigram_overlap",
+    "title_trigram_dice",
+    "head_in_title",
+    "title_lead_in_query",
+    "query_in_title",
+    "number_match",
+    "number_conflict",
     "category_overlap",
     "brand_in_query",
+    // query and item shape
+    "query_tokens",
+    "query_has_number",
+    "title_tokens_log",
     // item
     "price_log",
     "has_price",
@@ -38,21 +55,12 @@ pub const COLUMNS: &[&str] = &[
     "user_events_log",
 ];
 
-/// Lower-cased alphanumeric tokens with a light plural strip, so "pans" meets "pan".
+/// Analyzed tokens (see [`text::tokens`]): what every text feature compares.
 pub fn tokens(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            let t = t.to_lowercase();
-            match t.strip_suffix('s') {
-                Some(stem) if stem.len() >= 3 && !stem.ends_with('s') => stem.to_owned(),
-                _ => t,
-            }
-        })
-        .collect()
+    text::tokens(text)
 }
 
-fn overlap(query: &HashSet<String>, text: &str) -> f32 {
+fn overlap_of(query: &HashSet<String>, text: &str) -> f32 {
     if query.is_empty() {
         return 0.0;
     }
@@ -64,16 +72,187 @@ fn top_level(category: &str) -> &str {
     category.split(" > ").next().unwrap_or("")
 }
 
+/// A number in a query or title and the unit written after it, if any.
+fn sizes(tokens: &[String]) -> Vec<(&str, Option<&str>)> {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| text::is_number(t) && !t.chars().any(char::is_alphabetic))
+        .map(|(i, t)| {
+            let unit = tokens
+                .get(i + 1)
+                .map(String::as_str)
+                .filter(|u| text::is_unit(u));
+            (t.as_str(), unit)
+        })
+        .collect()
+}
+
+/// What the query says, computed once per request.
+struct QueryText {
+    /// Distinct content tokens (no stopwords), in query order.
+    content: Vec<String>,
+    set: HashSet<String>,
+    bigrams: HashSet<(String, String)>,
+    grams: HashSet<String>,
+    /// The product word: the last content token that is not a number or unit
+    /// ("cordless drill" -> "drill").
+    head: Option<String>,
+    joined: String,
+    all: Vec<String>,
+}
+
+impl QueryText {
+    fn new(query: &str) -> Self {
+        let all = tokens(query);
+        let mut content: Vec<String> = Vec::new();
+        for t in &all {
+            if !text::is_stopword(t) && !content.contains(t) {
+                content.push(t.clone());
+            }
+        }
+        let set: HashSet<String> = content.iter().cloned().collect();
+        let words: Vec<&String> = all.iter().filter(|t| !text::is_stopword(t)).collect();
+        let bigrams = words
+            .windows(2)
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect();
+        let head = content
+            .iter()
+            .rev()
+            .find(|t| !text::is_number(t) && !text::is_unit(t) && t.len() > 1)
+            .cloned();
+        Self {
+            grams: text::trigrams(&content).into_iter().collect(),
+            joined: format!(
+                " {} ",
+                words
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            content,
+            set,
+            bigrams,
+            head,
+            all,
+        }
+    }
+}
+
+/// The title features, in [`COLUMNS`] order from `title_overlap` to
+/// `number_conflict`.
+fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -> [f32; 10] {
+    let words: HashSet<&String> = title.iter().collect();
+    let n = q.content.len().max(1) as f32;
+    let overlap = q.content.iter().filter(|t| words.contains(t)).count() as f32 / n;
+    let idf_of = |t: &String| idf.get(t).copied().unwrap_or(1.0);
+    let idf_total: f32 = q.content.iter().map(idf_of).sum();
+    let idf_overlap = if idf_total > 0.0 {
+        q.content
+            .iter()
+            .filter(|t| words.contains(t))
+            .map(idf_of)
+            .sum::<f32>()
+            / idf_total
+    } else {
+        0.0
+    };
+    // A query word meets a title word within a typo or as a prefix ("drils",
+    // "refrig").
+    let fuzzy = q
+        .content
+        .iter()
+        .filter(|t| {
+            words.contains(t)
+                || (t.len() >= 4
+                    && !text::is_number(t)
+                    && title.iter().any(|w| {
+                        (t.len() >= 3 && w.starts_with(t.as_str()))
+                            || text::within_edits(t, w, if t.len() >= 8 { 2 } else { 1 })
+                    }))
+        })
+        .count() as f32
+        / n;
+    let title_content: Vec<&String> = title.iter().filter(|t| !text::is_stopword(t)).collect();
+    let title_bigrams: HashSet<(&str, &str)> = title_content
+        .windows(2)
+        .map(|w| (w[0].as_str(), w[1].as_str()))
+        .collect();
+    let bigram = if q.bigrams.is_empty() {
+        0.0
+    } else {
+        q.bigrams
+            .iter()
+            .filter(|(a, b)| title_bigrams.contains(&(a.as_str(), b.as_str())))
+            .count() as f32
+            / q.bigrams.len() as f32
+    };
+    let grams: HashSet<String> = text::trigrams(title).into_iter().collect();
+    let dice = if q.grams.is_empty() || grams.is_empty() {
+        0.0
+    } else {
+        2.0 * q.grams.intersection(&grams).count() as f32 / (q.grams.len() + grams.len()) as f32
+    };
+    let head = q.head.as_ref().is_some_and(|h| words.contains(h));
+    let lead = title
+        .iter()
+        .find(|t| !text::is_stopword(t))
+        .is_some_and(|t| q.set.contains(t));
+    let title_joined = format!(
+        " {} ",
+        title_content
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let phrase = q.content.len() >= 2 && title_joined.contains(&q.joined);
+    // Sizes: a query number the title has; a size whose unit the title gives with
+    // other numbers only ("8 ft" against "6 ft").
+    let qs = sizes(&q.all);
+    let ts = sizes(title);
+    let (number_match, conflict) = if qs.is_empty() {
+        (0.0, 0.0)
+    } else {
+        let title_numbers: HashSet<&str> = ts.iter().map(|(n, _)| *n).collect();
+        let found = qs.iter().filter(|(n, _)| title_numbers.contains(n)).count();
+        let conflict = qs.iter().any(|(n, unit)| {
+            unit.is_some_and(|u| {
+                ts.iter().any(|(_, tu)| *tu == Some(u)) && !ts.contains(&(*n, Some(u)))
+            })
+        });
+        (
+            found as f32 / qs.len() as f32,
+            f32::from(u8::from(conflict)),
+        )
+    };
+    [
+        overlap,
+        idf_overlap,
+        fuzzy,
+        bigram,
+        dice,
+        f32::from(u8::from(head)),
+        f32::from(u8::from(lead)),
+        f32::from(u8::from(phrase)),
+        number_match,
+        conflict,
+    ]
+}
+
 /// Builds one row per item, in order.
 pub fn matrix(
     query: &str,
     items: &[Item],
-    bm25: &HashMap<String, f32>,
+    scores: &QueryScores,
     popularity: &[f64],
     profile: Option<&UserProfile>,
 ) -> Vec<f32> {
+    let qt = QueryText::new(query);
     let q: HashSet<String> = tokens(query).into_iter().collect();
-    let query_lc = format!(" {} ", tokens(query).join(" "));
+    let query_lc = format!(" {} ", qt.all.join(" "));
     let affinity: HashMap<String, f64> = profile
         .map(|p| {
             p.category_affinity()
@@ -95,6 +274,7 @@ pub fn matrix(
         }
     }
     let events_log = profile.map_or(0.0, |p| (p.events as f64).ln_1p()) as f32;
+    let query_has_number = qt.all.iter().any(|t| text::is_number(t));
 
     let mut out = Vec::with_capacity(items.len() * COLUMNS.len());
     for (item, pop) in items.iter().zip(popularity) {
@@ -116,11 +296,37 @@ pub fn matrix(
             }
             _ => 0.0,
         };
+        let title = tokens(&item.title);
+        let [
+            overlap,
+            idf_overlap,
+            fuzzy,
+            bigram,
+            dice,
+            head,
+            lead,
+            phrase,
+            number_match,
+            conflict,
+        ] = title_features(&qt, &scores.idf, &title);
         let row = [
-            bm25.get(&item.id).copied().unwrap_or(0.0),
-            overlap(&q, &item.title),
-            overlap(&q, &item.category),
+            scores.words.get(&item.id).copied().unwrap_or(0.0),
+            scores.grams.get(&item.id).copied().unwrap_or(0.0),
+            overlap,
+            idf_overlap,
+            fuzzy,
+            bigram,
+            dice,
+            head,
+            lead,
+            phrase,
+            number_match,
+            conflict,
+            overlap_of(&q, &item.category),
             f32::from(u8::from(brand_in_query)),
+            qt.content.len() as f32,
+            f32::from(u8::from(query_has_number)),
+            (title.len() as f32).ln_1p(),
             item.price.map_or(0.0, |p| p.ln_1p() as f32),
             f32::from(u8::from(item.price.is_some())),
             item.rating.unwrap_or(0.0) as f32,
@@ -186,11 +392,14 @@ mod tests {
             "Sports > Footwear > Running",
             "Stride",
         );
-        let bm25: HashMap<String, f32> = [("a".to_owned(), 3.5)].into();
+        let scores = QueryScores {
+            words: [("a".to_owned(), 3.5)].into(),
+            ..QueryScores::default()
+        };
         let m = matrix(
             "stride running shoe",
             &items,
-            &bm25,
+            &scores,
             &[7.0, 0.0],
             Some(&profile),
         );
@@ -211,13 +420,62 @@ mod tests {
         assert_eq!(b[col("user_category_affinity")], 0.0);
         assert!(m.iter().all(|v| v.is_finite()));
         // Cold start: user columns are zero.
-        let cold = matrix("pan", &items, &HashMap::new(), &[0.0, 0.0], None);
+        let cold = matrix("pan", &items, &QueryScores::default(), &[0.0, 0.0], None);
         assert_eq!(cold[n + col("user_events_log")], 0.0);
         assert_eq!(cold[n + col("title_overlap")], 1.0);
     }
 
     #[test]
-    fn tokens_strip_plurals_lightly() {
-        assert_eq!(tokens("Pans, GLASSES & bus"), vec!["pan", "glasse", "bus"]);
+    fn title_features_read_sizes_typos_and_phrases() {
+        let items = [
+            item("a", "Everbilt 2 in. x 4 in. x 8 ft. Stud", "", ""),
+            item("b", "Everbilt 2 in. x 4 in. x 10 ft. Stud", "", ""),
+            item("c", "Cordless Drill Kit", "", ""),
+        ];
+        let m = matrix(
+            "2x4x8 stud",
+            &items,
+            &QueryScores::default(),
+            &[0.0; 3],
+            None,
+        );
+        let n = COLUMNS.len();
+        let row = |i: usize| &m[i * n..(i + 1) * n];
+        assert_eq!(row(0)[col("number_match")], 1.0, "2, 4 and 8 are all there");
+        assert!(row(1)[col("number_match")] < 1.0);
+        assert_eq!(row(0)[col("head_in_title")], 1.0);
+        assert_eq!(row(2)[col("head_in_title")], 0.0);
+        assert_eq!(row(0)[col("query_has_number")], 1.0);
+        let m = matrix(
+            "8 ft stud",
+            &items,
+            &QueryScores::default(),
+            &[0.0; 3],
+            None,
+        );
+        assert_eq!(m[col("number_conflict")], 0.0);
+        assert_eq!(m[n + col("number_conflict")], 1.0, "10 ft is not 8 ft");
+        let m = matrix(
+            "cordles drill",
+            &items,
+            &QueryScores::default(),
+            &[0.0; 3],
+            None,
+        );
+        let c = &m[2 * n..];
+        assert_eq!(c[col("title_overlap")], 0.5);
+        assert_eq!(c[col("title_fuzzy_overlap")], 1.0, "one typo away");
+        assert_eq!(c[col("title_bigram_overlap")], 0.0);
+        let m = matrix(
+            "cordless drill",
+            &items,
+            &QueryScores::default(),
+            &[0.0; 3],
+            None,
+        );
+        assert_eq!(m[2 * n + col("title_bigram_overlap")], 1.0);
+        assert_eq!(m[2 * n + col("query_in_title")], 1.0);
+        assert_eq!(m[2 * n + col("title_lead_in_query")], 1.0);
+        assert!(m.iter().all(|v| v.is_finite()));
     }
 }

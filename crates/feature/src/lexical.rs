@@ -1,18 +1,24 @@
 //! The lexical index: BM25 (tantivy) over item title, description, brand and
-//! category, held in memory and rebuilt from the store at startup, updated on import.
+//! category, plus character trigrams of the title for typo tolerance, held in
+//! memory and rebuilt from the store at startup, updated on import.
+//!
+//! Text is cut by [`crate::text`] on both sides (index and query), so sizes, units
+//! and model numbers meet however they are written; fields store the analyzed
+//! tokens space-separated and tantivy only splits on whitespace.
 //!
 //! Filters are exact: every item indexes each prefix of its normalised category path
 //! (`home`, `home > kitchen`, ...), so a category filter is one term lookup; brands
 //! are keyword terms; price is a fast-field range. Filters contribute no score.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Mutex;
 
 use rankmesh_common::filters::{Filter, category_prefixes, normalize_category};
 use tantivy::collector::TopDocs;
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, Occur, Query, RangeQuery,
+    TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -21,9 +27,20 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
 
 use crate::model::Item;
+use crate::text;
 
 /// Memory for the index writer's buffer.
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
+
+/// Field weights of the word query. Title words say most about what an item is;
+/// descriptions ramble. Tuned on the Home Depot dev split (see the README).
+const TITLE_BOOST: f32 = 2.0;
+const BRAND_BOOST: f32 = 1.5;
+const CATEGORY_BOOST: f32 = 1.0;
+const DESCRIPTION_BOOST: f32 = 0.5;
+/// Weight of the title-trigram query against the word query: enough to bring in
+/// a misspelt match, too little to outrank a real one.
+const GRAM_BOOST: f32 = 0.25;
 
 #[derive(Debug, thiserror::Error)]
 #[error("lexical index: {0}")]
@@ -37,6 +54,7 @@ fn err(e: impl std::fmt::Display) -> LexicalError {
 struct Fields {
     id: Field,
     title: Field,
+    title_grams: Field,
     description: Field,
     brand: Field,
     category: Field,
@@ -45,13 +63,24 @@ struct Fields {
     price: Field,
 }
 
+/// BM25 scores of one query for a set of items, by part, and what the catalog says
+/// about the query's words.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QueryScores {
+    /// Word query (all text fields); absent: no word matched.
+    pub words: HashMap<String, f32>,
+    /// Title-trigram query; absent: no trigram matched.
+    pub grams: HashMap<String, f32>,
+    /// Inverse document frequency in titles of each distinct query token.
+    pub idf: HashMap<String, f32>,
+}
+
 /// The index; all methods block (call from blocking threads).
 pub struct LexicalIndex {
     reader: IndexReader,
     /// One writer per index (tantivy's rule); imports are serialised through it.
     writer: Mutex<IndexWriter>,
     fields: Fields,
-    parser: QueryParser,
 }
 
 impl std::fmt::Debug for LexicalIndex {
@@ -60,18 +89,23 @@ impl std::fmt::Debug for LexicalIndex {
     }
 }
 
+fn joined(tokens: &[String]) -> String {
+    tokens.join(" ")
+}
+
 impl LexicalIndex {
     pub fn new() -> Result<Self, LexicalError> {
         let mut sb = Schema::builder();
-        // English stemming: "headphone" finds "headphones".
+        // Pre-analyzed by crate::text: tantivy only splits on whitespace.
         let text = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
-                .set_tokenizer("en_stem")
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                .set_tokenizer("whitespace")
+                .set_index_option(IndexRecordOption::WithFreqs),
         );
         let fields = Fields {
             id: sb.add_text_field("id", STRING | STORED),
             title: sb.add_text_field("title", text.clone()),
+            title_grams: sb.add_text_field("title_grams", text.clone()),
             description: sb.add_text_field("description", text.clone()),
             brand: sb.add_text_field("brand", text.clone()),
             category: sb.add_text_field("category", text),
@@ -86,24 +120,10 @@ impl LexicalIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(err)?;
-        let mut parser = QueryParser::for_index(
-            &index,
-            vec![
-                fields.title,
-                fields.description,
-                fields.brand,
-                fields.category,
-            ],
-        );
-        // Title words say most about what an item is; descriptions ramble.
-        parser.set_field_boost(fields.title, 2.0);
-        parser.set_field_boost(fields.brand, 1.5);
-        parser.set_field_boost(fields.description, 0.5);
         Ok(Self {
             reader,
             writer: Mutex::new(writer),
             fields,
-            parser,
         })
     }
 
@@ -122,12 +142,14 @@ impl LexicalIndex {
                 writer.delete_term(Term::from_field_text(f.id, &item.id));
             }
             let category = normalize_category(&item.category);
+            let title = text::tokens(&item.title);
             let mut d = doc!(
                 f.id => item.id.as_str(),
-                f.title => item.title.as_str(),
-                f.description => item.description.as_str(),
-                f.brand => item.brand.as_str(),
-                f.category => item.category.as_str(),
+                f.title => joined(&title),
+                f.title_grams => joined(&text::trigrams(&title)),
+                f.description => joined(&text::tokens(&item.description)),
+                f.brand => joined(&text::tokens(&item.brand)),
+                f.category => joined(&text::tokens(&item.category)),
                 f.brand_key => item.brand.to_lowercase(),
             );
             for p in category_prefixes(&category) {
@@ -182,10 +204,75 @@ impl LexicalIndex {
         (!parts.is_empty()).then(|| Box::new(BooleanQuery::new(parts)) as Box<dyn Query>)
     }
 
-    /// The text query, restricted by `restrict` (which adds no score).
+    /// A disjunction of `terms`, each BM25-scored and weighted.
+    fn any_of(terms: impl IntoIterator<Item = (Term, f32)>) -> Option<Box<dyn Query>> {
+        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
+            .into_iter()
+            .map(|(term, boost)| {
+                let q: Box<dyn Query> = Box::new(BoostQuery::new(
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
+                    boost,
+                ));
+                (Occur::Should, q)
+            })
+            .collect();
+        (!clauses.is_empty()).then(|| Box::new(BooleanQuery::new(clauses)) as Box<dyn Query>)
+    }
+
+    /// The word query over every text field.
+    fn words_query(&self, tokens: &[String]) -> Option<Box<dyn Query>> {
+        let f = self.fields;
+        let distinct: HashSet<&String> = tokens.iter().collect();
+        let mut distinct: Vec<&String> = distinct.into_iter().collect();
+        distinct.sort();
+        Self::any_of(distinct.into_iter().flat_map(|t| {
+            [
+                (f.title, TITLE_BOOST),
+                (f.description, DESCRIPTION_BOOST),
+                (f.brand, BRAND_BOOST),
+                (f.category, CATEGORY_BOOST),
+            ]
+            .map(|(field, boost)| (Term::from_field_text(field, t), boost))
+        }))
+    }
+
+    /// The title-trigram query (typo tolerance).
+    fn grams_query(&self, tokens: &[String], boost: f32) -> Option<Box<dyn Query>> {
+        let grams: HashSet<String> = text::trigrams(tokens).into_iter().collect();
+        let mut grams: Vec<String> = grams.into_iter().collect();
+        grams.sort();
+        Self::any_of(
+            grams
+                .iter()
+                .map(|g| (Term::from_field_text(self.fields.title_grams, g), boost)),
+        )
+    }
+
+    /// The text query (words, then trigrams at a lower weight), restricted by
+    /// `restrict` (which adds no score). "*" matches every item (cold start).
     fn scored(&self, query: &str, restrict: Option<Box<dyn Query>>) -> Box<dyn Query> {
-        // Lenient: storefront input is not query syntax ("5\" pan", "a:b").
-        let (text, _ignored) = self.parser.parse_query_lenient(query);
+        let tokens = text::tokens(query);
+        let text: Box<dyn Query> = if query.trim() == "*" {
+            Box::new(AllQuery)
+        } else {
+            let parts: Vec<(Occur, Box<dyn Query>)> = [
+                self.words_query(&tokens),
+                self.grams_query(&tokens, GRAM_BOOST),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|q| (Occur::Should, q))
+            .collect();
+            if parts.is_empty() {
+                Box::new(EmptyQuery)
+            } else {
+                Box::new(BooleanQuery::new(parts))
+            }
+        };
+        Self::restricted(text, restrict)
+    }
+
+    fn restricted(text: Box<dyn Query>, restrict: Option<Box<dyn Query>>) -> Box<dyn Query> {
         match restrict {
             None => text,
             Some(r) => Box::new(BooleanQuery::new(vec![
@@ -227,21 +314,46 @@ impl LexicalIndex {
         self.collect(q.as_ref(), k)
     }
 
-    /// BM25 score of `query` for each of `ids` (absent: no matching term).
-    pub fn scores_for(
-        &self,
-        query: &str,
-        ids: &[String],
-    ) -> Result<HashMap<String, f32>, LexicalError> {
-        if query.trim().is_empty() || ids.is_empty() {
-            return Ok(HashMap::new());
+    /// BM25 scores of `query` for each of `ids`, by part (words, trigrams), and the
+    /// title idf of the query's tokens.
+    pub fn scores_for(&self, query: &str, ids: &[String]) -> Result<QueryScores, LexicalError> {
+        let tokens = text::tokens(query);
+        if tokens.is_empty() || ids.is_empty() {
+            return Ok(QueryScores::default());
         }
-        let only = TermSetQuery::new(
-            ids.iter()
-                .map(|id| Term::from_field_text(self.fields.id, id)),
-        );
-        let q = self.scored(query, Some(Box::new(only)));
-        Ok(self.collect(q.as_ref(), ids.len())?.into_iter().collect())
+        let only = || -> Box<dyn Query> {
+            Box::new(TermSetQuery::new(
+                ids.iter()
+                    .map(|id| Term::from_field_text(self.fields.id, id)),
+            ))
+        };
+        let part = |q: Option<Box<dyn Query>>| -> Result<HashMap<String, f32>, LexicalError> {
+            match q {
+                None => Ok(HashMap::new()),
+                Some(q) => Ok(self
+                    .collect(Self::restricted(q, Some(only())).as_ref(), ids.len())?
+                    .into_iter()
+                    .collect()),
+            }
+        };
+        let searcher = self.reader.searcher();
+        let docs = searcher.num_docs() as f32;
+        let mut idf = HashMap::new();
+        for t in &tokens {
+            if idf.contains_key(t) {
+                continue;
+            }
+            let df = searcher
+                .doc_freq(&Term::from_field_text(self.fields.title, t))
+                .map_err(err)? as f32;
+            // BM25's idf, floored at 0 for words in most titles.
+            idf.insert(t.clone(), ((docs - df + 0.5) / (df + 0.5)).ln_1p().max(0.0));
+        }
+        Ok(QueryScores {
+            words: part(self.words_query(&tokens))?,
+            grams: part(self.grams_query(&tokens, 1.0))?,
+            idf,
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -342,8 +454,25 @@ mod tests {
         let s = idx
             .scores_for("wireless headphones", &["h1".into(), "p1".into()])
             .expect("scores");
-        assert!(s["h1"] > 0.0);
-        assert!(!s.contains_key("p1"));
+        assert!(s.words["h1"] > 0.0);
+        assert!(!s.words.contains_key("p1"));
+        assert!(s.grams["h1"] > 0.0);
+        assert!(s.idf["wireless"] > s.idf["headphon"], "{:?}", s.idf);
+        // A typo still finds the item through trigrams.
+        let hits = idx
+            .search("wireles hedphones", 5, &Filter::default())
+            .expect("search");
+        assert_eq!(hits[0].0, "h1", "{hits:?}");
+        // "*" is every item (cold start); no tokens is none.
+        assert_eq!(
+            idx.search("*", 10, &Filter::default()).expect("all").len(),
+            4
+        );
+        assert!(
+            idx.search("...", 10, &Filter::default())
+                .expect("none")
+                .is_empty()
+        );
         // Query syntax characters are text, not errors.
         assert!(idx.search("5\" pan: \"lid", 5, &Filter::default()).is_ok());
         // Upsert replaces by id.

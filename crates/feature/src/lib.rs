@@ -15,6 +15,7 @@ pub mod lexical;
 pub mod model;
 pub mod service;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::path::PathBuf;

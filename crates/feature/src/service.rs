@@ -185,11 +185,11 @@ impl<S: FeatureStore> Features<S> {
         let lexical = Arc::clone(&self.lexical);
         let q = query.clone();
         let ids_for_bm25 = known_ids.clone();
-        let bm25 = tokio::task::spawn_blocking(move || lexical.scores_for(&q, &ids_for_bm25))
+        let scores = tokio::task::spawn_blocking(move || lexical.scores_for(&q, &ids_for_bm25))
             .await
             .map_err(|e| FeatureError::Internal(e.to_string()))?
             .map_err(|e| FeatureError::Internal(e.to_string()))?;
-        let values = features::matrix(&query, &known, &bm25, &popularity, profile.as_ref());
+        let values = features::matrix(&query, &known, &scores, &popularity, profile.as_ref());
         Ok(pb::GetFeaturesResponse {
             schema: Some(schema()),
             item_ids: known_ids,

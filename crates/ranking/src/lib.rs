@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`search`]: the request path (retrieval, features, ranker, display).
+//! - [`fusion`]: reciprocal-rank fusion and the retrieval columns ranking adds to
+//!   every feature row.
 //! - [`ranker`]: the ONNX ranker and its schema contract.
 //! - [`follow`]: follows the ranker's production and canary versions in the model
 //!   registry and hot-swaps them (verified, decrypted in memory, warmed up).
@@ -13,6 +15,7 @@
 //! canary controller, which promotes or rolls back the ranker's canary.
 
 pub mod follow;
+pub mod fusion;
 pub mod ranker;
 pub mod rollout;
 pub mod search;

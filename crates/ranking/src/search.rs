@@ -22,6 +22,7 @@ use rankmesh_proto::pb::feature::v1 as feat;
 use rankmesh_proto::pb::ranking::v1 as pb;
 use serde::{Deserialize, Serialize};
 
+use crate::fusion::{Candidate, ListStats, RETRIEVAL_COLUMNS, Retrieved, append_retrieval, fuse};
 use crate::ranker::Ranker;
 use crate::rollout::{Outcome, RolloutStats};
 use rankmesh_client::{EmbeddingClient, FeatureClient};
@@ -182,16 +183,6 @@ pub struct Orchestrator {
     pub config: SearchConfig,
 }
 
-/// A candidate on its way through the stages.
-#[derive(Debug, Clone, Default)]
-struct Candidate {
-    id: String,
-    /// Reciprocal-rank fusion of the retrieval lists.
-    rrf: f32,
-    score: Option<f32>,
-    sources: Vec<&'static str>,
-}
-
 /// What every reply carries besides items.
 #[derive(Debug, Default)]
 struct Trace {
@@ -248,23 +239,37 @@ fn trace_id() -> String {
     }
 }
 
-const RRF_K: f32 = 60.0;
+/// The ranker's input for a request: rows in candidate order.
+#[derive(Debug)]
+struct Featurized {
+    schema: feat::FeatureSchema,
+    values: Vec<f32>,
+    width: usize,
+}
 
-fn fuse(lists: &[(&'static str, Vec<String>)]) -> Vec<Candidate> {
-    let mut by_id: HashMap<String, Candidate> = HashMap::new();
-    for (source, ids) in lists {
-        for (rank, id) in ids.iter().enumerate() {
-            let c = by_id.entry(id.clone()).or_insert_with(|| Candidate {
-                id: id.clone(),
-                ..Candidate::default()
-            });
-            c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
-            c.sources.push(source);
-        }
+/// The full ranker schema: the feature service's columns, then ranking's own.
+fn ranker_schema(served: Option<feat::FeatureSchema>) -> feat::FeatureSchema {
+    let mut schema = served.unwrap_or_default();
+    schema
+        .columns
+        .extend(RETRIEVAL_COLUMNS.iter().map(|c| (*c).to_owned()));
+    schema
+}
+
+fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RankError> {
+    let query = req.query.trim().to_owned();
+    if query.is_empty() {
+        return Err(invalid("query", "empty query"));
     }
-    let mut all: Vec<Candidate> = by_id.into_values().collect();
-    all.sort_by(|a, b| b.rrf.total_cmp(&a.rrf).then_with(|| a.id.cmp(&b.id)));
-    all
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(invalid(
+            "query",
+            format!("{} bytes; at most {MAX_QUERY_BYTES}", query.len()),
+        ));
+    }
+    check_user(&req.user_id, false)?;
+    Filter::from_proto(req.filters.clone()).map_err(|e| invalid(e.field, e.message))?;
+    Ok((query, req.k as usize))
 }
 
 impl Orchestrator {
@@ -279,40 +284,82 @@ impl Orchestrator {
         deadline: Instant,
     ) -> Result<pb::SearchResponse, RankError> {
         let started = Instant::now();
-        let pb::SearchRequest {
-            query,
-            user_id,
-            k,
-            filters,
-            routing_key,
-        } = req;
-        let query = query.trim().to_owned();
-        if query.is_empty() {
-            return Err(invalid("query", "empty query"));
-        }
-        if query.len() > MAX_QUERY_BYTES {
-            return Err(invalid(
-                "query",
-                format!("{} bytes; at most {MAX_QUERY_BYTES}", query.len()),
-            ));
-        }
-        let k = check_k(k)?;
-        check_user(&user_id, false)?;
-        Filter::from_proto(filters.clone()).map_err(|e| invalid(e.field, e.message))?;
-
+        let k = check_k(req.k)?;
+        let (query, _) = validate_search(&req)?;
         let mut trace = Trace::default();
+        let (candidates, stats) = self
+            .retrieve(&query, req.filters.clone(), deadline, &mut trace)
+            .await?;
+        // Sticky canary assignment: the caller's key, else the user, else the query.
+        let routing_key = [&req.routing_key, &req.user_id, &query]
+            .into_iter()
+            .find(|k| !k.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        let request = Finish {
+            query,
+            user_id: req.user_id,
+            routing_key,
+            k,
+            explain: req.explain,
+            recommend: false,
+        };
+        self.finish(request, candidates, stats, deadline, trace, started)
+            .await
+            .map(|(items, trace_id, t, schema)| pb::SearchResponse {
+                items,
+                models: t.models,
+                trace_id,
+                degraded: t.degraded,
+                stage_ms: t.stage_ms,
+                feature_schema: schema,
+            })
+    }
+
+    /// The ranker's input for every candidate of a query, as Search computes it.
+    pub async fn featurize(
+        &self,
+        req: pb::SearchRequest,
+        deadline: Instant,
+    ) -> Result<pb::FeaturizeResponse, RankError> {
+        let (query, _) = validate_search(&req)?;
+        let mut trace = Trace::default();
+        let (mut candidates, stats) = self
+            .retrieve(&query, req.filters.clone(), deadline, &mut trace)
+            .await?;
+        let f = self
+            .features(&query, &req.user_id, &mut candidates, &stats, deadline)
+            .await
+            .map_err(|s| RankError::NoCandidates(format!("features: {}", s.message())))?;
+        Ok(pb::FeaturizeResponse {
+            schema: Some(f.schema),
+            item_ids: candidates.into_iter().map(|c| c.id).collect(),
+            values: f.values,
+            models: trace.models,
+            degraded: trace.degraded,
+        })
+    }
+
+    /// Dense and lexical candidates in parallel, fused.
+    async fn retrieve(
+        &self,
+        query: &str,
+        filters: Option<common::Filters>,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Result<(Vec<Candidate>, ListStats), RankError> {
         let t = Instant::now();
         let budget = share(deadline, 0.45);
         let n = self.config.candidates;
         let dense = self.embedding.retrieve(
             emb::RetrieveRequest {
-                query: Some(emb::retrieve_request::Query::Text(query.clone())),
+                query: Some(emb::retrieve_request::Query::Text(query.to_owned())),
                 k: n,
                 filters: filters.clone(),
             },
             budget,
         );
-        let lexical = self.lexical(&query, n, filters.clone(), budget);
+        let lexical = self.lexical(query, n, filters, budget);
         let span = tracing::info_span!(
             "stage.retrieve",
             dense = tracing::field::Empty,
@@ -330,7 +377,14 @@ impl Orchestrator {
                 if let Some(m) = r.model {
                     trace.models.push(m);
                 }
-                lists.push(("dense", r.items.into_iter().map(|n| n.item_id).collect()));
+                lists.push(Retrieved {
+                    source: "dense",
+                    items: r
+                        .items
+                        .into_iter()
+                        .map(|n| (n.item_id, n.similarity))
+                        .collect(),
+                });
             }
             Err(s) => {
                 trace.degrade("dense", &s);
@@ -338,7 +392,10 @@ impl Orchestrator {
             }
         }
         match lexical {
-            Ok(ids) => lists.push(("lexical", ids)),
+            Ok(items) => lists.push(Retrieved {
+                source: "lexical",
+                items,
+            }),
             Err(s) => {
                 trace.degrade("lexical", &s);
                 failures.push(format!("lexical: {}", s.message()));
@@ -350,36 +407,12 @@ impl Orchestrator {
                 failures.join("; ")
             )));
         }
-        let candidates = fuse(&lists);
-        for (source, ids) in &lists {
-            span.record(*source, ids.len());
+        let (candidates, stats) = fuse(&lists);
+        for list in &lists {
+            span.record(list.source, list.items.len());
         }
         span.record("candidates", candidates.len());
-        // Sticky canary assignment: the caller's key, else the user, else the query.
-        let routing_key = [&routing_key, &user_id, &query]
-            .into_iter()
-            .find(|k| !k.is_empty())
-            .cloned()
-            .unwrap_or_default();
-        self.finish(
-            query,
-            user_id,
-            routing_key,
-            candidates,
-            k,
-            deadline,
-            trace,
-            started,
-            false,
-        )
-        .await
-        .map(|(items, trace_id, t)| pb::SearchResponse {
-            items,
-            models: t.models,
-            trace_id,
-            degraded: t.degraded,
-            stage_ms: t.stage_ms,
-        })
+        Ok((candidates, stats))
     }
 
     async fn lexical(
@@ -388,7 +421,7 @@ impl Orchestrator {
         k: u32,
         filters: Option<common::Filters>,
         budget: Duration,
-    ) -> Result<Vec<String>, tonic::Status> {
+    ) -> Result<Vec<(String, f32)>, tonic::Status> {
         let r = self
             .feature
             .lexical_candidates(
@@ -400,7 +433,7 @@ impl Orchestrator {
                 budget,
             )
             .await?;
-        Ok(r.items.into_iter().map(|i| i.item_id).collect())
+        Ok(r.items.into_iter().map(|i| (i.item_id, i.score)).collect())
     }
 
     pub async fn recommend(
@@ -466,10 +499,14 @@ impl Orchestrator {
                                 if let Some(m) = r.model {
                                     trace.models.push(m);
                                 }
-                                lists.push((
-                                    "dense",
-                                    r.items.into_iter().map(|n| n.item_id).collect(),
-                                ));
+                                lists.push(Retrieved {
+                                    source: "dense",
+                                    items: r
+                                        .items
+                                        .into_iter()
+                                        .map(|n| (n.item_id, n.similarity))
+                                        .collect(),
+                                });
                             }
                             Err(s) => trace.degrade("dense", &s),
                         }
@@ -486,7 +523,10 @@ impl Orchestrator {
                     }
                     let leaf = cat.rsplit('>').next().unwrap_or(cat).trim().to_owned();
                     match self.lexical(&leaf, n, Some(f), share(deadline, 0.4)).await {
-                        Ok(ids) => lists.push(("lexical", ids)),
+                        Ok(items) => lists.push(Retrieved {
+                            source: "lexical",
+                            items,
+                        }),
                         Err(s) => trace.degrade("lexical", &s),
                     }
                 }
@@ -499,7 +539,10 @@ impl Orchestrator {
                     .lexical("*", n, filters.clone(), share(deadline, 0.4))
                     .await
                 {
-                    Ok(ids) => lists.push(("popular", ids)),
+                    Ok(items) => lists.push(Retrieved {
+                        source: "popular",
+                        items,
+                    }),
                     Err(s) => trace.degrade("lexical", &s),
                 }
             }
@@ -510,26 +553,24 @@ impl Orchestrator {
                 "no candidates could be produced".into(),
             ));
         }
-        let candidates = fuse(&lists);
-        self.finish(
-            String::new(),
+        let (candidates, stats) = fuse(&lists);
+        let request = Finish {
+            query: String::new(),
             user_id,
-            String::new(),
-            candidates,
+            routing_key: String::new(),
             k,
-            deadline,
-            trace,
-            started,
-            true,
-        )
-        .await
-        .map(|(items, trace_id, t)| pb::RecommendResponse {
-            items,
-            models: t.models,
-            trace_id,
-            degraded: t.degraded,
-            stage_ms: t.stage_ms,
-        })
+            explain: false,
+            recommend: true,
+        };
+        self.finish(request, candidates, stats, deadline, trace, started)
+            .await
+            .map(|(items, trace_id, t, _)| pb::RecommendResponse {
+                items,
+                models: t.models,
+                trace_id,
+                degraded: t.degraded,
+                stage_ms: t.stage_ms,
+            })
     }
 
     async fn user_vector(
@@ -566,27 +607,92 @@ impl Orchestrator {
     }
 
     /// Features, ranker, top k, display fields.
-    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
-        query: String,
-        user_id: String,
-        routing_key: String,
+        req: Finish,
         mut candidates: Vec<Candidate>,
-        k: usize,
+        stats: ListStats,
         deadline: Instant,
         mut trace: Trace,
         started: Instant,
-        recommend: bool,
-    ) -> Result<(Vec<pb::RankedItem>, String, Trace), RankError> {
+    ) -> Result<
+        (
+            Vec<pb::RankedItem>,
+            String,
+            Trace,
+            Option<feat::FeatureSchema>,
+        ),
+        RankError,
+    > {
         let t = Instant::now();
-        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         let features = self
+            .features(&req.query, &req.user_id, &mut candidates, &stats, deadline)
+            .await;
+        trace.time("features", t);
+        let t = Instant::now();
+        let rows = match features {
+            Err(s) => {
+                trace.degrade("features", &s);
+                trace.degrade("ranker", &"no features");
+                None
+            }
+            Ok(f) if req.recommend => {
+                // The learned ranker is trained on search (query) judgements;
+                // recommendations are ordered by the user's own signals.
+                personal_order(&mut candidates, &f);
+                Some(f)
+            }
+            Ok(f) => {
+                self.score(&req.routing_key, &mut candidates, &f, deadline, &mut trace)
+                    .await;
+                Some(f)
+            }
+        };
+        // Explained rows follow the candidates through the sort.
+        let mut explained: Vec<(Candidate, Vec<f32>)> = match (&rows, req.explain) {
+            (Some(f), true) => candidates
+                .into_iter()
+                .zip(f.values.chunks(f.width).map(<[f32]>::to_vec))
+                .collect(),
+            _ => candidates.into_iter().map(|c| (c, Vec::new())).collect(),
+        };
+        explained.sort_by(|(a, _), (b, _)| match (a.score, b.score) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            _ => b.rrf.total_cmp(&a.rrf),
+        });
+        explained.truncate(req.k);
+        trace.time("rank", t);
+        let items = self.present(explained, deadline, &mut trace).await;
+        if Instant::now() > deadline && items.is_empty() {
+            return Err(RankError::Deadline("ranking"));
+        }
+        trace.time("total", started);
+        if !trace.degraded.is_empty() {
+            let span = tracing::Span::current();
+            span.record("degraded", trace.degraded.join(",").as_str());
+        }
+        let schema = rows.filter(|_| req.explain).map(|f| f.schema);
+        Ok((items, trace_id(), trace, schema))
+    }
+
+    /// The ranker's input: the feature service's rows for the candidates, with the
+    /// retrieval columns appended; candidates the catalog no longer knows are
+    /// dropped (they cannot be shown).
+    async fn features(
+        &self,
+        query: &str,
+        user_id: &str,
+        candidates: &mut Vec<Candidate>,
+        stats: &ListStats,
+        deadline: Instant,
+    ) -> Result<Featurized, tonic::Status> {
+        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let f = self
             .feature
             .get_features(
                 feat::GetFeaturesRequest {
-                    user_id: user_id.clone(),
-                    query: query.clone(),
+                    user_id: user_id.to_owned(),
+                    query: query.to_owned(),
                     candidate_ids: ids,
                 },
                 share(deadline, 0.5),
@@ -595,121 +701,91 @@ impl Orchestrator {
                 "stage.features",
                 candidates = candidates.len()
             ))
-            .await;
-        trace.time("features", t);
+            .await?;
+        let served_width = f.schema.as_ref().map_or(0, |s| s.columns.len());
+        let values = append_retrieval(candidates, stats, &f.item_ids, &f.values, served_width);
+        let schema = ranker_schema(f.schema);
+        Ok(Featurized {
+            width: schema.columns.len().max(1),
+            schema,
+            values,
+        })
+    }
 
-        let t = Instant::now();
+    /// Scores the candidates with the ranker this request is routed to; on any
+    /// failure they keep their retrieval order and the reply says "ranker".
+    async fn score(
+        &self,
+        routing_key: &str,
+        candidates: &mut [Candidate],
+        f: &Featurized,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) {
         let rank_span = tracing::info_span!(
             "stage.rank",
             ranked = tracing::field::Empty,
             models = tracing::field::Empty,
         );
-        let rank_guard = rank_span.clone();
-        match features {
-            Err(s) => {
-                trace.degrade("features", &s);
-                trace.degrade("ranker", &"no features");
-            }
-            Ok(f) => {
-                let schema = f.schema.clone().unwrap_or_default();
-                let position: HashMap<&str, usize> = f
-                    .item_ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| (id.as_str(), i))
-                    .collect();
-                let width = schema.columns.len().max(1);
-                // Items the catalog no longer knows cannot be shown.
-                candidates.retain(|c| position.contains_key(c.id.as_str()));
-                if recommend {
-                    // The learned ranker is trained on search (query) judgements;
-                    // recommendations are ordered by the user's own signals.
-                    personal_order(
-                        &mut candidates,
-                        &position,
-                        &schema.columns,
-                        &f.values,
-                        width,
-                    );
-                } else {
-                    let loaded = self.rankers.pick(&routing_key);
-                    match loaded.as_deref() {
-                        Some(r) => match r.ranker.check_schema(
-                            &schema.name,
-                            schema.version,
-                            &schema.columns,
-                        ) {
-                            Err(e) => trace.degrade("ranker", &e),
-                            Ok(()) => {
-                                let rows: Vec<Vec<f32>> =
-                                    f.values.chunks(width).map(<[f32]>::to_vec).collect();
-                                let scoring = Instant::now();
-                                let scored = within(share(deadline, 0.6), async {
-                                    r.batcher
-                                        .submit(rows)
-                                        .await
-                                        .map_err(|e| tonic::Status::internal(e.to_string()))
-                                })
-                                .instrument(rank_guard.clone())
-                                .await;
-                                let version = r.ranker.version();
-                                let outcome = match &scored {
-                                    Ok(scores) => Outcome::of(scores),
-                                    Err(_) => Outcome::Error,
-                                };
-                                self.rankers
-                                    .stats
-                                    .record(version, scoring.elapsed(), outcome);
-                                match scored {
-                                    Ok(_) if outcome == Outcome::NonFinite => trace.degrade(
-                                        "ranker",
-                                        &format!("ranker v{version} gave non-finite scores"),
-                                    ),
-                                    Ok(scores) => {
-                                        for c in &mut candidates {
-                                            c.score = position
-                                                .get(c.id.as_str())
-                                                .and_then(|&i| scores.get(i))
-                                                .copied();
-                                        }
-                                        trace.models.push(common::ModelRef {
-                                            name: "ranker".into(),
-                                            version,
-                                            variant: r.variant.clone(),
-                                        });
-                                    }
-                                    Err(s) => trace.degrade("ranker", &s),
-                                }
-                            }
-                        },
-                        None => trace.degrade("ranker", &"no ranker loaded"),
-                    }
-                }
-            }
+        let Some(r) = self.rankers.pick(routing_key) else {
+            trace.degrade("ranker", &"no ranker loaded");
+            return;
+        };
+        if let Err(e) = r
+            .ranker
+            .check_schema(&f.schema.name, f.schema.version, &f.schema.columns)
+        {
+            trace.degrade("ranker", &e);
+            return;
         }
-        candidates.sort_by(|a, b| match (a.score, b.score) {
-            (Some(x), Some(y)) => y.total_cmp(&x),
-            _ => b.rrf.total_cmp(&a.rrf),
-        });
-        candidates.truncate(k);
-        rank_span.record(
-            "ranked",
-            candidates.iter().filter(|c| c.score.is_some()).count(),
-        );
-        rank_span.record(
-            "models",
-            trace
-                .models
-                .iter()
-                .map(|m| format!("{}:{}", m.name, m.version))
-                .collect::<Vec<_>>()
-                .join(",")
-                .as_str(),
-        );
-        trace.time("rank", t);
+        let rows: Vec<Vec<f32>> = f.values.chunks(f.width).map(<[f32]>::to_vec).collect();
+        let scoring = Instant::now();
+        let scored = within(share(deadline, 0.6), async {
+            r.batcher
+                .submit(rows)
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        })
+        .instrument(rank_span.clone())
+        .await;
+        let version = r.ranker.version();
+        let outcome = match &scored {
+            Ok(scores) => Outcome::of(scores),
+            Err(_) => Outcome::Error,
+        };
+        self.rankers
+            .stats
+            .record(version, scoring.elapsed(), outcome);
+        match scored {
+            Ok(_) if outcome == Outcome::NonFinite => trace.degrade(
+                "ranker",
+                &format!("ranker v{version} gave non-finite scores"),
+            ),
+            Ok(scores) => {
+                for (c, s) in candidates.iter_mut().zip(&scores) {
+                    c.score = Some(*s);
+                }
+                trace.models.push(common::ModelRef {
+                    name: "ranker".into(),
+                    version,
+                    variant: r.variant.clone(),
+                });
+                rank_span.record("ranked", scores.len());
+                rank_span.record("models", format!("ranker:{version}").as_str());
+            }
+            Err(s) => trace.degrade("ranker", &s),
+        }
+    }
 
+    /// Display fields for the top k (ids and scores only when they cannot be had).
+    async fn present(
+        &self,
+        ranked: Vec<(Candidate, Vec<f32>)>,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Vec<pb::RankedItem> {
         let t = Instant::now();
-        let top: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let top: Vec<String> = ranked.iter().map(|(c, _)| c.id.clone()).collect();
         let display = if top.is_empty() {
             Ok(HashMap::new())
         } else {
@@ -728,12 +804,9 @@ impl Orchestrator {
             HashMap::new()
         });
         trace.time("items", t);
-        if Instant::now() > deadline && candidates.is_empty() {
-            return Err(RankError::Deadline("ranking"));
-        }
-        let items = candidates
+        ranked
             .into_iter()
-            .map(|c| {
+            .map(|(c, features)| {
                 let d = display.get(&c.id);
                 pb::RankedItem {
                     score: c.score.unwrap_or(c.rrf),
@@ -743,28 +816,28 @@ impl Orchestrator {
                     price: d.and_then(|i| i.price),
                     sources: c.sources.iter().map(|s| (*s).to_owned()).collect(),
                     item_id: c.id,
+                    features,
                 }
             })
-            .collect();
-        trace.time("total", started);
-        if !trace.degraded.is_empty() {
-            let span = tracing::Span::current();
-            span.record("degraded", trace.degraded.join(",").as_str());
-        }
-        Ok((items, trace_id(), trace))
+            .collect()
     }
+}
+
+/// What `finish` needs to know of the request.
+#[derive(Debug)]
+struct Finish {
+    query: String,
+    user_id: String,
+    routing_key: String,
+    k: usize,
+    explain: bool,
+    recommend: bool,
 }
 
 /// Recommendation order: the user's affinity for the item's category and brand,
 /// then what shoppers value (popularity, rating); items already bought sink.
-fn personal_order(
-    candidates: &mut [Candidate],
-    position: &HashMap<&str, usize>,
-    columns: &[String],
-    values: &[f32],
-    width: usize,
-) {
-    let col = |name: &str| columns.iter().position(|c| c == name);
+fn personal_order(candidates: &mut [Candidate], f: &Featurized) {
+    let col = |name: &str| f.schema.columns.iter().position(|c| c == name);
     let weights = [
         ("user_category_affinity", 2.0),
         ("user_top_category_affinity", 1.0),
@@ -777,28 +850,14 @@ fn personal_order(
         .iter()
         .filter_map(|(n, w)| col(n).map(|i| (i, *w)))
         .collect();
-    for c in candidates.iter_mut() {
-        if let Some(&i) = position.get(c.id.as_str()) {
-            let row = &values[i * width..(i + 1) * width];
-            c.score = Some(idx.iter().map(|(j, w)| row[*j] * w).sum::<f32>() + c.rrf);
-        }
+    for (c, row) in candidates.iter_mut().zip(f.values.chunks(f.width)) {
+        c.score = Some(idx.iter().map(|(j, w)| row[*j] * w).sum::<f32>() + c.rrf);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fusion_rewards_agreement() {
-        let fused = fuse(&[
-            ("dense", vec!["a".into(), "b".into(), "c".into()]),
-            ("lexical", vec!["c".into(), "d".into()]),
-        ]);
-        assert_eq!(fused[0].id, "c", "found by both sources");
-        assert_eq!(fused[0].sources, vec!["dense", "lexical"]);
-        assert_eq!(fused.len(), 4);
-    }
 
     #[test]
     fn input_limits_name_fields() {

@@ -85,6 +85,22 @@ impl pb::ranking_service_server::RankingService for RankingApi {
         span.record("items", resp.items.len());
         Ok(Response::new(resp))
     }
+
+    async fn featurize(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::FeaturizeResponse>, Status> {
+        let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
+        let req = request.into_inner();
+        let span = tracing::info_span!("featurize", candidates = tracing::field::Empty);
+        let resp = self
+            .inner
+            .featurize(req, deadline)
+            .instrument(span.clone())
+            .await?;
+        span.record("candidates", resp.item_ids.len());
+        Ok(Response::new(resp))
+    }
 }
 
 #[cfg(test)]

@@ -457,6 +457,7 @@ async fn run_local(
             .map(PathBuf::from)
             .unwrap_or_default(),
         ranker: ranker.join("model.onnx").exists().then_some(ranker),
+        follow_ranker: false,
         models: opts.models.clone(),
         catalog: Some(catalog.to_owned()),
         ranking_env: scenario

@@ -1,0 +1,643 @@
+//! `meshctl ranker train`: a learned ranker from a storefront's own judgments.
+//!
+//! 1. Reads the judgments (every row validated first) and splits them by query,
+//!    seeded, into train and dev.
+//! 2. Starts a private mesh on its own ports with the catalog (and events, for
+//!    popularity and user features), and asks its ranking replica for every judged
+//!    query's ranker input (`Featurize`): the rows Search would score, computed by
+//!    the serving code itself, so training and serving cannot drift apart.
+//! 3. Trains LambdaMART (LightGBM lambdarank) and a listwise MLP on the train rows
+//!    (`scripts/train_ranker.py`, exported to ONNX), and keeps the better on dev.
+//! 4. Publishes the winner into the private mesh, waits until its ranking replica
+//!    serves it, and evaluates every variant on the dev queries (`metrics.json`).
+//! 5. With `--publish`, uploads it to the target mesh's registry as the next ranker
+//!    version with its dev metrics in the manifest; `--promote` or `--canary`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use rankmesh_proto::pb::feature::v1 as feat;
+
+use crate::eval::{self, Labels};
+use crate::launcher;
+
+/// Queries featurized at once.
+const CONCURRENCY: usize = 4;
+/// Longest wait for the private ranking replica to serve the new ranker.
+const SWAP_WAIT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// The store's catalog (JSONL or CSV in the import format; `.gz` is read as
+    /// gzip). Items need only `id` and `title`.
+    #[arg(long)]
+    catalog: PathBuf,
+    /// Judgments: CSV with a header naming `query,item_id,grade` (any order);
+    /// grades are numbers >= 0, fractional allowed (e.g. a mean of raters on
+    /// 1..3); relevant means grade >= 2. `.gz` is read as gzip.
+    #[arg(long)]
+    judgments: PathBuf,
+    /// Where model.onnx, metrics.json and the training rows (rows/) go.
+    #[arg(long)]
+    out: PathBuf,
+    /// User events (JSONL: event_id, user_id, item_id, type view|cart|purchase,
+    /// timestamp_ms), recorded before featurizing so popularity and user features
+    /// are those of the store.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Share of queries held out as the dev split (by query, never by row).
+    #[arg(long, default_value_t = 0.2)]
+    dev_share: f64,
+    /// Seed of the split and of training.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Models to try: `auto` (LambdaMART and the listwise MLP; the better on dev
+    /// NDCG@10 is kept), `lambdamart` or `mlp`.
+    #[arg(long, default_value = "auto")]
+    algo: String,
+    /// Publish the trained ranker to the target mesh's registry (found through
+    /// --etcd, or --addr) as the next `ranker` version, dev metrics in its metadata.
+    #[arg(long)]
+    publish: bool,
+    /// With --publish: make it production (replicas hot-swap it).
+    #[arg(long, requires = "publish", conflicts_with = "canary")]
+    promote: bool,
+    /// With --publish: start a canary answering PERCENT of searches.
+    #[arg(long, requires = "publish", value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    canary: Option<u32>,
+    /// Admin token of the target registry; default: RANKMESH_ADMIN_TOKEN, then the
+    /// local mesh's secrets file (--state-dir).
+    #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    target: crate::TargetArgs,
+    #[command(flatten)]
+    state: crate::StateArgs,
+    /// Working folder of the private training mesh (its logs stay there).
+    #[arg(long, default_value = ".rankmesh/ranker-train")]
+    work: PathBuf,
+    /// The private mesh's etcd client port; its services from --mesh-base-port.
+    #[arg(long, default_value_t = 23790)]
+    mesh_etcd_port: u16,
+    #[arg(long, default_value_t = 23800)]
+    mesh_base_port: u16,
+    /// Exported models (`encoder/` inside), as written by scripts/setup.
+    #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+    models: PathBuf,
+    /// Python with the training packages (scripts/requirements.txt).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// The training script; default: scripts/train_ranker.py beside the models.
+    #[arg(long)]
+    script: Option<PathBuf>,
+}
+
+/// FNV-1a of the seed and the query: the same split on every machine.
+fn is_dev(query: &str, seed: u64, share: f64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in query.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % 1_000_000) as f64 / 1e6 < share
+}
+
+/// Splits judgments by query into (train, dev).
+pub(crate) fn split(labels: &Labels, seed: u64, dev_share: f64) -> (Labels, Labels) {
+    let mut train = Labels::new();
+    let mut dev = Labels::new();
+    for (q, l) in labels {
+        let side = if is_dev(q, seed, dev_share) {
+            &mut dev
+        } else {
+            &mut train
+        };
+        side.insert(q.clone(), l.clone());
+    }
+    (train, dev)
+}
+
+fn write_judgments(path: &Path, labels: &Labels) -> anyhow::Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("create {}", path.display()))?;
+    w.write_record(["query", "item_id", "grade"])?;
+    for (q, l) in labels {
+        let mut items: Vec<(&String, &f32)> = l.iter().collect();
+        items.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, g) in items {
+            w.write_record([q.as_str(), id.as_str(), &g.to_string()])?;
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The training rows of one split: `<split>.csv` (qid, grade, item_id per row; grade
+/// 0 for an unjudged candidate) and `<split>.f32` (the rows, little-endian f32,
+/// row-major), plus `schema.json` (name, version, columns) beside them.
+pub(crate) struct RowsWriter {
+    index: csv::Writer<std::fs::File>,
+    values: std::io::BufWriter<std::fs::File>,
+    rows: usize,
+}
+
+impl RowsWriter {
+    fn create(dir: &Path, split: &str) -> anyhow::Result<Self> {
+        let index = dir.join(format!("{split}.csv"));
+        let values = dir.join(format!("{split}.f32"));
+        let mut index = csv::Writer::from_path(&index)
+            .with_context(|| format!("create {}", index.display()))?;
+        index.write_record(["qid", "grade", "item_id"])?;
+        Ok(Self {
+            index,
+            values: std::io::BufWriter::new(
+                std::fs::File::create(&values)
+                    .with_context(|| format!("create {}", values.display()))?,
+            ),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, qid: usize, grade: f32, item: &str, row: &[f32]) -> anyhow::Result<()> {
+        self.index
+            .write_record([&qid.to_string(), &grade.to_string(), item])?;
+        for v in row {
+            self.values.write_all(&v.to_le_bytes())?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<usize> {
+        self.index.flush()?;
+        self.values.flush()?;
+        Ok(self.rows)
+    }
+}
+
+/// Featurizes every query of `splits` through the ranking replica and writes the
+/// rows under `dir`; `queries.csv` maps qid to split and query, `judged.csv` holds
+/// every judgment by qid (the ideal ranking of NDCG counts judged items that never
+/// became candidates). Returns the schema.
+pub(crate) async fn featurize(
+    ranking: &rankmesh_client::RankingClient,
+    splits: &[(&str, &Labels)],
+    dir: &Path,
+) -> anyhow::Result<feat::FeatureSchema> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut queries = csv::Writer::from_path(dir.join("queries.csv"))?;
+    queries.write_record(["qid", "split", "query"])?;
+    let mut judged = csv::Writer::from_path(dir.join("judged.csv"))?;
+    judged.write_record(["qid", "item_id", "grade"])?;
+    let mut schema: Option<feat::FeatureSchema> = None;
+    let mut qid = 0usize;
+    for (name, labels) in splits {
+        let mut rows = RowsWriter::create(dir, name)?;
+        let progress = crate::progress::Progress::new(&format!("featurizing {name}"), labels.len());
+        let mut stream = futures::stream::iter(labels.iter())
+            .map(|(q, l)| async move {
+                let r = ranking
+                    .featurize(eval::search_request(q, 1), Duration::from_secs(30))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("featurize {q:?}: {}: {}", s.code(), s.message()));
+                r.map(|r| (q, l, r))
+            })
+            .buffered(CONCURRENCY);
+        while let Some(r) = stream.next().await {
+            let (q, l, f) = r?;
+            progress.tick();
+            let s = f.schema.context("no schema in the Featurize reply")?;
+            match &schema {
+                None => schema = Some(s.clone()),
+                Some(first) if *first != s => bail!(
+                    "the ranker schema changed while featurizing ({}:{} -> {}:{})",
+                    first.name,
+                    first.version,
+                    s.name,
+                    s.version
+                ),
+                Some(_) => {}
+            }
+            let width = s.columns.len().max(1);
+            queries.write_record([&qid.to_string(), *name, q.as_str()])?;
+            let mut items: Vec<(&String, &f32)> = l.iter().collect();
+            items.sort_by(|a, b| a.0.cmp(b.0));
+            for (id, g) in items {
+                judged.write_record([&qid.to_string(), id.as_str(), &g.to_string()])?;
+            }
+            for (id, row) in f.item_ids.iter().zip(f.values.chunks(width)) {
+                rows.push(qid, l.get(id).copied().unwrap_or(0.0), id, row)?;
+            }
+            qid += 1;
+        }
+        progress.done();
+        let n = rows.finish()?;
+        println!("{name}: {n} rows for {} queries", labels.len());
+    }
+    queries.flush()?;
+    judged.flush()?;
+    let schema = schema.context("no query was featurized")?;
+    std::fs::write(
+        dir.join("schema.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "name": schema.name, "version": schema.version, "columns": schema.columns,
+        }))?,
+    )?;
+    Ok(schema)
+}
+
+/// Records `file`'s events (JSONL) in the feature service.
+async fn record_events(feature: &str, file: &Path) -> anyhow::Result<usize> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        event_id: String,
+        user_id: String,
+        item_id: String,
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        timestamp_ms: i64,
+    }
+    let text = std::io::read_to_string(eval::open_maybe_gz(file)?)?;
+    let mut events = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let e: Event = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}", file.display(), i + 1))?;
+        let kind = match e.kind.as_str() {
+            "view" => feat::EventType::View,
+            "cart" => feat::EventType::Cart,
+            "purchase" => feat::EventType::Purchase,
+            other => bail!(
+                "{}: line {}: type {other:?}: expected view, cart or purchase",
+                file.display(),
+                i + 1
+            ),
+        };
+        events.push(feat::RecordEventRequest {
+            event_id: e.event_id,
+            user_id: e.user_id,
+            item_id: e.item_id,
+            r#type: kind as i32,
+            timestamp_ms: e.timestamp_ms,
+        });
+    }
+    let channel = rankmesh_client::connect(feature, Duration::from_secs(30)).await?;
+    let client = feat::feature_service_client::FeatureServiceClient::new(channel);
+    let n = events.len();
+    let progress = crate::progress::Progress::new("recording events", n);
+    let mut stream = futures::stream::iter(events)
+        .map(|e| {
+            let mut c = client.clone();
+            async move { c.record_event(e).await }
+        })
+        .buffer_unordered(8);
+    while let Some(r) = stream.next().await {
+        r.map_err(|s| anyhow::anyhow!("RecordEvent: {}: {}", s.code(), s.message()))?;
+        progress.tick();
+    }
+    progress.done();
+    Ok(n)
+}
+
+/// Runs the Python trainer; it writes `model.onnx` and `training.json` into `out`.
+fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Value> {
+    let venv = std::env::var_os("RANKMESH_VENV").map(PathBuf::from);
+    let python = args
+        .python
+        .clone()
+        .or_else(|| venv.map(|v| v.join("bin/python")))
+        .unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
+    let script = args.script.clone().unwrap_or_else(|| {
+        let models = std::fs::canonicalize(&args.models).unwrap_or_else(|_| args.models.clone());
+        models
+            .parent()
+            .map_or_else(|| PathBuf::from("scripts"), |root| root.join("scripts"))
+            .join("train_ranker.py")
+    });
+    let status = std::process::Command::new(&python)
+        .arg(&script)
+        .arg("--rows")
+        .arg(rows)
+        .arg("--out")
+        .arg(&args.out)
+        .args(["--algo", &args.algo, "--seed", &args.seed.to_string()])
+        .status()
+        .with_context(|| {
+            format!(
+                "run {} {} (scripts/setup creates the venv)",
+                python.display(),
+                script.display()
+            )
+        })?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    let path = args.out.join("training.json");
+    serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+    )
+    .with_context(|| format!("parse {}", path.display()))
+}
+
+/// Publishes `model` as the next ranker version in `registry`; returns it.
+async fn publish_ranker(
+    registry: &str,
+    token: &str,
+    model: &Path,
+    metadata: Vec<(String, String)>,
+) -> anyhow::Result<u64> {
+    let inputs = vec![crate::RANKER_INPUT.to_owned()];
+    let outputs = vec![crate::RANKER_OUTPUT.to_owned()];
+    let up = crate::model::Upload {
+        name: launcher::RANKER_MODEL,
+        file: model,
+        inputs: &inputs,
+        outputs: &outputs,
+        metadata,
+        sidecars: &[],
+    };
+    Ok(crate::model::publish(registry, token, &up).await?.version)
+}
+
+/// Waits until a search on `ranking` is ranked by ranker `version`.
+async fn wait_for_ranker(
+    ranking: &rankmesh_client::RankingClient,
+    query: &str,
+    version: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let r = ranking
+            .search(eval::search_request(query, 1), Duration::from_secs(10))
+            .await;
+        if let Ok(r) = &r
+            && r.models
+                .iter()
+                .any(|m| m.name == "ranker" && m.version == version)
+        {
+            return Ok(());
+        }
+        if started.elapsed() > SWAP_WAIT {
+            bail!(
+                "the private ranking replica did not serve ranker v{version} within {SWAP_WAIT:?} (last answer: {:?}); see its log under the --work folder",
+                r.map(|r| (r.models, r.degraded))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The ranking replica of a mesh started by the launcher.
+fn grpc_of(mesh: &launcher::MeshState, service: &str) -> anyhow::Result<String> {
+    mesh.processes
+        .iter()
+        .find(|p| p.service == service)
+        .map(|p| p.grpc.clone())
+        .with_context(|| format!("no {service} service started"))
+}
+
+/// `meshctl ranker train`.
+pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.dev_share > 0.0 && args.dev_share < 1.0,
+        "--dev-share must be within (0, 1)"
+    );
+    anyhow::ensure!(
+        ["auto", "lambdamart", "mlp"].contains(&args.algo.as_str()),
+        "--algo {}: expected auto, lambdamart or mlp",
+        args.algo
+    );
+    let labels = eval::read_labels(&args.judgments)?;
+    let (train_labels, dev_labels) = split(&labels, args.seed, args.dev_share);
+    anyhow::ensure!(
+        !train_labels.is_empty() && !dev_labels.is_empty(),
+        "{} queries cannot be split into train and dev",
+        labels.len()
+    );
+    println!(
+        "{} judgments over {} queries: {} train, {} dev queries (seed {}, dev share {})",
+        labels
+            .values()
+            .map(std::collections::HashMap::len)
+            .sum::<usize>(),
+        labels.len(),
+        train_labels.len(),
+        dev_labels.len(),
+        args.seed,
+        args.dev_share
+    );
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    write_judgments(&args.out.join("judgments-train.csv"), &train_labels)?;
+    write_judgments(&args.out.join("judgments-dev.csv"), &dev_labels)?;
+
+    let cwd = std::env::current_dir()?;
+    let absolute = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            cwd.join(p)
+        }
+    };
+    let state_dir = absolute(&args.work).join("mesh");
+    // A mesh left by an interrupted run is stopped first.
+    launcher::down(&state_dir).await.ok();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let opts = launcher::UpOptions {
+        state_dir: state_dir.clone(),
+        ranking_replicas: 1,
+        etcd_port: args.mesh_etcd_port,
+        base_port: args.mesh_base_port,
+        bin_dir: std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        models: absolute(&args.models),
+        catalog: Some(absolute(&args.catalog)),
+        ranker: None,
+        follow_ranker: true,
+        ranking_env: vec![],
+        traces: None,
+        etcd_members: 1,
+        redis_port: None,
+        instance_env: BTreeMap::new(),
+    };
+    println!("starting a private mesh in {}", state_dir.display());
+    let mesh = launcher::up(&opts).await?;
+    let result = async {
+        let catalog = opts.catalog.as_deref().context("catalog")?;
+        launcher::load_catalog(&mesh, catalog).await?;
+        if let Some(events) = &args.events {
+            let n = record_events(&grpc_of(&mesh, "feature")?, events).await?;
+            println!("recorded {n} events");
+        }
+        trained_on_private_mesh(&args, &mesh, &train_labels, &dev_labels).await
+    }
+    .await;
+    launcher::stop(&mesh, Duration::from_secs(10)).await;
+    launcher::down(&state_dir).await.ok();
+    let metrics = result?;
+    if args.publish {
+        let registry = args.target.resolve("registry").await?;
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => launcher::registry_secrets(&args.state.state_dir)?.admin_token,
+        };
+        let full = &metrics["dev"]["variants"]["full"];
+        let metadata = vec![
+            (
+                "source".into(),
+                args.out.join("model.onnx").display().to_string(),
+            ),
+            ("trained_on".into(), args.judgments.display().to_string()),
+            (
+                "algo".into(),
+                metrics["chosen"].as_str().unwrap_or_default().to_owned(),
+            ),
+            (
+                "dev_ndcg@10".into(),
+                format!("{:.4}", full["ndcg@10"].as_f64().unwrap_or(0.0)),
+            ),
+            (
+                "dev_recall@100".into(),
+                format!("{:.4}", full["recall@100"].as_f64().unwrap_or(0.0)),
+            ),
+            ("dev_metrics".into(), metrics["dev"].to_string()),
+        ];
+        let version =
+            publish_ranker(&registry, &token, &args.out.join("model.onnx"), metadata).await?;
+        if args.promote || args.canary.is_some() {
+            crate::model::promote(
+                &registry,
+                &token,
+                launcher::RANKER_MODEL,
+                version,
+                args.canary,
+                &format!("meshctl ranker train on {}", args.judgments.display()),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Steps 2-4 on the running private mesh; returns what metrics.json holds.
+async fn trained_on_private_mesh(
+    args: &TrainArgs,
+    mesh: &launcher::MeshState,
+    train_labels: &Labels,
+    dev_labels: &Labels,
+) -> anyhow::Result<serde_json::Value> {
+    let ranking_addr = grpc_of(mesh, "ranking")?;
+    let ranking = rankmesh_client::RankingClient::new(
+        rankmesh_common::discovery::Resolver::fixed("ranking", std::slice::from_ref(&ranking_addr)),
+        Duration::from_secs(30),
+    );
+    let rows = args.out.join("rows");
+    let t = Instant::now();
+    let schema = featurize(
+        &ranking,
+        &[("train", train_labels), ("dev", dev_labels)],
+        &rows,
+    )
+    .await?;
+    println!(
+        "featurized {} queries in {:.0?}: schema {}:{} ({} columns)",
+        train_labels.len() + dev_labels.len(),
+        t.elapsed(),
+        schema.name,
+        schema.version,
+        schema.columns.len()
+    );
+    let training = train_models(args, &rows)?;
+    let secrets = launcher::registry_secrets(&mesh_state_dir(args))?;
+    let registry = grpc_of(mesh, "registry")?;
+    let version = publish_ranker(
+        &registry,
+        &secrets.admin_token,
+        &args.out.join("model.onnx"),
+        vec![],
+    )
+    .await?;
+    crate::model::promote(
+        &registry,
+        &secrets.admin_token,
+        launcher::RANKER_MODEL,
+        version,
+        None,
+        "meshctl ranker train: dev evaluation",
+    )
+    .await?;
+    let probe = dev_labels.keys().next().context("no dev query")?;
+    wait_for_ranker(&ranking, probe, version).await?;
+    let targets = eval::targets(
+        &ranking_addr,
+        &grpc_of(mesh, "embedding")?,
+        &grpc_of(mesh, "feature")?,
+    )
+    .await?;
+    let report = eval::evaluate(&targets, dev_labels).await?;
+    report.print();
+    let metrics = serde_json::json!({
+        "judgments": args.judgments.display().to_string(),
+        "catalog": args.catalog.display().to_string(),
+        "split": { "seed": args.seed, "dev_share": args.dev_share,
+                   "train_queries": train_labels.len(), "dev_queries": dev_labels.len() },
+        "schema": { "name": schema.name, "version": schema.version, "columns": schema.columns },
+        "chosen": training["chosen"],
+        "models": training["models"],
+        "dev": report.json(),
+    });
+    let path = args.out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&metrics)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    println!(
+        "wrote {} and {}",
+        args.out.join("model.onnx").display(),
+        path.display()
+    );
+    Ok(metrics)
+}
+
+fn mesh_state_dir(args: &TrainArgs) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let work = if args.work.is_absolute() {
+        args.work.clone()
+    } else {
+        cwd.join(&args.work)
+    };
+    work.join("mesh")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_by_query_seeded_and_near_the_share() {
+        let labels: Labels = (0..2000)
+            .map(|i| (format!("query {i}"), [("a".to_owned(), 1.0)].into()))
+            .collect();
+        let (train, dev) = split(&labels, 42, 0.2);
+        assert_eq!(train.len() + dev.len(), 2000);
+        assert!((300..500).contains(&dev.len()), "{}", dev.len());
+        assert!(dev.keys().all(|q| !train.contains_key(q)));
+        let (_, again) = split(&labels, 42, 0.2);
+        assert_eq!(
+            dev.keys().collect::<Vec<_>>(),
+            again.keys().collect::<Vec<_>>()
+        );
+        let (_, other) = split(&labels, 7, 0.2);
+        assert_ne!(
+            dev.keys().collect::<Vec<_>>(),
+            other.keys().collect::<Vec<_>>()
+        );
+    }
+}

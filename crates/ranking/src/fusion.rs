@@ -1,0 +1,202 @@
+//! Fusing the retrieval lists into one candidate list, and the ranker columns that
+//! describe how each candidate was retrieved.
+//!
+//! The ranker's input is the feature service's matrix with [`RETRIEVAL_COLUMNS`]
+//! appended: only ranking knows a candidate's dense similarity and its place in
+//! each list. Search and Featurize build rows through [`append_retrieval`], so a
+//! ranker trained on Featurize rows scores exactly what Search feeds it.
+
+use std::collections::HashMap;
+
+/// Reciprocal-rank fusion constant (the usual 60).
+const RRF_K: f32 = 60.0;
+
+/// Columns ranking appends to every feature row, in order.
+pub const RETRIEVAL_COLUMNS: &[&str] = &[
+    "dense_similarity",
+    "dense_gap",
+    "dense_found",
+    "dense_rank_log",
+    "lexical_ratio",
+    "lexical_found",
+    "lexical_rank_log",
+    "rrf",
+];
+
+/// One retrieval source's answer: ids best first, with the source's score.
+#[derive(Debug, Clone, Default)]
+pub struct Retrieved {
+    pub source: &'static str,
+    pub items: Vec<(String, f32)>,
+}
+
+/// Where a candidate stood in one list.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placed {
+    pub rank: usize,
+    pub score: f32,
+}
+
+/// A candidate on its way through the stages.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    pub id: String,
+    /// Reciprocal-rank fusion of the retrieval lists.
+    pub rrf: f32,
+    pub score: Option<f32>,
+    pub sources: Vec<&'static str>,
+    pub dense: Option<Placed>,
+    pub lexical: Option<Placed>,
+}
+
+/// What the lists say as a whole: the best score and depth of each, so a
+/// candidate's score can be read relative to its query's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListStats {
+    dense_top: f32,
+    dense_floor: f32,
+    dense_len: usize,
+    lexical_top: f32,
+    lexical_len: usize,
+}
+
+/// Fuses the lists (reciprocal-rank fusion), best first; ties by id.
+pub fn fuse(lists: &[Retrieved]) -> (Vec<Candidate>, ListStats) {
+    let mut by_id: HashMap<&str, Candidate> = HashMap::new();
+    let mut stats = ListStats::default();
+    for list in lists {
+        for (rank, (id, score)) in list.items.iter().enumerate() {
+            let c = by_id.entry(id.as_str()).or_insert_with(|| Candidate {
+                id: id.clone(),
+                ..Candidate::default()
+            });
+            c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
+            if !c.sources.contains(&list.source) {
+                c.sources.push(list.source);
+            }
+            let placed = Some(Placed {
+                rank,
+                score: *score,
+            });
+            match list.source {
+                "dense" if c.dense.is_none() => c.dense = placed,
+                "lexical" if c.lexical.is_none() => c.lexical = placed,
+                _ => {}
+            }
+        }
+        let top = list.items.first().map_or(0.0, |(_, s)| *s);
+        let floor = list.items.last().map_or(0.0, |(_, s)| *s);
+        match list.source {
+            "dense" => {
+                stats.dense_top = top;
+                stats.dense_floor = floor;
+                stats.dense_len = list.items.len();
+            }
+            "lexical" => {
+                stats.lexical_top = top;
+                stats.lexical_len = list.items.len();
+            }
+            _ => {}
+        }
+    }
+    let mut all: Vec<Candidate> = by_id.into_values().collect();
+    all.sort_by(|a, b| b.rrf.total_cmp(&a.rrf).then_with(|| a.id.cmp(&b.id)));
+    (all, stats)
+}
+
+/// The retrieval columns of one candidate. An item a list did not return is given
+/// that list's floor (it ranked below everything returned).
+pub fn retrieval_row(c: &Candidate, stats: &ListStats) -> [f32; 8] {
+    let rank_log = |p: Option<Placed>, len: usize| (p.map_or(len, |p| p.rank) as f32).ln_1p();
+    let dense = c.dense.map_or(stats.dense_floor, |p| p.score);
+    let lexical_ratio = match c.lexical {
+        Some(p) if stats.lexical_top > 0.0 => p.score / stats.lexical_top,
+        _ => 0.0,
+    };
+    [
+        dense,
+        stats.dense_top - dense,
+        f32::from(u8::from(c.dense.is_some())),
+        rank_log(c.dense, stats.dense_len),
+        lexical_ratio,
+        f32::from(u8::from(c.lexical.is_some())),
+        rank_log(c.lexical, stats.lexical_len),
+        c.rrf,
+    ]
+}
+
+/// Rows for `candidates`: each one's feature-service row (looked up by id in
+/// `item_ids`/`values`, `width` wide) followed by its retrieval columns. Candidates
+/// without a feature row are dropped (the catalog no longer knows them).
+pub fn append_retrieval(
+    candidates: &mut Vec<Candidate>,
+    stats: &ListStats,
+    item_ids: &[String],
+    values: &[f32],
+    width: usize,
+) -> Vec<f32> {
+    let position: HashMap<&str, usize> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    candidates.retain(|c| position.contains_key(c.id.as_str()));
+    let mut rows = Vec::with_capacity(candidates.len() * (width + RETRIEVAL_COLUMNS.len()));
+    for c in candidates.iter() {
+        let i = position[c.id.as_str()];
+        rows.extend_from_slice(&values[i * width..(i + 1) * width]);
+        rows.extend(
+            retrieval_row(c, stats)
+                .iter()
+                .map(|v| if v.is_finite() { *v } else { 0.0 }),
+        );
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(source: &'static str, ids: &[(&str, f32)]) -> Retrieved {
+        Retrieved {
+            source,
+            items: ids.iter().map(|(i, s)| ((*i).to_owned(), *s)).collect(),
+        }
+    }
+
+    #[test]
+    fn fusion_rewards_agreement() {
+        let (fused, _) = fuse(&[
+            list("dense", &[("a", 0.9), ("b", 0.8), ("c", 0.7)]),
+            list("lexical", &[("c", 12.0), ("d", 6.0)]),
+        ]);
+        assert_eq!(fused[0].id, "c", "found by both sources");
+        assert_eq!(fused[0].sources, vec!["dense", "lexical"]);
+        assert_eq!(fused.len(), 4);
+    }
+
+    #[test]
+    fn retrieval_columns_place_each_candidate() {
+        let (mut fused, stats) = fuse(&[
+            list("dense", &[("a", 0.9), ("b", 0.5)]),
+            list("lexical", &[("b", 10.0), ("d", 5.0)]),
+        ]);
+        let ids: Vec<String> = ["a", "b", "d"].map(String::from).to_vec();
+        let rows = append_retrieval(&mut fused, &stats, &ids, &[1.0, 2.0, 3.0], 1);
+        let w = 1 + RETRIEVAL_COLUMNS.len();
+        assert_eq!(rows.len(), 3 * w);
+        let row = |id: &str| {
+            let i = fused.iter().position(|c| c.id == id).expect("kept");
+            &rows[i * w..(i + 1) * w]
+        };
+        assert_eq!(row("a")[0], 1.0, "the feature row comes first");
+        assert_eq!(&row("a")[1..4], &[0.9, 0.0, 1.0]);
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert_eq!(row("b")[5], 1.0, "top lexical score");
+        assert_eq!(row("d")[5], 0.5);
+        // d was not retrieved densely: the dense floor, and not found.
+        assert!(close(row("d")[1], 0.5) && close(row("d")[2], 0.4) && row("d")[3] == 0.0);
+        assert_eq!(row("d")[4], 2f32.ln_1p(), "ranked below the whole list");
+    }
+}
