@@ -106,6 +106,45 @@ pub struct VectorIndex {
     by_category: BTreeMap<String, Vec<u32>>,
     /// Lower-cased brand -> keys.
     by_brand: HashMap<String, Vec<u32>>,
+    /// Graph searches in flight, at most [`SEARCH_THREADS`]: usearch serves only as
+    /// many concurrent searches as it reserved thread contexts for, and refuses the
+    /// rest ("Reserve capacity ahead of searches!"), which callers saw as INTERNAL
+    /// once more than a core's worth of Retrieve calls overlapped.
+    searching: (std::sync::Mutex<usize>, std::sync::Condvar),
+}
+
+/// Concurrent graph searches (and the thread contexts reserved for them).
+const SEARCH_THREADS: usize = 32;
+
+/// Holds one of the [`SEARCH_THREADS`] slots.
+struct SearchSlot<'a>(&'a (std::sync::Mutex<usize>, std::sync::Condvar));
+
+impl<'a> SearchSlot<'a> {
+    fn take(gate: &'a (std::sync::Mutex<usize>, std::sync::Condvar)) -> Self {
+        let mut busy = gate
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *busy >= SEARCH_THREADS {
+            busy = gate
+                .1
+                .wait(busy)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *busy += 1;
+        Self(gate)
+    }
+}
+
+impl Drop for SearchSlot<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.0.1.notify_one();
+    }
 }
 
 impl std::fmt::Debug for VectorIndex {
@@ -167,7 +206,7 @@ impl VectorIndex {
         let index = Index::new(&options(dim, &params)).map_err(native)?;
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         index
-            .reserve_capacity_and_threads(items.len().max(1), threads)
+            .reserve_capacity_and_threads(items.len().max(1), threads.max(SEARCH_THREADS))
             .map_err(native)?;
         // usearch supports concurrent inserts (one per reserved thread): graph
         // construction dominates build time, so use every core.
@@ -235,6 +274,7 @@ impl VectorIndex {
             keys,
             by_category,
             by_brand,
+            searching: Default::default(),
         }
     }
 
@@ -310,6 +350,7 @@ impl VectorIndex {
         let mut q = query.to_vec();
         normalize(&mut q);
         // usearch widens its candidate list to k by itself when k > efSearch.
+        let _slot = SearchSlot::take(&self.searching);
         let matches = if filter.is_empty() {
             self.index.search(&q, k).map_err(native)?
         } else {
@@ -461,6 +502,9 @@ impl VectorIndex {
         index
             .load_from_buffer(&graph)
             .map_err(|e| err(e.to_string()))?;
+        index
+            .reserve_capacity_and_threads(index.size().max(1), SEARCH_THREADS)
+            .map_err(native)?;
         let n = items.items.len();
         if index.size() != n || manifest.count != n || vectors.len() != n * items.dim * 4 {
             return Err(err(format!(
@@ -593,6 +637,33 @@ mod tests {
             .map(|(i, v)| (meta(i), v))
             .collect();
         VectorIndex::build(dim, IndexParams::default(), "test", entries).expect("build")
+    }
+
+    #[test]
+    fn many_concurrent_searches_all_answer() {
+        // More searches at once than cores (and than usearch's reserved contexts
+        // before): every one answers instead of "Reserve capacity ahead of searches!".
+        let idx = build(2_000, 16);
+        let dir = tempfile::tempdir().expect("dir");
+        idx.save(dir.path()).expect("save");
+        let loaded = VectorIndex::load(dir.path()).expect("load");
+        for index in [&idx, &loaded] {
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..48)
+                    .map(|t| {
+                        s.spawn(move || {
+                            let q = vectors(1, 16, 1000 + t).remove(0);
+                            (0..20).all(|_| {
+                                index
+                                    .search(&q, 10, &Filter::default())
+                                    .is_ok_and(|h| h.len() == 10)
+                            })
+                        })
+                    })
+                    .collect();
+                assert!(workers.into_iter().all(|w| w.join().expect("thread")));
+            });
+        }
     }
 
     #[test]
