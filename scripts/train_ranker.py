@@ -19,8 +19,9 @@ Training sees every judged candidate and a sample of unjudged ones per query (th
 top of the fused list, the hardest negatives, plus a random draw); dev is scored on
 every candidate, as Search does.
 
-Output (--out): model.onnx (metadata feature_schema, feature_columns, metrics) and
-training.json (dev NDCG@10 of every model and of the retrieval orders).
+Output (--out): model.onnx (metadata feature_schema, feature_columns, metrics),
+schema.json, and training.json (dev NDCG@10 of every model and of the retrieval
+orders).
 """
 import argparse
 import csv
@@ -33,8 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-NEG_TOP = 40  # unjudged candidates kept per training query: the first of the fused list
-NEG_RANDOM = 40  # ... and a random draw from the rest
+NEG_TOP = 0  # unjudged candidates kept per training query: the first of the fused list
+NEG_RANDOM = 150  # ... and a random draw from the rest (measured best on dev)
 GRADE_STEPS = 3  # grades are multiples of 1/3 (means of three raters): label = round(3 g)
 
 
@@ -332,6 +333,8 @@ def main():
     }
     with open(os.path.join(a.out, "training.json"), "w") as f:
         json.dump(training, f, indent=2)
+    with open(os.path.join(a.out, "schema.json"), "w") as f:
+        json.dump(schema, f, indent=2)
     print(json.dumps(training, indent=2))
 
 

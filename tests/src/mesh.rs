@@ -30,6 +30,11 @@ impl LocalMesh {
     /// `meshctl up` with `ranking_replicas` and `extra` arguments; panics with the
     /// tail of every service log when it fails (the logs die with the temp dir).
     pub fn up(ranking_replicas: usize, extra: &[&str]) -> Self {
+        Self::up_with_catalog(ranking_replicas, &demo_catalog(), extra)
+    }
+
+    /// [`LocalMesh::up`] with another catalog.
+    pub fn up_with_catalog(ranking_replicas: usize, catalog: &Path, extra: &[&str]) -> Self {
         assert!(
             ranking_replicas <= 3,
             "the port block holds 3 ranking replicas"
@@ -49,7 +54,7 @@ impl LocalMesh {
             .arg("--models")
             .arg(models_dir())
             .arg("--catalog")
-            .arg(demo_catalog())
+            .arg(catalog)
             .args(extra)
             .output()
             .expect("run meshctl up");

@@ -27,6 +27,16 @@ pub(crate) const RELEVANT: f32 = 2.0;
 const DEPTH: usize = 100;
 /// Queries evaluated at once.
 const CONCURRENCY: usize = 4;
+/// Deadline of each call: evaluation measures quality, not latency, so a busy
+/// machine must not turn slow answers into degraded ones (the ranking service's
+/// default deadline, for callers that send none, is 1 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn timed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
 
 /// query -> item -> grade
 pub(crate) type Labels = BTreeMap<String, HashMap<String, f32>>;
@@ -202,11 +212,11 @@ pub(crate) struct Targets {
 
 async fn dense(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
     let r = emb::embedding_service_client::EmbeddingServiceClient::new(t.embedding.clone())
-        .retrieve(emb::RetrieveRequest {
+        .retrieve(timed(emb::RetrieveRequest {
             query: Some(emb::retrieve_request::Query::Text(q.to_owned())),
             k: DEPTH as u32,
             filters: None,
-        })
+        }))
         .await?
         .into_inner();
     Ok(r.items.into_iter().map(|n| n.item_id).collect())
@@ -214,11 +224,11 @@ async fn dense(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
 
 async fn lexical(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
     let r = feat::feature_service_client::FeatureServiceClient::new(t.feature.clone())
-        .lexical_candidates(feat::LexicalCandidatesRequest {
+        .lexical_candidates(timed(feat::LexicalCandidatesRequest {
             query: q.to_owned(),
             k: DEPTH as u32,
             filters: None,
-        })
+        }))
         .await?
         .into_inner();
     Ok(r.items.into_iter().map(|i| i.item_id).collect())
@@ -248,8 +258,8 @@ async fn answers(t: &Targets, q: &str) -> anyhow::Result<Answers> {
     let (lex, den, cands, full) = tokio::join!(
         lexical(t, q),
         dense(t, q),
-        ranking.featurize(search_request(q, DEPTH as u32)),
-        ranking2.search(search_request(q, DEPTH as u32)),
+        ranking.featurize(timed(search_request(q, DEPTH as u32))),
+        ranking2.search(timed(search_request(q, DEPTH as u32))),
     );
     let full = full.with_context(|| format!("search {q:?}"))?.into_inner();
     Ok(Answers {

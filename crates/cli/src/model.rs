@@ -148,6 +148,7 @@ pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<(
                     "versions": m.versions.iter().map(|v| serde_json::json!({
                         "version": v.version, "variant": v.variant, "size_bytes": v.size_bytes,
                         "stage": v.stage, "key_id": v.key_id, "created_ms": v.created_ms,
+                        "metadata": v.metadata,
                     })).collect::<Vec<_>>(),
                     "history": m.history.iter().map(|h| serde_json::json!({ "at_ms": h.at_ms, "description": h.description })).collect::<Vec<_>>(),
                 })
@@ -172,6 +173,18 @@ pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<(
                 "  v{:<4} {:<5} {:>12} bytes  key {:<8} {}",
                 v.version, v.variant, v.size_bytes, v.key_id, v.stage
             );
+            // Training figures (meshctl ranker train) say what a ranker is worth.
+            let dev: Vec<String> = v
+                .metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("dev_") || *k == "algo")
+                .map(|(k, val)| format!("{k}={val}"))
+                .collect();
+            if !dev.is_empty() {
+                let mut dev = dev;
+                dev.sort();
+                println!("        {}", dev.join(" "));
+            }
         }
         for h in m.history.iter().rev().take(5) {
             println!("  {} {}", format_ms(h.at_ms), h.description);

@@ -347,6 +347,35 @@ fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Val
     .with_context(|| format!("parse {}", path.display()))
 }
 
+/// What a published ranker carries in its manifest (each value under the
+/// registry's 1 KiB limit): where it was trained and its dev figures.
+fn manifest_metadata(judgments: &Path, metrics: &serde_json::Value) -> Vec<(String, String)> {
+    let dev = &metrics["dev"];
+    let figure = |variant: &str, m: &str| {
+        format!("{:.4}", dev["variants"][variant][m].as_f64().unwrap_or(0.0))
+    };
+    vec![
+        ("trained_on".into(), judgments.display().to_string()),
+        (
+            "algo".into(),
+            metrics["chosen"].as_str().unwrap_or_default().to_owned(),
+        ),
+        (
+            "dev_queries".into(),
+            metrics["split"]["dev_queries"].to_string(),
+        ),
+        ("dev_ndcg@10".into(), figure("full", "ndcg@10")),
+        ("dev_mrr".into(), figure("full", "mrr")),
+        ("dev_recall@100".into(), figure("full", "recall@100")),
+        ("dev_hybrid_ndcg@10".into(), figure("hybrid", "ndcg@10")),
+        ("dev_lexical_ndcg@10".into(), figure("lexical", "ndcg@10")),
+        (
+            "dev_candidate_recall".into(),
+            format!("{:.4}", dev["candidate_recall"].as_f64().unwrap_or(0.0)),
+        ),
+    ]
+}
+
 /// Publishes `model` as the next ranker version in `registry`; returns it.
 async fn publish_ranker(
     registry: &str,
@@ -490,27 +519,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
             Some(t) => t.clone(),
             None => launcher::registry_secrets(&args.state.state_dir)?.admin_token,
         };
-        let full = &metrics["dev"]["variants"]["full"];
-        let metadata = vec![
-            (
-                "source".into(),
-                args.out.join("model.onnx").display().to_string(),
-            ),
-            ("trained_on".into(), args.judgments.display().to_string()),
-            (
-                "algo".into(),
-                metrics["chosen"].as_str().unwrap_or_default().to_owned(),
-            ),
-            (
-                "dev_ndcg@10".into(),
-                format!("{:.4}", full["ndcg@10"].as_f64().unwrap_or(0.0)),
-            ),
-            (
-                "dev_recall@100".into(),
-                format!("{:.4}", full["recall@100"].as_f64().unwrap_or(0.0)),
-            ),
-            ("dev_metrics".into(), metrics["dev"].to_string()),
-        ];
+        let metadata = manifest_metadata(&args.judgments, &metrics);
         let version =
             publish_ranker(&registry, &token, &args.out.join("model.onnx"), metadata).await?;
         if args.promote || args.canary.is_some() {

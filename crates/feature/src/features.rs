@@ -25,9 +25,14 @@ pub const COLUMNS: &[&str] = &[
     "title_overlap",
     "title_idf_overlap",
     "title_fuzzy_overlap",
+    "title_fuzzy_idf_overlap",
+    "query_missed_idf",
+    "title_precision",
     "title_bigram_overlap",
     "title_trigram_dice",
     "head_in_title",
+    "head_position",
+    "first_match_position",
     "title_lead_in_query",
     "query_in_title",
     "number_match",
@@ -36,6 +41,7 @@ pub const COLUMNS: &[&str] = &[
     "brand_in_query",
     // query and item shape
     "query_tokens",
+    "query_idf",
     "query_has_number",
     "title_tokens_log",
     // item
@@ -53,6 +59,10 @@ pub const COLUMNS: &[&str] = &[
     "user_bought",
     // user
     "user_events_log",
+    // relative to the request's best candidate (see RELATIVE)
+    "bm25_relative",
+    "bm25_trigram_relative",
+    "title_fuzzy_idf_gap",
 ];
 
 /// Analyzed tokens (see [`text::tokens`]): what every text feature compares.
@@ -141,41 +151,66 @@ impl QueryText {
     }
 }
 
-/// The title features, in [`COLUMNS`] order from `title_overlap` to
-/// `number_conflict`.
-fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -> [f32; 10] {
+/// How a title matches the query.
+struct TitleMatch {
+    overlap: f32,
+    idf_overlap: f32,
+    fuzzy: f32,
+    fuzzy_idf: f32,
+    missed_idf: f32,
+    precision: f32,
+    bigram: f32,
+    dice: f32,
+    head: f32,
+    head_position: f32,
+    first_match_position: f32,
+    lead: f32,
+    phrase: f32,
+    number_match: f32,
+    conflict: f32,
+}
+
+/// A query word meets a title word within a typo or as a prefix ("drils",
+/// "refrig").
+fn fuzzy_match(t: &str, title: &[String]) -> bool {
+    t.len() >= 4
+        && !text::is_number(t)
+        && title
+            .iter()
+            .any(|w| w.starts_with(t) || text::within_edits(t, w, if t.len() >= 8 { 2 } else { 1 }))
+}
+
+/// Where `pos` (of `len`) is, as (pos + 1) / len: 0 means absent.
+fn position(pos: Option<usize>, len: usize) -> f32 {
+    pos.map_or(0.0, |p| (p + 1) as f32 / len.max(1) as f32)
+}
+
+fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -> TitleMatch {
     let words: HashSet<&String> = title.iter().collect();
     let n = q.content.len().max(1) as f32;
-    let overlap = q.content.iter().filter(|t| words.contains(t)).count() as f32 / n;
     let idf_of = |t: &String| idf.get(t).copied().unwrap_or(1.0);
     let idf_total: f32 = q.content.iter().map(idf_of).sum();
-    let idf_overlap = if idf_total > 0.0 {
-        q.content
-            .iter()
-            .filter(|t| words.contains(t))
-            .map(idf_of)
-            .sum::<f32>()
-            / idf_total
-    } else {
-        0.0
+    let share = |part: f32| {
+        if idf_total > 0.0 {
+            part / idf_total
+        } else {
+            0.0
+        }
     };
-    // A query word meets a title word within a typo or as a prefix ("drils",
-    // "refrig").
-    let fuzzy = q
+    let exact: Vec<&String> = q.content.iter().filter(|t| words.contains(t)).collect();
+    let fuzzy: Vec<&String> = q
         .content
         .iter()
-        .filter(|t| {
-            words.contains(t)
-                || (t.len() >= 4
-                    && !text::is_number(t)
-                    && title.iter().any(|w| {
-                        (t.len() >= 3 && w.starts_with(t.as_str()))
-                            || text::within_edits(t, w, if t.len() >= 8 { 2 } else { 1 })
-                    }))
-        })
-        .count() as f32
-        / n;
+        .filter(|t| words.contains(t) || fuzzy_match(t, title))
+        .collect();
+    let fuzzy_idf: f32 = fuzzy.iter().map(|t| idf_of(t)).sum();
     let title_content: Vec<&String> = title.iter().filter(|t| !text::is_stopword(t)).collect();
+    let precision = if title_content.is_empty() {
+        0.0
+    } else {
+        title_content.iter().filter(|t| q.set.contains(**t)).count() as f32
+            / title_content.len() as f32
+    };
     let title_bigrams: HashSet<(&str, &str)> = title_content
         .windows(2)
         .map(|w| (w[0].as_str(), w[1].as_str()))
@@ -195,7 +230,11 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -
     } else {
         2.0 * q.grams.intersection(&grams).count() as f32 / (q.grams.len() + grams.len()) as f32
     };
-    let head = q.head.as_ref().is_some_and(|h| words.contains(h));
+    let head_at = q
+        .head
+        .as_ref()
+        .and_then(|h| title.iter().position(|w| w == h));
+    let first_at = title.iter().position(|w| q.set.contains(w));
     let lead = title
         .iter()
         .find(|t| !text::is_stopword(t))
@@ -228,18 +267,23 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -
             f32::from(u8::from(conflict)),
         )
     };
-    [
-        overlap,
-        idf_overlap,
-        fuzzy,
+    TitleMatch {
+        overlap: exact.len() as f32 / n,
+        idf_overlap: share(exact.iter().map(|t| idf_of(t)).sum()),
+        fuzzy: fuzzy.len() as f32 / n,
+        fuzzy_idf: share(fuzzy_idf),
+        missed_idf: idf_total - fuzzy_idf,
+        precision,
         bigram,
         dice,
-        f32::from(u8::from(head)),
-        f32::from(u8::from(lead)),
-        f32::from(u8::from(phrase)),
+        head: f32::from(u8::from(head_at.is_some())),
+        head_position: position(head_at, title.len()),
+        first_match_position: position(first_at, title.len()),
+        lead: f32::from(u8::from(lead)),
+        phrase: f32::from(u8::from(phrase)),
         number_match,
         conflict,
-    ]
+    }
 }
 
 /// Builds one row per item, in order.
@@ -275,6 +319,11 @@ pub fn matrix(
     }
     let events_log = profile.map_or(0.0, |p| (p.events as f64).ln_1p()) as f32;
     let query_has_number = qt.all.iter().any(|t| text::is_number(t));
+    let query_idf: f32 = qt
+        .content
+        .iter()
+        .map(|t| scores.idf.get(t).copied().unwrap_or(1.0))
+        .sum();
 
     let mut out = Vec::with_capacity(items.len() * COLUMNS.len());
     for (item, pop) in items.iter().zip(popularity) {
@@ -297,34 +346,29 @@ pub fn matrix(
             _ => 0.0,
         };
         let title = tokens(&item.title);
-        let [
-            overlap,
-            idf_overlap,
-            fuzzy,
-            bigram,
-            dice,
-            head,
-            lead,
-            phrase,
-            number_match,
-            conflict,
-        ] = title_features(&qt, &scores.idf, &title);
+        let m = title_features(&qt, &scores.idf, &title);
         let row = [
             scores.words.get(&item.id).copied().unwrap_or(0.0),
             scores.grams.get(&item.id).copied().unwrap_or(0.0),
-            overlap,
-            idf_overlap,
-            fuzzy,
-            bigram,
-            dice,
-            head,
-            lead,
-            phrase,
-            number_match,
-            conflict,
+            m.overlap,
+            m.idf_overlap,
+            m.fuzzy,
+            m.fuzzy_idf,
+            m.missed_idf,
+            m.precision,
+            m.bigram,
+            m.dice,
+            m.head,
+            m.head_position,
+            m.first_match_position,
+            m.lead,
+            m.phrase,
+            m.number_match,
+            m.conflict,
             overlap_of(&q, &item.category),
             f32::from(u8::from(brand_in_query)),
             qt.content.len() as f32,
+            query_idf,
             f32::from(u8::from(query_has_number)),
             (title.len() as f32).ln_1p(),
             item.price.map_or(0.0, |p| p.ln_1p() as f32),
@@ -340,10 +384,42 @@ pub fn matrix(
             f32::from(u8::from(flags[2])),
             events_log,
         ];
-        debug_assert_eq!(row.len(), COLUMNS.len());
+        debug_assert_eq!(row.len() + RELATIVE.len(), COLUMNS.len());
         out.extend(row.iter().map(|v| if v.is_finite() { *v } else { 0.0 }));
+        out.extend(std::iter::repeat_n(0.0, RELATIVE.len()));
     }
+    relative_to_best(&mut out);
     out
+}
+
+/// Columns restated against the best candidate of the same request (value / max
+/// for scores, value - max for shares), appended in this order: a score's scale
+/// differs from query to query, its place among the query's candidates does not.
+const RELATIVE: &[(&str, &str, bool)] = &[
+    ("bm25_relative", "bm25", true),
+    ("bm25_trigram_relative", "bm25_trigram", true),
+    ("title_fuzzy_idf_gap", "title_fuzzy_idf_overlap", false),
+];
+
+fn relative_to_best(out: &mut [f32]) {
+    let width = COLUMNS.len();
+    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap_or(0);
+    let first = width - RELATIVE.len();
+    for (k, (_, source, ratio)) in RELATIVE.iter().enumerate() {
+        let src = col(source);
+        let best = out
+            .chunks(width)
+            .map(|r| r[src])
+            .fold(f32::NEG_INFINITY, f32::max);
+        for row in out.chunks_mut(width) {
+            row[first + k] = match (*ratio, best > 0.0) {
+                (true, true) => row[src] / best,
+                (true, false) => 0.0,
+                (false, _) if best.is_finite() => row[src] - best,
+                (false, _) => 0.0,
+            };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -477,5 +553,18 @@ mod tests {
         assert_eq!(m[2 * n + col("query_in_title")], 1.0);
         assert_eq!(m[2 * n + col("title_lead_in_query")], 1.0);
         assert!(m.iter().all(|v| v.is_finite()));
+        let scores = QueryScores {
+            words: [("a".to_owned(), 2.0), ("b".to_owned(), 4.0)].into(),
+            ..QueryScores::default()
+        };
+        let m = matrix("stud", &items, &scores, &[0.0; 3], None);
+        assert_eq!(m[col("bm25_relative")], 0.5);
+        assert_eq!(m[n + col("bm25_relative")], 1.0);
+        assert_eq!(m[2 * n + col("bm25_relative")], 0.0);
+        assert_eq!(
+            m[2 * n + col("title_fuzzy_idf_gap")],
+            -1.0,
+            "no match vs a full one"
+        );
     }
 }

@@ -39,8 +39,9 @@ const BRAND_BOOST: f32 = 1.5;
 const CATEGORY_BOOST: f32 = 1.0;
 const DESCRIPTION_BOOST: f32 = 0.5;
 /// Weight of the title-trigram query against the word query: enough to bring in
-/// a misspelt match, too little to outrank a real one.
-const GRAM_BOOST: f32 = 0.25;
+/// a misspelt match, too little to outrank a real one (tuned on the Home Depot dev
+/// split with `cargo run --release -p rankmesh-feature --example lexical_tuning`).
+pub const GRAM_BOOST: f32 = 0.25;
 
 #[derive(Debug, thiserror::Error)]
 #[error("lexical index: {0}")]
@@ -81,6 +82,7 @@ pub struct LexicalIndex {
     /// One writer per index (tantivy's rule); imports are serialised through it.
     writer: Mutex<IndexWriter>,
     fields: Fields,
+    gram_boost: f32,
 }
 
 impl std::fmt::Debug for LexicalIndex {
@@ -95,6 +97,11 @@ fn joined(tokens: &[String]) -> String {
 
 impl LexicalIndex {
     pub fn new() -> Result<Self, LexicalError> {
+        Self::with_gram_boost(GRAM_BOOST)
+    }
+
+    /// An index whose queries weigh title trigrams by `gram_boost` (0: words only).
+    pub fn with_gram_boost(gram_boost: f32) -> Result<Self, LexicalError> {
         let mut sb = Schema::builder();
         // Pre-analyzed by crate::text: tantivy only splits on whitespace.
         let text = TextOptions::default().set_indexing_options(
@@ -124,6 +131,7 @@ impl LexicalIndex {
             reader,
             writer: Mutex::new(writer),
             fields,
+            gram_boost,
         })
     }
 
@@ -257,7 +265,9 @@ impl LexicalIndex {
         } else {
             let parts: Vec<(Occur, Box<dyn Query>)> = [
                 self.words_query(&tokens),
-                self.grams_query(&tokens, GRAM_BOOST),
+                (self.gram_boost > 0.0)
+                    .then(|| self.grams_query(&tokens, self.gram_boost))
+                    .flatten(),
             ]
             .into_iter()
             .flatten()
