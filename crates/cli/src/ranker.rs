@@ -94,6 +94,16 @@ pub(crate) struct TrainArgs {
     /// The training script; default: scripts/train_ranker.py beside the models.
     #[arg(long)]
     script: Option<PathBuf>,
+    /// Rows of another store (an earlier run's DIR/rows, same schema) to train on
+    /// jointly, e.g. a generated store so the default ranker also weighs category,
+    /// brand and price (repeatable). Its train queries are repeated up to a tenth
+    /// of this store's; its dev figures go into training.json.
+    #[arg(long)]
+    extra_rows: Vec<PathBuf>,
+    /// Reuse DIR/rows from an earlier run when the private mesh serves the same
+    /// schema (retraining without featurizing again).
+    #[arg(long)]
+    reuse_rows: bool,
 }
 
 /// FNV-1a of the seed and the query: the same split on every machine.
@@ -329,6 +339,11 @@ fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Val
         .arg("--out")
         .arg(&args.out)
         .args(["--algo", &args.algo, "--seed", &args.seed.to_string()])
+        .args(
+            args.extra_rows
+                .iter()
+                .flat_map(|r| [std::ffi::OsStr::new("--extra-rows"), r.as_os_str()]),
+        )
         .status()
         .with_context(|| {
             format!(
@@ -551,20 +566,25 @@ async fn trained_on_private_mesh(
     );
     let rows = args.out.join("rows");
     let t = Instant::now();
-    let schema = featurize(
-        &ranking,
-        &[("train", train_labels), ("dev", dev_labels)],
-        &rows,
-    )
-    .await?;
-    println!(
-        "featurized {} queries in {:.0?}: schema {}:{} ({} columns)",
-        train_labels.len() + dev_labels.len(),
-        t.elapsed(),
-        schema.name,
-        schema.version,
-        schema.columns.len()
-    );
+    let schema = match reusable_rows(args, &ranking, &rows, dev_labels).await? {
+        Some(schema) => {
+            println!("reusing the rows in {} (same schema)", rows.display());
+            schema
+        }
+        None => {
+            let splits = [("train", train_labels), ("dev", dev_labels)];
+            let schema = featurize(&ranking, &splits, &rows).await?;
+            println!(
+                "featurized {} queries in {:.0?}: schema {}:{} ({} columns)",
+                train_labels.len() + dev_labels.len(),
+                t.elapsed(),
+                schema.name,
+                schema.version,
+                schema.columns.len()
+            );
+            schema
+        }
+    };
     let training = train_models(args, &rows)?;
     let secrets = launcher::registry_secrets(&mesh_state_dir(args))?;
     let registry = grpc_of(mesh, "registry")?;
@@ -613,6 +633,33 @@ async fn trained_on_private_mesh(
         path.display()
     );
     Ok(metrics)
+}
+
+/// With --reuse-rows: the schema of `rows` when it is what the mesh serves now.
+async fn reusable_rows(
+    args: &TrainArgs,
+    ranking: &rankmesh_client::RankingClient,
+    rows: &Path,
+    dev_labels: &Labels,
+) -> anyhow::Result<Option<feat::FeatureSchema>> {
+    if !args.reuse_rows {
+        return Ok(None);
+    }
+    let Ok(stored) = std::fs::read(rows.join("schema.json")) else {
+        return Ok(None);
+    };
+    let stored: serde_json::Value = serde_json::from_slice(&stored)?;
+    let probe = dev_labels.keys().next().context("no dev query")?;
+    let served = ranking
+        .featurize(eval::search_request(probe, 1), Duration::from_secs(30))
+        .await
+        .map_err(|s| anyhow::anyhow!("featurize {probe:?}: {}", s.message()))?
+        .schema
+        .context("no schema in the Featurize reply")?;
+    let same = stored["name"] == served.name.as_str()
+        && stored["version"] == served.version
+        && stored["columns"] == serde_json::json!(served.columns);
+    Ok(same.then_some(served))
 }
 
 fn mesh_state_dir(args: &TrainArgs) -> PathBuf {

@@ -74,8 +74,49 @@ fn overlap_of(query: &HashSet<String>, text: &str) -> f32 {
     if query.is_empty() {
         return 0.0;
     }
-    let words: HashSet<String> = tokens(text).into_iter().collect();
-    query.iter().filter(|t| words.contains(*t)).count() as f32 / query.len() as f32
+    let analyzed = analyzed(text);
+    query
+        .iter()
+        .filter(|t| analyzed.tokens.contains(*t))
+        .count() as f32
+        / query.len() as f32
+}
+
+/// A catalog text as the features read it: its tokens and their trigrams.
+#[derive(Debug)]
+struct Analyzed {
+    tokens: Vec<String>,
+    grams: HashSet<String>,
+}
+
+/// Analyzed texts kept between requests: every Search analyzes a few hundred
+/// candidate titles, and catalog texts rarely change (keyed by the text itself, so
+/// an edited title is analyzed afresh). Cleared when full.
+static ANALYZED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::sync::Arc<Analyzed>>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Texts kept in [`ANALYZED`] (a 100k-item catalog's titles fit).
+const ANALYZED_CAPACITY: usize = 200_000;
+
+fn analyzed(text: &str) -> std::sync::Arc<Analyzed> {
+    let lock = || {
+        ANALYZED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(a) = lock().get(text) {
+        return std::sync::Arc::clone(a);
+    }
+    let tokens = tokens(text);
+    let a = std::sync::Arc::new(Analyzed {
+        grams: text::trigrams(&tokens).into_iter().collect(),
+        tokens,
+    });
+    let mut cache = lock();
+    if cache.len() >= ANALYZED_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(text.to_owned(), std::sync::Arc::clone(&a));
+    a
 }
 
 fn top_level(category: &str) -> &str {
@@ -185,7 +226,8 @@ fn position(pos: Option<usize>, len: usize) -> f32 {
     pos.map_or(0.0, |p| (p + 1) as f32 / len.max(1) as f32)
 }
 
-fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -> TitleMatch {
+fn title_features(q: &QueryText, idf: &HashMap<String, f32>, analyzed: &Analyzed) -> TitleMatch {
+    let title = analyzed.tokens.as_slice();
     let words: HashSet<&String> = title.iter().collect();
     let n = q.content.len().max(1) as f32;
     let idf_of = |t: &String| idf.get(t).copied().unwrap_or(1.0);
@@ -224,11 +266,11 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, title: &[String]) -
             .count() as f32
             / q.bigrams.len() as f32
     };
-    let grams: HashSet<String> = text::trigrams(title).into_iter().collect();
+    let grams = &analyzed.grams;
     let dice = if q.grams.is_empty() || grams.is_empty() {
         0.0
     } else {
-        2.0 * q.grams.intersection(&grams).count() as f32 / (q.grams.len() + grams.len()) as f32
+        2.0 * q.grams.intersection(grams).count() as f32 / (q.grams.len() + grams.len()) as f32
     };
     let head_at = q
         .head
@@ -330,7 +372,7 @@ pub fn matrix(
         let category = normalize_category(&item.category);
         let top = top_level(&category);
         let brand = item.brand.to_lowercase();
-        let brand_tokens = tokens(&brand);
+        let brand_tokens = &analyzed(&brand).tokens;
         let brand_in_query =
             !brand_tokens.is_empty() && query_lc.contains(&format!(" {} ", brand_tokens.join(" ")));
         let flags = seen.get(item.id.as_str()).copied().unwrap_or_default();
@@ -345,7 +387,7 @@ pub fn matrix(
             }
             _ => 0.0,
         };
-        let title = tokens(&item.title);
+        let title = analyzed(&item.title);
         let m = title_features(&qt, &scores.idf, &title);
         let row = [
             scores.words.get(&item.id).copied().unwrap_or(0.0),
@@ -370,7 +412,7 @@ pub fn matrix(
             qt.content.len() as f32,
             query_idf,
             f32::from(u8::from(query_has_number)),
-            (title.len() as f32).ln_1p(),
+            (title.tokens.len() as f32).ln_1p(),
             item.price.map_or(0.0, |p| p.ln_1p() as f32),
             f32::from(u8::from(item.price.is_some())),
             item.rating.unwrap_or(0.0) as f32,

@@ -143,27 +143,34 @@ fn plain_tokens(text: &str) -> Vec<String> {
     out
 }
 
+thread_local! {
+    /// The stemmer, built once per thread (every candidate's title is analyzed on
+    /// each request).
+    static STEMMER: std::cell::RefCell<TextAnalyzer> = std::cell::RefCell::new(
+        TextAnalyzer::builder(WhitespaceTokenizer::default())
+            .filter(Stemmer::default())
+            .build(),
+    );
+}
+
 /// Analyzed tokens (what the index stores and queries are cut into): plain tokens
 /// with words stemmed.
 pub fn tokens(text: &str) -> Vec<String> {
     let plain = plain_tokens(text);
-    let mut analyzer = TextAnalyzer::builder(WhitespaceTokenizer::default())
-        .filter(Stemmer::default())
-        .build();
-    plain
-        .into_iter()
-        .map(|t| {
-            if is_number(&t) || is_unit(&t) || t.chars().any(|c| c.is_ascii_digit()) {
-                return t;
-            }
-            let mut stream = analyzer.token_stream(&t);
-            let mut stemmed = t.clone();
-            if stream.advance() {
-                stemmed.clone_from(&stream.token().text);
-            }
-            stemmed
-        })
-        .collect()
+    STEMMER.with_borrow_mut(|analyzer| {
+        plain
+            .into_iter()
+            .map(|t| {
+                if t.chars().any(|c| c.is_ascii_digit()) || is_unit(&t) {
+                    return t;
+                }
+                let mut stream = analyzer.token_stream(&t);
+                let stemmed = stream.advance().then(|| stream.token().text.clone());
+                drop(stream);
+                stemmed.unwrap_or(t)
+            })
+            .collect()
+    })
 }
 
 /// Character trigrams of each token, with `#` marking token edges ("pan" ->
@@ -186,15 +193,36 @@ pub fn trigrams(tokens: &[String]) -> Vec<String> {
     out
 }
 
-/// Levenshtein distance, stopping early once it exceeds `max`.
+/// Levenshtein distance over characters, stopping early once it exceeds `max`.
+/// No allocation for ASCII tokens up to 62 bytes (nearly all of them: this runs
+/// for every query word against every candidate title word).
 pub fn within_edits(a: &str, b: &str, max: usize) -> bool {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
+    if a.is_ascii() && b.is_ascii() {
+        edits_within(a.as_bytes(), b.as_bytes(), max)
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        edits_within(&a, &b, max)
+    }
+}
+
+fn edits_within<T: PartialEq>(a: &[T], b: &[T], max: usize) -> bool {
     if a.len().abs_diff(b.len()) > max {
         return false;
     }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    let mut stack = [[0usize; 64]; 2];
+    let mut heap = Vec::new();
+    let (prev, cur) = if b.len() < 63 {
+        let [p, c] = &mut stack;
+        (&mut p[..], &mut c[..])
+    } else {
+        heap.resize(2 * (b.len() + 1), 0);
+        heap.split_at_mut(b.len() + 1)
+    };
+    let (mut prev, mut cur) = (prev, cur);
+    for (j, p) in prev.iter_mut().enumerate().take(b.len() + 1) {
+        *p = j;
+    }
     for i in 1..=a.len() {
         cur[0] = i;
         let mut best = cur[0];
