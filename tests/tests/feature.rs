@@ -206,7 +206,7 @@ async fn suite(backend: Backend) {
         .expect("features")
         .into_inner();
     let schema = f.schema.expect("schema");
-    assert_eq!((schema.name.as_str(), schema.version), ("rankmesh.ltr", 1));
+    assert_eq!((schema.name.as_str(), schema.version), ("rankmesh.ltr", 2));
     assert_eq!(f.item_ids, vec!["rs-1", "fp-1"]);
     assert_eq!(f.unknown_item_ids, vec!["nope"]);
     assert!(f.cold_start_user);

@@ -80,9 +80,10 @@ pub(crate) struct TrainArgs {
     /// Working folder of the private training mesh (its logs stay there).
     #[arg(long, default_value = ".rankmesh/ranker-train")]
     work: PathBuf,
-    /// The private mesh's etcd client port; its services from --mesh-base-port.
+    /// The private mesh's etcd client port (the peer port is the next one).
     #[arg(long, default_value_t = 23790)]
     mesh_etcd_port: u16,
+    /// The private mesh's first service port (two per instance from here).
     #[arg(long, default_value_t = 23800)]
     mesh_base_port: u16,
     /// Exported models (`encoder/` inside), as written by scripts/setup.
