@@ -173,7 +173,12 @@ async fn trains_on_real_judgments_serves_live_and_has_no_skew() {
         .map(|(q, text)| (text, q))
         .collect();
     let cols = columns(&rows);
-    let dense = |c: &str| c.starts_with("dense_") || c == "rrf";
+    // Two meshes embed with INT8, whose vectors move slightly with the batch they
+    // were computed in: similarities stay close, but a candidate's place in the
+    // dense list (and so its fused score) can move, so those are compared on the
+    // same mesh above, bit for bit, and not across meshes.
+    let dense = |c: &str| c == "dense_similarity" || c == "dense_gap";
+    let placed = |c: &str| matches!(c, "dense_found" | "dense_rank_log" | "rrf");
     let (mut compared, mut exact) = (0usize, 0usize);
     for (train_qid, q) in dev.iter().take(20) {
         let r = ranking
@@ -199,7 +204,7 @@ async fn trains_on_real_judgments_serves_live_and_has_no_skew() {
                 item.item_id
             );
             if let Some(t) = trained_rows.get(&(*train_qid, item.item_id.clone())) {
-                for (i, c) in cols.iter().enumerate() {
+                for (i, c) in cols.iter().enumerate().filter(|(_, c)| !placed(c)) {
                     let tol = if dense(c) { 0.05 } else { 1e-5 };
                     assert!(
                         (t[i] - item.features[i]).abs() <= tol * t[i].abs().max(1.0),

@@ -33,6 +33,15 @@ fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
+/// Columns of the default ranker (its declared input is [-1, columns]).
+fn ranker_width() -> i64 {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(models_dir().join("ranker/schema.json")).expect("ranker schema.json"),
+    )
+    .expect("schema json");
+    schema["columns"].as_array().expect("columns").len() as i64
+}
+
 fn upload(model: &[u8], input: &str) -> Vec<pb::PublishModelRequest> {
     let header = pb::PublishHeader {
         name: "ranker".into(),
@@ -40,7 +49,7 @@ fn upload(model: &[u8], input: &str) -> Vec<pb::PublishModelRequest> {
             inputs: vec![pb::TensorSpec {
                 name: input.into(),
                 dtype: "float32".into(),
-                shape: vec![-1, 16],
+                shape: vec![-1, ranker_width()],
             }],
             outputs: vec![pb::TensorSpec {
                 name: "score".into(),
