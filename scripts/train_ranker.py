@@ -88,7 +88,7 @@ def mean_ndcg(score_fn, qid, grades, x, judged):
         v = ndcg10(score_fn(x[g]), grades[g], judged.get(int(qid[g[0]]), []))
         if v is not None:
             vals.append(v)
-    return float(np.mean(vals)) if vals else 0.0, len(vals)
+    return float(np.mean(vals)) if vals else 0.0
 
 
 def sample(qid, grades, x, rrf_col, rng):
@@ -318,7 +318,7 @@ def main():
     log(f"{len(qid)} train rows -> {len(sq)} sampled; {len(main_dev[0])} dev rows; {width} columns")
 
     def dev_all(score_fn):
-        return {k: mean_ndcg(score_fn, dq, dg, dx, judged)[0] for k, (dq, dg, dx, judged) in devs.items()}
+        return {k: mean_ndcg(score_fn, dq, dg, dx, judged) for k, (dq, dg, dx, judged) in devs.items()}
 
     results = {
         "retrieval order (rrf)": dev_all(lambda r: r[:, cols.index("rrf")]),

@@ -18,6 +18,17 @@ pub(crate) struct MeshState {
     pub(crate) processes: Vec<Proc>,
 }
 
+impl MeshState {
+    /// The gRPC address of the first instance of `service`.
+    pub(crate) fn grpc_of(&self, service: &str) -> anyhow::Result<String> {
+        self.processes
+            .iter()
+            .find(|p| p.service == service)
+            .map(|p| p.grpc.clone())
+            .ok_or_else(|| anyhow::anyhow!("no {service} service in the mesh"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Proc {
     /// Instance id (`ranking-0`, `etcd`, ...).
@@ -308,15 +319,8 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
 /// Imports `file` into the mesh's feature service (features, lexical search) and
 /// rebuilds the embedding index from it.
 pub(crate) async fn load_catalog(mesh: &MeshState, file: &Path) -> anyhow::Result<()> {
-    let grpc_of = |service: &str| {
-        mesh.processes
-            .iter()
-            .find(|p| p.service == service)
-            .map(|p| p.grpc.clone())
-            .ok_or_else(|| anyhow::anyhow!("no {service} service started"))
-    };
-    crate::catalog::import(&grpc_of("feature")?, file, None, true).await?;
-    crate::embed::build_index(&grpc_of("embedding")?).await
+    crate::catalog::import(&mesh.grpc_of("feature")?, file, None, true).await?;
+    crate::embed::build_index(&mesh.grpc_of("embedding")?).await
 }
 
 /// Publishes the encoder (FP32, its INT8 variant and tokenizer) from `models` and,
@@ -601,6 +605,15 @@ pub(crate) fn hex32() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The registry admin token a write uses: the one given, else the local mesh's
+/// (its secrets file under `state_dir`).
+pub(crate) fn admin_token(given: Option<&str>, state_dir: &Path) -> anyhow::Result<String> {
+    match given {
+        Some(t) => Ok(t.to_owned()),
+        None => Ok(registry_secrets(state_dir)?.admin_token),
+    }
 }
 
 pub(crate) fn registry_secrets(state_dir: &Path) -> anyhow::Result<RegistrySecrets> {

@@ -932,12 +932,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state,
         } => {
             let addr = target.resolve("registry").await?;
-            let token = || -> anyhow::Result<String> {
-                match &token {
-                    Some(t) => Ok(t.clone()),
-                    None => Ok(launcher::registry_secrets(&state.state_dir)?.admin_token),
-                }
-            };
+            let token = || launcher::admin_token(token.as_deref(), &state.state_dir);
             match command {
                 ModelCommand::Publish {
                     name,

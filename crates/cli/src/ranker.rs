@@ -440,15 +440,6 @@ async fn wait_for_ranker(
     }
 }
 
-/// The ranking replica of a mesh started by the launcher.
-fn grpc_of(mesh: &launcher::MeshState, service: &str) -> anyhow::Result<String> {
-    mesh.processes
-        .iter()
-        .find(|p| p.service == service)
-        .map(|p| p.grpc.clone())
-        .with_context(|| format!("no {service} service started"))
-}
-
 /// `meshctl ranker train`.
 pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -520,10 +511,10 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         let catalog = opts.catalog.as_deref().context("catalog")?;
         launcher::load_catalog(&mesh, catalog).await?;
         if let Some(events) = &args.events {
-            let n = record_events(&grpc_of(&mesh, "feature")?, events).await?;
+            let n = record_events(&mesh.grpc_of("feature")?, events).await?;
             println!("recorded {n} events");
         }
-        trained_on_private_mesh(&args, &mesh, &train_labels, &dev_labels).await
+        trained_on_private_mesh(&args, &mesh, &state_dir, &train_labels, &dev_labels).await
     }
     .await;
     launcher::stop(&mesh, Duration::from_secs(10)).await;
@@ -531,10 +522,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let metrics = result?;
     if args.publish {
         let registry = args.target.resolve("registry").await?;
-        let token = match &args.token {
-            Some(t) => t.clone(),
-            None => launcher::registry_secrets(&args.state.state_dir)?.admin_token,
-        };
+        let token = launcher::admin_token(args.token.as_deref(), &args.state.state_dir)?;
         let metadata = manifest_metadata(&args.judgments, &metrics);
         let version =
             publish_ranker(&registry, &token, &args.out.join("model.onnx"), metadata).await?;
@@ -557,10 +545,11 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
 async fn trained_on_private_mesh(
     args: &TrainArgs,
     mesh: &launcher::MeshState,
+    state_dir: &Path,
     train_labels: &Labels,
     dev_labels: &Labels,
 ) -> anyhow::Result<serde_json::Value> {
-    let ranking_addr = grpc_of(mesh, "ranking")?;
+    let ranking_addr = mesh.grpc_of("ranking")?;
     let ranking = rankmesh_client::RankingClient::new(
         rankmesh_common::discovery::Resolver::fixed("ranking", std::slice::from_ref(&ranking_addr)),
         Duration::from_secs(30),
@@ -587,8 +576,8 @@ async fn trained_on_private_mesh(
         }
     };
     let training = train_models(args, &rows)?;
-    let secrets = launcher::registry_secrets(&mesh_state_dir(args))?;
-    let registry = grpc_of(mesh, "registry")?;
+    let secrets = launcher::registry_secrets(state_dir)?;
+    let registry = mesh.grpc_of("registry")?;
     let version = publish_ranker(
         &registry,
         &secrets.admin_token,
@@ -609,8 +598,8 @@ async fn trained_on_private_mesh(
     wait_for_ranker(&ranking, probe, version).await?;
     let targets = eval::targets(
         &ranking_addr,
-        &grpc_of(mesh, "embedding")?,
-        &grpc_of(mesh, "feature")?,
+        &mesh.grpc_of("embedding")?,
+        &mesh.grpc_of("feature")?,
     )
     .await?;
     let report = eval::evaluate(&targets, dev_labels).await?;
@@ -661,16 +650,6 @@ async fn reusable_rows(
         && stored["version"] == served.version
         && stored["columns"] == serde_json::json!(served.columns);
     Ok(same.then_some(served))
-}
-
-fn mesh_state_dir(args: &TrainArgs) -> PathBuf {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let work = if args.work.is_absolute() {
-        args.work.clone()
-    } else {
-        cwd.join(&args.work)
-    };
-    work.join("mesh")
 }
 
 #[cfg(test)]

@@ -337,7 +337,8 @@ pub fn matrix(
     profile: Option<&UserProfile>,
 ) -> Vec<f32> {
     let qt = QueryText::new(query);
-    let q: HashSet<String> = tokens(query).into_iter().collect();
+    // Every query token (stopwords too), from the one analysis of the query.
+    let q: HashSet<String> = qt.all.iter().cloned().collect();
     let query_lc = format!(" {} ", qt.all.join(" "));
     let affinity: HashMap<String, f64> = profile
         .map(|p| {

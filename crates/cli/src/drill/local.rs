@@ -71,14 +71,6 @@ fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32
         .collect()
 }
 
-fn grpc_of(mesh: &MeshState, service: &str) -> anyhow::Result<String> {
-    mesh.processes
-        .iter()
-        .find(|p| p.service == service)
-        .map(|p| p.grpc.clone())
-        .ok_or_else(|| anyhow::anyhow!("no {service} in the mesh"))
-}
-
 /// Where the drill's local mesh lives.
 pub(super) struct Env {
     pub(super) mesh: MeshState,
@@ -161,7 +153,7 @@ async fn publish_ranker(
     file: &Path,
     why: &str,
 ) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelManifest> {
-    let registry = grpc_of(&env.mesh, "registry")?;
+    let registry = env.mesh.grpc_of("registry")?;
     let m = crate::model::publish(
         &registry,
         &env.token,
@@ -262,7 +254,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                 .await?
                 .version;
             crate::model::promote(
-                &grpc_of(&env.mesh, "registry")?,
+                &env.mesh.grpc_of("registry")?,
                 &env.token,
                 launcher::RANKER_MODEL,
                 v,
@@ -298,7 +290,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
             }
             std::fs::write(&blob, bytes)?;
             crate::model::promote(
-                &grpc_of(&env.mesh, "registry")?,
+                &env.mesh.grpc_of("registry")?,
                 &env.token,
                 launcher::RANKER_MODEL,
                 v,
