@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rankmesh_artifact::envelope::{self, MasterKeys, Sealed};
+use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
 use rankmesh_client::RegistryClient;
 use rankmesh_common::discovery::Resolver;
-use rankmesh_model_registry::envelope::{self, MasterKeys, Sealed};
-use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 use rankmesh_proto::pb::registry::v1 as pb;
 use rankmesh_proto::pb::registry::v1::model_registry_client::ModelRegistryClient;
 use rankmesh_tests::catalog::models_dir;

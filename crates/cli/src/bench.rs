@@ -22,6 +22,62 @@ use serde::Serialize;
 /// Most requests in flight; beyond it a scheduled request counts as dropped.
 const MAX_IN_FLIGHT: usize = 2_000;
 
+/// Open-loop load: Search or Recommend at a constant rate through the SDK,
+/// latency from scheduled send time (HDR histograms), per-stage timings, errors
+/// by code, a per-second timeline (errors, p50/p99, model versions) with --json.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// `search` (inputs are queries) or `recommend` (inputs are user ids).
+    #[arg(long, default_value = "search")]
+    rpc: Rpc,
+    #[arg(long, default_value_t = 50.0)]
+    qps: f64,
+    /// Seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// One query (or user id) per line, e.g. a generated queries.txt.
+    #[arg(long)]
+    queries: std::path::PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Turn the SDK's hedging off (what a client without it sees).
+    #[arg(long)]
+    no_hedge: bool,
+    /// Turn the SDK's retries off.
+    #[arg(long)]
+    no_retry: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: crate::args::TargetArgs,
+}
+
+pub(crate) async fn command(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let replicas = a.target.resolver("ranking").await?;
+    let mut upstream = UpstreamConfig::default();
+    if a.no_hedge {
+        upstream.hedge_percentile = 0.0;
+    }
+    if a.no_retry {
+        upstream.max_retries = 0;
+    }
+    let opts = Options {
+        rpc: a.rpc,
+        qps: a.qps,
+        duration: Duration::from_secs(a.duration),
+        timeout: Duration::from_millis(a.timeout_ms),
+        inputs: read_inputs(&a.queries)?,
+        upstream,
+    };
+    let report = run(replicas, &opts).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Which RPC the load calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rpc {

@@ -8,7 +8,8 @@
 //! Also `meshctl dev-secrets`: fresh development secrets for a registry, as
 //! environment lines.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -37,6 +38,49 @@ where
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("gave up")))
         .with_context(|| format!("{what}: not done within {PATIENCE:?}"))
+}
+
+/// Prepare a mesh started some other way (the compose stack): publish the
+/// default models, import a catalog into each feature replica, build each
+/// embedding replica's index. Waits for each service; safe to re-run.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BootstrapArgs {
+    /// gRPC address of a registry replica.
+    #[arg(long)]
+    registry: String,
+    /// The registry's admin token.
+    #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Exported models (`encoder/`, and `ranker/` if trained).
+    #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+    models: PathBuf,
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// gRPC address of a feature replica (repeatable).
+    #[arg(long)]
+    feature: Vec<String>,
+    /// gRPC address of an embedding replica (repeatable).
+    #[arg(long)]
+    embedding: Vec<String>,
+}
+
+pub(crate) async fn command(a: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    run(&Plan {
+        registry: &a.registry,
+        token: &a.token,
+        models: &a.models,
+        catalog: a.catalog.as_deref(),
+        feature: &a.feature,
+        embedding: &a.embedding,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meshctl dev-secrets`.
+pub(crate) fn print_dev_secrets() -> anyhow::Result<ExitCode> {
+    print!("{}", dev_secrets()?);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) struct Plan<'a> {

@@ -1,13 +1,85 @@
-//! `meshctl catalog import`: streams a catalog file to the feature service.
+//! `meshctl catalog import` (stream a catalog file to a feature replica through
+//! the SDK) and `meshctl catalog generate` (a synthetic store, [`crate::generate`]).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use rankmesh_client::{Deadline, FeatureClient, Resolver};
 use rankmesh_proto::pb::feature::v1 as pb;
+
+use crate::args::{TargetArgs, exit};
 
 /// Bytes per streamed chunk (the service accepts up to 4 MiB).
 const CHUNK: usize = 1 << 20;
+/// A large catalog streams and indexes for minutes.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Import or generate catalogs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CatalogArgs {
+    #[command(subcommand)]
+    command: CatalogCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CatalogCommand {
+    /// Stream a catalog (JSONL or CSV: id, title, description, category, brand,
+    /// price, rating, review_count, attributes) to the feature service. Bad rows are
+    /// listed with their line numbers; exits 1 when any row was rejected.
+    Import {
+        file: PathBuf,
+        /// jsonl or csv; taken from the file extension when omitted.
+        #[arg(long)]
+        format: Option<String>,
+        /// Remove items that are not in this file.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Write a deterministic synthetic store: catalog.jsonl, users.jsonl,
+    /// events.jsonl, queries.txt and graded labels (labels.csv, -train, -test).
+    Generate {
+        #[arg(long, default_value_t = 5000)]
+        items: usize,
+        #[arg(long, default_value_t = 500)]
+        users: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub(crate) async fn command(a: CatalogArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        CatalogCommand::Import {
+            file,
+            format,
+            replace,
+            target,
+        } => {
+            let addr = target.resolve("feature").await?;
+            let clean = import(&addr, &file, format.as_deref(), replace).await?;
+            Ok(exit(clean))
+        }
+        CatalogCommand::Generate {
+            items,
+            users,
+            seed,
+            out,
+        } => {
+            crate::generate::generate(items, users, seed, &out)?;
+            println!(
+                "wrote {items} items, {users} users, events, queries and labels to {}",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
 
 /// Streams `path` and prints what was imported and why rows were rejected. Returns
 /// whether every row was imported.
@@ -59,15 +131,19 @@ pub(crate) async fn import(
             }
         }
     });
-    let channel = rankmesh_client::connect(addr, Duration::from_secs(3600)).await?;
-    let mut client = pb::feature_service_client::FeatureServiceClient::new(channel)
-        .max_encoding_message_size(8 << 20);
+    // One replica: each feature replica keeps its own store.
+    let client = FeatureClient::new(
+        Resolver::fixed("feature", &[addr.to_owned()]),
+        IMPORT_TIMEOUT,
+    );
     let started = Instant::now();
     let resp = client
-        .import_catalog(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .import_catalog(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Deadline::Default,
+        )
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(crate::args::status)?;
     reader.await??;
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -1,19 +1,44 @@
-//! `meshctl embed`: one text through the embedding service.
+//! `meshctl embed` and `meshctl retrieve`: one text through the embedding service,
+//! through the SDK (discovery, balancing, deadlines, retries).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use rankmesh_client::{Deadline, EmbeddingClient, Resolver};
 use rankmesh_proto::pb::embedding::v1 as pb;
 
-/// Embeds `text` on the embedding replica at `addr` and prints the vector.
-pub(crate) async fn embed(addr: &str, text: String, json: bool) -> anyhow::Result<()> {
-    let channel = rankmesh_client::connect(addr, Duration::from_secs(10)).await?;
-    let mut client = pb::embedding_service_client::EmbeddingServiceClient::new(channel);
+use crate::args::TargetArgs;
+
+/// How long one embed or retrieve may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole catalog re-embedded on CPU can take minutes.
+const BUILD_INDEX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Embed a text with the embedding service and print the vector.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EmbedArgs {
+    text: String,
+    /// Print JSON (`dim`, `model`, `truncated`, `vector`).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Embeds the text and prints the vector.
+pub(crate) async fn embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
+    let client = EmbeddingClient::new(a.target.resolver("embedding").await?, CALL_TIMEOUT);
     let resp = client
-        .embed(pb::EmbedRequest { texts: vec![text] })
+        .embed(
+            pb::EmbedRequest {
+                texts: vec![a.text],
+            },
+            Deadline::Default,
+        )
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(crate::status)?;
+    let json = a.json;
     let vector = resp
         .vectors
         .into_iter()
@@ -47,7 +72,7 @@ pub(crate) async fn embed(addr: &str, text: String, json: bool) -> anyhow::Resul
         );
         println!("[{}, ...]", head.join(", "));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Filters accepted on the command line (see the proto's `Filters`).
@@ -77,26 +102,36 @@ impl FilterArgs {
     }
 }
 
-/// Dense retrieval only: the nearest catalog items to `query` by embedding.
-pub(crate) async fn retrieve(
-    addr: &str,
+/// Dense retrieval: the catalog items nearest to a query by embedding.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetrieveArgs {
     query: String,
+    /// Number of items.
+    #[arg(long, short, default_value_t = 10)]
     k: u32,
-    filters: &FilterArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
+    #[arg(long)]
     json: bool,
-) -> anyhow::Result<()> {
-    let channel = rankmesh_client::connect(addr, Duration::from_secs(10)).await?;
-    let mut client = pb::embedding_service_client::EmbeddingServiceClient::new(channel);
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Dense retrieval only: the nearest catalog items to the query by embedding.
+pub(crate) async fn retrieve(a: RetrieveArgs) -> anyhow::Result<ExitCode> {
+    let client = EmbeddingClient::new(a.target.resolver("embedding").await?, CALL_TIMEOUT);
     let resp = client
-        .retrieve(pb::RetrieveRequest {
-            query: Some(pb::retrieve_request::Query::Text(query)),
-            k,
-            filters: filters.to_proto(),
-        })
+        .retrieve(
+            pb::RetrieveRequest {
+                query: Some(pb::retrieve_request::Query::Text(a.query)),
+                k: a.k,
+                filters: a.filters.to_proto(),
+            },
+            Deadline::Default,
+        )
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
-    if json {
+        .map_err(crate::status)?;
+    if a.json {
         let items: Vec<_> = resp
             .items
             .iter()
@@ -109,19 +144,25 @@ pub(crate) async fn retrieve(
             println!("{:>4}  {:<24} {:>10.4}", i + 1, n.item_id, n.similarity);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Re-embeds the feature service's catalog into the embedding index.
+/// Re-embeds the feature service's catalog into the index of the embedding
+/// replica at `addr` (each replica keeps its own index).
 pub(crate) async fn build_index(addr: &str) -> anyhow::Result<()> {
-    let channel = rankmesh_client::connect(addr, Duration::from_secs(3600)).await?;
-    let r = pb::embedding_service_client::EmbeddingServiceClient::new(channel)
-        .build_index(pb::BuildIndexRequest {
-            item_ids: Vec::new(),
-        })
+    let client = EmbeddingClient::new(
+        Resolver::fixed("embedding", &[addr.to_owned()]),
+        BUILD_INDEX_TIMEOUT,
+    );
+    let r = client
+        .build_index(
+            pb::BuildIndexRequest {
+                item_ids: Vec::new(),
+            },
+            Deadline::Default,
+        )
         .await
-        .map_err(|s| anyhow::anyhow!("BuildIndex: {}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|s| crate::status(s).context("BuildIndex"))?;
     println!(
         "indexed {} items for dense retrieval in {:.1} s",
         r.indexed,

@@ -11,15 +11,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use rankmesh_client::{Deadline, EmbeddingClient, FeatureClient, RankingClient, Resolver};
 use rankmesh_proto::pb::embedding::v1 as emb;
 use rankmesh_proto::pb::feature::v1 as feat;
 use rankmesh_proto::pb::ranking::v1 as rank;
-use tonic::transport::Channel;
+
+use crate::args::EtcdArgs;
 
 /// Grade from which an item counts as relevant (MRR, recall).
 pub(crate) const RELEVANT: f32 = 2.0;
@@ -31,12 +34,6 @@ const CONCURRENCY: usize = 4;
 /// machine must not turn slow answers into degraded ones (the ranking service's
 /// default deadline, for callers that send none, is 1 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn timed<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(CALL_TIMEOUT);
-    r
-}
 
 /// query -> item -> grade
 pub(crate) type Labels = BTreeMap<String, HashMap<String, f32>>;
@@ -203,34 +200,30 @@ impl Means {
     }
 }
 
-/// One replica of each service.
+/// SDK clients for the services a mesh evaluation calls.
 pub(crate) struct Targets {
-    pub ranking: Channel,
-    pub embedding: Channel,
-    pub feature: Channel,
+    pub ranking: RankingClient,
+    pub embedding: EmbeddingClient,
+    pub feature: FeatureClient,
 }
 
 async fn dense(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
-    let r = emb::embedding_service_client::EmbeddingServiceClient::new(t.embedding.clone())
-        .retrieve(timed(emb::RetrieveRequest {
-            query: Some(emb::retrieve_request::Query::Text(q.to_owned())),
-            k: DEPTH as u32,
-            filters: None,
-        }))
-        .await?
-        .into_inner();
+    let req = emb::RetrieveRequest {
+        query: Some(emb::retrieve_request::Query::Text(q.to_owned())),
+        k: DEPTH as u32,
+        filters: None,
+    };
+    let r = t.embedding.retrieve(req, Deadline::Default).await?;
     Ok(r.items.into_iter().map(|n| n.item_id).collect())
 }
 
 async fn lexical(t: &Targets, q: &str) -> anyhow::Result<Vec<String>> {
-    let r = feat::feature_service_client::FeatureServiceClient::new(t.feature.clone())
-        .lexical_candidates(timed(feat::LexicalCandidatesRequest {
-            query: q.to_owned(),
-            k: DEPTH as u32,
-            filters: None,
-        }))
-        .await?
-        .into_inner();
+    let req = feat::LexicalCandidatesRequest {
+        query: q.to_owned(),
+        k: DEPTH as u32,
+        filters: None,
+    };
+    let r = t.feature.lexical_candidates(req, Deadline::Default).await?;
     Ok(r.items.into_iter().map(|i| i.item_id).collect())
 }
 
@@ -253,22 +246,19 @@ struct Answers {
 }
 
 async fn answers(t: &Targets, q: &str) -> anyhow::Result<Answers> {
-    let mut ranking = rank::ranking_service_client::RankingServiceClient::new(t.ranking.clone());
-    let mut ranking2 = ranking.clone();
     let (lex, den, cands, full) = tokio::join!(
         lexical(t, q),
         dense(t, q),
-        ranking.featurize(timed(search_request(q, DEPTH as u32))),
-        ranking2.search(timed(search_request(q, DEPTH as u32))),
+        t.ranking
+            .featurize(search_request(q, DEPTH as u32), Deadline::Default),
+        t.ranking
+            .search(search_request(q, DEPTH as u32), Deadline::Default),
     );
-    let full = full.with_context(|| format!("search {q:?}"))?.into_inner();
+    let full = full.with_context(|| format!("search {q:?}"))?;
     Ok(Answers {
         lexical: lex?,
         dense: den?,
-        hybrid: cands
-            .with_context(|| format!("featurize {q:?}"))?
-            .into_inner()
-            .item_ids,
+        hybrid: cands.with_context(|| format!("featurize {q:?}"))?.item_ids,
         ranked: !full.degraded.iter().any(|d| d == "ranker"),
         full: full.items.into_iter().map(|i| i.item_id).collect(),
     })
@@ -377,29 +367,46 @@ pub(crate) async fn evaluate(t: &Targets, labels: &Labels) -> anyhow::Result<Rep
     Ok(report)
 }
 
-/// `meshctl eval`.
-pub(crate) async fn eval(t: &Targets, labels: &Labels, json: bool) -> anyhow::Result<()> {
-    let report = evaluate(t, labels).await?;
-    if json {
+/// Quality of lexical, dense, hybrid and full ranking on judgments
+/// (`query,item_id,grade`, fractional grades allowed, `.gz` read as gzip):
+/// NDCG@10 with linear gain (gain = grade), MRR and recall@100 with relevant =
+/// grade >= 2, and the candidate recall (share of relevant items that reach the
+/// ranker). Every row is validated before anything is evaluated.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    #[arg(long)]
+    labels: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// `meshctl eval`, against every registered replica.
+pub(crate) async fn command(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let labels = read_labels(&a.labels)?;
+    let t = Targets {
+        ranking: RankingClient::new(a.etcd.watch("ranking").await?, CALL_TIMEOUT),
+        embedding: EmbeddingClient::new(a.etcd.watch("embedding").await?, CALL_TIMEOUT),
+        feature: FeatureClient::new(a.etcd.watch("feature").await?, CALL_TIMEOUT),
+    };
+    let report = evaluate(&t, &labels).await?;
+    if a.json {
         println!("{}", report.json());
     } else {
         report.print();
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Connects to one replica of each service.
-pub(crate) async fn targets(
-    ranking: &str,
-    embedding: &str,
-    feature: &str,
-) -> anyhow::Result<Targets> {
-    let t = Duration::from_secs(30);
-    Ok(Targets {
-        ranking: rankmesh_client::connect(ranking, t).await?,
-        embedding: rankmesh_client::connect(embedding, t).await?,
-        feature: rankmesh_client::connect(feature, t).await?,
-    })
+/// Clients for one replica of each service.
+pub(crate) fn targets(ranking: &str, embedding: &str, feature: &str) -> Targets {
+    let one = |service, addr: &str| Resolver::fixed(service, &[addr.to_owned()]);
+    Targets {
+        ranking: RankingClient::new(one("ranking", ranking), CALL_TIMEOUT),
+        embedding: EmbeddingClient::new(one("embedding", embedding), CALL_TIMEOUT),
+        feature: FeatureClient::new(one("feature", feature), CALL_TIMEOUT),
+    }
 }
 
 #[cfg(test)]

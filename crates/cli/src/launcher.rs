@@ -383,6 +383,7 @@ struct DefaultModel {
 /// is this exact file (a restarted mesh keeps its registry in the state directory).
 async fn publish_default(registry: &str, token: &str, d: &DefaultModel) -> anyhow::Result<()> {
     use sha2::Digest;
+    let registry = &crate::model::registry_at(registry, Some(token));
     let bytes = std::fs::read(&d.fp32).with_context(|| format!("read {}", d.fp32.display()))?;
     let digest: String = sha2::Sha256::digest(&bytes)
         .iter()
@@ -403,7 +404,7 @@ async fn publish_default(registry: &str, token: &str, d: &DefaultModel) -> anyho
         metadata: vec![("source".into(), d.fp32.display().to_string())],
         sidecars: &d.sidecars,
     };
-    let m = crate::model::publish(registry, token, &up).await?;
+    let m = crate::model::publish(registry, &up).await?;
     if let Some(int8) = &d.int8 {
         up.file = int8;
         up.metadata = vec![
@@ -411,11 +412,10 @@ async fn publish_default(registry: &str, token: &str, d: &DefaultModel) -> anyho
             ("variant".into(), "int8".into()),
             ("parent_version".into(), m.version.to_string()),
         ];
-        crate::model::publish(registry, token, &up).await?;
+        crate::model::publish(registry, &up).await?;
     }
     crate::model::promote(
         registry,
-        token,
         d.name,
         m.version,
         None,

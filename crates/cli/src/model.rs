@@ -2,35 +2,31 @@
 //! Writes take the admin token from `--token`, `RANKMESH_ADMIN_TOKEN`, or the local
 //! mesh's secrets file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use rankmesh_client::{Deadline, RegistryClient, Resolver};
 use rankmesh_proto::pb::registry::v1 as pb;
-use tonic::transport::Channel;
 
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("the token must be ASCII")?,
-    );
-    Ok(r)
+use crate::args::{StateArgs, TargetArgs, parse_kv, status};
+
+/// Uploads and listings of large models take a while.
+const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// An SDK client for the registry replica at `addr`, sending `token` on writes.
+pub(crate) fn registry_at(addr: &str, token: Option<&str>) -> RegistryClient {
+    registry(Resolver::fixed("registry", &[addr.to_owned()]), token)
 }
 
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
-async fn client(
-    addr: &str,
-) -> anyhow::Result<pb::model_registry_client::ModelRegistryClient<Channel>> {
-    Ok(pb::model_registry_client::ModelRegistryClient::new(
-        rankmesh_client::connect(addr, Duration::from_secs(600)).await?,
-    )
-    .max_decoding_message_size(8 << 20))
+/// An SDK client for the registry replicas in `resolver`.
+pub(crate) fn registry(resolver: Resolver, token: Option<&str>) -> RegistryClient {
+    let client = RegistryClient::new(resolver, CALL_TIMEOUT);
+    match token {
+        Some(t) => client.with_token(t),
+        None => client,
+    }
 }
 
 /// One artifact to upload.
@@ -50,8 +46,7 @@ pub(crate) struct Upload<'a> {
 /// Uploads an artifact (the next version of its name, or with metadata
 /// `variant=int8, parent_version=N` the INT8 variant of version N).
 pub(crate) async fn publish(
-    addr: &str,
-    token: &str,
+    registry: &RegistryClient,
     up: &Upload<'_>,
 ) -> anyhow::Result<pb::ModelManifest> {
     let bytes = std::fs::read(up.file).with_context(|| format!("read {}", up.file.display()))?;
@@ -93,12 +88,10 @@ pub(crate) async fn publish(
     msgs.extend(bytes.chunks(1 << 20).map(|c| pb::PublishModelRequest {
         part: Some(pb::publish_model_request::Part::Chunk(c.to_vec())),
     }));
-    let m = client(addr)
-        .await?
-        .publish_model(authed(futures::stream::iter(msgs), token)?)
+    let m = registry
+        .publish(msgs, Deadline::Default)
         .await
         .map_err(status)?
-        .into_inner()
         .manifest
         .context("no manifest in the reply")?;
     println!(
@@ -110,33 +103,29 @@ pub(crate) async fn publish(
 
 /// The production manifest of `name`, if it has one.
 pub(crate) async fn production(
-    addr: &str,
+    registry: &RegistryClient,
     name: &str,
 ) -> anyhow::Result<Option<pb::ModelManifest>> {
-    match client(addr)
-        .await?
-        .get_model(pb::GetModelRequest {
-            name: name.to_owned(),
-            version: 0,
-            variant: String::new(),
-        })
-        .await
-    {
-        Ok(m) => Ok(Some(m.into_inner())),
+    let req = pb::GetModelRequest {
+        name: name.to_owned(),
+        version: 0,
+        variant: String::new(),
+    };
+    match registry.get_model(req, Deadline::Default).await {
+        Ok(m) => Ok(Some(m)),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(status(s)),
     }
 }
 
-pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<()> {
-    let r = client(addr)
-        .await?
-        .list_models(pb::ListModelsRequest {
-            name: name.to_owned(),
-        })
+pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> anyhow::Result<()> {
+    let req = pb::ListModelsRequest {
+        name: name.to_owned(),
+    };
+    let r = registry
+        .list_models(req, Deadline::Default)
         .await
-        .map_err(status)?
-        .into_inner();
+        .map_err(status)?;
     if json {
         let out: Vec<_> = r
             .models
@@ -194,8 +183,7 @@ pub(crate) async fn list(addr: &str, name: &str, json: bool) -> anyhow::Result<(
 }
 
 pub(crate) async fn promote(
-    addr: &str,
-    token: &str,
+    registry: &RegistryClient,
     name: &str,
     version: u64,
     canary: Option<u32>,
@@ -205,22 +193,18 @@ pub(crate) async fn promote(
         Some(p) => (pb::Stage::Canary, p),
         None => (pb::Stage::Production, 0),
     };
-    let r = client(addr)
-        .await?
-        .set_stage(authed(
-            pb::SetStageRequest {
-                name: name.to_owned(),
-                version,
-                stage: stage as i32,
-                percent,
-                reason: reason.to_owned(),
-                expected_revision: 0,
-            },
-            token,
-        )?)
+    let req = pb::SetStageRequest {
+        name: name.to_owned(),
+        version,
+        stage: stage as i32,
+        percent,
+        reason: reason.to_owned(),
+        expected_revision: 0,
+    };
+    let r = registry
+        .set_stage(req, Deadline::Default)
         .await
-        .map_err(status)?
-        .into_inner();
+        .map_err(status)?;
     println!(
         "{name}: production v{}, canary v{} at {}%",
         r.production_version, r.canary_version, r.canary_percent
@@ -229,24 +213,19 @@ pub(crate) async fn promote(
 }
 
 pub(crate) async fn rollback(
-    addr: &str,
-    token: &str,
+    registry: &RegistryClient,
     name: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let r = client(addr)
-        .await?
-        .rollback(authed(
-            pb::RollbackRequest {
-                name: name.to_owned(),
-                reason: reason.to_owned(),
-                expected_revision: 0,
-            },
-            token,
-        )?)
+    let req = pb::RollbackRequest {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+        expected_revision: 0,
+    };
+    let r = registry
+        .rollback(req, Deadline::Default)
         .await
-        .map_err(status)?
-        .into_inner();
+        .map_err(status)?;
     println!(
         "{name}: production v{}, canary {}",
         r.production_version,
@@ -259,20 +238,133 @@ pub(crate) async fn rollback(
     Ok(())
 }
 
-pub(crate) async fn rotate(addr: &str, token: &str, key_id: &str) -> anyhow::Result<()> {
-    let r = client(addr)
-        .await?
-        .rotate_key(authed(
-            pb::RotateKeyRequest {
-                new_key_id: key_id.to_owned(),
-            },
-            token,
-        )?)
+pub(crate) async fn rotate(registry: &RegistryClient, key_id: &str) -> anyhow::Result<()> {
+    let req = pb::RotateKeyRequest {
+        new_key_id: key_id.to_owned(),
+    };
+    let r = registry
+        .rotate_key(req, Deadline::Default)
         .await
-        .map_err(status)?
-        .into_inner();
+        .map_err(status)?;
     println!("re-wrapped {} data keys under {key_id}", r.rewrapped);
     Ok(())
+}
+
+/// Model registry: publish, list, promote, roll back, rotate keys.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelArgs {
+    #[command(subcommand)]
+    command: ModelCommand,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Admin token for writes; default: RANKMESH_ADMIN_TOKEN, then the local
+    /// mesh's secrets file.
+    #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ModelCommand {
+    /// Upload an ONNX file as the next version of NAME.
+    Publish {
+        name: String,
+        file: PathBuf,
+        /// Input names the artifact must have (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        inputs: Vec<String>,
+        /// Output names the artifact must have (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        outputs: Vec<String>,
+        /// key=value metadata (repeatable), e.g. variant=int8, parent_version=3.
+        #[arg(long = "meta", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+        /// Extra file shipped with the model, e.g. tokenizer.json (repeatable).
+        #[arg(long = "sidecar")]
+        sidecars: Vec<PathBuf>,
+        /// The INT8 variant of FILE (made offline), stored linked to the new version;
+        /// replicas on CPU pick it, replicas on GPU the FP32 file.
+        #[arg(long)]
+        int8: Option<PathBuf>,
+    },
+    /// Versions, stages and stage history.
+    List {
+        #[arg(default_value = "")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make VERSION production, or a canary with --canary PERCENT.
+    Promote {
+        name: String,
+        version: u64,
+        #[arg(long)]
+        canary: Option<u32>,
+        #[arg(long, default_value = "manual promotion")]
+        reason: String,
+    },
+    /// End the running canary; without one, restore the previous production version.
+    Rollback {
+        name: String,
+        #[arg(long, default_value = "manual rollback")]
+        reason: String,
+    },
+    /// Re-wrap every data key under master key KEY_ID (configured on the registry).
+    RotateKey { key_id: String },
+}
+
+pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
+    let resolver = a.target.resolver("registry").await?;
+    // Reads need no token; a write without one fails here, before any upload.
+    let writes = !matches!(a.command, ModelCommand::List { .. });
+    let token = if writes {
+        Some(crate::launcher::admin_token(
+            a.token.as_deref(),
+            &a.state.state_dir,
+        )?)
+    } else {
+        None
+    };
+    let registry = registry(resolver, token.as_deref());
+    match a.command {
+        ModelCommand::Publish {
+            name,
+            file,
+            inputs,
+            outputs,
+            metadata,
+            sidecars,
+            int8,
+        } => {
+            let mut up = Upload {
+                name: &name,
+                file: &file,
+                inputs: &inputs,
+                outputs: &outputs,
+                metadata,
+                sidecars: &sidecars,
+            };
+            let m = publish(&registry, &up).await?;
+            if let Some(int8) = &int8 {
+                up.file = int8;
+                up.metadata.push(("variant".into(), "int8".into()));
+                up.metadata
+                    .push(("parent_version".into(), m.version.to_string()));
+                publish(&registry, &up).await?;
+            }
+        }
+        ModelCommand::List { name, json } => list(&registry, &name, json).await?,
+        ModelCommand::Promote {
+            name,
+            version,
+            canary,
+            reason,
+        } => promote(&registry, &name, version, canary, &reason).await?,
+        ModelCommand::Rollback { name, reason } => rollback(&registry, &name, &reason).await?,
+        ModelCommand::RotateKey { key_id } => rotate(&registry, &key_id).await?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use rankmesh_client::RegistryClient;
 use rankmesh_proto::pb::feature::v1 as feat;
 
 use crate::eval::{self, Labels};
@@ -29,6 +30,73 @@ use crate::launcher;
 const CONCURRENCY: usize = 4;
 /// Longest wait for the private ranking replica to serve the new ranker.
 const SWAP_WAIT: Duration = Duration::from_secs(90);
+
+/// The ranker's ONNX signature.
+pub(crate) const RANKER_INPUT: &str = "features";
+pub(crate) const RANKER_OUTPUT: &str = "score";
+
+/// Learned rankers: train one on a store's own judgments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RankerArgs {
+    #[command(subcommand)]
+    command: RankerCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RankerCommand {
+    /// Train a ranker on judgments (`query,item_id,grade`) over a catalog: split by
+    /// query into train and dev, featurize every judged query with the serving code
+    /// in a private mesh, train LambdaMART and a listwise MLP, keep the better on dev
+    /// NDCG@10, export ONNX, evaluate every variant on dev. Writes DIR/model.onnx,
+    /// DIR/metrics.json, DIR/training.json and the rows (DIR/rows/).
+    Train(TrainArgs),
+}
+
+pub(crate) async fn command(a: RankerArgs) -> anyhow::Result<std::process::ExitCode> {
+    match a.command {
+        RankerCommand::Train(args) => train(args).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Feature rows for ranker training.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FeaturesArgs {
+    #[command(subcommand)]
+    command: FeaturesCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FeaturesCommand {
+    /// For each judged query, the ranker's input exactly as Search computes it
+    /// (ranking's Featurize): into DIR, `all.csv` (qid, grade, item_id; grade 0 when
+    /// unjudged), `all.f32` (rows, little-endian f32), `schema.json`, `queries.csv`
+    /// and `judged.csv`.
+    Dump {
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: crate::args::TargetArgs,
+    },
+}
+
+/// `meshctl features dump`.
+pub(crate) async fn features(a: FeaturesArgs) -> anyhow::Result<std::process::ExitCode> {
+    let FeaturesCommand::Dump {
+        labels,
+        out,
+        target,
+    } = a.command;
+    let ranking = rankmesh_client::RankingClient::new(
+        target.resolver("ranking").await?,
+        Duration::from_secs(30),
+    );
+    let labels = eval::read_labels(&labels)?;
+    featurize(&ranking, &[("all", &labels)], &out).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TrainArgs {
@@ -74,9 +142,9 @@ pub(crate) struct TrainArgs {
     #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(flatten)]
-    target: crate::TargetArgs,
+    target: crate::args::TargetArgs,
     #[command(flatten)]
-    state: crate::StateArgs,
+    state: crate::args::StateArgs,
     /// Working folder of the private training mesh (its logs stay there).
     #[arg(long, default_value = ".rankmesh/ranker-train")]
     work: PathBuf,
@@ -300,15 +368,14 @@ async fn record_events(feature: &str, file: &Path) -> anyhow::Result<usize> {
             timestamp_ms: e.timestamp_ms,
         });
     }
-    let channel = rankmesh_client::connect(feature, Duration::from_secs(30)).await?;
-    let client = feat::feature_service_client::FeatureServiceClient::new(channel);
+    let client = rankmesh_client::FeatureClient::new(
+        rankmesh_client::Resolver::fixed("feature", &[feature.to_owned()]),
+        Duration::from_secs(30),
+    );
     let n = events.len();
     let progress = crate::progress::Progress::new("recording events", n);
     let mut stream = futures::stream::iter(events)
-        .map(|e| {
-            let mut c = client.clone();
-            async move { c.record_event(e).await }
-        })
+        .map(|e| client.record_event(e, rankmesh_client::Deadline::Default))
         .buffer_unordered(8);
     while let Some(r) = stream.next().await {
         r.map_err(|s| anyhow::anyhow!("RecordEvent: {}: {}", s.code(), s.message()))?;
@@ -394,13 +461,12 @@ fn manifest_metadata(judgments: &Path, metrics: &serde_json::Value) -> Vec<(Stri
 
 /// Publishes `model` as the next ranker version in `registry`; returns it.
 async fn publish_ranker(
-    registry: &str,
-    token: &str,
+    registry: &RegistryClient,
     model: &Path,
     metadata: Vec<(String, String)>,
 ) -> anyhow::Result<u64> {
-    let inputs = vec![crate::RANKER_INPUT.to_owned()];
-    let outputs = vec![crate::RANKER_OUTPUT.to_owned()];
+    let inputs = vec![RANKER_INPUT.to_owned()];
+    let outputs = vec![RANKER_OUTPUT.to_owned()];
     let up = crate::model::Upload {
         name: launcher::RANKER_MODEL,
         file: model,
@@ -409,7 +475,7 @@ async fn publish_ranker(
         metadata,
         sidecars: &[],
     };
-    Ok(crate::model::publish(registry, token, &up).await?.version)
+    Ok(crate::model::publish(registry, &up).await?.version)
 }
 
 /// Waits until a search on `ranking` is ranked by ranker `version`.
@@ -521,15 +587,14 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     launcher::down(&state_dir).await.ok();
     let metrics = result?;
     if args.publish {
-        let registry = args.target.resolve("registry").await?;
         let token = launcher::admin_token(args.token.as_deref(), &args.state.state_dir)?;
+        let registry =
+            crate::model::registry(args.target.resolver("registry").await?, Some(&token));
         let metadata = manifest_metadata(&args.judgments, &metrics);
-        let version =
-            publish_ranker(&registry, &token, &args.out.join("model.onnx"), metadata).await?;
+        let version = publish_ranker(&registry, &args.out.join("model.onnx"), metadata).await?;
         if args.promote || args.canary.is_some() {
             crate::model::promote(
                 &registry,
-                &token,
                 launcher::RANKER_MODEL,
                 version,
                 args.canary,
@@ -577,17 +642,11 @@ async fn trained_on_private_mesh(
     };
     let training = train_models(args, &rows)?;
     let secrets = launcher::registry_secrets(state_dir)?;
-    let registry = mesh.grpc_of("registry")?;
-    let version = publish_ranker(
-        &registry,
-        &secrets.admin_token,
-        &args.out.join("model.onnx"),
-        vec![],
-    )
-    .await?;
+    let registry =
+        crate::model::registry_at(&mesh.grpc_of("registry")?, Some(&secrets.admin_token));
+    let version = publish_ranker(&registry, &args.out.join("model.onnx"), vec![]).await?;
     crate::model::promote(
         &registry,
-        &secrets.admin_token,
         launcher::RANKER_MODEL,
         version,
         None,
@@ -600,8 +659,7 @@ async fn trained_on_private_mesh(
         &ranking_addr,
         &mesh.grpc_of("embedding")?,
         &mesh.grpc_of("feature")?,
-    )
-    .await?;
+    );
     let report = eval::evaluate(&targets, dev_labels).await?;
     report.print();
     let metrics = serde_json::json!({

@@ -1,9 +1,13 @@
-//! `meshctl search` and `meshctl recommend`: the ranked answers storefronts get.
+//! `meshctl search` and `meshctl recommend`: the ranked answers storefronts get,
+//! through the SDK a storefront uses (discovery, balancing, hedging, deadlines).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use rankmesh_client::{Deadline, RankingClient};
 use rankmesh_proto::pb::ranking::v1 as pb;
 
+use crate::args::TargetArgs;
 use crate::embed::FilterArgs;
 
 fn print(
@@ -80,67 +84,96 @@ fn models(m: &[rankmesh_proto::pb::common::v1::ModelRef]) -> Vec<serde_json::Val
         .collect()
 }
 
-pub(crate) async fn search(
-    addr: &str,
+/// Ranked search: dense + lexical retrieval, features, ranker.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SearchArgs {
     query: String,
+    /// The shopper, for personal features; anonymous when omitted.
+    #[arg(long)]
     user: Option<String>,
+    #[arg(long, short, default_value_t = 10)]
     k: u32,
-    filters: &FilterArgs,
-    timeout: Duration,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// Deadline for the whole request, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    #[arg(long)]
     json: bool,
-) -> anyhow::Result<()> {
-    let channel = rankmesh_client::connect(addr, timeout).await?;
-    let mut client = pb::ranking_service_client::RankingServiceClient::new(channel);
-    let r = client
-        .search(pb::SearchRequest {
-            query,
-            user_id: user.unwrap_or_default(),
-            k,
-            filters: filters.to_proto(),
-            routing_key: String::new(),
-            explain: false,
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
-    report(
-        &r.items,
-        &r.models,
-        &r.trace_id,
-        &r.degraded,
-        &r.stage_ms,
-        json,
-    );
-    Ok(())
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
-pub(crate) async fn recommend(
-    addr: &str,
-    user: String,
-    k: u32,
-    filters: &FilterArgs,
-    timeout: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
-    let channel = rankmesh_client::connect(addr, timeout).await?;
-    let mut client = pb::ranking_service_client::RankingServiceClient::new(channel);
+pub(crate) async fn search(a: SearchArgs) -> anyhow::Result<ExitCode> {
+    let client = RankingClient::new(
+        a.target.resolver("ranking").await?,
+        Duration::from_millis(a.timeout_ms),
+    );
     let r = client
-        .recommend(pb::RecommendRequest {
-            user_id: user,
-            k,
-            filters: filters.to_proto(),
-            routing_key: String::new(),
-        })
+        .search(
+            pb::SearchRequest {
+                query: a.query,
+                user_id: a.user.unwrap_or_default(),
+                k: a.k,
+                filters: a.filters.to_proto(),
+                routing_key: String::new(),
+                explain: false,
+            },
+            Deadline::Default,
+        )
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(crate::status)?;
     report(
         &r.items,
         &r.models,
         &r.trace_id,
         &r.degraded,
         &r.stage_ms,
-        json,
+        a.json,
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Recommendations for a user (popular items for an unknown one).
+#[derive(Debug, clap::Args)]
+pub(crate) struct RecommendArgs {
+    user: String,
+    #[arg(long, short, default_value_t = 10)]
+    k: u32,
+    #[command(flatten)]
+    filters: FilterArgs,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub(crate) async fn recommend(a: RecommendArgs) -> anyhow::Result<ExitCode> {
+    let client = RankingClient::new(
+        a.target.resolver("ranking").await?,
+        Duration::from_millis(a.timeout_ms),
+    );
+    let r = client
+        .recommend(
+            pb::RecommendRequest {
+                user_id: a.user,
+                k: a.k,
+                filters: a.filters.to_proto(),
+                routing_key: String::new(),
+            },
+            Deadline::Default,
+        )
+        .await
+        .map_err(crate::status)?;
+    report(
+        &r.items,
+        &r.models,
+        &r.trace_id,
+        &r.degraded,
+        &r.stage_ms,
+        a.json,
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,9 +7,61 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// Print one trace (a reply's `trace_id`) as a span tree with timings, from the
+/// local mesh's trace collector.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TraceArgs {
+    trace_id: String,
+    /// The collector's UI/API address; default: the local mesh's.
+    #[arg(long)]
+    ui: Option<String>,
+    /// Print the collector's Jaeger JSON instead.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: crate::args::StateArgs,
+}
+
+pub(crate) async fn trace(a: TraceArgs) -> anyhow::Result<ExitCode> {
+    let ui = match a.ui {
+        Some(ui) => ui,
+        None => crate::launcher::read_state(&a.state.state_dir)?
+            .and_then(|m| {
+                m.processes
+                    .into_iter()
+                    .find(|p| p.service == "collector")
+                    .map(|p| p.admin)
+            })
+            .unwrap_or_else(|| "127.0.0.1:16686".to_owned()),
+    };
+    let doc = fetch(&ui, &a.trace_id).await?;
+    if a.json {
+        println!("{doc}");
+    } else {
+        print!("{}", render(&spans_of(&doc)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run an in-memory trace collector: OTLP/gRPC in, a Jaeger-compatible UI and
+/// API out (`meshctl up` starts one).
+#[derive(Debug, clap::Args)]
+pub(crate) struct CollectorArgs {
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    otlp: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:16686")]
+    ui: SocketAddr,
+}
+
+pub(crate) async fn collector(a: CollectorArgs) -> anyhow::Result<ExitCode> {
+    collect(a.otlp, a.ui).await?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Traces kept at most, and their memory at most.
 const MAX_TRACES: u32 = 2_000;

@@ -49,6 +49,28 @@ impl FeatureClient {
             )
             .await
     }
+
+    /// Streams a catalog upload (JSONL or CSV chunks, the last one marked). Sent
+    /// once: a stream cannot be replayed, and a re-import is the caller's choice.
+    pub async fn import_catalog(
+        &self,
+        chunks: impl tokio_stream::Stream<Item = pb::ImportCatalogChunk> + Send + 'static,
+        deadline: impl Into<Deadline>,
+    ) -> Result<pb::ImportCatalogResponse, tonic::Status> {
+        self.core
+            .client_stream(
+                "import_catalog",
+                chunks,
+                deadline.into(),
+                |ch, r| async move {
+                    FeatureServiceClient::new(ch)
+                        .max_encoding_message_size(rankmesh_proto::limits::MAX_MESSAGE_BYTES)
+                        .import_catalog(r)
+                        .await
+                },
+            )
+            .await
+    }
 }
 
 unary_rpcs!(FeatureClient, FeatureServiceClient {

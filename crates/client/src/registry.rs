@@ -31,10 +31,11 @@ impl RegistryClient {
         }
     }
 
-    /// Sends `token` (the registry's admin token) with every call.
+    /// Sends `token` (the registry's admin token) as `authorization: Bearer
+    /// <token>` with every call.
     pub fn with_token(self, token: &str) -> Self {
         Self {
-            core: self.core.with_token(token),
+            core: self.core.with_token(&format!("Bearer {token}")),
         }
     }
 
@@ -57,6 +58,28 @@ impl RegistryClient {
             )
             .await?;
         Ok(listed.models.into_iter().find(|m| m.name == name))
+    }
+
+    /// Uploads one artifact: the header, its chunks and sidecars, in order. Sent
+    /// once: a second attempt would publish a second version.
+    pub async fn publish(
+        &self,
+        parts: Vec<pb::PublishModelRequest>,
+        deadline: impl Into<Deadline>,
+    ) -> Result<pb::PublishModelResponse, tonic::Status> {
+        self.core
+            .client_stream(
+                "publish_model",
+                tokio_stream::iter(parts),
+                deadline.into(),
+                |ch, r| async move {
+                    ModelRegistryClient::new(ch)
+                        .max_encoding_message_size(rankmesh_proto::limits::MAX_MESSAGE_BYTES)
+                        .publish_model(r)
+                        .await
+                },
+            )
+            .await
     }
 
     /// Ends a canary, or restores the previous production version. Retried only

@@ -74,8 +74,9 @@ impl Core {
         }
     }
 
-    pub fn with_token(mut self, token: &str) -> Self {
-        self.token = Some(Arc::from(token));
+    /// Sends `authorization: <value>` with every call.
+    pub fn with_token(mut self, value: &str) -> Self {
+        self.token = Some(Arc::from(value));
         self
     }
 
@@ -115,8 +116,41 @@ impl Core {
                 Kind::Once => self.upstream.call_once(attempt).await,
             }
         };
-        // The call as the caller sees it; its attempts (first, hedge, retries) are
-        // child spans, and each server's span hangs under its attempt.
+        self.within(method, kind, at, call).await
+    }
+
+    /// Runs one client-streaming RPC (an upload) within `deadline`: one attempt,
+    /// never repeated (the stream is consumed by the attempt).
+    pub async fn client_stream<S, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        stream: S,
+        deadline: Deadline,
+        rpc: F,
+    ) -> Result<Resp, tonic::Status>
+    where
+        F: FnOnce(Balanced, tonic::Request<S>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let at = self.deadline(deadline);
+        let request = self.request(stream, at);
+        let call = self.upstream.call_once(|ch| {
+            let call = rpc(ch, request);
+            async move { call.await.map(tonic::Response::into_inner) }
+        });
+        self.within(method, Kind::Once, at, call).await
+    }
+
+    /// `call` as the caller sees it: cut at the deadline, in a span whose children
+    /// are its attempts (first, hedge, retries), each server's span under its
+    /// attempt.
+    async fn within<Resp>(
+        &self,
+        method: &'static str,
+        kind: Kind,
+        at: Instant,
+        call: impl Future<Output = Result<Resp, tonic::Status>>,
+    ) -> Result<Resp, tonic::Status> {
         let span = tracing::info_span!(
             "rpc.client",
             otel.name = %format!("{}/{method}", self.upstream.service()),
@@ -184,7 +218,10 @@ macro_rules! unary_rpcs {
                 ) -> Result<$resp, tonic::Status> {
                     self.core
                         .unary(stringify!($method), $crate::rpc::Kind::$kind, req, deadline.into(), |ch, r| async move {
-                            $grpc::new(ch).$method(r).await
+                            $grpc::new(ch)
+                                .max_decoding_message_size(rankmesh_proto::limits::MAX_MESSAGE_BYTES)
+                                .$method(r)
+                                .await
                         })
                         .await
                 }

@@ -16,6 +16,7 @@
 //! - [`service`]: the shared `main` of service binaries and their config shape.
 
 pub mod batcher;
+pub mod blocking;
 pub mod config;
 pub mod discovery;
 pub mod election;

@@ -1,30 +1,52 @@
-//! Follows the encoder's production version in the model registry.
+//! The encoder as a model the replica follows in the registry.
 //!
-//! At startup the encoder comes from the local encrypted cache, else from the
-//! registry (retried until it answers). Afterwards every `poll_ms` the follower
-//! checks the production version; a new one is fetched in the variant this replica
-//! should run (INT8 on CPU, FP32 on GPU), verified and decrypted in memory with its
-//! tokenizer, warmed up, and handed to [`Embedder::swap_encoder`], which re-embeds
-//! the catalog with it before swapping encoder and index together. Failures keep
-//! the current encoder; a version that fails verification or loading is not
-//! fetched again. Encoders are not canaried: a canary encoder would need its own
-//! index, and the ranker's canary covers ranking quality.
+//! The follow loop is `rankmesh_artifact::follow`, shared with the ranking service.
+//! What is the encoder's own: a published encoder carries its tokenizer as a
+//! sidecar, and is loaded and warmed up with it ([`EncoderLoader`]); a new version
+//! goes in through [`Embedder::swap_encoder`], which re-embeds the catalog with it
+//! before swapping encoder and index together ([`EncoderTarget`]). At startup the
+//! encoder comes from the local encrypted cache, else from the registry, retried
+//! until it answers (`Follower::first`): the service cannot embed without one.
+//! Encoders are not canaried: a canary encoder would need its own index, and the
+//! ranker's canary covers ranking quality.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use rankmesh_artifact::fetch::{FollowError, Opened};
+use rankmesh_artifact::follow::{Loader, Target};
 use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::onnx::OnnxConfig;
-use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened, Sealed};
 use rankmesh_proto::pb::common::v1::ModelRef;
 
 use crate::encoder::{Encoder, Variant};
 use crate::service::{Embedder, LoadedEncoder};
 
-/// Cache slot of the production encoder.
-const PRODUCTION: &str = "production";
 /// The tokenizer sidecar every published encoder carries.
 pub const TOKENIZER: &str = "tokenizer.json";
+
+/// Builds an encoder session (with its tokenizer) from a decrypted artifact.
+#[derive(Debug, Clone)]
+pub struct EncoderLoader {
+    pub onnx: OnnxConfig,
+    pub batch: BatchConfig,
+    pub max_tokens: usize,
+}
+
+impl Loader for EncoderLoader {
+    type Loaded = LoadedEncoder;
+
+    fn label(&self) -> &'static str {
+        "encoder"
+    }
+
+    fn on_gpu(&self) -> bool {
+        rankmesh_common::onnx::expects_gpu(&self.onnx)
+    }
+
+    async fn load(&self, opened: Opened) -> Result<LoadedEncoder, FollowError> {
+        load(opened, self.max_tokens, &self.onnx, self.batch).await
+    }
+}
 
 /// Loads a decrypted encoder with its tokenizer and warms it up.
 pub async fn load(
@@ -51,7 +73,7 @@ pub async fn load(
         )));
     };
     let onnx = onnx.clone();
-    let encoder = tokio::task::spawn_blocking(move || -> Result<Encoder, String> {
+    let encoder = rankmesh_common::blocking::try_run(move || -> Result<Encoder, String> {
         let e = Encoder::from_bytes(&opened.model, &tokenizer, variant, max_tokens, &onnx)
             .map_err(|e| e.to_string())?;
         // Warm up before taking traffic: the first run allocates.
@@ -60,118 +82,31 @@ pub async fn load(
         Ok(e)
     })
     .await
-    .map_err(|e| FollowError::Load(e.to_string()))?
     .map_err(FollowError::Load)?;
     Ok(LoadedEncoder::new(encoder, model, batch))
 }
 
-/// Fetches and follows the encoder.
-pub struct EncoderFollower {
-    pub fetcher: Fetcher,
-    pub onnx: OnnxConfig,
-    pub batch: BatchConfig,
-    pub max_tokens: usize,
-}
+/// The embedder, as the follow loop installs new encoders into it.
+#[derive(Debug, Clone)]
+pub struct EncoderTarget(pub Arc<Embedder>);
 
-impl std::fmt::Debug for EncoderFollower {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncoderFollower")
-            .field("fetcher", &self.fetcher)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EncoderFollower {
-    pub fn new(fetcher: Fetcher, onnx: OnnxConfig, batch: BatchConfig, max_tokens: usize) -> Self {
-        Self {
-            fetcher,
-            onnx,
-            batch,
-            max_tokens,
-        }
+impl Target<LoadedEncoder> for EncoderTarget {
+    fn production(&self) -> u64 {
+        self.0.model().version
     }
 
-    /// The first encoder: from the cache, else from the registry, retried until one
-    /// loads (the service cannot embed anything without it).
-    pub async fn initial(&self) -> LoadedEncoder {
-        match self.load_cached().await {
-            Ok(e) => return e,
-            Err(e) => tracing::info!(reason = %e, "no usable cached encoder"),
-        }
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match self.obtain(0).await {
-                Ok(Some((e, sealed))) => {
-                    self.fetcher.cache(PRODUCTION, &sealed);
-                    return e;
-                }
-                Ok(None) => tracing::warn!("no production encoder in the registry yet"),
-                Err(e) => tracing::warn!(error = %e, "could not get the encoder from the registry"),
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn load_cached(&self) -> Result<LoadedEncoder, FollowError> {
-        let sealed = self.fetcher.load_cached(PRODUCTION)?;
-        let opened = self.fetcher.open(&sealed)?;
-        let e = load(opened, self.max_tokens, &self.onnx, self.batch).await?;
-        tracing::info!(
-            version = e.model.version,
-            "encoder loaded from the local encrypted cache"
-        );
-        Ok(e)
-    }
-
-    /// Follows the production version forever.
-    pub async fn run(self, embedder: Arc<Embedder>) {
-        let period = Duration::from_millis(self.fetcher.source().poll_ms.max(100));
-        loop {
-            tokio::time::sleep(period).await;
-            let serving = embedder.model().version;
-            match self.obtain(serving).await {
-                Ok(None) => {}
-                Ok(Some((e, sealed))) => {
-                    let version = e.model.version;
-                    match embedder.swap_encoder(e).await {
-                        Ok(items) => {
-                            tracing::info!(
-                                version,
-                                items,
-                                "encoder swapped in with a re-embedded index"
-                            );
-                            self.fetcher.cache(PRODUCTION, &sealed);
-                        }
-                        Err(e) => {
-                            metrics::counter!("rankmesh_model_swap_failures_total", "model" => "encoder", "reason" => "reindex").increment(1);
-                            tracing::warn!(error = %e, serving, "encoder swap failed; keeping the current one");
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics::counter!("rankmesh_model_swap_failures_total", "model" => "encoder", "reason" => e.reason()).increment(1);
-                    tracing::warn!(error = %e, serving, "encoder update failed; keeping the current one");
-                }
-            }
-        }
-    }
-
-    /// The production encoder if its version differs from `serving`; `None` when
-    /// there is nothing new (or it was refused before).
-    async fn obtain(&self, serving: u64) -> Result<Option<(LoadedEncoder, Sealed)>, FollowError> {
-        let Some(summary) = self.fetcher.summary().await? else {
-            return Ok(None);
-        };
-        let version = summary.production_version;
-        if version == 0 || version == serving {
-            return Ok(None);
-        }
-        let on_gpu = rankmesh_common::onnx::expects_gpu(&self.onnx);
-        self.fetcher
-            .obtain(&summary, version, on_gpu, |opened| {
-                load(opened, self.max_tokens, &self.onnx, self.batch)
-            })
+    async fn install(&self, model: LoadedEncoder) -> Result<(), FollowError> {
+        let version = model.model.version;
+        let items = self
+            .0
+            .swap_encoder(model)
             .await
+            .map_err(|e| FollowError::Swap(format!("re-embedding the catalog: {e}")))?;
+        tracing::info!(
+            version,
+            items,
+            "encoder swapped in with a re-embedded index"
+        );
+        Ok(())
     }
 }

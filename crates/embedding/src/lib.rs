@@ -31,10 +31,11 @@ use rankmesh_proto::pb::embedding::v1::embedding_service_server::EmbeddingServic
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::{Encoder, Variant};
-use crate::follow::EncoderFollower;
+use crate::follow::{EncoderLoader, EncoderTarget};
 use crate::index::{IndexParams, VectorIndex};
 use crate::service::{CatalogSource, Embedder, EmbeddingApi, LoadedEncoder};
-use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
+use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
+use rankmesh_artifact::follow::Follower;
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "embedding";
@@ -167,9 +168,13 @@ pub async fn run(
             rankmesh_client::RegistryClient::new(resolver, std::time::Duration::from_secs(5)),
         )
         .map_err(Error::Follow)?;
-        let follower =
-            EncoderFollower::new(fetcher, config.onnx.clone(), batch, config.model.max_tokens);
-        (follower.initial().await, Some(follower))
+        let loader = EncoderLoader {
+            onnx: config.onnx.clone(),
+            batch,
+            max_tokens: config.model.max_tokens,
+        };
+        let follower = Follower::new(fetcher, loader);
+        (follower.first().await, Some(follower))
     } else {
         let model_cfg = config.model.clone();
         let onnx = config.onnx.clone();
@@ -214,7 +219,7 @@ pub async fn run(
 
     let readiness = Readiness::default();
     start_index(&embedder, &config.index, &readiness).await;
-    let following = follower.map(|f| tokio::spawn(f.run(Arc::clone(&embedder))));
+    let following = follower.map(|f| tokio::spawn(f.run(EncoderTarget(Arc::clone(&embedder)))));
 
     let api = EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder)))
         .max_decoding_message_size(config.server.max_message_bytes)

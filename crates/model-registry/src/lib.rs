@@ -2,16 +2,18 @@
 //! store, with versions and stages in etcd.
 //!
 //! # Layout
-//! - [`envelope`]: AES-256-GCM envelope encryption with rotatable master keys, and
-//!   ed25519 manifest signatures.
 //! - [`store`]: versions and stages in etcd; encrypted blobs in an object store.
-//! - [`replica`]: the replica side: fetch with resume, verify, decrypt in memory,
-//!   encrypted local cache.
 //! - [`service`]: the gRPC API (publish with validation in ONNX Runtime, fetch with
 //!   resume, stages, rollback, key rotation; writes need the admin token).
+//! - [`error`]: the one error type every RPC answers through.
+//!
+//! Sealing and signing come from `rankmesh-artifact` ([`envelope`]), which is also
+//! what replicas use to fetch, verify and decrypt: a replica never links this crate.
+//! Must not import: any service crate (ranking, embedding, feature).
 
-pub mod envelope;
-pub mod replica;
+pub use rankmesh_artifact::envelope;
+
+pub mod error;
 pub mod service;
 pub mod store;
 

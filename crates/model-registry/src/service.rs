@@ -13,7 +13,8 @@ use rankmesh_proto::pb::registry::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::envelope::{self, EnvelopeError, MasterKeys};
+use crate::envelope::{self, MasterKeys};
+use crate::error::RegistryError;
 use crate::store::{Blobs, Manifest, ModelDb, SidecarEntry, StoreError, Tensor};
 
 /// Bytes per FetchModel message.
@@ -44,20 +45,7 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::NotFound(m) => Status::not_found(m),
-        StoreError::Conflict(m) => Status::failed_precondition(m),
-        StoreError::Etcd(e) => Status::unavailable(format!("control plane: {e}")),
-        StoreError::Blob(m) => Status::unavailable(format!("object store: {m}")),
-        StoreError::Corrupt { key, message } => {
-            tracing::error!(key, message, "corrupt registry record");
-            Status::internal("corrupt registry record; see the registry log")
-        }
-    }
-}
-
-fn check_name(name: &str) -> Result<(), Status> {
+fn check_name(name: &str) -> Result<(), RegistryError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .chars()
@@ -65,16 +53,16 @@ fn check_name(name: &str) -> Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
+        Err(RegistryError::Invalid(format!(
             "name: {name:?} must match [a-z0-9_-]{{1,64}}"
         )))
     }
 }
 
 /// Sidecar names: a handful of plain file names.
-fn check_sidecar_names(names: &[String]) -> Result<(), Status> {
+fn check_sidecar_names(names: &[String]) -> Result<(), RegistryError> {
     if names.len() > MAX_SIDECARS {
-        return Err(Status::invalid_argument(format!(
+        return Err(RegistryError::Invalid(format!(
             "sidecar_names: at most {MAX_SIDECARS}"
         )));
     }
@@ -84,12 +72,58 @@ fn check_sidecar_names(names: &[String]) -> Result<(), Status> {
             && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !ok {
-            return Err(Status::invalid_argument(format!(
+            return Err(RegistryError::Invalid(format!(
                 "sidecar_names: {n:?} must match [A-Za-z0-9._-]{{1,64}} and not start with a dot"
             )));
         }
     }
     Ok(())
+}
+
+/// A checked publish header: what will be stored, before any bytes arrive.
+struct Plan {
+    name: String,
+    variant: String,
+    /// The fp32 version an INT8 variant belongs to.
+    parent: Option<Manifest>,
+    metadata: BTreeMap<String, String>,
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+    sidecar_names: Vec<String>,
+}
+
+/// The first message of an upload, which must be the header.
+async fn read_header(
+    stream: &mut (impl Stream<Item = Result<pb::PublishModelRequest, Status>> + Unpin),
+) -> Result<pb::PublishHeader, RegistryError> {
+    match stream.next().await {
+        Some(Ok(pb::PublishModelRequest {
+            part: Some(pb::publish_model_request::Part::Header(h)),
+        })) => Ok(h),
+        Some(Ok(_)) => Err(RegistryError::Invalid(
+            "header: the first message must be the header".into(),
+        )),
+        Some(Err(e)) => Err(RegistryError::Aborted(format!(
+            "upload failed: {}",
+            e.message()
+        ))),
+        None => Err(RegistryError::Invalid("header: empty upload".into())),
+    }
+}
+
+fn check_metadata(
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, RegistryError> {
+    if metadata.len() > MAX_METADATA
+        || metadata
+            .iter()
+            .any(|(k, v)| k.len() + v.len() > MAX_METADATA_BYTES)
+    {
+        return Err(RegistryError::Invalid(format!(
+            "metadata: at most {MAX_METADATA} entries of at most {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    Ok(metadata.into_iter().collect())
 }
 
 fn tensors(specs: &[pb::TensorSpec]) -> Vec<Tensor> {
@@ -215,15 +249,15 @@ fn validate(
 }
 
 impl Registry {
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), RegistryError> {
         if self.admin_token.is_empty() {
-            return Err(Status::failed_precondition(
-                "writes are disabled: no admin token configured",
+            return Err(RegistryError::Precondition(
+                "writes are disabled: no admin token configured".into(),
             ));
         }
         let Some(v) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "authorization: Bearer <admin token> required",
+            return Err(RegistryError::Unauthenticated(
+                "authorization: Bearer <admin token> required".into(),
             ));
         };
         let presented = v
@@ -239,7 +273,7 @@ impl Registry {
         if same {
             Ok(())
         } else {
-            Err(Status::permission_denied("wrong admin token"))
+            Err(RegistryError::PermissionDenied("wrong admin token".into()))
         }
     }
 
@@ -255,23 +289,29 @@ impl Registry {
         }
     }
 
-    /// Publishes one artifact; see the proto.
+    /// Publishes one artifact; see the proto. Nothing is visible until the signed
+    /// manifest is written, last: a failure at any step stores no version.
     pub async fn publish(
         &self,
         mut stream: impl Stream<Item = Result<pb::PublishModelRequest, Status>> + Unpin,
-    ) -> Result<pb::PublishModelResponse, Status> {
-        let header = match stream.next().await {
-            Some(Ok(pb::PublishModelRequest {
-                part: Some(pb::publish_model_request::Part::Header(h)),
-            })) => h,
-            Some(Ok(_)) => {
-                return Err(Status::invalid_argument(
-                    "header: the first message must be the header",
-                ));
-            }
-            Some(Err(e)) => return Err(Status::aborted(format!("upload failed: {}", e.message()))),
-            None => return Err(Status::invalid_argument("header: empty upload")),
-        };
+    ) -> Result<pb::PublishModelResponse, RegistryError> {
+        let header = read_header(&mut stream).await?;
+        let plan = self.plan(header).await?;
+        let (model, sidecars) = self.receive(&mut stream, &plan.sidecar_names).await?;
+        let model = Arc::new(model);
+        self.validate(&model, &plan).await?;
+        let manifest = self.seal(plan, &model, &sidecars).await?;
+        self.commit(&manifest).await?;
+        tracing::info!(name = %manifest.name, version = manifest.version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, sidecars = manifest.sidecars.len(), "model published");
+        Ok(pb::PublishModelResponse {
+            manifest: Some(to_proto(&manifest, "")),
+        })
+    }
+
+    /// Checks the header and resolves what it names: the variant, its fp32 parent
+    /// (an INT8 variant is stored under its parent's version, so a replica asking
+    /// for version N picks the variant its hardware wants) and the interface.
+    async fn plan(&self, header: pb::PublishHeader) -> Result<Plan, RegistryError> {
         let pb::PublishHeader {
             name,
             signature,
@@ -281,51 +321,39 @@ impl Registry {
         } = header;
         check_name(&name)?;
         if quantize_int8 {
-            return Err(Status::failed_precondition(
-                "quantize_int8: INT8 conversion runs offline; publish the INT8 file with metadata variant=int8 and parent_version=N",
+            return Err(RegistryError::Precondition(
+                "quantize_int8: INT8 conversion runs offline; publish the INT8 file with metadata variant=int8 and parent_version=N".into(),
             ));
         }
         check_sidecar_names(&sidecar_names)?;
-        if metadata.len() > MAX_METADATA
-            || metadata
-                .iter()
-                .any(|(k, v)| k.len() + v.len() > MAX_METADATA_BYTES)
-        {
-            return Err(Status::invalid_argument(format!(
-                "metadata: at most {MAX_METADATA} entries of at most {MAX_METADATA_BYTES} bytes"
-            )));
-        }
-        let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+        let metadata = check_metadata(metadata)?;
         let variant = metadata
             .get("variant")
             .cloned()
             .unwrap_or_else(|| "fp32".into());
         if variant != "fp32" && variant != "int8" {
-            return Err(Status::invalid_argument(format!(
+            return Err(RegistryError::Invalid(format!(
                 "metadata.variant: {variant:?} is not fp32 or int8"
             )));
         }
         let parent_version: u64 = match metadata.get("parent_version") {
             Some(v) => v.parse().map_err(|_| {
-                Status::invalid_argument(format!("metadata.parent_version: {v:?} is not a number"))
+                RegistryError::Invalid(format!("metadata.parent_version: {v:?} is not a number"))
             })?,
             None => 0,
         };
-        // An INT8 variant is stored as variant "int8" of its FP32 parent's version,
-        // so a replica asking for version N can pick the variant its hardware wants.
         let parent = if variant == "int8" {
             if parent_version == 0 {
-                return Err(Status::invalid_argument(
-                    "metadata.parent_version: an int8 variant names its fp32 parent version",
+                return Err(RegistryError::Invalid(
+                    "metadata.parent_version: an int8 variant names its fp32 parent version".into(),
                 ));
             }
             Some(
                 self.db
                     .manifest(&name, parent_version, "fp32")
-                    .await
-                    .map_err(store_status)?
+                    .await?
                     .ok_or_else(|| {
-                        Status::invalid_argument(format!(
+                        RegistryError::Invalid(format!(
                             "metadata.parent_version: {name} v{parent_version} (fp32) does not exist"
                         ))
                     })?,
@@ -342,23 +370,43 @@ impl Registry {
             // The variant must serve the same interface as its parent.
             (inputs, outputs) = (p.inputs.clone(), p.outputs.clone());
         }
+        Ok(Plan {
+            name,
+            variant,
+            parent,
+            metadata,
+            inputs,
+            outputs,
+            sidecar_names,
+        })
+    }
 
-        let (model, sidecars) = self.receive(&mut stream, &sidecar_names).await?;
-        let model = Arc::new(model);
+    /// Loads the artifact in ONNX Runtime and checks it serves the declared
+    /// interface.
+    async fn validate(&self, model: &Arc<Vec<u8>>, plan: &Plan) -> Result<(), RegistryError> {
         let (m, i, o, onnx) = (
-            Arc::clone(&model),
-            inputs.clone(),
-            outputs.clone(),
+            Arc::clone(model),
+            plan.inputs.clone(),
+            plan.outputs.clone(),
             self.onnx.clone(),
         );
         tokio::task::spawn_blocking(move || validate(&m, &i, &o, &onnx))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(format!("artifact: {e}")))?;
+            .map_err(|e| RegistryError::internal("validating the artifact", e))?
+            .map_err(|e| RegistryError::Invalid(format!("artifact: {e}")))
+    }
 
-        let version = match &parent {
+    /// Takes the version number and seals the artifact and its sidecars, each under
+    /// a fresh data key, into the object store; returns the signed manifest.
+    async fn seal(
+        &self,
+        plan: Plan,
+        model: &[u8],
+        sidecars: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Manifest, RegistryError> {
+        let version = match &plan.parent {
             Some(p) => p.version,
-            None => self.db.next_version(&name).await.map_err(store_status)?,
+            None => self.db.next_version(&plan.name).await?,
         };
         let keys = self
             .keys
@@ -366,22 +414,22 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let mut manifest = Manifest {
-            name,
+            name: plan.name,
             version,
-            variant,
-            parent_version: parent.as_ref().map_or(0, |p| p.version),
-            inputs,
-            outputs,
-            metadata,
+            variant: plan.variant,
+            parent_version: plan.parent.as_ref().map_or(0, |p| p.version),
+            inputs: plan.inputs,
+            outputs: plan.outputs,
+            metadata: plan.metadata,
             sealed: envelope::Sealed::default(),
             blob: String::new(),
             created_ms: rankmesh_common::server::now_ms(),
             sidecars: Vec::new(),
             signature: String::new(),
         };
-        let (sealed, blob) = self.seal_and_put(&keys, &manifest, None, &model).await?;
+        let (sealed, blob) = self.seal_and_put(&keys, &manifest, None, model).await?;
         (manifest.sealed, manifest.blob) = (sealed, blob);
-        for (sidecar, bytes) in &sidecars {
+        for (sidecar, bytes) in sidecars {
             let (sealed, blob) = self
                 .seal_and_put(&keys, &manifest, Some(sidecar), bytes)
                 .await?;
@@ -392,18 +440,19 @@ impl Registry {
             });
         }
         manifest.signature = envelope::sign(&self.signing, &manifest.canonical());
-        self.db.put_manifest(&manifest).await.map_err(|e| match e {
+        Ok(manifest)
+    }
+
+    /// Writes the signed manifest (create-only): from here the version exists.
+    async fn commit(&self, manifest: &Manifest) -> Result<(), RegistryError> {
+        self.db.put_manifest(manifest).await.map_err(|e| match e {
             StoreError::Conflict(_) if manifest.variant == "int8" => {
-                Status::already_exists(format!(
+                RegistryError::AlreadyExists(format!(
                     "{} v{} already has an int8 variant",
                     manifest.name, manifest.version
                 ))
             }
-            other => store_status(other),
-        })?;
-        tracing::info!(name = %manifest.name, version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, sidecars = manifest.sidecars.len(), "model published");
-        Ok(pb::PublishModelResponse {
-            manifest: Some(to_proto(&manifest, "")),
+            other => other.into(),
         })
     }
 
@@ -412,12 +461,12 @@ impl Registry {
         &self,
         stream: &mut (impl Stream<Item = Result<pb::PublishModelRequest, Status>> + Unpin),
         sidecar_names: &[String],
-    ) -> Result<(Vec<u8>, BTreeMap<String, Vec<u8>>), Status> {
+    ) -> Result<(Vec<u8>, BTreeMap<String, Vec<u8>>), RegistryError> {
         let mut model = Vec::new();
         let mut sidecars = BTreeMap::new();
         while let Some(msg) = stream.next().await {
             let msg = msg.map_err(|e| {
-                Status::aborted(format!(
+                RegistryError::Aborted(format!(
                     "upload interrupted: {}; nothing stored",
                     e.message()
                 ))
@@ -425,13 +474,13 @@ impl Registry {
             match msg.part {
                 Some(pb::publish_model_request::Part::Chunk(c)) => {
                     if c.len() > MAX_CHUNK_BYTES {
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(RegistryError::TooLarge(format!(
                             "chunk: {} bytes; at most {MAX_CHUNK_BYTES}",
                             c.len()
                         )));
                     }
                     if (model.len() + c.len()) as u64 > self.max_artifact_bytes {
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(RegistryError::TooLarge(format!(
                             "artifact larger than {} bytes",
                             self.max_artifact_bytes
                         )));
@@ -440,34 +489,34 @@ impl Registry {
                 }
                 Some(pb::publish_model_request::Part::Sidecar(pb::Sidecar { name, data })) => {
                     if !sidecar_names.contains(&name) {
-                        return Err(Status::invalid_argument(format!(
+                        return Err(RegistryError::Invalid(format!(
                             "sidecar: {name:?} is not in the header's sidecar_names"
                         )));
                     }
                     if data.len() > MAX_CHUNK_BYTES {
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(RegistryError::TooLarge(format!(
                             "sidecar {name:?}: {} bytes; at most {MAX_CHUNK_BYTES}",
                             data.len()
                         )));
                     }
                     if sidecars.insert(name.clone(), data).is_some() {
-                        return Err(Status::invalid_argument(format!(
+                        return Err(RegistryError::Invalid(format!(
                             "sidecar: {name:?} sent twice"
                         )));
                     }
                 }
                 _ => {
-                    return Err(Status::invalid_argument(
-                        "chunk: only one header per upload",
+                    return Err(RegistryError::Invalid(
+                        "chunk: only one header per upload".into(),
                     ));
                 }
             }
         }
         if model.is_empty() {
-            return Err(Status::invalid_argument("chunk: no artifact bytes"));
+            return Err(RegistryError::Invalid("chunk: no artifact bytes".into()));
         }
         if let Some(missing) = sidecar_names.iter().find(|n| !sidecars.contains_key(*n)) {
-            return Err(Status::invalid_argument(format!(
+            return Err(RegistryError::Invalid(format!(
                 "sidecar: {missing:?} was named in the header but not sent"
             )));
         }
@@ -481,15 +530,11 @@ impl Registry {
         manifest: &Manifest,
         sidecar: Option<&str>,
         plaintext: &[u8],
-    ) -> Result<(envelope::Sealed, String), Status> {
+    ) -> Result<(envelope::Sealed, String), RegistryError> {
         let context = manifest.context(sidecar);
-        let (ciphertext, sealed) = envelope::seal(keys, &context, plaintext)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let (ciphertext, sealed) = envelope::seal(keys, &context, plaintext)?;
         let blob = format!("models/{context}.bin");
-        self.blobs
-            .put(&blob, Bytes::from(ciphertext))
-            .await
-            .map_err(store_status)?;
+        self.blobs.put(&blob, Bytes::from(ciphertext)).await?;
         Ok((sealed, blob))
     }
 
@@ -498,16 +543,16 @@ impl Registry {
         name: &str,
         version: u64,
         variant: &str,
-    ) -> Result<pb::ModelManifest, Status> {
+    ) -> Result<pb::ModelManifest, RegistryError> {
         check_name(name)?;
-        let (stages, _) = self.db.stages(name).await.map_err(store_status)?;
+        let (stages, _) = self.db.stages(name).await?;
         let version = if version == 0 {
             stages.production
         } else {
             version
         };
         if version == 0 {
-            return Err(Status::not_found(format!(
+            return Err(RegistryError::NotFound(format!(
                 "{name} has no production version"
             )));
         }
@@ -515,24 +560,25 @@ impl Registry {
         let m = self
             .db
             .manifest(name, version, variant)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("{name} v{version} {variant} not found")))?;
+            .await?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("{name} v{version} {variant} not found"))
+            })?;
         Ok(to_proto(&m, Self::stage_of(&stages, version)))
     }
 
-    pub async fn list(&self, name: &str) -> Result<pb::ListModelsResponse, Status> {
+    pub async fn list(&self, name: &str) -> Result<pb::ListModelsResponse, RegistryError> {
         if !name.is_empty() {
             check_name(name)?;
         }
-        let all = self.db.list(name).await.map_err(store_status)?;
+        let all = self.db.list(name).await?;
         let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
         for m in all {
             by_name.entry(m.name.clone()).or_default().push(m);
         }
         let mut models = Vec::new();
         for (name, versions) in by_name {
-            let (stages, revision) = self.db.stages(&name).await.map_err(store_status)?;
+            let (stages, revision) = self.db.stages(&name).await?;
             models.push(pb::ModelSummary {
                 canary_since_ms: stages.canary_since_ms,
                 stage_revision: revision,
@@ -560,7 +606,7 @@ impl Registry {
     pub async fn set_stage(
         &self,
         req: pb::SetStageRequest,
-    ) -> Result<pb::SetStageResponse, Status> {
+    ) -> Result<pb::SetStageResponse, RegistryError> {
         let pb::SetStageRequest {
             name,
             version,
@@ -572,21 +618,17 @@ impl Registry {
         check_name(&name)?;
         let stage = pb::Stage::try_from(stage).unwrap_or(pb::Stage::Unspecified);
         if stage == pb::Stage::Canary && !(1..=50).contains(&percent) {
-            return Err(Status::invalid_argument(format!(
+            return Err(RegistryError::Invalid(format!(
                 "percent: canary share must be within 1..=50, got {percent}"
             )));
         }
         if stage == pb::Stage::Unspecified {
-            return Err(Status::invalid_argument("stage: PRODUCTION or CANARY"));
+            return Err(RegistryError::Invalid("stage: PRODUCTION or CANARY".into()));
         }
-        if self
-            .db
-            .manifest(&name, version, "fp32")
-            .await
-            .map_err(store_status)?
-            .is_none()
-        {
-            return Err(Status::not_found(format!("{name} v{version} not found")));
+        if self.db.manifest(&name, version, "fp32").await?.is_none() {
+            return Err(RegistryError::NotFound(format!(
+                "{name} v{version} not found"
+            )));
         }
         let now = rankmesh_common::server::now_ms();
         let (s, rev) = self
@@ -621,8 +663,7 @@ impl Registry {
                 }
                 Ok(())
             })
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(stage_response(&s, rev))
     }
 
@@ -631,7 +672,7 @@ impl Registry {
         name: &str,
         reason: &str,
         expected_revision: i64,
-    ) -> Result<pb::SetStageResponse, Status> {
+    ) -> Result<pb::SetStageResponse, RegistryError> {
         check_name(name)?;
         let now = rankmesh_common::server::now_ms();
         let (s, rev) = self
@@ -658,14 +699,13 @@ impl Registry {
                 s.record(now, format!("rollback v{from} -> v{prev}: {reason}"));
                 Ok(())
             })
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(stage_response(&s, rev))
     }
 
     /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the
     /// manifests.
-    pub async fn rotate(&self, new_key_id: &str) -> Result<u64, Status> {
+    pub async fn rotate(&self, new_key_id: &str) -> Result<u64, RegistryError> {
         let keys = {
             let mut k = self
                 .keys
@@ -673,7 +713,7 @@ impl Registry {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut next = k.clone();
             next.set_current(new_key_id).map_err(|_| {
-                Status::failed_precondition(format!(
+                RegistryError::Precondition(format!(
                     "new_key_id: {new_key_id:?} is not configured on this replica"
                 ))
             })?;
@@ -681,18 +721,11 @@ impl Registry {
             next
         };
         let mut n = 0;
-        for m in self.db.list("").await.map_err(store_status)? {
+        for m in self.db.list("").await? {
             if m.sealed.key_id == new_key_id {
                 continue;
             }
-            let rewrap = |sealed: &envelope::Sealed| {
-                envelope::rewrap(&keys, sealed).map_err(|e| match e {
-                    EnvelopeError::UnknownKey(k) => {
-                        Status::failed_precondition(format!("key {k:?} is not configured"))
-                    }
-                    other => Status::internal(other.to_string()),
-                })
-            };
+            let rewrap = |sealed: &envelope::Sealed| envelope::rewrap(&keys, sealed);
             let mut updated = Manifest {
                 sealed: rewrap(&m.sealed)?,
                 ..m.clone()
@@ -701,17 +734,90 @@ impl Registry {
                 s.sealed = rewrap(&s.sealed)?;
             }
             updated.signature = envelope::sign(&self.signing, &updated.canonical());
-            self.db
-                .replace_manifest(&m, &updated)
-                .await
-                .map_err(store_status)?;
+            self.db.replace_manifest(&m, &updated).await?;
             n += 1;
         }
         Ok(n)
     }
+    /// Streams the ciphertext of an artifact (or one sidecar) from `offset`,
+    /// paced to `fetch_bytes_per_s`.
+    pub async fn fetch(&self, req: pb::FetchModelRequest) -> Result<FetchStream, RegistryError> {
+        let pb::FetchModelRequest {
+            name,
+            version,
+            variant,
+            offset,
+            sidecar,
+        } = req;
+        check_name(&name)?;
+        let variant = if variant.is_empty() {
+            "fp32".to_owned()
+        } else {
+            variant
+        };
+        let m = self
+            .db
+            .manifest(&name, version, &variant)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("{name} v{version} {variant} not found"))
+            })?;
+        let blob = if sidecar.is_empty() {
+            m.blob.clone()
+        } else {
+            m.sidecars
+                .iter()
+                .find(|s| s.name == sidecar)
+                .map(|s| s.blob.clone())
+                .ok_or_else(|| {
+                    RegistryError::NotFound(format!("{name} v{version} has no sidecar {sidecar:?}"))
+                })?
+        };
+        let total = self.blobs.size(&blob).await?;
+        if offset > total {
+            return Err(RegistryError::OutOfRange(format!(
+                "offset: {offset} is beyond the artifact's {total} bytes"
+            )));
+        }
+        let blobs = self.blobs.clone();
+        let rate = self.fetch_bytes_per_s;
+        let stream = futures::stream::unfold(offset, move |at| {
+            let blobs = blobs.clone();
+            let key = blob.clone();
+            async move {
+                if at >= total {
+                    return None;
+                }
+                let len = (total - at).min(FETCH_CHUNK as u64);
+                if rate > 0 {
+                    // Pace the stream: each chunk waits its share of a second.
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(
+                        len as f64 / rate as f64,
+                    ))
+                    .await;
+                }
+                match blobs.read(&key, at, len).await {
+                    Ok(data) => {
+                        let next = at + data.len() as u64;
+                        Some((
+                            Ok(pb::FetchModelResponse {
+                                offset: at,
+                                data: data.to_vec(),
+                                total_bytes: total,
+                            }),
+                            next,
+                        ))
+                    }
+                    Err(e) => Some((Err(Status::from(RegistryError::from(e))), total)),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
 }
 
-/// The tonic service.
+/// The tonic service: authorizes writes and hands every call to [`Registry`];
+/// errors become statuses in one place ([`RegistryError`]'s `From`).
 #[derive(Debug, Clone)]
 pub struct RegistryApi {
     inner: Arc<Registry>,
@@ -762,77 +868,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryApi {
         &self,
         request: Request<pb::FetchModelRequest>,
     ) -> Result<Response<FetchStream>, Status> {
-        let pb::FetchModelRequest {
-            name,
-            version,
-            variant,
-            offset,
-            sidecar,
-        } = request.into_inner();
-        check_name(&name)?;
-        let variant = if variant.is_empty() {
-            "fp32".to_owned()
-        } else {
-            variant
-        };
-        let m = self
-            .inner
-            .db
-            .manifest(&name, version, &variant)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("{name} v{version} {variant} not found")))?;
-        let blob = if sidecar.is_empty() {
-            m.blob.clone()
-        } else {
-            m.sidecars
-                .iter()
-                .find(|s| s.name == sidecar)
-                .map(|s| s.blob.clone())
-                .ok_or_else(|| {
-                    Status::not_found(format!("{name} v{version} has no sidecar {sidecar:?}"))
-                })?
-        };
-        let total = self.inner.blobs.size(&blob).await.map_err(store_status)?;
-        if offset > total {
-            return Err(Status::out_of_range(format!(
-                "offset: {offset} is beyond the artifact's {total} bytes"
-            )));
-        }
-        let blobs = self.inner.blobs.clone();
-        let rate = self.inner.fetch_bytes_per_s;
-        let stream = futures::stream::unfold(offset, move |at| {
-            let blobs = blobs.clone();
-            let key = blob.clone();
-            async move {
-                if at >= total {
-                    return None;
-                }
-                let len = (total - at).min(FETCH_CHUNK as u64);
-                if rate > 0 {
-                    // Pace the stream: each chunk waits its share of a second.
-                    tokio::time::sleep(std::time::Duration::from_secs_f64(
-                        len as f64 / rate as f64,
-                    ))
-                    .await;
-                }
-                match blobs.read(&key, at, len).await {
-                    Ok(data) => {
-                        let next = at + data.len() as u64;
-                        Some((
-                            Ok(pb::FetchModelResponse {
-                                offset: at,
-                                data: data.to_vec(),
-                                total_bytes: total,
-                            }),
-                            next,
-                        ))
-                    }
-                    Err(e) => Some((Err(store_status(e)), total)),
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.inner.fetch(request.into_inner()).await?))
     }
 
     async fn set_stage(

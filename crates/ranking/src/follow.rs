@@ -1,49 +1,51 @@
-//! Follows the ranker's stages in the model registry and hot-swaps it.
+//! The ranker as a model the replica follows in the registry.
 //!
-//! Every `poll_ms` the follower reads the model's stages. When the production or
-//! canary version changes it fetches the artifact in the variant this replica
-//! should run, verifies and decrypts it in memory ([`Fetcher`]), loads and warms
-//! up a session, and swaps it in atomically: requests in flight finish on the old
-//! ranker. Any failure keeps the last good ranker serving, and a version that fails
-//! verification or loading is not fetched again. The production artifact is cached
-//! encrypted, so a restart while the registry is down comes up with the last model.
+//! The follow loop itself (poll the stages, fetch the variant this replica should
+//! run, verify and decrypt in memory, cache, refuse a bad version for good, keep
+//! the last good model on any failure) is `rankmesh_artifact::follow`, shared with
+//! the embedding service. What is the ranker's own is here: how a decrypted ranker
+//! is loaded and warmed up ([`RankerLoader`]), and where it goes ([`RankerTarget`]):
+//! production and canary swapped atomically (requests in flight finish on the old
+//! ranker), and the replica's readiness.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use rankmesh_artifact::fetch::{Fetcher, FollowError, Opened};
+use rankmesh_artifact::follow::{Follower, Loader, Target};
 use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::server::Readiness;
-use rankmesh_model_registry::replica::{Fetcher, FollowError, Opened, Sealed};
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use crate::ranker::Ranker;
 use crate::search::{Canary, LoadedRanker, Rankers};
 
-/// Cache slot of the production artifact.
-const PRODUCTION: &str = "production";
 /// Readiness condition of a registry-managed ranker.
 pub const RANKER_READY: &str = "ranker";
 /// How long a replica waits for its first ranker before serving without one.
 const READY_WITHOUT_RANKER: Duration = Duration::from_secs(60);
 
-/// Everything a follower needs.
-pub struct Follower {
-    pub fetcher: Fetcher,
+/// Builds a ranker session from a decrypted artifact.
+#[derive(Debug, Clone)]
+pub struct RankerLoader {
     pub onnx: OnnxConfig,
     pub batch: BatchConfig,
-    pub rankers: Arc<Rankers>,
-    /// Condition [`RANKER_READY`] holds once a production ranker is in (or the
-    /// registry has none, or [`READY_WITHOUT_RANKER`] passed: then answers are
-    /// served in retrieval order rather than not at all).
-    readiness: Readiness,
 }
 
-impl std::fmt::Debug for Follower {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Follower")
-            .field("fetcher", &self.fetcher)
-            .finish_non_exhaustive()
+impl Loader for RankerLoader {
+    type Loaded = LoadedRanker;
+
+    fn label(&self) -> &'static str {
+        "ranker"
+    }
+
+    fn on_gpu(&self) -> bool {
+        rankmesh_common::onnx::expects_gpu(&self.onnx)
+    }
+
+    async fn load(&self, opened: Opened) -> Result<LoadedRanker, FollowError> {
+        load(opened, &self.onnx, self.batch).await
     }
 }
 
@@ -56,7 +58,7 @@ pub async fn load(
     let onnx = onnx.clone();
     let version = opened.manifest.version;
     let variant = opened.manifest.variant.clone();
-    let ranker = tokio::task::spawn_blocking(move || -> Result<Ranker, String> {
+    let ranker = rankmesh_common::blocking::try_run(move || -> Result<Ranker, String> {
         let r = Ranker::from_bytes(&opened.model, version, &onnx).map_err(|e| e.to_string())?;
         // Warm up: the first run allocates; do it before taking traffic.
         let width = r.columns().len();
@@ -65,158 +67,104 @@ pub async fn load(
         Ok(r)
     })
     .await
-    .map_err(|e| FollowError::Load(e.to_string()))?
     .map_err(FollowError::Load)?;
     Ok(LoadedRanker::new(ranker, batch, &variant))
 }
 
-fn version_of(r: Option<&LoadedRanker>) -> u64 {
-    r.map_or(0, |r| r.ranker.version())
+/// The replica's rankers, as the follow loop installs into them.
+#[derive(Debug, Clone)]
+pub struct RankerTarget {
+    pub rankers: Arc<Rankers>,
+    /// Condition [`RANKER_READY`] holds once a production ranker is in (or the
+    /// registry has none, or [`READY_WITHOUT_RANKER`] passed: then answers are
+    /// served in retrieval order rather than not at all).
+    pub readiness: Readiness,
 }
 
-impl Follower {
-    pub fn new(
-        fetcher: Fetcher,
-        onnx: OnnxConfig,
-        batch: BatchConfig,
-        rankers: Arc<Rankers>,
-        readiness: Readiness,
-    ) -> Self {
-        if rankers.production.load().is_none() {
-            readiness.set(RANKER_READY, false);
-        }
-        Self {
-            fetcher,
-            onnx,
-            batch,
-            rankers,
-            readiness,
-        }
+impl Target<LoadedRanker> for RankerTarget {
+    fn production(&self) -> u64 {
+        self.rankers
+            .production
+            .load()
+            .as_deref()
+            .map_or(0, |r| r.ranker.version())
     }
 
-    /// Runs forever: start from the cache, then follow the registry.
-    pub async fn run(self) {
-        if let Err(e) = self.load_cached().await {
-            tracing::info!(reason = %e, "no usable cached ranker");
-        }
-        let readiness = self.readiness.clone();
-        let give_up = tokio::spawn(async move {
-            tokio::time::sleep(READY_WITHOUT_RANKER).await;
-            if readiness.failing().iter().any(|c| c == RANKER_READY) {
-                tracing::warn!(
-                    "no ranker after {READY_WITHOUT_RANKER:?}; serving in retrieval order until one arrives"
-                );
-                readiness.set(RANKER_READY, true);
-            }
-        });
-        let _give_up = AbortOnDrop(give_up);
-        let period = Duration::from_millis(self.fetcher.source().poll_ms.max(100));
-        loop {
-            if let Err(e) = self.sync().await {
-                metrics::counter!("rankmesh_model_swap_failures_total", "model" => "ranker", "reason" => e.reason())
-                    .increment(1);
-                tracing::warn!(
-                    error = %e,
-                    serving = version_of(self.rankers.production.load().as_deref()),
-                    "ranker update failed; keeping the last good one"
-                );
-            }
-            tokio::time::sleep(period).await;
-        }
-    }
-
-    /// One check: brings production and canary in line with the registry.
-    pub async fn sync(&self) -> Result<(), FollowError> {
-        let Some(summary) = self.fetcher.summary().await? else {
-            // Never published: nothing to wait for.
-            self.readiness.set(RANKER_READY, true);
-            return Ok(());
-        };
-        if summary.production_version == 0 {
-            self.readiness.set(RANKER_READY, true);
-        }
-        self.rankers.stats.canary_changed(summary.canary_version);
-
-        let want = summary.production_version;
-        if want != 0
-            && want != version_of(self.rankers.production.load().as_deref())
-            && let Some((loaded, sealed)) = self.obtain(&summary, want).await?
-        {
-            self.rankers.production.store(Some(Arc::new(loaded)));
-            metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "production")
-                .set(want as f64);
-            tracing::info!(version = want, "production ranker swapped in");
-            self.readiness.set(RANKER_READY, true);
-            self.fetcher.cache(PRODUCTION, &sealed);
-        }
-
-        let want = summary.canary_version;
-        let current = self.rankers.canary.load_full();
-        match current.as_deref() {
-            _ if want == 0 => {
-                if current.is_some() {
-                    tracing::info!("canary ranker retired");
-                    metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "canary")
-                        .set(0.0);
-                }
-                self.rankers.canary.store(None);
-            }
-            Some(c) if c.loaded.ranker.version() == want => {
-                if c.percent != summary.canary_percent {
-                    self.rankers.canary.store(Some(Arc::new(Canary {
-                        loaded: Arc::clone(&c.loaded),
-                        percent: summary.canary_percent,
-                    })));
-                }
-            }
-            _ => {
-                if let Some((loaded, _)) = self.obtain(&summary, want).await? {
-                    self.rankers.canary.store(Some(Arc::new(Canary {
-                        loaded: Arc::new(loaded),
-                        percent: summary.canary_percent,
-                    })));
-                    metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "canary")
-                        .set(want as f64);
-                    tracing::info!(
-                        version = want,
-                        percent = summary.canary_percent,
-                        "canary ranker swapped in"
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The ranker `version`, loaded and warmed up; `None` if refused before.
-    async fn obtain(
-        &self,
-        summary: &pb::ModelSummary,
-        version: u64,
-    ) -> Result<Option<(LoadedRanker, Sealed)>, FollowError> {
-        let on_gpu = rankmesh_common::onnx::expects_gpu(&self.onnx);
-        self.fetcher
-            .obtain(summary, version, on_gpu, |opened| {
-                load(opened, &self.onnx, self.batch)
-            })
-            .await
-    }
-
-    async fn load_cached(&self) -> Result<(), FollowError> {
-        let sealed = self.fetcher.load_cached(PRODUCTION)?;
-        let opened = self.fetcher.open(&sealed)?;
-        let version = opened.manifest.version;
-        let loaded = load(opened, &self.onnx, self.batch).await?;
-        self.rankers.production.store(Some(Arc::new(loaded)));
-        metrics::gauge!("rankmesh_model_version", "model" => "ranker", "stage" => "production")
-            .set(version as f64);
+    async fn install(&self, model: LoadedRanker) -> Result<(), FollowError> {
+        self.rankers.production.store(Some(Arc::new(model)));
         self.readiness.set(RANKER_READY, true);
-        tracing::info!(version, "ranker loaded from the local encrypted cache");
         Ok(())
+    }
+
+    fn canary(&self) -> Option<(u64, u32)> {
+        Some(
+            self.rankers
+                .canary
+                .load()
+                .as_deref()
+                .map_or((0, 0), |c| (c.loaded.ranker.version(), c.percent)),
+        )
+    }
+
+    fn install_canary(&self, model: LoadedRanker, percent: u32) {
+        self.rankers.canary.store(Some(Arc::new(Canary {
+            loaded: Arc::new(model),
+            percent,
+        })));
+    }
+
+    fn set_canary_percent(&self, percent: u32) {
+        if let Some(c) = self.rankers.canary.load_full() {
+            self.rankers.canary.store(Some(Arc::new(Canary {
+                loaded: Arc::clone(&c.loaded),
+                percent,
+            })));
+        }
+    }
+
+    fn retire_canary(&self) {
+        self.rankers.canary.store(None);
+    }
+
+    fn observed(&self, summary: Option<&pb::ModelSummary>) {
+        match summary {
+            // Never published, or nothing in production: nothing to wait for.
+            None => self.readiness.set(RANKER_READY, true),
+            Some(s) => {
+                if s.production_version == 0 {
+                    self.readiness.set(RANKER_READY, true);
+                }
+                self.rankers.stats.canary_changed(s.canary_version);
+            }
+        }
     }
 }
 
-/// Aborts the task when dropped (the follower's loop never returns; this ties the
+/// Follows the ranker forever: the cached production ranker first (so a restart
+/// while the registry is down serves the last model), then the registry.
+pub async fn run(fetcher: Fetcher, loader: RankerLoader, target: RankerTarget) {
+    if target.rankers.production.load().is_none() {
+        target.readiness.set(RANKER_READY, false);
+    }
+    let follower = Follower::new(fetcher, loader);
+    if let Err(e) = follower.install_cached(&target).await {
+        tracing::info!(reason = %e, "no usable cached ranker");
+    }
+    let readiness = target.readiness.clone();
+    let give_up = tokio::spawn(async move {
+        tokio::time::sleep(READY_WITHOUT_RANKER).await;
+        if readiness.failing().iter().any(|c| c == RANKER_READY) {
+            tracing::warn!(
+                "no ranker after {READY_WITHOUT_RANKER:?}; serving in retrieval order until one arrives"
+            );
+            readiness.set(RANKER_READY, true);
+        }
+    });
+    let _give_up = AbortOnDrop(give_up);
+    follower.run(target).await;
+}
+
+/// Aborts the task when dropped (the follow loop never returns; this ties the
 /// readiness timer to it).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

@@ -41,8 +41,8 @@ use crate::ranker::Ranker;
 use crate::rollout::{Controller, RolloutPolicy};
 use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
+use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
 use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
-use rankmesh_model_registry::replica::{Fetcher, RegistrySource};
 
 /// Name in discovery and metrics.
 pub const SERVICE: &str = "ranking";
@@ -193,14 +193,15 @@ pub async fn run(
     let follower = if config.ranker.registry.enabled() {
         let fetcher =
             Fetcher::new(config.ranker.registry.clone(), registry()).map_err(Error::Follow)?;
-        let follower = follow::Follower::new(
-            fetcher,
-            config.onnx.clone(),
-            ranker_batch(&config),
-            Arc::clone(&rankers),
-            readiness.clone(),
-        );
-        Some(tokio::spawn(follower.run()))
+        let loader = follow::RankerLoader {
+            onnx: config.onnx.clone(),
+            batch: ranker_batch(&config),
+        };
+        let target = follow::RankerTarget {
+            rankers: Arc::clone(&rankers),
+            readiness: readiness.clone(),
+        };
+        Some(tokio::spawn(follow::run(fetcher, loader, target)))
     } else {
         None
     };

@@ -370,10 +370,7 @@ impl Controller {
             return Ok(Some(verdict));
         }
         let v = summary.canary_version;
-        let registry = self
-            .registry
-            .clone()
-            .with_token(&format!("Bearer {}", self.policy.admin_token));
+        let registry = self.registry.clone().with_token(&self.policy.admin_token);
         let revision = summary.stage_revision;
         // Both writes are compare-and-sets on the stage record judged.
         let result = match &verdict {

@@ -80,6 +80,16 @@ pub(super) struct Env {
     pub(super) links: Links,
 }
 
+impl Env {
+    /// An SDK client for the drill mesh's registry, with the admin token.
+    fn registry(&self) -> anyhow::Result<rankmesh_client::RegistryClient> {
+        Ok(crate::model::registry_at(
+            &self.mesh.grpc_of("registry")?,
+            Some(&self.token),
+        ))
+    }
+}
+
 /// The fault proxies on the links a scenario's network faults impair, by instance
 /// and link (one proxy per etcd member on an etcd link).
 pub(super) type Links = BTreeMap<(String, Link), Vec<Arc<FaultProxy>>>;
@@ -153,10 +163,8 @@ async fn publish_ranker(
     file: &Path,
     why: &str,
 ) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelManifest> {
-    let registry = env.mesh.grpc_of("registry")?;
     let m = crate::model::publish(
-        &registry,
-        &env.token,
+        &env.registry()?,
         &crate::model::Upload {
             name: launcher::RANKER_MODEL,
             file,
@@ -254,8 +262,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                 .await?
                 .version;
             crate::model::promote(
-                &env.mesh.grpc_of("registry")?,
-                &env.token,
+                &env.registry()?,
                 launcher::RANKER_MODEL,
                 v,
                 Some(f.percent),
@@ -290,8 +297,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
             }
             std::fs::write(&blob, bytes)?;
             crate::model::promote(
-                &env.mesh.grpc_of("registry")?,
-                &env.token,
+                &env.registry()?,
                 launcher::RANKER_MODEL,
                 v,
                 None,

@@ -27,6 +27,108 @@ use rankmesh_common::discovery::Resolver;
 use report::{DrillReport, Injected};
 use scenario::{Fault, FaultKind, Link, Scenario};
 
+/// Disaster-recovery drills: run a scenario (topology, load, fault timeline,
+/// SLO), write its report, exit non-zero when the SLO is missed.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DrillArgs {
+    #[command(subcommand)]
+    command: DrillCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DrillCommand {
+    /// Run scenarios (or --all in --dir); each gets `<report>/<name>/report.{json,html}`.
+    Run {
+        scenarios: Vec<PathBuf>,
+        /// Every scenario in --dir.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "deploy/drills")]
+        dir: PathBuf,
+        #[arg(long, default_value = ".rankmesh/drills")]
+        report: PathBuf,
+        /// Weaken the client: no hedging.
+        #[arg(long)]
+        no_hedge: bool,
+        /// Weaken the client: no retries.
+        #[arg(long)]
+        no_retry: bool,
+        /// etcd's client port for the drill's mesh; services from --base-port.
+        #[arg(long, default_value_t = 24379)]
+        etcd_port: u16,
+        #[arg(long, default_value_t = 24400)]
+        base_port: u16,
+        #[arg(long, env = "RANKMESH_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// The compose stack that `topology.kind = "compose"` scenarios run
+        /// (images from scripts/images, its .env beside it).
+        #[arg(long, default_value = "deploy/compose")]
+        compose_dir: PathBuf,
+    },
+    /// The scenario catalog: name, duration, faults, hypothesis.
+    List {
+        #[arg(long, default_value = "deploy/drills")]
+        dir: PathBuf,
+    },
+}
+
+pub(crate) async fn command(a: DrillArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (scenarios, all, dir, opts) = match a.command {
+        DrillCommand::List { dir } => {
+            list(&dir)?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        DrillCommand::Run {
+            scenarios,
+            all,
+            dir,
+            report,
+            no_hedge,
+            no_retry,
+            etcd_port,
+            base_port,
+            models,
+            compose_dir,
+        } => {
+            let cwd = std::env::current_dir()?;
+            let opts = RunOptions {
+                report_dir: cwd.join(report),
+                no_hedge,
+                no_retry,
+                etcd_port,
+                base_port,
+                models: cwd.join(models),
+                compose_dir: cwd.join(compose_dir),
+            };
+            (scenarios, all, dir, opts)
+        }
+    };
+    let mut paths = scenarios;
+    if all {
+        paths.extend(catalog(&dir)?.into_iter().map(|(p, _)| p));
+    }
+    anyhow::ensure!(!paths.is_empty(), "name a scenario file, or --all");
+    let mut failed = Vec::new();
+    for p in &paths {
+        // One drill that cannot run does not stop the others.
+        match run(p, &opts).await {
+            Ok(r) if r.pass => {}
+            Ok(r) => failed.push(r.name),
+            Err(e) => {
+                eprintln!("drill {}: could not run: {e:#}", p.display());
+                failed.push(p.display().to_string());
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("{} drill(s) passed", paths.len());
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        println!("SLO missed: {}", failed.join(", "));
+        Ok(std::process::ExitCode::FAILURE)
+    }
+}
+
 /// How a drill is run (from the command line).
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {

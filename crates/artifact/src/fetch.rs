@@ -1,5 +1,4 @@
-//! The replica side of the registry: what an embedding or ranking replica needs to
-//! follow a model safely.
+//! Fetching one model's artifacts from the registry, safely.
 //!
 //! A [`Fetcher`] reads a model's stages and manifests, fetches ciphertexts (resuming
 //! where a broken stream stopped), verifies the manifest's ed25519 signature and the
@@ -19,7 +18,7 @@ use rankmesh_proto::pb::registry::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, MasterKeys};
-use crate::store::Manifest;
+use crate::manifest::Manifest;
 
 /// Where a replica's model comes from when the registry manages it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +56,10 @@ pub enum FollowError {
     /// The artifact verified but the service could not load or warm it up.
     #[error("load: {0}")]
     Load(String),
+    /// The model loaded but the service could not put it in (e.g. re-embedding
+    /// the catalog with a new encoder failed); retried at the next check.
+    #[error("swap: {0}")]
+    Swap(String),
 }
 
 impl FollowError {
@@ -66,6 +69,7 @@ impl FollowError {
             Self::Registry(_) => "registry",
             Self::Verify(_) => "verify",
             Self::Load(_) => "load",
+            Self::Swap(_) => "swap",
         }
     }
 }

@@ -1,0 +1,115 @@
+//! Arguments several subcommands share: where the mesh is (etcd, or one replica's
+//! address), where the local mesh keeps its state, and `KEY=VALUE` pairs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rankmesh_common::config::EtcdConfig;
+use rankmesh_common::discovery::Resolver;
+use rankmesh_common::etcd::Etcd;
+
+/// Where the local mesh keeps its data, logs and process list.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StateArgs {
+    #[arg(long, env = "RANKMESH_STATE_DIR", default_value = ".rankmesh/run")]
+    pub(crate) state_dir: PathBuf,
+}
+
+/// Which replicas to talk to: one explicit address, or every one registered.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct TargetArgs {
+    /// gRPC address of one replica; every registered replica (through etcd) when
+    /// omitted.
+    #[arg(long)]
+    pub(crate) addr: Option<String>,
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+}
+
+impl TargetArgs {
+    /// The replicas of `service` for an SDK client: the one at `--addr`, or a
+    /// watch on discovery (the client balances over them and fails over), once
+    /// it lists at least one.
+    pub(crate) async fn resolver(&self, service: &'static str) -> anyhow::Result<Resolver> {
+        match &self.addr {
+            Some(a) => Ok(Resolver::fixed(service, std::slice::from_ref(a))),
+            None => self.etcd.watch(service).await,
+        }
+    }
+
+    /// One replica's address: `--addr`, or the first registered.
+    pub(crate) async fn resolve(&self, service: &str) -> anyhow::Result<String> {
+        if let Some(a) = &self.addr {
+            return Ok(a.clone());
+        }
+        let etcd = self.etcd.connect().await?;
+        let set = rankmesh_common::discovery::list(&etcd, service).await?;
+        set.into_values().next().map(|e| e.grpc).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no {service} instance registered in etcd ({:?}); is the mesh up?",
+                self.etcd.etcd
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "RANKMESH_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub(crate) etcd: Vec<String>,
+}
+
+/// How long a command waits for discovery to list a service.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+
+impl EtcdArgs {
+    /// A watch on the registered replicas of `service`, once it lists one.
+    pub(crate) async fn watch(&self, service: &'static str) -> anyhow::Result<Resolver> {
+        let resolver = Resolver::watch(self.connect().await?, service);
+        tokio::time::timeout(DISCOVERY_WAIT, resolver.wait_for(|set| !set.is_empty()))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no {service} instance registered in etcd ({:?}) within {DISCOVERY_WAIT:?}; is the mesh up?",
+                    self.etcd
+                )
+            })?;
+        Ok(resolver)
+    }
+
+    pub(crate) async fn connect(&self) -> anyhow::Result<Etcd> {
+        let config = EtcdConfig {
+            endpoints: self.etcd.clone(),
+            ..EtcdConfig::default()
+        };
+        config.validate()?;
+        Ok(Etcd::connect(&config).await?)
+    }
+}
+
+/// `KEY=VALUE`.
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+/// Exit code of a check: success when `ok`.
+pub(crate) fn exit(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// A gRPC status as the command line reports it.
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
