@@ -17,6 +17,7 @@
 
 pub mod batcher;
 pub mod blocking;
+pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod election;

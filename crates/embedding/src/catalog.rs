@@ -6,59 +6,45 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use serde::Deserialize;
-
 use crate::index::{ItemMeta, normalize_category};
 
-/// The fields the index needs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct CatalogItem {
-    pub id: String,
-    pub title: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub category: String,
-    #[serde(default)]
-    pub brand: String,
-    #[serde(default)]
-    pub price: Option<f64>,
-}
+/// The catalog item (one type for every service; the index reads `id`, `title`,
+/// `description`, `category`, `brand` and `price`).
+pub use rankmesh_common::catalog::Item as CatalogItem;
 
 /// Description characters that go into an item's text; the title, brand and category
 /// carry most of the signal, and MiniLM truncates at 256 tokens anyway.
 const DESCRIPTION_CHARS: usize = 400;
 
-impl CatalogItem {
-    /// The text embedded for this item.
-    pub fn text(&self) -> String {
-        let mut t = self.title.trim().to_owned();
-        for part in [self.brand.trim(), self.category.trim()] {
-            if !part.is_empty() {
-                t.push_str(". ");
-                t.push_str(part);
-            }
-        }
-        let d: String = self
-            .description
-            .trim()
-            .chars()
-            .take(DESCRIPTION_CHARS)
-            .collect();
-        if !d.is_empty() {
+/// The text embedded for an item.
+pub fn text(item: &CatalogItem) -> String {
+    let mut t = item.title.trim().to_owned();
+    for part in [item.brand.trim(), item.category.trim()] {
+        if !part.is_empty() {
             t.push_str(". ");
-            t.push_str(&d);
+            t.push_str(part);
         }
-        t
     }
+    let d: String = item
+        .description
+        .trim()
+        .chars()
+        .take(DESCRIPTION_CHARS)
+        .collect();
+    if !d.is_empty() {
+        t.push_str(". ");
+        t.push_str(&d);
+    }
+    t
+}
 
-    pub fn meta(&self) -> ItemMeta {
-        ItemMeta {
-            id: self.id.clone(),
-            category: normalize_category(&self.category),
-            brand: self.brand.trim().to_lowercase(),
-            price: self.price.filter(|p| p.is_finite()),
-        }
+/// What the index keeps of an item for filtering.
+pub fn meta(item: &CatalogItem) -> ItemMeta {
+    ItemMeta {
+        id: item.id.clone(),
+        category: normalize_category(&item.category),
+        brand: item.brand.trim().to_lowercase(),
+        price: item.price.filter(|p| p.is_finite()),
     }
 }
 
@@ -125,8 +111,8 @@ mod tests {
         .expect("write");
         let items = read_jsonl(&path).expect("valid");
         assert_eq!(items.len(), 2);
-        assert_eq!(items[0].meta().category, "shoes > running");
-        assert_eq!(items[0].text(), "Red shoe. Shoes>Running");
+        assert_eq!(meta(&items[0]).category, "shoes > running");
+        assert_eq!(text(&items[0]), "Red shoe. Shoes>Running");
         std::fs::write(&path, "{\"id\":\"a\",\"title\":\"x\"}\n{\"id\":\"b\"\n").expect("write");
         let err = read_jsonl(&path).expect_err("bad line").to_string();
         assert!(err.contains(":2:"), "{err}");

@@ -91,10 +91,9 @@ impl CatalogSource {
             )),
             Self::File(path) => {
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || catalog::read_jsonl(&path))
+                rankmesh_common::blocking::try_run(move || catalog::read_jsonl(&path))
                     .await
-                    .map_err(|e| EmbedError::Internal(e.to_string()))?
-                    .map_err(|e| EmbedError::Internal(e.to_string()))
+                    .map_err(EmbedError::Internal)
             }
             Self::Feature(upstream) => upstream
                 .call(|ch| async move {
@@ -116,6 +115,7 @@ impl CatalogSource {
                             category: i.category,
                             brand: i.brand,
                             price: i.price,
+                            ..CatalogItem::default()
                         }));
                     }
                     Ok(out)
@@ -407,10 +407,10 @@ impl Embedder {
                 v.values
             }
         };
-        let hits = tokio::task::spawn_blocking(move || index.search(&vector, k as usize, &filter))
-            .await
-            .map_err(|e| EmbedError::Internal(e.to_string()))?
-            .map_err(|e| EmbedError::Internal(e.to_string()))?;
+        let hits =
+            rankmesh_common::blocking::try_run(move || index.search(&vector, k as usize, &filter))
+                .await
+                .map_err(EmbedError::Internal)?;
         Ok(pb::RetrieveResponse {
             items: hits
                 .into_iter()
@@ -470,17 +470,17 @@ impl Embedder {
                 current.and_then(|idx| idx.get(&item.id))
             };
             match reuse {
-                Some((_, v)) => entries.push((item.meta(), v)),
+                Some((_, v)) => entries.push((catalog::meta(item), v)),
                 None => to_embed.push(item),
             }
         }
         for chunk in to_embed.chunks(BUILD_CHUNK) {
-            let texts: Vec<String> = chunk.iter().map(|i| i.text()).collect();
+            let texts: Vec<String> = chunk.iter().map(|i| catalog::text(i)).collect();
             let vectors = encoder.batcher.submit(texts).await?;
             entries.extend(
                 chunk
                     .iter()
-                    .map(|i| i.meta())
+                    .map(|i| catalog::meta(i))
                     .zip(vectors.into_iter().map(|e| e.vector)),
             );
         }

@@ -124,10 +124,9 @@ impl<S: FeatureStore> Features<S> {
         }
         let n = all.len() as u64;
         let lexical = Arc::clone(&self.lexical);
-        tokio::task::spawn_blocking(move || lexical.upsert(&all, true))
+        rankmesh_common::blocking::try_run(move || lexical.upsert(&all, true))
             .await
-            .map_err(|e| FeatureError::Internal(e.to_string()))?
-            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+            .map_err(FeatureError::Internal)?;
         Ok(n)
     }
 
@@ -185,10 +184,10 @@ impl<S: FeatureStore> Features<S> {
         let lexical = Arc::clone(&self.lexical);
         let q = query.clone();
         let ids_for_bm25 = known_ids.clone();
-        let scores = tokio::task::spawn_blocking(move || lexical.scores_for(&q, &ids_for_bm25))
-            .await
-            .map_err(|e| FeatureError::Internal(e.to_string()))?
-            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        let scores =
+            rankmesh_common::blocking::try_run(move || lexical.scores_for(&q, &ids_for_bm25))
+                .await
+                .map_err(FeatureError::Internal)?;
         let values = features::matrix(&query, &known, &scores, &popularity, profile.as_ref());
         Ok(pb::GetFeaturesResponse {
             schema: Some(schema()),
@@ -213,10 +212,10 @@ impl<S: FeatureStore> Features<S> {
         }
         let filter = Filter::from_proto(filters).map_err(|e| invalid(e.field, e.message))?;
         let lexical = Arc::clone(&self.lexical);
-        let hits = tokio::task::spawn_blocking(move || lexical.search(&query, k as usize, &filter))
-            .await
-            .map_err(|e| FeatureError::Internal(e.to_string()))?
-            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+        let hits =
+            rankmesh_common::blocking::try_run(move || lexical.search(&query, k as usize, &filter))
+                .await
+                .map_err(FeatureError::Internal)?;
         Ok(pb::LexicalCandidatesResponse {
             items: hits
                 .into_iter()
