@@ -183,6 +183,19 @@ pub struct Orchestrator {
     pub config: SearchConfig,
 }
 
+/// Every value an answer's `degraded` can hold (the proto's comment on
+/// `SearchResponse.degraded` lists the same, checked by a test): the stages that
+/// can be skipped or answered from a fallback.
+pub const DEGRADED: &[&str] = &[
+    "dense",
+    "lexical",
+    "profile",
+    "features",
+    "ranker",
+    "items",
+    "cold_start",
+];
+
 /// What every reply carries besides items.
 #[derive(Debug, Default)]
 struct Trace {
@@ -192,7 +205,8 @@ struct Trace {
 }
 
 impl Trace {
-    fn degrade(&mut self, stage: &str, why: &dyn std::fmt::Display) {
+    fn degrade(&mut self, stage: &'static str, why: &dyn std::fmt::Display) {
+        debug_assert!(DEGRADED.contains(&stage), "{stage} is not in DEGRADED");
         tracing::warn!(stage, reason = %why, "stage skipped; answer degraded");
         metrics::counter!("rankmesh_degraded_total", "stage" => stage.to_owned()).increment(1);
         if !self.degraded.iter().any(|d| d == stage) {
@@ -446,9 +460,15 @@ impl Orchestrator {
             user_id,
             k,
             filters,
-            routing_key: _,
+            routing_key,
         } = req;
         check_user(&user_id, true)?;
+        // Sticky canary assignment: the caller's key, else the user.
+        let routing_key = if routing_key.is_empty() {
+            user_id.clone()
+        } else {
+            routing_key
+        };
         let k = check_k(k)?;
         Filter::from_proto(filters.clone()).map_err(|e| invalid(e.field, e.message))?;
         let mut trace = Trace::default();
@@ -557,7 +577,7 @@ impl Orchestrator {
         let request = Finish {
             query: String::new(),
             user_id,
-            routing_key: String::new(),
+            routing_key,
             k,
             explain: false,
             recommend: true,
@@ -858,6 +878,31 @@ fn personal_order(candidates: &mut [Candidate], f: &Featurized) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proto's comment on `degraded` names exactly the values the code can
+    /// emit, for Search and (by reference) Recommend.
+    #[test]
+    fn degraded_values_are_the_ones_the_proto_lists() {
+        let c = rankmesh_proto::field_comment(
+            "rankmesh/ranking/v1/ranking.proto",
+            "SearchResponse",
+            "degraded",
+        )
+        .expect("SearchResponse.degraded");
+        let quoted: Vec<&str> = c.split('"').skip(1).step_by(2).collect();
+        let mut listed = quoted.clone();
+        listed.sort_unstable();
+        let mut emitted = DEGRADED.to_vec();
+        emitted.sort_unstable();
+        assert_eq!(listed, emitted, "proto comment: {c:?}");
+        let r = rankmesh_proto::field_comment(
+            "rankmesh/ranking/v1/ranking.proto",
+            "RecommendResponse",
+            "degraded",
+        )
+        .expect("RecommendResponse.degraded");
+        assert!(r.contains("SearchResponse.degraded"), "{r:?}");
+    }
 
     #[test]
     fn input_limits_name_fields() {
