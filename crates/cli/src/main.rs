@@ -1,6 +1,8 @@
 //! `meshctl`: operate a rankmesh mesh. This file only parses the command line and
 //! hands each subcommand to its module, which owns its arguments and its `run`;
 //! every command that calls the mesh does so through the SDK (`rankmesh-client`).
+//! Must not import a service crate: meshctl starts services as processes and
+//! talks to them over gRPC.
 
 mod args;
 mod bench;

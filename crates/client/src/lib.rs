@@ -14,6 +14,9 @@
 //!   RPC of whether it may be repeated (RecordEvent only with its event id).
 //!
 //! Plus one-off helpers: [`connect`], [`health`] and [`ready`].
+//!
+//! Must not import any service crate or the artifact crate: storefronts link it
+//! alone (proto, common).
 
 pub mod balance;
 pub mod embedding;

@@ -14,6 +14,9 @@
 //! - [`server`]: the serving scaffold (health, reflection, admin port, overload guard,
 //!   graceful shutdown).
 //! - [`service`]: the shared `main` of service binaries and their config shape.
+//!
+//! Owns what every process shares and nothing service-specific. Must not import
+//! the SDK, the artifact crate or any service crate.
 
 pub mod batcher;
 pub mod blocking;

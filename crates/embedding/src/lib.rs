@@ -10,6 +10,10 @@
 //!   encoder/index generation swapped together.
 //! - [`follow`]: the encoder from the model registry (cache, fetch, hot swap with a
 //!   re-embedded index).
+//!
+//! Owns the encoder session and the vector index. Must not import another service
+//! crate (the registry server included): it follows models through
+//! `rankmesh-artifact` and reads the catalog over the SDK.
 
 pub mod catalog;
 pub mod encoder;

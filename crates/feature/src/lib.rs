@@ -8,6 +8,9 @@
 //! - [`lexical`]: the tantivy BM25 index with exact filters.
 //! - [`features`]: the ranker's feature schema and matrix.
 //! - [`service`]: the gRPC API.
+//!
+//! Owns the catalog's storage and the lexical index. Must not import another
+//! service crate or the artifact crate; it is called over gRPC only.
 
 pub mod features;
 pub mod import;

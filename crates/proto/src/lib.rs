@@ -4,6 +4,8 @@
 //! The `.proto` sources live in `proto/rankmesh/<area>/v1/`; they are the contract
 //! (field meanings, limits, error codes). This crate only mounts what `build.rs`
 //! generates from them, re-exported as [`pb`].
+//!
+//! Owns: the wire contract and its limits. Must not import any rankmesh crate.
 
 /// Generated code, one module per proto package.
 pub mod pb {

@@ -76,7 +76,7 @@ pub async fn load(
 pub struct RankerTarget {
     pub rankers: Arc<Rankers>,
     /// Condition [`RANKER_READY`] holds once a production ranker is in (or the
-    /// registry has none, or [`READY_WITHOUT_RANKER`] passed: then answers are
+    /// registry has none, or `READY_WITHOUT_RANKER` passed: then answers are
     /// served in retrieval order rather than not at all).
     pub readiness: Readiness,
 }

@@ -13,6 +13,10 @@
 //!
 //! Replicas elect a leader for the `rollout` role in etcd; the leader runs the
 //! canary controller, which promotes or rolls back the ranker's canary.
+//!
+//! Owns the request path and the rollout controller. Must not import another
+//! service crate (the registry server included): it calls them over the SDK and
+//! follows the ranker through `rankmesh-artifact`.
 
 pub mod follow;
 pub mod fusion;
