@@ -72,7 +72,7 @@ async fn overload_health_readiness_and_graceful_drain() {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let info = ServiceInfo {
         name: "ranking",
-        grpc_services: vec!["rankmesh.ranking.v1.RankingService"],
+        grpc_services: &["rankmesh.ranking.v1.RankingService"],
     };
     let server = tokio::spawn({
         let readiness = readiness.clone();

@@ -46,23 +46,40 @@ fn print(
     }
 }
 
-/// Prints a ranked answer as a table or as JSON.
-fn report(
-    items: &[pb::RankedItem],
-    m: &[rankmesh_proto::pb::common::v1::ModelRef],
-    trace_id: &str,
-    degraded: &[String],
-    stage_ms: &std::collections::HashMap<String, f32>,
-    json: bool,
-) {
-    if json {
-        let out = serde_json::json!({
-            "items": json_items(items), "models": models(m), "trace_id": trace_id,
-            "degraded": degraded, "stage_ms": stage_ms,
-        });
-        println!("{out}");
-    } else {
-        print(items, degraded, stage_ms, trace_id);
+/// What Search and Recommend both answer with.
+struct Answer<'a> {
+    items: &'a [pb::RankedItem],
+    models: &'a [rankmesh_proto::pb::common::v1::ModelRef],
+    trace_id: &'a str,
+    degraded: &'a [String],
+    stage_ms: &'a std::collections::HashMap<String, f32>,
+}
+
+/// Borrows an [`Answer`] from a Search or Recommend response (same fields, two types).
+macro_rules! answer_of {
+    ($r:expr) => {
+        Answer {
+            items: &$r.items,
+            models: &$r.models,
+            trace_id: &$r.trace_id,
+            degraded: &$r.degraded,
+            stage_ms: &$r.stage_ms,
+        }
+    };
+}
+
+impl Answer<'_> {
+    /// Prints the answer as a table or as JSON.
+    fn report(&self, json: bool) {
+        if json {
+            let out = serde_json::json!({
+                "items": json_items(self.items), "models": models(self.models),
+                "trace_id": self.trace_id, "degraded": self.degraded, "stage_ms": self.stage_ms,
+            });
+            println!("{out}");
+        } else {
+            print(self.items, self.degraded, self.stage_ms, self.trace_id);
+        }
     }
 }
 
@@ -84,13 +101,9 @@ fn models(m: &[rankmesh_proto::pb::common::v1::ModelRef]) -> Vec<serde_json::Val
         .collect()
 }
 
-/// Ranked search: dense + lexical retrieval, features, ranker.
+/// What search and recommend share: how many, which, how long, how shown, where.
 #[derive(Debug, clap::Args)]
-pub(crate) struct SearchArgs {
-    query: String,
-    /// The shopper, for personal features; anonymous when omitted.
-    #[arg(long)]
-    user: Option<String>,
+struct AnswerArgs {
     #[arg(long, short, default_value_t = 10)]
     k: u32,
     #[command(flatten)]
@@ -104,33 +117,40 @@ pub(crate) struct SearchArgs {
     target: TargetArgs,
 }
 
+impl AnswerArgs {
+    async fn client(&self) -> anyhow::Result<RankingClient> {
+        Ok(RankingClient::new(
+            self.target.resolver("ranking").await?,
+            Duration::from_millis(self.timeout_ms),
+        ))
+    }
+}
+
+/// Ranked search: dense + lexical retrieval, features, ranker.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SearchArgs {
+    query: String,
+    /// The shopper, for personal features; anonymous when omitted.
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    answer: AnswerArgs,
+}
+
 pub(crate) async fn search(a: SearchArgs) -> anyhow::Result<ExitCode> {
-    let client = RankingClient::new(
-        a.target.resolver("ranking").await?,
-        Duration::from_millis(a.timeout_ms),
-    );
-    let r = client
-        .search(
-            pb::SearchRequest {
-                query: a.query,
-                user_id: a.user.unwrap_or_default(),
-                k: a.k,
-                filters: a.filters.to_proto(),
-                routing_key: String::new(),
-                explain: false,
-            },
-            Deadline::Default,
-        )
+    let request = pb::SearchRequest {
+        query: a.query,
+        user_id: a.user.unwrap_or_default(),
+        k: a.answer.k,
+        filters: a.answer.filters.to_proto(),
+        routing_key: String::new(),
+        explain: false,
+    };
+    let r = (a.answer.client().await?)
+        .search(request, Deadline::Default)
         .await
         .map_err(crate::status)?;
-    report(
-        &r.items,
-        &r.models,
-        &r.trace_id,
-        &r.degraded,
-        &r.stage_ms,
-        a.json,
-    );
+    answer_of!(r).report(a.answer.json);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,42 +158,21 @@ pub(crate) async fn search(a: SearchArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RecommendArgs {
     user: String,
-    #[arg(long, short, default_value_t = 10)]
-    k: u32,
     #[command(flatten)]
-    filters: FilterArgs,
-    #[arg(long, default_value_t = 2000)]
-    timeout_ms: u64,
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    target: TargetArgs,
+    answer: AnswerArgs,
 }
 
 pub(crate) async fn recommend(a: RecommendArgs) -> anyhow::Result<ExitCode> {
-    let client = RankingClient::new(
-        a.target.resolver("ranking").await?,
-        Duration::from_millis(a.timeout_ms),
-    );
-    let r = client
-        .recommend(
-            pb::RecommendRequest {
-                user_id: a.user,
-                k: a.k,
-                filters: a.filters.to_proto(),
-                routing_key: String::new(),
-            },
-            Deadline::Default,
-        )
+    let request = pb::RecommendRequest {
+        user_id: a.user,
+        k: a.answer.k,
+        filters: a.answer.filters.to_proto(),
+        routing_key: String::new(),
+    };
+    let r = (a.answer.client().await?)
+        .recommend(request, Deadline::Default)
         .await
         .map_err(crate::status)?;
-    report(
-        &r.items,
-        &r.models,
-        &r.trace_id,
-        &r.degraded,
-        &r.stage_ms,
-        a.json,
-    );
+    answer_of!(r).report(a.answer.json);
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,9 @@
 //! - [`config`]: typed, layered configuration (defaults, TOML file, `RANKMESH__*` env).
 //! - [`telemetry`]: logs, OTLP traces and the Prometheus recorder.
 //! - [`observe`]: per-RPC spans and metrics on servers, trace-context propagation.
+//! - [`rpc`]: the error handlers answer with, one mapping onto gRPC codes.
+//! - [`blocking`]: CPU-bound work on the blocking pool, with one way of failing.
+//! - [`catalog`]: the catalog item, its limits and validation.
 //! - [`filters`]: validated catalog filters (category, price, brand).
 //! - [`etcd`]: the shared etcd client and member health-checking.
 //! - [`discovery`]: registering instances on a lease and following a service's
@@ -29,6 +32,7 @@ pub mod filters;
 pub mod observe;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -144,13 +144,30 @@ impl Readiness {
     }
 }
 
-/// What `serve` needs to know about the service it hosts.
-#[derive(Debug, Clone)]
+/// What `serve` needs to know about the service it hosts; each service keeps one
+/// as a `const INFO`.
+#[derive(Debug, Clone, Copy)]
 pub struct ServiceInfo {
     /// Short service name used in discovery and metrics, e.g. `ranking`.
     pub name: &'static str,
     /// Fully qualified gRPC service names, for per-service health status.
-    pub grpc_services: Vec<&'static str>,
+    pub grpc_services: &'static [&'static str],
+}
+
+/// The routes of one generated tonic server, with the same message-size limit on
+/// what it decodes and what it encodes: every service takes it from
+/// `server.max_message_bytes` (the registry from its chunk size), and a limit set
+/// on one side only is how a 5 MB response gets refused by its own server.
+#[macro_export]
+macro_rules! limited_routes {
+    ($server:expr, $max_message_bytes:expr) => {{
+        let max: usize = $max_message_bytes;
+        ::tonic::service::Routes::new(
+            $server
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+    }};
 }
 
 /// Serves `routes` until `shutdown` resolves, then deregisters and drains.
@@ -169,7 +186,7 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    for s in &info.grpc_services {
+    for s in info.grpc_services {
         health.set_service_status(*s, ServingStatus::Serving).await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -227,7 +244,7 @@ pub async fn serve(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    for s in &info.grpc_services {
+    for s in info.grpc_services {
         health
             .set_service_status(*s, ServingStatus::NotServing)
             .await;

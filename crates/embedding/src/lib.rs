@@ -45,6 +45,11 @@ use rankmesh_artifact::follow::Follower;
 pub const SERVICE: &str = "embedding";
 /// Fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "rankmesh.embedding.v1.EmbeddingService";
+/// What the scaffold serves this service as.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    grpc_services: &[GRPC_SERVICE],
+};
 
 rankmesh_common::service_config! {
     /// Configuration of the embedding service.
@@ -225,22 +230,11 @@ pub async fn run(
     start_index(&embedder, &config.index, &readiness).await;
     let following = follower.map(|f| tokio::spawn(f.run(EncoderTarget(Arc::clone(&embedder)))));
 
-    let api = EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder)))
-        .max_decoding_message_size(config.server.max_message_bytes)
-        .max_encoding_message_size(config.server.max_message_bytes);
-    let info = ServiceInfo {
-        name: SERVICE,
-        grpc_services: vec![GRPC_SERVICE],
-    };
-    serve_routes(
-        info,
-        &config,
-        readiness,
-        tonic::service::Routes::new(api),
-        listeners,
-        shutdown,
-    )
-    .await?;
+    let routes = rankmesh_common::limited_routes!(
+        EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder))),
+        config.server.max_message_bytes
+    );
+    serve_routes(INFO, &config, readiness, routes, listeners, shutdown).await?;
     if let Some(f) = following {
         f.abort();
     }
@@ -281,7 +275,7 @@ async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: 
         let embedder = Arc::clone(embedder);
         readiness.retry_until_ready("index", move || {
             let embedder = Arc::clone(&embedder);
-            async move { embedder.build_index(Vec::new()).await }
+            async move { embedder.build_index(Default::default()).await }
         });
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use rankmesh_common::batcher::{BatchConfig, BatchError, Batcher};
+use rankmesh_common::batcher::{BatchConfig, Batcher};
+use rankmesh_common::rpc::{RpcError, invalid};
 use rankmesh_proto::limits::{MAX_BATCH_TEXTS, MAX_RETRIEVE_K, MAX_TEXT_BYTES};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as pb;
-use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::catalog::{self, CatalogItem};
@@ -18,56 +18,6 @@ use crate::index::{Filter, IndexParams, VectorIndex};
 
 /// Texts embedded per batcher submission while building the index.
 const BUILD_CHUNK: usize = 256;
-
-/// Everything the service's errors can be; mapped onto gRPC codes in one place.
-#[derive(Debug, thiserror::Error)]
-pub enum EmbedError {
-    #[error("{field}: {message}")]
-    InvalidArgument { field: String, message: String },
-    #[error("{0}")]
-    Overloaded(String),
-    #[error("{0}")]
-    NoIndex(String),
-    #[error("{0}")]
-    BuildRunning(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<EmbedError> for Status {
-    fn from(e: EmbedError) -> Self {
-        match e {
-            EmbedError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            EmbedError::Overloaded(m) => Status::resource_exhausted(m),
-            EmbedError::NoIndex(m) => Status::failed_precondition(m),
-            EmbedError::BuildRunning(m) => Status::aborted(m),
-            EmbedError::Unavailable(m) => Status::unavailable(m),
-            EmbedError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                Status::internal("internal error; see the embedding service log")
-            }
-        }
-    }
-}
-
-impl From<BatchError> for EmbedError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::QueueFull { .. } => Self::Overloaded(e.to_string()),
-            BatchError::Model(m) => Self::Internal(m),
-            BatchError::Stopped => Self::Internal("encoder batcher stopped".into()),
-        }
-    }
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> EmbedError {
-    EmbedError::InvalidArgument {
-        field: field.into(),
-        message: message.into(),
-    }
-}
 
 /// Where the items to index come from.
 #[derive(Debug)]
@@ -84,16 +34,16 @@ pub enum CatalogSource {
 const SCAN_PAGE: u32 = 1000;
 
 impl CatalogSource {
-    async fn items(&self) -> Result<Vec<CatalogItem>, EmbedError> {
+    async fn items(&self) -> Result<Vec<CatalogItem>, RpcError> {
         match self {
-            Self::None => Err(EmbedError::NoIndex(
+            Self::None => Err(RpcError::FailedPrecondition(
                 "no catalog source configured (index.catalog or index.from_feature)".into(),
             )),
             Self::File(path) => {
                 let path = path.clone();
                 rankmesh_common::blocking::try_run(move || catalog::read_jsonl(&path))
                     .await
-                    .map_err(EmbedError::Internal)
+                    .map_err(RpcError::Internal)
             }
             Self::Feature(upstream) => upstream
                 .call(|ch| async move {
@@ -121,7 +71,7 @@ impl CatalogSource {
                     Ok(out)
                 })
                 .await
-                .map_err(|s| EmbedError::Unavailable(format!("feature service: {}", s.message()))),
+                .map_err(|s| RpcError::Unavailable(format!("feature service: {}", s.message()))),
         }
     }
 
@@ -178,7 +128,7 @@ fn normalize_query(text: &str) -> String {
 
 impl LoadedEncoder {
     /// The vector of a query text, from the cache or the encoder.
-    pub async fn query_vector(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+    pub async fn query_vector(&self, text: &str) -> Result<Vec<f32>, RpcError> {
         let key = normalize_query(text);
         let cached = self.queries.lock().get(&key).cloned();
         let hit = cached.is_some();
@@ -195,7 +145,7 @@ impl LoadedEncoder {
         let mut out = self.batcher.submit(vec![key.clone()]).await?;
         let v = out
             .pop()
-            .ok_or_else(|| EmbedError::Internal("encoder returned no vector".into()))?
+            .ok_or_else(|| RpcError::Internal("encoder returned no vector".into()))?
             .vector;
         self.queries.lock().insert(key, v.clone());
         Ok(v)
@@ -280,14 +230,14 @@ impl Embedder {
     /// new encoder first and swaps encoder and index together; requests keep being
     /// served by the old pair meanwhile. Without a source, an existing index cannot
     /// be re-embedded, so the swap is refused.
-    pub async fn swap_encoder(&self, next: LoadedEncoder) -> Result<u64, EmbedError> {
+    pub async fn swap_encoder(&self, next: LoadedEncoder) -> Result<u64, RpcError> {
         let _guard = self.building.lock().await;
         let next = Arc::new(next);
         let had_index = self.index().is_some();
         let index = if self.source.is_configured() {
             Some(Arc::new(self.build_with(&next, &[], None).await?))
         } else if had_index {
-            return Err(EmbedError::Internal(
+            return Err(RpcError::Internal(
                 "the index cannot be re-embedded without a catalog source; keeping the current encoder".into(),
             ));
         } else {
@@ -311,10 +261,10 @@ impl Embedder {
 
     /// Installs an index (e.g. loaded from a snapshot at startup); refused when it
     /// was built by another encoder than the current one.
-    pub fn set_index(&self, index: VectorIndex) -> Result<(), EmbedError> {
+    pub fn set_index(&self, index: VectorIndex) -> Result<(), RpcError> {
         let current = self.current.load_full();
         if index.model() != current.encoder.tag() {
-            return Err(EmbedError::Internal(format!(
+            return Err(RpcError::Internal(format!(
                 "index built by {}, but the encoder is {}",
                 index.model(),
                 current.encoder.tag()
@@ -332,12 +282,10 @@ impl Embedder {
         self.current.load().index.clone()
     }
 
-    /// Validates and embeds texts through the batcher; also returns the encoder that
-    /// embedded them (the one reported in the reply).
-    pub async fn embed(
-        &self,
-        texts: Vec<String>,
-    ) -> Result<(Vec<Embedded>, Arc<LoadedEncoder>), EmbedError> {
+    /// Validates and embeds texts through the batcher; the reply names the encoder
+    /// that embedded them.
+    pub async fn embed(&self, req: pb::EmbedRequest) -> Result<pb::EmbedResponse, RpcError> {
+        let pb::EmbedRequest { texts } = req;
         if texts.is_empty() {
             return Err(invalid("texts", "at least one text is required"));
         }
@@ -351,15 +299,29 @@ impl Embedder {
             check_text(&format!("texts[{i}]"), t)?;
         }
         let encoder = self.encoder();
-        let out = encoder.batcher.submit(texts).await?;
-        Ok((out, encoder))
+        let out: Vec<Embedded> = encoder.batcher.submit(texts).await?;
+        let truncated = out
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.truncated)
+            .map(|(i, _)| i as u32)
+            .collect();
+        Ok(pb::EmbedResponse {
+            vectors: out
+                .into_iter()
+                .map(|e| pb::Vector { values: e.vector })
+                .collect(),
+            dim: encoder.encoder.dim() as u32,
+            truncated,
+            model: Some(encoder.model.clone()),
+        })
     }
 
     /// Nearest items to a text or a vector.
     pub async fn retrieve(
         &self,
         req: pb::RetrieveRequest,
-    ) -> Result<pb::RetrieveResponse, EmbedError> {
+    ) -> Result<pb::RetrieveResponse, RpcError> {
         let pb::RetrieveRequest { query, k, filters } = req;
         if k == 0 || k > MAX_RETRIEVE_K {
             return Err(invalid(
@@ -372,7 +334,9 @@ impl Embedder {
         // that embedded the items.
         let generation = self.current.load_full();
         let index = generation.index.clone().ok_or_else(|| {
-            EmbedError::NoIndex("no vector index yet: call BuildIndex or set index.catalog".into())
+            RpcError::FailedPrecondition(
+                "no vector index yet: call BuildIndex or set index.catalog".into(),
+            )
         })?;
         let vector = match query {
             None => return Err(invalid("query", "set either text or vector")),
@@ -410,7 +374,7 @@ impl Embedder {
         let hits =
             rankmesh_common::blocking::try_run(move || index.search(&vector, k as usize, &filter))
                 .await
-                .map_err(EmbedError::Internal)?;
+                .map_err(RpcError::Internal)?;
         Ok(pb::RetrieveResponse {
             items: hits
                 .into_iter()
@@ -427,12 +391,13 @@ impl Embedder {
     /// in the new index, then snapshots it.
     pub async fn build_index(
         &self,
-        ids: Vec<String>,
-    ) -> Result<pb::BuildIndexResponse, EmbedError> {
+        req: pb::BuildIndexRequest,
+    ) -> Result<pb::BuildIndexResponse, RpcError> {
+        let ids = req.item_ids;
         let _guard = self
             .building
             .try_lock()
-            .map_err(|_| EmbedError::BuildRunning("an index build is already running".into()))?;
+            .map_err(|_| RpcError::Aborted("an index build is already running".into()))?;
         let started = Instant::now();
         let generation = self.current.load_full();
         let index = self
@@ -455,7 +420,7 @@ impl Embedder {
         encoder: &LoadedEncoder,
         ids: &[String],
         current: Option<&VectorIndex>,
-    ) -> Result<VectorIndex, EmbedError> {
+    ) -> Result<VectorIndex, RpcError> {
         let started = Instant::now();
         let items = self.source.items().await?;
         let tag = encoder.tag();
@@ -487,7 +452,7 @@ impl Embedder {
         let dim = encoder.encoder.dim();
         let params = self.params;
         let snapshot = self.snapshot.clone();
-        let index = tokio::task::spawn_blocking(move || -> Result<VectorIndex, String> {
+        let index = rankmesh_common::blocking::try_run(move || -> Result<VectorIndex, String> {
             let index =
                 VectorIndex::build(dim, params, &tag, entries).map_err(|e| e.to_string())?;
             if let Some(dir) = snapshot {
@@ -496,8 +461,7 @@ impl Embedder {
             Ok(index)
         })
         .await
-        .map_err(|e| EmbedError::Internal(e.to_string()))?
-        .map_err(EmbedError::Internal)?;
+        .map_err(RpcError::Internal)?;
         tracing::info!(
             indexed = index.len(),
             embedded = to_embed.len(),
@@ -509,7 +473,7 @@ impl Embedder {
     }
 }
 
-fn check_text(field: &str, t: &str) -> Result<(), EmbedError> {
+fn check_text(field: &str, t: &str) -> Result<(), RpcError> {
     if t.trim().is_empty() {
         return Err(invalid(field, "empty text"));
     }
@@ -523,7 +487,7 @@ fn check_text(field: &str, t: &str) -> Result<(), EmbedError> {
 }
 
 /// Validates the proto filters.
-pub fn filter_from(f: Option<common::Filters>) -> Result<Filter, EmbedError> {
+pub fn filter_from(f: Option<common::Filters>) -> Result<Filter, RpcError> {
     Filter::from_proto(f).map_err(|e| invalid(e.field, e.message))
 }
 
@@ -539,47 +503,11 @@ impl EmbeddingApi {
     }
 }
 
-#[tonic::async_trait]
-impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
-    async fn embed(
-        &self,
-        request: Request<pb::EmbedRequest>,
-    ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let pb::EmbedRequest { texts } = request.into_inner();
-        let (out, encoder) = self.inner.embed(texts).await?;
-        let dim = encoder.encoder.dim() as u32;
-        let truncated = out
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.truncated)
-            .map(|(i, _)| i as u32)
-            .collect();
-        Ok(Response::new(pb::EmbedResponse {
-            vectors: out
-                .into_iter()
-                .map(|e| pb::Vector { values: e.vector })
-                .collect(),
-            dim,
-            truncated,
-            model: Some(encoder.model.clone()),
-        }))
-    }
-
-    async fn retrieve(
-        &self,
-        request: Request<pb::RetrieveRequest>,
-    ) -> Result<Response<pb::RetrieveResponse>, Status> {
-        Ok(Response::new(
-            self.inner.retrieve(request.into_inner()).await?,
-        ))
-    }
-
-    async fn build_index(
-        &self,
-        request: Request<pb::BuildIndexRequest>,
-    ) -> Result<Response<pb::BuildIndexResponse>, Status> {
-        let pb::BuildIndexRequest { item_ids } = request.into_inner();
-        Ok(Response::new(self.inner.build_index(item_ids).await?))
+rankmesh_common::grpc_service! {
+    impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
+        embed(pb::EmbedRequest) -> pb::EmbedResponse => embed;
+        retrieve(pb::RetrieveRequest) -> pb::RetrieveResponse => retrieve;
+        build_index(pb::BuildIndexRequest) -> pb::BuildIndexResponse => build_index;
     }
 }
 

@@ -38,6 +38,11 @@ use crate::store::{AnyStore, RedbStore, RedisStore, StoreError};
 pub const SERVICE: &str = "feature";
 /// Fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "rankmesh.feature.v1.FeatureService";
+/// What the scaffold serves this service as.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    grpc_services: &[GRPC_SERVICE],
+};
 
 rankmesh_common::service_config! {
     /// Configuration of the feature service.
@@ -125,21 +130,10 @@ pub async fn run(
         async move { f.rebuild_lexical().await }
     });
 
-    let api = FeatureServiceServer::new(FeatureApi::new(features))
-        .max_decoding_message_size(config.server.max_message_bytes)
-        .max_encoding_message_size(config.server.max_message_bytes);
-    let info = ServiceInfo {
-        name: SERVICE,
-        grpc_services: vec![GRPC_SERVICE],
-    };
-    serve_routes(
-        info,
-        &config,
-        readiness,
-        tonic::service::Routes::new(api),
-        listeners,
-        shutdown,
-    )
-    .await?;
+    let routes = rankmesh_common::limited_routes!(
+        FeatureServiceServer::new(FeatureApi::new(features)),
+        config.server.max_message_bytes
+    );
+    serve_routes(INFO, &config, readiness, routes, listeners, shutdown).await?;
     Ok(())
 }

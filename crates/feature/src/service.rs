@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use rankmesh_common::filters::Filter;
+use rankmesh_common::rpc::{RpcError, invalid};
 use rankmesh_proto::limits::{MAX_CANDIDATES, MAX_CHUNK_BYTES, MAX_QUERY_BYTES, MAX_RETRIEVE_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::feature::v1 as pb;
@@ -23,39 +24,8 @@ const MAX_FUTURE_MS: i64 = 3_600_000;
 /// Items per ScanItems message unless the caller asks otherwise.
 const DEFAULT_PAGE: u32 = 256;
 
-#[derive(Debug, thiserror::Error)]
-pub enum FeatureError {
-    #[error("{field}: {message}")]
-    InvalidArgument { field: String, message: String },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Aborted(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<FeatureError> for Status {
-    fn from(e: FeatureError) -> Self {
-        match e {
-            FeatureError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            FeatureError::NotFound(m) => Status::not_found(m),
-            FeatureError::Aborted(m) => Status::aborted(m),
-            FeatureError::TooLarge(m) => Status::resource_exhausted(m),
-            FeatureError::Unavailable(m) => Status::unavailable(m),
-            FeatureError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                Status::internal("internal error; see the feature service log")
-            }
-        }
-    }
-}
-
-impl From<StoreError> for FeatureError {
+/// A store that cannot be reached is worth a retry elsewhere; a backend error is ours.
+impl From<StoreError> for RpcError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => {
@@ -66,18 +36,11 @@ impl From<StoreError> for FeatureError {
     }
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> FeatureError {
-    FeatureError::InvalidArgument {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-fn id_arg(field: &str, id: &str) -> Result<(), FeatureError> {
+fn id_arg(field: &str, id: &str) -> Result<(), RpcError> {
     check_id(id).map_err(|m| invalid(field, m))
 }
 
-fn query_arg(field: &str, q: &str, required: bool) -> Result<(), FeatureError> {
+fn query_arg(field: &str, q: &str, required: bool) -> Result<(), RpcError> {
     if required && q.trim().is_empty() {
         return Err(invalid(field, "empty query"));
     }
@@ -113,7 +76,7 @@ impl<S: FeatureStore> Features<S> {
     }
 
     /// Rebuilds the lexical index from the store (startup, or after a failed update).
-    pub async fn rebuild_lexical(&self) -> Result<u64, FeatureError> {
+    pub async fn rebuild_lexical(&self) -> Result<u64, RpcError> {
         let mut all: Vec<Item> = Vec::new();
         let mut after = String::new();
         loop {
@@ -126,14 +89,14 @@ impl<S: FeatureStore> Features<S> {
         let lexical = Arc::clone(&self.lexical);
         rankmesh_common::blocking::try_run(move || lexical.upsert(&all, true))
             .await
-            .map_err(FeatureError::Internal)?;
+            .map_err(RpcError::Internal)?;
         Ok(n)
     }
 
     pub async fn get_features(
         &self,
         req: pb::GetFeaturesRequest,
-    ) -> Result<pb::GetFeaturesResponse, FeatureError> {
+    ) -> Result<pb::GetFeaturesResponse, RpcError> {
         let pb::GetFeaturesRequest {
             user_id,
             query,
@@ -187,7 +150,7 @@ impl<S: FeatureStore> Features<S> {
         let scores =
             rankmesh_common::blocking::try_run(move || lexical.scores_for(&q, &ids_for_bm25))
                 .await
-                .map_err(FeatureError::Internal)?;
+                .map_err(RpcError::Internal)?;
         let values = features::matrix(&query, &known, &scores, &popularity, profile.as_ref());
         Ok(pb::GetFeaturesResponse {
             schema: Some(schema()),
@@ -201,7 +164,7 @@ impl<S: FeatureStore> Features<S> {
     pub async fn lexical_candidates(
         &self,
         req: pb::LexicalCandidatesRequest,
-    ) -> Result<pb::LexicalCandidatesResponse, FeatureError> {
+    ) -> Result<pb::LexicalCandidatesResponse, RpcError> {
         let pb::LexicalCandidatesRequest { query, k, filters } = req;
         query_arg("query", &query, true)?;
         if k == 0 || k > MAX_RETRIEVE_K {
@@ -215,7 +178,7 @@ impl<S: FeatureStore> Features<S> {
         let hits =
             rankmesh_common::blocking::try_run(move || lexical.search(&query, k as usize, &filter))
                 .await
-                .map_err(FeatureError::Internal)?;
+                .map_err(RpcError::Internal)?;
         Ok(pb::LexicalCandidatesResponse {
             items: hits
                 .into_iter()
@@ -227,7 +190,7 @@ impl<S: FeatureStore> Features<S> {
     pub async fn record_event(
         &self,
         req: pb::RecordEventRequest,
-    ) -> Result<pb::RecordEventResponse, FeatureError> {
+    ) -> Result<pb::RecordEventResponse, RpcError> {
         let event = event_from(req, rankmesh_common::server::now_ms())?;
         let item = event.item_id.clone();
         match self.store.record_events(vec![event]).await?.pop() {
@@ -236,10 +199,10 @@ impl<S: FeatureStore> Features<S> {
                 Ok(pb::RecordEventResponse { duplicate: false })
             }
             Some(Recorded::Duplicate) => Ok(pb::RecordEventResponse { duplicate: true }),
-            Some(Recorded::UnknownItem) => Err(FeatureError::NotFound(format!(
+            Some(Recorded::UnknownItem) => Err(RpcError::NotFound(format!(
                 "item_id: unknown item {item:?}"
             ))),
-            None => Err(FeatureError::Internal("store returned no outcome".into())),
+            None => Err(RpcError::Internal("store returned no outcome".into())),
         }
     }
 
@@ -247,13 +210,13 @@ impl<S: FeatureStore> Features<S> {
     pub async fn import<E>(
         &self,
         mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin,
-    ) -> Result<pb::ImportCatalogResponse, FeatureError>
+    ) -> Result<pb::ImportCatalogResponse, RpcError>
     where
         E: std::fmt::Display,
     {
         let first = match stream.next().await {
             Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(FeatureError::Aborted(format!("upload failed: {e}"))),
+            Some(Err(e)) => return Err(RpcError::Aborted(format!("upload failed: {e}"))),
             None => {
                 return Err(invalid(
                     "format",
@@ -279,12 +242,12 @@ impl<S: FeatureStore> Features<S> {
         let parser =
             tokio::task::spawn_blocking(move || import::parse(format, ChunkReader::new(rx)));
         let mut chunk = Some((first.data, first.last));
-        let mut upload_error: Option<FeatureError> = None;
+        let mut upload_error: Option<RpcError> = None;
         loop {
             let mut finished = false;
             if let Some((data, last)) = chunk.take() {
                 if data.len() > MAX_CHUNK_BYTES {
-                    upload_error = Some(FeatureError::TooLarge(format!(
+                    upload_error = Some(RpcError::ResourceExhausted(format!(
                         "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
                         data.len()
                     )));
@@ -304,7 +267,7 @@ impl<S: FeatureStore> Features<S> {
             match stream.next().await {
                 Some(Ok(c)) => chunk = Some((c.data, c.last)),
                 Some(Err(e)) => {
-                    upload_error = Some(FeatureError::Aborted(format!(
+                    upload_error = Some(RpcError::Aborted(format!(
                         "upload interrupted: {e}; nothing was imported"
                     )));
                     let _ = tx.send(Err(())).await;
@@ -312,7 +275,7 @@ impl<S: FeatureStore> Features<S> {
                 }
                 None => {
                     // The stream ended without its `last` chunk: treat it as broken.
-                    upload_error = Some(FeatureError::Aborted(
+                    upload_error = Some(RpcError::Aborted(
                         "upload ended without its last chunk; nothing was imported".into(),
                     ));
                     let _ = tx.send(Err(())).await;
@@ -323,15 +286,15 @@ impl<S: FeatureStore> Features<S> {
         drop(tx);
         let parsed = parser
             .await
-            .map_err(|e| FeatureError::Internal(e.to_string()))?;
+            .map_err(|e| RpcError::Internal(e.to_string()))?;
         if let Some(e) = upload_error {
             return Err(e);
         }
         let parsed = parsed.map_err(|e| match e {
-            ImportError::Interrupted => FeatureError::Aborted(e.to_string()),
+            ImportError::Interrupted => RpcError::Aborted(e.to_string()),
             ImportError::Header(m) => invalid("data", format!("CSV header: {m}")),
-            ImportError::TooManyRows => FeatureError::TooLarge(e.to_string()),
-            ImportError::Io(m) => FeatureError::Internal(m),
+            ImportError::TooManyRows => RpcError::ResourceExhausted(e.to_string()),
+            ImportError::Io(m) => RpcError::Internal(m),
         })?;
 
         let imported = parsed.items.len() as u64;
@@ -371,7 +334,11 @@ impl<S: FeatureStore> Features<S> {
         })
     }
 
-    pub async fn get_items(&self, ids: Vec<String>) -> Result<pb::GetItemsResponse, FeatureError> {
+    pub async fn get_items(
+        &self,
+        req: pb::GetItemsRequest,
+    ) -> Result<pb::GetItemsResponse, RpcError> {
+        let ids = req.ids;
         if ids.len() > MAX_CANDIDATES as usize {
             return Err(invalid(
                 "ids",
@@ -395,8 +362,9 @@ impl<S: FeatureStore> Features<S> {
 
     pub async fn user_profile(
         &self,
-        user_id: &str,
-    ) -> Result<pb::GetUserProfileResponse, FeatureError> {
+        req: pb::GetUserProfileRequest,
+    ) -> Result<pb::GetUserProfileResponse, RpcError> {
+        let user_id = req.user_id.as_str();
         id_arg("user_id", user_id)?;
         Ok(match self.store.user_profile(user_id).await? {
             None => pb::GetUserProfileResponse {
@@ -425,7 +393,7 @@ pub fn schema() -> pb::FeatureSchema {
     }
 }
 
-fn event_from(req: pb::RecordEventRequest, now_ms: i64) -> Result<Event, FeatureError> {
+fn event_from(req: pb::RecordEventRequest, now_ms: i64) -> Result<Event, RpcError> {
     let pb::RecordEventRequest {
         event_id,
         user_id,
@@ -495,51 +463,15 @@ impl<S> FeatureApi<S> {
 
 type ItemStream = Pin<Box<dyn Stream<Item = Result<pb::ScanItemsResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<S> {
-    async fn get_features(
-        &self,
-        request: Request<pb::GetFeaturesRequest>,
-    ) -> Result<Response<pb::GetFeaturesResponse>, Status> {
-        Ok(Response::new(
-            self.inner.get_features(request.into_inner()).await?,
-        ))
-    }
-
-    async fn lexical_candidates(
-        &self,
-        request: Request<pb::LexicalCandidatesRequest>,
-    ) -> Result<Response<pb::LexicalCandidatesResponse>, Status> {
-        Ok(Response::new(
-            self.inner.lexical_candidates(request.into_inner()).await?,
-        ))
-    }
-
-    async fn record_event(
-        &self,
-        request: Request<pb::RecordEventRequest>,
-    ) -> Result<Response<pb::RecordEventResponse>, Status> {
-        Ok(Response::new(
-            self.inner.record_event(request.into_inner()).await?,
-        ))
-    }
-
-    async fn import_catalog(
-        &self,
-        request: Request<Streaming<pb::ImportCatalogChunk>>,
-    ) -> Result<Response<pb::ImportCatalogResponse>, Status> {
-        Ok(Response::new(
-            self.inner.import(request.into_inner()).await?,
-        ))
-    }
-
-    async fn get_items(
-        &self,
-        request: Request<pb::GetItemsRequest>,
-    ) -> Result<Response<pb::GetItemsResponse>, Status> {
-        Ok(Response::new(
-            self.inner.get_items(request.into_inner().ids).await?,
-        ))
+rankmesh_common::grpc_service! {
+    impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<S> {
+        get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse => get_features;
+        lexical_candidates(pb::LexicalCandidatesRequest) -> pb::LexicalCandidatesResponse
+            => lexical_candidates;
+        record_event(pb::RecordEventRequest) -> pb::RecordEventResponse => record_event;
+        import_catalog(Streaming<pb::ImportCatalogChunk>) -> pb::ImportCatalogResponse => import;
+        get_items(pb::GetItemsRequest) -> pb::GetItemsResponse => get_items;
+        get_user_profile(pb::GetUserProfileRequest) -> pb::GetUserProfileResponse => user_profile;
     }
 
     type ScanItemsStream = ItemStream;
@@ -578,22 +510,11 @@ impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<
                         };
                         Some((Ok(msg), next))
                     }
-                    Err(e) => Some((Err(Status::from(FeatureError::from(e))), None)),
+                    Err(e) => Some((Err(Status::from(RpcError::from(e))), None)),
                 }
             }
         });
         Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn get_user_profile(
-        &self,
-        request: Request<pb::GetUserProfileRequest>,
-    ) -> Result<Response<pb::GetUserProfileResponse>, Status> {
-        Ok(Response::new(
-            self.inner
-                .user_profile(&request.into_inner().user_id)
-                .await?,
-        ))
     }
 }
 
@@ -621,7 +542,7 @@ mod tests {
             now
         );
         let field = |r| match event_from(r, now) {
-            Err(FeatureError::InvalidArgument { field, .. }) => field,
+            Err(RpcError::InvalidArgument { field, .. }) => field,
             other => panic!("{other:?}"),
         };
         assert_eq!(field(req(-5, pb::EventType::View)), "timestamp_ms");

@@ -38,6 +38,11 @@ use crate::store::{Blobs, ModelDb};
 pub const SERVICE: &str = "registry";
 /// Fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "rankmesh.registry.v1.ModelRegistry";
+/// What the scaffold serves this service as.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    grpc_services: &[GRPC_SERVICE],
+};
 
 rankmesh_common::service_config! {
     /// Configuration of the model registry.
@@ -190,19 +195,18 @@ pub async fn run(
         fetch_bytes_per_s: r.fetch_bytes_per_s,
         onnx: config.onnx.clone(),
     });
-    let api = ModelRegistryServer::new(RegistryApi::new(registry))
-        .max_decoding_message_size(rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024)
-        .max_encoding_message_size(rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024);
-    let info = ServiceInfo {
-        name: SERVICE,
-        grpc_services: vec![GRPC_SERVICE],
-    };
+    // Artifacts move in chunks, so no message is larger than one chunk and its header.
+    let routes = rankmesh_common::limited_routes!(
+        ModelRegistryServer::new(RegistryApi::new(registry)),
+        rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024
+    );
+    let readiness = Readiness::default();
     serve(
-        info,
+        INFO,
         &config.server,
         Some(etcd),
-        Readiness::default(),
-        tonic::service::Routes::new(api),
+        readiness,
+        routes,
         listeners,
         shutdown,
     )

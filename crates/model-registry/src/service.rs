@@ -11,7 +11,7 @@ use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_proto::limits::MAX_CHUNK_BYTES;
 use rankmesh_proto::pb::registry::v1 as pb;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::envelope::{self, MasterKeys};
 use crate::error::RegistryError;
@@ -538,12 +538,13 @@ impl Registry {
         Ok((sealed, blob))
     }
 
-    pub async fn get(
-        &self,
-        name: &str,
-        version: u64,
-        variant: &str,
-    ) -> Result<pb::ModelManifest, RegistryError> {
+    pub async fn get(&self, req: pb::GetModelRequest) -> Result<pb::ModelManifest, RegistryError> {
+        let pb::GetModelRequest {
+            name,
+            version,
+            variant,
+        } = &req;
+        let (name, version, variant) = (name.as_str(), *version, variant.as_str());
         check_name(name)?;
         let (stages, _) = self.db.stages(name).await?;
         let version = if version == 0 {
@@ -567,7 +568,11 @@ impl Registry {
         Ok(to_proto(&m, Self::stage_of(&stages, version)))
     }
 
-    pub async fn list(&self, name: &str) -> Result<pb::ListModelsResponse, RegistryError> {
+    pub async fn list(
+        &self,
+        req: pb::ListModelsRequest,
+    ) -> Result<pb::ListModelsResponse, RegistryError> {
+        let name = req.name.as_str();
         if !name.is_empty() {
             check_name(name)?;
         }
@@ -669,10 +674,14 @@ impl Registry {
 
     pub async fn rollback(
         &self,
-        name: &str,
-        reason: &str,
-        expected_revision: i64,
+        req: pb::RollbackRequest,
     ) -> Result<pb::SetStageResponse, RegistryError> {
+        let pb::RollbackRequest {
+            name,
+            reason,
+            expected_revision,
+        } = &req;
+        let (name, expected_revision) = (name.as_str(), *expected_revision);
         check_name(name)?;
         let now = rankmesh_common::server::now_ms();
         let (s, rev) = self
@@ -705,7 +714,11 @@ impl Registry {
 
     /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the
     /// manifests.
-    pub async fn rotate(&self, new_key_id: &str) -> Result<u64, RegistryError> {
+    pub async fn rotate(
+        &self,
+        req: pb::RotateKeyRequest,
+    ) -> Result<pb::RotateKeyResponse, RegistryError> {
+        let new_key_id = req.new_key_id.as_str();
         let keys = {
             let mut k = self
                 .keys
@@ -737,7 +750,7 @@ impl Registry {
             self.db.replace_manifest(&m, &updated).await?;
             n += 1;
         }
-        Ok(n)
+        Ok(pb::RotateKeyResponse { rewrapped: n })
     }
     /// Streams the ciphertext of an artifact (or one sidecar) from `offset`,
     /// paced to `fetch_bytes_per_s`.
@@ -831,75 +844,16 @@ impl RegistryApi {
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchModelResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::model_registry_server::ModelRegistry for RegistryApi {
-    async fn publish_model(
-        &self,
-        request: Request<Streaming<pb::PublishModelRequest>>,
-    ) -> Result<Response<pb::PublishModelResponse>, Status> {
-        self.inner.authorize(&request)?;
-        Ok(Response::new(
-            self.inner.publish(request.into_inner()).await?,
-        ))
+rankmesh_common::grpc_service! {
+    impl pb::model_registry_server::ModelRegistry for RegistryApi {
+        publish_model(Streaming<pb::PublishModelRequest>) -> pb::PublishModelResponse
+            => publish if authorize;
+        list_models(pb::ListModelsRequest) -> pb::ListModelsResponse => list;
+        get_model(pb::GetModelRequest) -> pb::ModelManifest => get;
+        fetch_model(pb::FetchModelRequest) -> FetchStream => fetch;
+        set_stage(pb::SetStageRequest) -> pb::SetStageResponse => set_stage if authorize;
+        rollback(pb::RollbackRequest) -> pb::SetStageResponse => rollback if authorize;
+        rotate_key(pb::RotateKeyRequest) -> pb::RotateKeyResponse => rotate if authorize;
     }
-
-    async fn list_models(
-        &self,
-        request: Request<pb::ListModelsRequest>,
-    ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        Ok(Response::new(
-            self.inner.list(&request.into_inner().name).await?,
-        ))
-    }
-
-    async fn get_model(
-        &self,
-        request: Request<pb::GetModelRequest>,
-    ) -> Result<Response<pb::ModelManifest>, Status> {
-        let r = request.into_inner();
-        Ok(Response::new(
-            self.inner.get(&r.name, r.version, &r.variant).await?,
-        ))
-    }
-
     type FetchModelStream = FetchStream;
-
-    async fn fetch_model(
-        &self,
-        request: Request<pb::FetchModelRequest>,
-    ) -> Result<Response<FetchStream>, Status> {
-        Ok(Response::new(self.inner.fetch(request.into_inner()).await?))
-    }
-
-    async fn set_stage(
-        &self,
-        request: Request<pb::SetStageRequest>,
-    ) -> Result<Response<pb::SetStageResponse>, Status> {
-        self.inner.authorize(&request)?;
-        Ok(Response::new(
-            self.inner.set_stage(request.into_inner()).await?,
-        ))
-    }
-
-    async fn rollback(
-        &self,
-        request: Request<pb::RollbackRequest>,
-    ) -> Result<Response<pb::SetStageResponse>, Status> {
-        self.inner.authorize(&request)?;
-        let r = request.into_inner();
-        Ok(Response::new(
-            self.inner
-                .rollback(&r.name, &r.reason, r.expected_revision)
-                .await?,
-        ))
-    }
-
-    async fn rotate_key(
-        &self,
-        request: Request<pb::RotateKeyRequest>,
-    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        self.inner.authorize(&request)?;
-        let n = self.inner.rotate(&request.into_inner().new_key_id).await?;
-        Ok(Response::new(pb::RotateKeyResponse { rewrapped: n }))
-    }
 }

@@ -52,6 +52,11 @@ use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
 pub const SERVICE: &str = "ranking";
 /// Fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "rankmesh.ranking.v1.RankingService";
+/// What the scaffold serves this service as.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    grpc_services: &[GRPC_SERVICE],
+};
 /// Deadline of one registry call (listing stages, a stage change).
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Election role of the replica that runs the rollout controller.
@@ -269,24 +274,21 @@ pub async fn run(
         ))
     });
 
-    let api = RankingServiceServer::new(RankingApi::new(orchestrator))
-        .max_decoding_message_size(config.server.max_message_bytes)
-        .max_encoding_message_size(config.server.max_message_bytes);
-    let info = ServiceInfo {
-        name: SERVICE,
-        grpc_services: vec![GRPC_SERVICE],
-    };
+    let routes = rankmesh_common::limited_routes!(
+        RankingServiceServer::new(RankingApi::new(orchestrator)),
+        config.server.max_message_bytes
+    );
     let stop = async {
         shutdown.await;
         // Hand over leadership first, so the next leader starts while we drain.
         stop_tx.send_replace(true);
     };
     let served = serve(
-        info,
+        INFO,
         &config.server,
         etcd,
         readiness,
-        tonic::service::Routes::new(api),
+        routes,
         listeners,
         stop,
     )

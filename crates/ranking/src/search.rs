@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
+use rankmesh_common::rpc::{RpcError, invalid};
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as emb;
@@ -46,37 +47,20 @@ impl Default for SearchConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RankError {
-    #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
-    #[error("{0}")]
-    NoCandidates(String),
-    #[error("deadline exceeded during {0}")]
-    Deadline(&'static str),
-}
-
-impl From<RankError> for tonic::Status {
-    fn from(e: RankError) -> Self {
-        match e {
-            RankError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            RankError::NoCandidates(m) => tonic::Status::unavailable(m),
-            RankError::Deadline(_) => tonic::Status::deadline_exceeded(e.to_string()),
-        }
+/// The dense list from a Retrieve answer; the encoder that made it joins the trace.
+fn dense_list(r: emb::RetrieveResponse, trace: &mut Trace) -> Retrieved {
+    trace.models.extend(r.model);
+    Retrieved {
+        source: "dense",
+        items: r
+            .items
+            .into_iter()
+            .map(|n| (n.item_id, n.similarity))
+            .collect(),
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RankError {
-    RankError::InvalidArgument {
-        field,
-        message: message.into(),
-    }
-}
-
-fn check_k(k: u32) -> Result<usize, RankError> {
+fn check_k(k: u32) -> Result<usize, RpcError> {
     if k == 0 || k > MAX_RANKING_K {
         return Err(invalid(
             "k",
@@ -86,7 +70,7 @@ fn check_k(k: u32) -> Result<usize, RankError> {
     Ok(k as usize)
 }
 
-fn check_user(user: &str, required: bool) -> Result<(), RankError> {
+fn check_user(user: &str, required: bool) -> Result<(), RpcError> {
     if user.is_empty() {
         return if required {
             Err(invalid("user_id", "required"))
@@ -270,7 +254,7 @@ fn ranker_schema(served: Option<feat::FeatureSchema>) -> feat::FeatureSchema {
     schema
 }
 
-fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RankError> {
+fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RpcError> {
     let query = req.query.trim().to_owned();
     if query.is_empty() {
         return Err(invalid("query", "empty query"));
@@ -296,7 +280,7 @@ impl Orchestrator {
         &self,
         req: pb::SearchRequest,
         deadline: Instant,
-    ) -> Result<pb::SearchResponse, RankError> {
+    ) -> Result<pb::SearchResponse, RpcError> {
         let started = Instant::now();
         let k = check_k(req.k)?;
         let (query, _) = validate_search(&req)?;
@@ -335,7 +319,7 @@ impl Orchestrator {
         &self,
         req: pb::SearchRequest,
         deadline: Instant,
-    ) -> Result<pb::FeaturizeResponse, RankError> {
+    ) -> Result<pb::FeaturizeResponse, RpcError> {
         let (query, _) = validate_search(&req)?;
         let mut trace = Trace::default();
         let (mut candidates, stats) = self
@@ -344,7 +328,7 @@ impl Orchestrator {
         let f = self
             .features(&query, &req.user_id, &mut candidates, &stats, deadline)
             .await
-            .map_err(|s| RankError::NoCandidates(format!("features: {}", s.message())))?;
+            .map_err(|s| RpcError::Unavailable(format!("features: {}", s.message())))?;
         Ok(pb::FeaturizeResponse {
             schema: Some(f.schema),
             item_ids: candidates.into_iter().map(|c| c.id).collect(),
@@ -361,7 +345,7 @@ impl Orchestrator {
         filters: Option<common::Filters>,
         deadline: Instant,
         trace: &mut Trace,
-    ) -> Result<(Vec<Candidate>, ListStats), RankError> {
+    ) -> Result<(Vec<Candidate>, ListStats), RpcError> {
         let t = Instant::now();
         let budget = share(deadline, 0.45);
         let n = self.config.candidates;
@@ -387,19 +371,7 @@ impl Orchestrator {
         let mut lists = Vec::new();
         let mut failures = Vec::new();
         match dense {
-            Ok(r) => {
-                if let Some(m) = r.model {
-                    trace.models.push(m);
-                }
-                lists.push(Retrieved {
-                    source: "dense",
-                    items: r
-                        .items
-                        .into_iter()
-                        .map(|n| (n.item_id, n.similarity))
-                        .collect(),
-                });
-            }
+            Ok(r) => lists.push(dense_list(r, trace)),
             Err(s) => {
                 trace.degrade("dense", &s);
                 failures.push(format!("dense: {}", s.message()));
@@ -416,7 +388,7 @@ impl Orchestrator {
             }
         }
         if lists.is_empty() {
-            return Err(RankError::NoCandidates(format!(
+            return Err(RpcError::Unavailable(format!(
                 "no candidates could be produced ({})",
                 failures.join("; ")
             )));
@@ -454,7 +426,7 @@ impl Orchestrator {
         &self,
         req: pb::RecommendRequest,
         deadline: Instant,
-    ) -> Result<pb::RecommendResponse, RankError> {
+    ) -> Result<pb::RecommendResponse, RpcError> {
         let started = Instant::now();
         let pb::RecommendRequest {
             user_id,
@@ -515,19 +487,7 @@ impl Orchestrator {
                             )
                             .await;
                         match dense {
-                            Ok(r) => {
-                                if let Some(m) = r.model {
-                                    trace.models.push(m);
-                                }
-                                lists.push(Retrieved {
-                                    source: "dense",
-                                    items: r
-                                        .items
-                                        .into_iter()
-                                        .map(|n| (n.item_id, n.similarity))
-                                        .collect(),
-                                });
-                            }
+                            Ok(r) => lists.push(dense_list(r, &mut trace)),
                             Err(s) => trace.degrade("dense", &s),
                         }
                     }
@@ -569,7 +529,7 @@ impl Orchestrator {
         }
         trace.time("retrieve", t);
         if lists.is_empty() {
-            return Err(RankError::NoCandidates(
+            return Err(RpcError::Unavailable(
                 "no candidates could be produced".into(),
             ));
         }
@@ -642,7 +602,7 @@ impl Orchestrator {
             Trace,
             Option<feat::FeatureSchema>,
         ),
-        RankError,
+        RpcError,
     > {
         let t = Instant::now();
         let features = self
@@ -684,7 +644,9 @@ impl Orchestrator {
         trace.time("rank", t);
         let items = self.present(explained, deadline, &mut trace).await;
         if Instant::now() > deadline && items.is_empty() {
-            return Err(RankError::Deadline("ranking"));
+            return Err(RpcError::DeadlineExceeded(
+                "deadline exceeded during ranking".into(),
+            ));
         }
         trace.time("total", started);
         if !trace.degraded.is_empty() {
@@ -908,20 +870,17 @@ mod tests {
     fn input_limits_name_fields() {
         assert!(matches!(
             check_k(0),
-            Err(RankError::InvalidArgument { field: "k", .. })
+            Err(RpcError::InvalidArgument { field, .. }) if field == "k"
         ));
         assert!(matches!(
             check_k(101),
-            Err(RankError::InvalidArgument { field: "k", .. })
+            Err(RpcError::InvalidArgument { field, .. }) if field == "k"
         ));
         assert_eq!(check_k(100).expect("ok"), 100);
         assert!(check_user("", false).is_ok());
         assert!(matches!(
             check_user("", true),
-            Err(RankError::InvalidArgument {
-                field: "user_id",
-                ..
-            })
+            Err(RpcError::InvalidArgument { field, .. }) if field == "user_id"
         ));
         assert!(check_user("a b", false).is_err());
     }

@@ -1,0 +1,144 @@
+//! The error a handler answers with, mapped onto gRPC codes in one place.
+//!
+//! Every service used to define its own enum with the same variants and the same
+//! `From<_> for Status`; they now share [`RpcError`]. Each variant names the code a
+//! caller sees, so a handler says what went wrong in the caller's terms, and
+//! [`RpcError::Internal`] is the one whose text stays in the server log: callers
+//! get a generic message, never a path, a backend error or a panic.
+
+use tonic::Status;
+
+use crate::batcher::BatchError;
+
+/// A failed RPC, by the gRPC code it answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// A request field the caller must fix; the message names the field.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// The server is not in a state to answer (e.g. no index built yet).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A conflicting operation is running; retry after it ends.
+    #[error("{0}")]
+    Aborted(String),
+    /// Over a size limit or a queue's capacity.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency is down; another replica or a retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug or a backend failure: logged, answered with a generic message.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An `INVALID_ARGUMENT` naming the request field at fault.
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> RpcError {
+    RpcError::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            RpcError::NotFound(m) => Status::not_found(m),
+            RpcError::FailedPrecondition(m) => Status::failed_precondition(m),
+            RpcError::Aborted(m) => Status::aborted(m),
+            RpcError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            RpcError::Unavailable(m) => Status::unavailable(m),
+            RpcError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            RpcError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error; see the service log")
+            }
+        }
+    }
+}
+
+/// A full batch queue is the caller's cue to back off; a failed or stopped model is
+/// ours.
+impl From<BatchError> for RpcError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::QueueFull { .. } => Self::ResourceExhausted(e.to_string()),
+            BatchError::Model(m) => Self::Internal(m),
+            BatchError::Stopped => Self::Internal("model batcher stopped".into()),
+        }
+    }
+}
+
+/// Implements a generated tonic service trait for an `Api { inner }` wrapper whose
+/// unary (or client-streaming) methods all do the same thing: hand the decoded
+/// request to a method of `self.inner` and answer with what it returns (its error
+/// converted to a `Status`). Written once here, so each service lists its methods
+/// and keeps hand-written bodies only for the methods that do more.
+///
+/// ```ignore
+/// rankmesh_common::grpc_service! {
+///     impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<S> {
+///         get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse => get_features;
+///         // `if authorize` first calls `self.inner.authorize(&request)?`.
+///         set_stage(pb::SetStageRequest) -> pb::SetStageResponse => set_stage if authorize;
+///     }
+///     // Any further items of the impl, as written by hand:
+///     type ScanItemsStream = ItemStream;
+///     async fn scan_items(&self, ...) -> ... { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! grpc_service {
+    (
+        impl $(<$($generic:ident : $bound:path),+>)? $($service:ident)::+ for $api:ty {
+            $(
+                $method:ident($request:ty) -> $response:ty => $inner:ident $(if $guard:ident)?;
+            )*
+        }
+        $($item:tt)*
+    ) => {
+        #[::tonic::async_trait]
+        impl $(<$($generic: $bound),+>)? $($service)::+ for $api {
+            $(
+                async fn $method(
+                    &self,
+                    request: ::tonic::Request<$request>,
+                ) -> ::std::result::Result<::tonic::Response<$response>, ::tonic::Status> {
+                    $( self.inner.$guard(&request)?; )?
+                    let answer = self.inner.$inner(request.into_inner()).await?;
+                    ::std::result::Result::Ok(::tonic::Response::new(answer))
+                }
+            )*
+            $($item)*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn internal_text_stays_in_the_log() {
+        let status = Status::from(RpcError::Internal("open /var/lib/x: EACCES".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/var/lib/x"), "{status:?}");
+    }
+
+    #[test]
+    fn errors_the_caller_fixes_keep_their_message() {
+        let status = Status::from(invalid("k", "must be within 1..=100, got 0"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "k: must be within 1..=100, got 0");
+        let full = RpcError::from(BatchError::QueueFull { capacity: 8 });
+        assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
+    }
+}
