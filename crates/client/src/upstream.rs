@@ -219,21 +219,26 @@ impl Upstream {
     }
 
     /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
     where
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        self.budget.deposit();
-        let started = Instant::now();
-        let (first, placement) = self.attempt(&mut call, "first");
-        let r = first.await;
-        self.settle(r, Some(placement), started, &mut call).await
+        self.run(call, false).await
     }
 
     /// Like [`Upstream::call`], and a second attempt races the first when it is
     /// slower than the observed p95: first answer wins, the other is cancelled.
-    pub async fn call_hedged<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    pub async fn call_hedged<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Balanced) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.run(call, true).await
+    }
+
+    /// A call, its retries and (when `hedge`) its hedge.
+    async fn run<T, F, Fut>(&self, mut call: F, hedge: bool) -> Result<T, tonic::Status>
     where
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -242,7 +247,7 @@ impl Upstream {
         let started = Instant::now();
         let (first, placement) = self.attempt(&mut call, "first");
         let mut first = std::pin::pin!(first);
-        let Some(delay) = self.hedge_delay() else {
+        let Some(delay) = self.hedge_delay().filter(|_| hedge) else {
             let r = first.await;
             return self.settle(r, Some(placement), started, &mut call).await;
         };

@@ -45,6 +45,41 @@ pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> RpcError
     }
 }
 
+/// Whether a text field may be left blank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blank {
+    Allowed,
+    Refused,
+}
+
+/// Checks a caller's text field: at most `max_bytes`, and not blank where
+/// [`Blank::Refused`].
+pub fn check_text(field: &str, text: &str, max_bytes: usize, blank: Blank) -> Result<(), RpcError> {
+    if blank == Blank::Refused && text.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if text.len() > max_bytes {
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most {max_bytes}", text.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a fallible `f` on the blocking pool; its error (or a panic) is ours:
+/// [`RpcError::Internal`].
+pub async fn blocking<T, E, F>(f: F) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    crate::blocking::try_run(f)
+        .await
+        .map_err(RpcError::Internal)
+}
+
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Self {
         match e {
@@ -87,6 +122,9 @@ impl From<BatchError> for RpcError {
 ///         get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse => get_features;
 ///         // `if authorize` first calls `self.inner.authorize(&request)?`.
 ///         set_stage(pb::SetStageRequest) -> pb::SetStageResponse => set_stage if authorize;
+///         // `with deadline` also passes `self.inner.deadline(&request)` (read from
+///         // the request's metadata before it is taken apart).
+///         search(pb::SearchRequest) -> pb::SearchResponse => search with deadline;
 ///     }
 ///     // Any further items of the impl, as written by hand:
 ///     type ScanItemsStream = ItemStream;
@@ -98,7 +136,8 @@ macro_rules! grpc_service {
     (
         impl $(<$($generic:ident : $bound:path),+>)? $($service:ident)::+ for $api:ty {
             $(
-                $method:ident($request:ty) -> $response:ty => $inner:ident $(if $guard:ident)?;
+                $method:ident($request:ty) -> $response:ty
+                    => $inner:ident $(if $guard:ident)? $(with $context:ident)?;
             )*
         }
         $($item:tt)*
@@ -111,7 +150,8 @@ macro_rules! grpc_service {
                     request: ::tonic::Request<$request>,
                 ) -> ::std::result::Result<::tonic::Response<$response>, ::tonic::Status> {
                     $( self.inner.$guard(&request)?; )?
-                    let answer = self.inner.$inner(request.into_inner()).await?;
+                    $( let $context = self.inner.$context(&request); )?
+                    let answer = self.inner.$inner(request.into_inner() $(, $context)?).await?;
                     ::std::result::Result::Ok(::tonic::Response::new(answer))
                 }
             )*

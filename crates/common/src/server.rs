@@ -56,21 +56,19 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
-        let grpc = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "gRPC",
-                addr: config.listen.clone(),
-                source,
-            })?;
-        let admin = TcpListener::bind(&config.admin_listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "admin",
-                addr: config.admin_listen.clone(),
-                source,
-            })?;
-        Ok(Self { grpc, admin })
+        async fn listen(what: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what,
+                    addr: addr.to_owned(),
+                    source,
+                })
+        }
+        Ok(Self {
+            grpc: listen("gRPC", &config.listen).await?,
+            admin: listen("admin", &config.admin_listen).await?,
+        })
     }
 
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
@@ -152,6 +150,16 @@ pub struct ServiceInfo {
     pub name: &'static str,
     /// Fully qualified gRPC service names, for per-service health status.
     pub grpc_services: &'static [&'static str],
+}
+
+impl ServiceInfo {
+    /// A service named `name` in discovery that serves `grpc_service`.
+    pub const fn new(name: &'static str, grpc_service: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            grpc_services: grpc_service,
+        }
+    }
 }
 
 /// The routes of one generated tonic server, with the same message-size limit on

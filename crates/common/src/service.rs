@@ -130,9 +130,7 @@ macro_rules! service_config {
 
 /// Connects to etcd when endpoints are configured; `None` runs without a control
 /// plane (static discovery, no election).
-pub async fn connect_etcd(
-    config: &EtcdConfig,
-) -> Result<Option<crate::etcd::Etcd>, crate::etcd::EtcdError> {
+pub async fn connect_etcd(config: &EtcdConfig) -> Result<Option<crate::etcd::Etcd>, ScaffoldError> {
     if config.enabled() {
         Ok(Some(crate::etcd::Etcd::connect(config).await?))
     } else {

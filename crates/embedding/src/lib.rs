@@ -41,15 +41,9 @@ use crate::service::{CatalogSource, Embedder, EmbeddingApi, LoadedEncoder};
 use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
 use rankmesh_artifact::follow::Follower;
 
-/// Name in discovery and metrics.
-pub const SERVICE: &str = "embedding";
-/// Fully qualified gRPC service name.
-pub const GRPC_SERVICE: &str = "rankmesh.embedding.v1.EmbeddingService";
-/// What the scaffold serves this service as.
-pub const INFO: ServiceInfo = ServiceInfo {
-    name: SERVICE,
-    grpc_services: &[GRPC_SERVICE],
-};
+/// Its name in discovery and metrics, and the gRPC service it serves.
+pub const INFO: ServiceInfo =
+    ServiceInfo::new("embedding", &["rankmesh.embedding.v1.EmbeddingService"]);
 
 rankmesh_common::service_config! {
     /// Configuration of the embedding service.
@@ -164,9 +158,7 @@ pub async fn run(
         workers: config.onnx.sessions,
         ..config.batch
     };
-    let etcd = rankmesh_common::service::connect_etcd(&config.etcd)
-        .await
-        .map_err(ScaffoldError::from)?;
+    let etcd = rankmesh_common::service::connect_etcd(&config.etcd).await?;
     let (encoder, follower) = if config.model.registry.enabled() {
         let resolver = match &etcd {
             Some(e) => rankmesh_common::discovery::Resolver::watch(e.clone(), "registry"),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rankmesh_common::batcher::{BatchConfig, Batcher};
-use rankmesh_common::rpc::{RpcError, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
 use rankmesh_proto::limits::{MAX_BATCH_TEXTS, MAX_RETRIEVE_K, MAX_TEXT_BYTES};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as pb;
@@ -41,9 +41,7 @@ impl CatalogSource {
             )),
             Self::File(path) => {
                 let path = path.clone();
-                rankmesh_common::blocking::try_run(move || catalog::read_jsonl(&path))
-                    .await
-                    .map_err(RpcError::Internal)
+                rankmesh_common::rpc::blocking(move || catalog::read_jsonl(&path)).await
             }
             Self::Feature(upstream) => upstream
                 .call(|ch| async move {
@@ -296,7 +294,7 @@ impl Embedder {
             ));
         }
         for (i, t) in texts.iter().enumerate() {
-            check_text(&format!("texts[{i}]"), t)?;
+            check_text(&format!("texts[{i}]"), t, MAX_TEXT_BYTES, Blank::Refused)?;
         }
         let encoder = self.encoder();
         let out: Vec<Embedded> = encoder.batcher.submit(texts).await?;
@@ -341,7 +339,7 @@ impl Embedder {
         let vector = match query {
             None => return Err(invalid("query", "set either text or vector")),
             Some(pb::retrieve_request::Query::Text(t)) => {
-                check_text("text", &t)?;
+                check_text("text", &t, MAX_TEXT_BYTES, Blank::Refused)?;
                 generation
                     .encoder
                     .query_vector(&t)
@@ -372,9 +370,8 @@ impl Embedder {
             }
         };
         let hits =
-            rankmesh_common::blocking::try_run(move || index.search(&vector, k as usize, &filter))
-                .await
-                .map_err(RpcError::Internal)?;
+            rankmesh_common::rpc::blocking(move || index.search(&vector, k as usize, &filter))
+                .await?;
         Ok(pb::RetrieveResponse {
             items: hits
                 .into_iter()
@@ -452,7 +449,7 @@ impl Embedder {
         let dim = encoder.encoder.dim();
         let params = self.params;
         let snapshot = self.snapshot.clone();
-        let index = rankmesh_common::blocking::try_run(move || -> Result<VectorIndex, String> {
+        let index = rankmesh_common::rpc::blocking(move || -> Result<VectorIndex, String> {
             let index =
                 VectorIndex::build(dim, params, &tag, entries).map_err(|e| e.to_string())?;
             if let Some(dir) = snapshot {
@@ -460,8 +457,7 @@ impl Embedder {
             }
             Ok(index)
         })
-        .await
-        .map_err(RpcError::Internal)?;
+        .await?;
         tracing::info!(
             indexed = index.len(),
             embedded = to_embed.len(),
@@ -471,19 +467,6 @@ impl Embedder {
         );
         Ok(index)
     }
-}
-
-fn check_text(field: &str, t: &str) -> Result<(), RpcError> {
-    if t.trim().is_empty() {
-        return Err(invalid(field, "empty text"));
-    }
-    if t.len() > MAX_TEXT_BYTES {
-        return Err(invalid(
-            field,
-            format!("{} bytes; at most {MAX_TEXT_BYTES}", t.len()),
-        ));
-    }
-    Ok(())
 }
 
 /// Validates the proto filters.

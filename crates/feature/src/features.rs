@@ -175,14 +175,7 @@ impl QueryText {
             .cloned();
         Self {
             grams: text::trigrams(&content).into_iter().collect(),
-            joined: format!(
-                " {} ",
-                words
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+            joined: padded(&words),
             content,
             set,
             bigrams,
@@ -281,14 +274,7 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, analyzed: &Analyzed
         .iter()
         .find(|t| !text::is_stopword(t))
         .is_some_and(|t| q.set.contains(t));
-    let title_joined = format!(
-        " {} ",
-        title_content
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let title_joined = padded(&title_content);
     let phrase = q.content.len() >= 2 && title_joined.contains(&q.joined);
     // Sizes: a query number the title has; a size whose unit the title gives with
     // other numbers only ("8 ft" against "6 ft").
@@ -465,6 +451,13 @@ fn relative_to_best(out: &mut [f32]) {
     }
 }
 
+/// Tokens joined by single spaces with one space either side, so a phrase
+/// (`" cordless drill "`) matches at token boundaries only.
+fn padded(tokens: &[&String]) -> String {
+    let tokens: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
+    format!(" {} ", tokens.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,15 +465,9 @@ mod tests {
 
     fn item(id: &str, title: &str, category: &str, brand: &str) -> Item {
         Item {
-            id: id.into(),
-            title: title.into(),
-            description: String::new(),
-            category: category.into(),
-            brand: brand.into(),
-            price: Some(19.0),
             rating: Some(4.0),
             review_count: 10,
-            attributes: Default::default(),
+            ..crate::model::test_item(id, title, category, brand, 19.0)
         }
     }
 

@@ -144,17 +144,7 @@ impl RawItem {
             price: self.price,
             rating: self.rating,
             review_count: self.review_count.unwrap_or(0),
-            attributes: self
-                .attributes
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (k, v)
-                })
-                .collect(),
+            attributes: attribute_strings(self.attributes),
         }
         .validated()
     }
@@ -318,6 +308,20 @@ fn csv_row<'a>(get: &dyn Fn(usize) -> &'a str) -> Result<Item, String> {
     .validated()
 }
 
+/// Attribute values as the catalog keeps them: strings as they are, any other JSON
+/// value (number, bool, list) as its JSON text.
+fn attribute_strings(
+    attributes: impl IntoIterator<Item = (String, serde_json::Value)>,
+) -> BTreeMap<String, String> {
+    attributes
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
+}
+
 /// CSV attributes: a JSON object, or `key=value` pairs separated by `;`.
 fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, String> {
     if s.is_empty() {
@@ -326,16 +330,7 @@ fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, String> {
     if s.starts_with('{') {
         let v: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(s).map_err(|e| format!("attributes: invalid JSON object: {e}"))?;
-        return Ok(v
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, v)
-            })
-            .collect());
+        return Ok(attribute_strings(v));
     }
     s.split(';')
         .filter(|p| !p.trim().is_empty())

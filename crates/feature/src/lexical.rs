@@ -379,19 +379,7 @@ impl LexicalIndex {
 mod tests {
     use super::*;
 
-    fn item(id: &str, title: &str, category: &str, brand: &str, price: f64) -> Item {
-        Item {
-            id: id.into(),
-            title: title.into(),
-            description: String::new(),
-            category: category.into(),
-            brand: brand.into(),
-            price: Some(price),
-            rating: None,
-            review_count: 0,
-            attributes: Default::default(),
-        }
-    }
+    use crate::model::test_item as item;
 
     fn index() -> LexicalIndex {
         let idx = LexicalIndex::new().expect("index");

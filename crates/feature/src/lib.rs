@@ -34,15 +34,8 @@ use crate::lexical::LexicalIndex;
 use crate::service::{FeatureApi, Features};
 use crate::store::{AnyStore, RedbStore, RedisStore, StoreError};
 
-/// Name in discovery and metrics.
-pub const SERVICE: &str = "feature";
-/// Fully qualified gRPC service name.
-pub const GRPC_SERVICE: &str = "rankmesh.feature.v1.FeatureService";
-/// What the scaffold serves this service as.
-pub const INFO: ServiceInfo = ServiceInfo {
-    name: SERVICE,
-    grpc_services: &[GRPC_SERVICE],
-};
+/// Its name in discovery and metrics, and the gRPC service it serves.
+pub const INFO: ServiceInfo = ServiceInfo::new("feature", &["rankmesh.feature.v1.FeatureService"]);
 
 rankmesh_common::service_config! {
     /// Configuration of the feature service.

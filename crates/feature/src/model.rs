@@ -102,21 +102,31 @@ impl UserProfile {
     }
 }
 
+/// A catalog item for tests: these fields, no description, rating or attributes.
+#[cfg(test)]
+pub(crate) fn test_item(id: &str, title: &str, category: &str, brand: &str, price: f64) -> Item {
+    Item {
+        id: id.into(),
+        title: title.into(),
+        description: String::new(),
+        category: category.into(),
+        brand: brand.into(),
+        price: Some(price),
+        rating: None,
+        review_count: 0,
+        attributes: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn item() -> Item {
         Item {
-            id: "a1".into(),
-            title: " Pan ".into(),
-            description: String::new(),
-            category: "Home>Kitchen >  Pans".into(),
-            brand: " Acme ".into(),
-            price: Some(10.0),
             rating: Some(4.5),
             review_count: 3,
-            attributes: BTreeMap::new(),
+            ..test_item("a1", " Pan ", "Home>Kitchen >  Pans", " Acme ", 10.0)
         }
     }
 

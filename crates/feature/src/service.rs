@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use rankmesh_common::filters::Filter;
-use rankmesh_common::rpc::{RpcError, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
 use rankmesh_proto::limits::{MAX_CANDIDATES, MAX_CHUNK_BYTES, MAX_QUERY_BYTES, MAX_RETRIEVE_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::feature::v1 as pb;
@@ -38,19 +38,6 @@ impl From<StoreError> for RpcError {
 
 fn id_arg(field: &str, id: &str) -> Result<(), RpcError> {
     check_id(id).map_err(|m| invalid(field, m))
-}
-
-fn query_arg(field: &str, q: &str, required: bool) -> Result<(), RpcError> {
-    if required && q.trim().is_empty() {
-        return Err(invalid(field, "empty query"));
-    }
-    if q.len() > MAX_QUERY_BYTES {
-        return Err(invalid(
-            field,
-            format!("{} bytes; at most {MAX_QUERY_BYTES}", q.len()),
-        ));
-    }
-    Ok(())
 }
 
 /// Shared state behind the handlers.
@@ -87,9 +74,7 @@ impl<S: FeatureStore> Features<S> {
         }
         let n = all.len() as u64;
         let lexical = Arc::clone(&self.lexical);
-        rankmesh_common::blocking::try_run(move || lexical.upsert(&all, true))
-            .await
-            .map_err(RpcError::Internal)?;
+        rankmesh_common::rpc::blocking(move || lexical.upsert(&all, true)).await?;
         Ok(n)
     }
 
@@ -105,7 +90,7 @@ impl<S: FeatureStore> Features<S> {
         if !user_id.is_empty() {
             id_arg("user_id", &user_id)?;
         }
-        query_arg("query", &query, false)?;
+        check_text("query", &query, MAX_QUERY_BYTES, Blank::Allowed)?;
         if candidate_ids.is_empty() {
             return Err(invalid(
                 "candidate_ids",
@@ -148,9 +133,7 @@ impl<S: FeatureStore> Features<S> {
         let q = query.clone();
         let ids_for_bm25 = known_ids.clone();
         let scores =
-            rankmesh_common::blocking::try_run(move || lexical.scores_for(&q, &ids_for_bm25))
-                .await
-                .map_err(RpcError::Internal)?;
+            rankmesh_common::rpc::blocking(move || lexical.scores_for(&q, &ids_for_bm25)).await?;
         let values = features::matrix(&query, &known, &scores, &popularity, profile.as_ref());
         Ok(pb::GetFeaturesResponse {
             schema: Some(schema()),
@@ -166,7 +149,7 @@ impl<S: FeatureStore> Features<S> {
         req: pb::LexicalCandidatesRequest,
     ) -> Result<pb::LexicalCandidatesResponse, RpcError> {
         let pb::LexicalCandidatesRequest { query, k, filters } = req;
-        query_arg("query", &query, true)?;
+        check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
         if k == 0 || k > MAX_RETRIEVE_K {
             return Err(invalid(
                 "k",
@@ -176,9 +159,8 @@ impl<S: FeatureStore> Features<S> {
         let filter = Filter::from_proto(filters).map_err(|e| invalid(e.field, e.message))?;
         let lexical = Arc::clone(&self.lexical);
         let hits =
-            rankmesh_common::blocking::try_run(move || lexical.search(&query, k as usize, &filter))
-                .await
-                .map_err(RpcError::Internal)?;
+            rankmesh_common::rpc::blocking(move || lexical.search(&query, k as usize, &filter))
+                .await?;
         Ok(pb::LexicalCandidatesResponse {
             items: hits
                 .into_iter()

@@ -34,15 +34,8 @@ use crate::envelope::MasterKeys;
 use crate::service::{Registry, RegistryApi};
 use crate::store::{Blobs, ModelDb};
 
-/// Name in discovery and metrics.
-pub const SERVICE: &str = "registry";
-/// Fully qualified gRPC service name.
-pub const GRPC_SERVICE: &str = "rankmesh.registry.v1.ModelRegistry";
-/// What the scaffold serves this service as.
-pub const INFO: ServiceInfo = ServiceInfo {
-    name: SERVICE,
-    grpc_services: &[GRPC_SERVICE],
-};
+/// Its name in discovery and metrics, and the gRPC service it serves.
+pub const INFO: ServiceInfo = ServiceInfo::new("registry", &["rankmesh.registry.v1.ModelRegistry"]);
 
 rankmesh_common::service_config! {
     /// Configuration of the model registry.
@@ -175,8 +168,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let etcd = connect_etcd(&config.etcd)
-        .await
-        .map_err(ScaffoldError::from)?
+        .await?
         .ok_or_else(|| Error::Setup("etcd is required".into()))?;
     let r = &config.registry;
     let keys = MasterKeys::from_hex(&r.master_keys, &r.current_key)

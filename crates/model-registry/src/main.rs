@@ -2,7 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     rankmesh_common::service::run_main(
-        rankmesh_model_registry::SERVICE,
+        rankmesh_model_registry::INFO.name,
         rankmesh_model_registry::run,
     )
 }

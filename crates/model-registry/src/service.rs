@@ -608,6 +608,22 @@ impl Registry {
         Ok(pb::ListModelsResponse { models })
     }
 
+    /// Applies `change` (given the time, in ms) to `name`'s stage record at
+    /// `expected_revision` (0: whatever is stored) and answers with what was stored.
+    async fn change_stages(
+        &self,
+        name: &str,
+        expected_revision: i64,
+        mut change: impl FnMut(&mut crate::store::Stages, i64) -> Result<(), StoreError>,
+    ) -> Result<pb::SetStageResponse, RegistryError> {
+        let now = rankmesh_common::server::now_ms();
+        let (s, rev) = self
+            .db
+            .update_stages(name, expected_revision, |s| change(s, now))
+            .await?;
+        Ok(stage_response(&s, rev))
+    }
+
     pub async fn set_stage(
         &self,
         req: pb::SetStageRequest,
@@ -635,41 +651,37 @@ impl Registry {
                 "{name} v{version} not found"
             )));
         }
-        let now = rankmesh_common::server::now_ms();
-        let (s, rev) = self
-            .db
-            .update_stages(&name, expected_revision, |s| {
-                match stage {
-                    pb::Stage::Production => {
-                        if s.production != 0 && s.production != version {
-                            s.previous.push(s.production);
-                        }
-                        s.production = version;
-                        if s.canary == version {
-                            s.canary = 0;
-                            s.canary_percent = 0;
-                            s.canary_since_ms = 0;
-                        }
-                        s.record(now, format!("production -> v{version}: {reason}"));
+        self.change_stages(&name, expected_revision, |s, now| {
+            match stage {
+                pb::Stage::Production => {
+                    if s.production != 0 && s.production != version {
+                        s.previous.push(s.production);
                     }
-                    _ => {
-                        if s.production == version {
-                            return Err(StoreError::Conflict(format!(
-                                "v{version} is already in production"
-                            )));
-                        }
-                        if s.canary != version {
-                            s.canary_since_ms = now;
-                        }
-                        s.canary = version;
-                        s.canary_percent = percent;
-                        s.record(now, format!("canary -> v{version} at {percent}%: {reason}"));
+                    s.production = version;
+                    if s.canary == version {
+                        s.canary = 0;
+                        s.canary_percent = 0;
+                        s.canary_since_ms = 0;
                     }
+                    s.record(now, format!("production -> v{version}: {reason}"));
                 }
-                Ok(())
-            })
-            .await?;
-        Ok(stage_response(&s, rev))
+                _ => {
+                    if s.production == version {
+                        return Err(StoreError::Conflict(format!(
+                            "v{version} is already in production"
+                        )));
+                    }
+                    if s.canary != version {
+                        s.canary_since_ms = now;
+                    }
+                    s.canary = version;
+                    s.canary_percent = percent;
+                    s.record(now, format!("canary -> v{version} at {percent}%: {reason}"));
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn rollback(
@@ -683,33 +695,29 @@ impl Registry {
         } = &req;
         let (name, expected_revision) = (name.as_str(), *expected_revision);
         check_name(name)?;
-        let now = rankmesh_common::server::now_ms();
-        let (s, rev) = self
-            .db
-            .update_stages(name, expected_revision, |s| {
-                if s.canary != 0 {
-                    // A running canary is the latest step: end it, production stays.
-                    let canary = s.canary;
-                    s.canary = 0;
-                    s.canary_percent = 0;
-                    s.canary_since_ms = 0;
-                    s.record(now, format!("canary v{canary} rolled back: {reason}"));
-                    return Ok(());
-                }
-                let Some(prev) = s.previous.pop() else {
-                    return Err(StoreError::Conflict(format!(
-                        "{name} has no canary and no previous production version"
-                    )));
-                };
-                let from = s.production;
-                s.production = prev;
+        self.change_stages(name, expected_revision, |s, now| {
+            if s.canary != 0 {
+                // A running canary is the latest step: end it, production stays.
+                let canary = s.canary;
                 s.canary = 0;
                 s.canary_percent = 0;
-                s.record(now, format!("rollback v{from} -> v{prev}: {reason}"));
-                Ok(())
-            })
-            .await?;
-        Ok(stage_response(&s, rev))
+                s.canary_since_ms = 0;
+                s.record(now, format!("canary v{canary} rolled back: {reason}"));
+                return Ok(());
+            }
+            let Some(prev) = s.previous.pop() else {
+                return Err(StoreError::Conflict(format!(
+                    "{name} has no canary and no previous production version"
+                )));
+            };
+            let from = s.production;
+            s.production = prev;
+            s.canary = 0;
+            s.canary_percent = 0;
+            s.record(now, format!("rollback v{from} -> v{prev}: {reason}"));
+            Ok(())
+        })
+        .await
     }
 
     /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the

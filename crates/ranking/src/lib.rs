@@ -48,15 +48,8 @@ use crate::service::RankingApi;
 use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
 use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
 
-/// Name in discovery and metrics.
-pub const SERVICE: &str = "ranking";
-/// Fully qualified gRPC service name.
-pub const GRPC_SERVICE: &str = "rankmesh.ranking.v1.RankingService";
-/// What the scaffold serves this service as.
-pub const INFO: ServiceInfo = ServiceInfo {
-    name: SERVICE,
-    grpc_services: &[GRPC_SERVICE],
-};
+/// Its name in discovery and metrics, and the gRPC service it serves.
+pub const INFO: ServiceInfo = ServiceInfo::new("ranking", &["rankmesh.ranking.v1.RankingService"]);
 /// Deadline of one registry call (listing stages, a stage change).
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Election role of the replica that runs the rollout controller.
@@ -177,9 +170,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let etcd = connect_etcd(&config.etcd)
-        .await
-        .map_err(ScaffoldError::from)?;
+    let etcd = connect_etcd(&config.etcd).await?;
     let grpc_addr = listeners
         .grpc_addr()
         .map_err(|e| ScaffoldError::Serve(rankmesh_common::server::ServeError::Admin(e)))?;

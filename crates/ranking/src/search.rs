@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
-use rankmesh_common::rpc::{RpcError, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as emb;
@@ -256,26 +256,20 @@ fn ranker_schema(served: Option<feat::FeatureSchema>) -> feat::FeatureSchema {
 
 fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RpcError> {
     let query = req.query.trim().to_owned();
-    if query.is_empty() {
-        return Err(invalid("query", "empty query"));
-    }
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(invalid(
-            "query",
-            format!("{} bytes; at most {MAX_QUERY_BYTES}", query.len()),
-        ));
-    }
+    check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
     check_user(&req.user_id, false)?;
     Filter::from_proto(req.filters.clone()).map_err(|e| invalid(e.field, e.message))?;
     Ok((query, req.k as usize))
 }
 
 impl Orchestrator {
-    pub fn deadline(&self, grpc_timeout: Option<Duration>) -> Instant {
-        Instant::now()
-            + grpc_timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
+    /// When a call must be answered: its `grpc-timeout`, else the configured default.
+    pub fn deadline<T>(&self, request: &tonic::Request<T>) -> Instant {
+        let timeout = crate::service::grpc_timeout(request.metadata());
+        Instant::now() + timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
     }
 
+    #[tracing::instrument(name = "search", skip_all, fields(k = req.k, degraded, items))]
     pub async fn search(
         &self,
         req: pb::SearchRequest,
@@ -302,19 +296,16 @@ impl Orchestrator {
             explain: req.explain,
             recommend: false,
         };
-        self.finish(request, candidates, stats, deadline, trace, started)
-            .await
-            .map(|(items, trace_id, t, schema)| pb::SearchResponse {
-                items,
-                models: t.models,
-                trace_id,
-                degraded: t.degraded,
-                stage_ms: t.stage_ms,
-                feature_schema: schema,
-            })
+        let answer = self
+            .finish(request, candidates, stats, deadline, trace, started)
+            .await?;
+        let total_ms = answer.stage_ms.get("total").copied().unwrap_or(0.0);
+        metrics::histogram!("rankmesh_search_ms").record(f64::from(total_ms));
+        Ok(answer)
     }
 
     /// The ranker's input for every candidate of a query, as Search computes it.
+    #[tracing::instrument(name = "featurize", skip_all, fields(candidates))]
     pub async fn featurize(
         &self,
         req: pb::SearchRequest,
@@ -329,6 +320,7 @@ impl Orchestrator {
             .features(&query, &req.user_id, &mut candidates, &stats, deadline)
             .await
             .map_err(|s| RpcError::Unavailable(format!("features: {}", s.message())))?;
+        tracing::Span::current().record("candidates", candidates.len());
         Ok(pb::FeaturizeResponse {
             schema: Some(f.schema),
             item_ids: candidates.into_iter().map(|c| c.id).collect(),
@@ -422,6 +414,7 @@ impl Orchestrator {
         Ok(r.items.into_iter().map(|i| (i.item_id, i.score)).collect())
     }
 
+    #[tracing::instrument(name = "recommend", skip_all, fields(k = req.k, degraded, items))]
     pub async fn recommend(
         &self,
         req: pb::RecommendRequest,
@@ -542,15 +535,24 @@ impl Orchestrator {
             explain: false,
             recommend: true,
         };
-        self.finish(request, candidates, stats, deadline, trace, started)
-            .await
-            .map(|(items, trace_id, t, _)| pb::RecommendResponse {
-                items,
-                models: t.models,
-                trace_id,
-                degraded: t.degraded,
-                stage_ms: t.stage_ms,
-            })
+        // Recommendations answer what a search does, less the (query) feature schema.
+        let pb::SearchResponse {
+            items,
+            models,
+            trace_id,
+            degraded,
+            stage_ms,
+            feature_schema: _,
+        } = self
+            .finish(request, candidates, stats, deadline, trace, started)
+            .await?;
+        Ok(pb::RecommendResponse {
+            items,
+            models,
+            trace_id,
+            degraded,
+            stage_ms,
+        })
     }
 
     async fn user_vector(
@@ -586,7 +588,8 @@ impl Orchestrator {
         Ok(Some(mean))
     }
 
-    /// Features, ranker, top k, display fields.
+    /// Features, ranker, top k, display fields: the answer to a search (or, less its
+    /// schema, a recommendation).
     async fn finish(
         &self,
         req: Finish,
@@ -595,15 +598,7 @@ impl Orchestrator {
         deadline: Instant,
         mut trace: Trace,
         started: Instant,
-    ) -> Result<
-        (
-            Vec<pb::RankedItem>,
-            String,
-            Trace,
-            Option<feat::FeatureSchema>,
-        ),
-        RpcError,
-    > {
+    ) -> Result<pb::SearchResponse, RpcError> {
         let t = Instant::now();
         let features = self
             .features(&req.query, &req.user_id, &mut candidates, &stats, deadline)
@@ -649,12 +644,19 @@ impl Orchestrator {
             ));
         }
         trace.time("total", started);
+        let span = tracing::Span::current();
+        span.record("items", items.len());
         if !trace.degraded.is_empty() {
-            let span = tracing::Span::current();
             span.record("degraded", trace.degraded.join(",").as_str());
         }
-        let schema = rows.filter(|_| req.explain).map(|f| f.schema);
-        Ok((items, trace_id(), trace, schema))
+        Ok(pb::SearchResponse {
+            items,
+            trace_id: trace_id(),
+            models: trace.models,
+            degraded: trace.degraded,
+            stage_ms: trace.stage_ms,
+            feature_schema: rows.filter(|_| req.explain).map(|f| f.schema),
+        })
     }
 
     /// The ranker's input: the feature service's rows for the candidates, with the

@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rankmesh_proto::pb::ranking::v1 as pb;
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::search::Orchestrator;
 
@@ -40,66 +38,11 @@ impl RankingApi {
     }
 }
 
-#[tonic::async_trait]
-impl pb::ranking_service_server::RankingService for RankingApi {
-    async fn search(
-        &self,
-        request: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::SearchResponse>, Status> {
-        let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "search",
-            k = req.k,
-            degraded = tracing::field::Empty,
-            items = tracing::field::Empty,
-        );
-        let resp = self
-            .inner
-            .search(req, deadline)
-            .instrument(span.clone())
-            .await?;
-        span.record("items", resp.items.len());
-        metrics::histogram!("rankmesh_search_ms")
-            .record(resp.stage_ms.get("total").copied().unwrap_or(0.0) as f64);
-        Ok(Response::new(resp))
-    }
-
-    async fn recommend(
-        &self,
-        request: Request<pb::RecommendRequest>,
-    ) -> Result<Response<pb::RecommendResponse>, Status> {
-        let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "recommend",
-            k = req.k,
-            degraded = tracing::field::Empty,
-            items = tracing::field::Empty,
-        );
-        let resp = self
-            .inner
-            .recommend(req, deadline)
-            .instrument(span.clone())
-            .await?;
-        span.record("items", resp.items.len());
-        Ok(Response::new(resp))
-    }
-
-    async fn featurize(
-        &self,
-        request: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::FeaturizeResponse>, Status> {
-        let deadline = self.inner.deadline(grpc_timeout(request.metadata()));
-        let req = request.into_inner();
-        let span = tracing::info_span!("featurize", candidates = tracing::field::Empty);
-        let resp = self
-            .inner
-            .featurize(req, deadline)
-            .instrument(span.clone())
-            .await?;
-        span.record("candidates", resp.item_ids.len());
-        Ok(Response::new(resp))
+rankmesh_common::grpc_service! {
+    impl pb::ranking_service_server::RankingService for RankingApi {
+        search(pb::SearchRequest) -> pb::SearchResponse => search with deadline;
+        recommend(pb::RecommendRequest) -> pb::RecommendResponse => recommend with deadline;
+        featurize(pb::SearchRequest) -> pb::FeaturizeResponse => featurize with deadline;
     }
 }
 

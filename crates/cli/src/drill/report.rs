@@ -11,7 +11,7 @@ use crate::bench::Report as Load;
 use super::scenario::Slo;
 
 /// A fault as it happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Injected {
     pub at_s: f64,
     pub kind: String,
@@ -32,10 +32,7 @@ impl Injected {
         Self {
             at_s,
             kind: kind.to_owned(),
-            detail: String::new(),
-            forbidden_model: None,
-            recovered_after_s: None,
-            killed: Vec::new(),
+            ..Self::default()
         }
     }
 }
