@@ -43,6 +43,12 @@ pub(crate) struct Proc {
     pub(crate) log: PathBuf,
 }
 
+/// The folder meshctl runs from: the service binaries are built next to it.
+pub(crate) fn own_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("meshctl's own path")?;
+    Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
+}
+
 /// Options of `meshctl up`.
 #[derive(Debug, Clone)]
 pub(crate) struct UpOptions {

@@ -205,11 +205,20 @@ pub(crate) async fn promote(
         .set_stage(req, Deadline::Default)
         .await
         .map_err(status)?;
-    println!(
-        "{name}: production v{}, canary v{} at {}%",
-        r.production_version, r.canary_version, r.canary_percent
-    );
+    print_stages(name, &r);
     Ok(())
+}
+
+/// The stages of `name` as the registry stored them.
+fn print_stages(name: &str, r: &pb::SetStageResponse) {
+    let canary = match r.canary_version {
+        0 => "none".to_owned(),
+        v => format!("v{v} at {}%", r.canary_percent),
+    };
+    println!(
+        "{name}: production v{}, canary {canary}",
+        r.production_version
+    );
 }
 
 pub(crate) async fn rollback(
@@ -226,15 +235,7 @@ pub(crate) async fn rollback(
         .rollback(req, Deadline::Default)
         .await
         .map_err(status)?;
-    println!(
-        "{name}: production v{}, canary {}",
-        r.production_version,
-        if r.canary_version == 0 {
-            "none".to_owned()
-        } else {
-            format!("v{}", r.canary_version)
-        }
-    );
+    print_stages(name, &r);
     Ok(())
 }
 

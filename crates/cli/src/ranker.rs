@@ -557,10 +557,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         ranking_replicas: 1,
         etcd_port: args.mesh_etcd_port,
         base_port: args.mesh_base_port,
-        bin_dir: std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default(),
+        bin_dir: launcher::own_bin_dir()?,
         models: absolute(&args.models),
         catalog: Some(absolute(&args.catalog)),
         ranker: None,

@@ -70,10 +70,7 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let cwd = std::env::current_dir()?;
     let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let bin_dir = launcher::own_bin_dir()?;
     let state_dir = a.state.state_dir;
     let opts = launcher::UpOptions {
         state_dir: state_dir.clone(),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use rankmesh_proto::limits::MAX_ID_BYTES;
+use rankmesh_proto::pb::common::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// Longest title, bytes.
@@ -100,5 +101,21 @@ impl Item {
             ));
         }
         Ok(self)
+    }
+}
+/// The item as the API carries it (`ScanItems`, `GetItems`).
+impl From<Item> for pb::Item {
+    fn from(i: Item) -> Self {
+        Self {
+            id: i.id,
+            title: i.title,
+            description: i.description,
+            category: i.category,
+            brand: i.brand,
+            price: i.price,
+            rating: i.rating,
+            review_count: i.review_count,
+            attributes: i.attributes.into_iter().collect(),
+        }
     }
 }

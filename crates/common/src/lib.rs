@@ -9,6 +9,7 @@
 //! - [`rpc`]: the error handlers answer with, one mapping onto gRPC codes.
 //! - [`blocking`]: CPU-bound work on the blocking pool, with one way of failing.
 //! - [`catalog`]: the catalog item, its limits and validation.
+//! - [`relevance`]: NDCG over graded judgments (one definition for every report).
 //! - [`filters`]: validated catalog filters (category, price, brand).
 //! - [`etcd`]: the shared etcd client and member health-checking.
 //! - [`discovery`]: registering instances on a lease and following a service's
@@ -32,6 +33,7 @@ pub mod filters;
 pub mod observe;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod relevance;
 pub mod rpc;
 pub mod server;
 pub mod service;

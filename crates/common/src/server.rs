@@ -524,6 +524,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
     use tower_test::mock;
 
     fn req(path: &str) -> http::Request<()> {
@@ -540,22 +541,32 @@ mod tests {
             .map(str::to_owned)
     }
 
+    /// The inner service's next request, answered "ok".
+    async fn answer_ok(
+        handle: &mut mock::Handle<http::Request<()>, http::Response<String>>,
+        what: &str,
+    ) {
+        let (_, send) = handle.next_request().await.expect(what);
+        send.send_response(http::Response::new("ok".into()));
+    }
+
     #[tokio::test]
     async fn sheds_beyond_limit_and_recovers() {
         let (svc, mut handle) = mock::pair::<http::Request<()>, http::Response<String>>();
         let mut svc = OverloadLayer::new(1).layer(svc);
         handle.allow(10);
 
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
+        let first = svc
+            .ready()
             .await
-            .expect("ready");
-        let first = svc.call(req("/rankmesh.ranking.v1.RankingService/Search"));
+            .expect("ready")
+            .call(req("/rankmesh.ranking.v1.RankingService/Search"));
 
         // Second concurrent call: rejected at once, without reaching the inner service.
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .expect("ready");
         let second = svc
+            .ready()
+            .await
+            .expect("ready")
             .call(req("/rankmesh.ranking.v1.RankingService/Search"))
             .await
             .expect("a status response, not an error");
@@ -566,25 +577,24 @@ mod tests {
         );
 
         // Health checks are never shed.
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
+        let health = svc
+            .ready()
             .await
-            .expect("ready");
-        let health = svc.call(req("/grpc.health.v1.Health/Check"));
+            .expect("ready")
+            .call(req("/grpc.health.v1.Health/Check"));
 
-        let (_, send) = handle.next_request().await.expect("first reached inner");
-        send.send_response(http::Response::new("ok".into()));
-        let (_, send) = handle.next_request().await.expect("health reached inner");
-        send.send_response(http::Response::new("ok".into()));
+        answer_ok(&mut handle, "first reached inner").await;
+        answer_ok(&mut handle, "health reached inner").await;
         assert_eq!(first.await.expect("first").into_body(), "ok");
         assert_eq!(health.await.expect("health").into_body(), "ok");
 
         // The permit came back: the next call goes through.
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
+        let third = svc
+            .ready()
             .await
-            .expect("ready");
-        let third = svc.call(req("/rankmesh.ranking.v1.RankingService/Search"));
-        let (_, send) = handle.next_request().await.expect("third reached inner");
-        send.send_response(http::Response::new("ok".into()));
+            .expect("ready")
+            .call(req("/rankmesh.ranking.v1.RankingService/Search"));
+        answer_ok(&mut handle, "third reached inner").await;
         assert_eq!(third.await.expect("third").into_body(), "ok");
     }
 

@@ -50,23 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect();
-            let disc = |i: usize| 1.0 / ((i + 2) as f64).log2();
-            let dcg: f64 = hits
-                .iter()
-                .take(10)
-                .enumerate()
-                .map(|(i, id)| f64::from(l.get(id).copied().unwrap_or(0.0)) * disc(i))
-                .sum();
-            let mut ideal: Vec<f32> = l.values().copied().collect();
-            ideal.sort_by(|a, b| b.total_cmp(a));
-            let idcg: f64 = ideal
-                .iter()
-                .take(10)
-                .enumerate()
-                .map(|(i, g)| f64::from(*g) * disc(i))
-                .sum();
-            if idcg > 0.0 {
-                ndcg += dcg / idcg;
+            if let Some(n) = rankmesh_common::relevance::ndcg(&hits, l, 10) {
+                ndcg += n;
                 nq += 1;
             }
             let rel: Vec<&String> = l

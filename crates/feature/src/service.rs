@@ -82,11 +82,8 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::GetFeaturesRequest,
     ) -> Result<pb::GetFeaturesResponse, RpcError> {
-        let pb::GetFeaturesRequest {
-            user_id,
-            query,
-            candidate_ids,
-        } = req;
+        let (user_id, query) = (req.user_id, req.query);
+        let candidate_ids = req.candidate_ids;
         if !user_id.is_empty() {
             id_arg("user_id", &user_id)?;
         }
@@ -332,7 +329,7 @@ impl<S: FeatureStore> Features<S> {
         let mut unknown = Vec::new();
         for (id, item) in ids.into_iter().zip(got) {
             match item {
-                Some(i) => items.push(to_proto(i)),
+                Some(i) => items.push(i.into()),
                 None => unknown.push(id),
             }
         }
@@ -417,20 +414,6 @@ fn event_from(req: pb::RecordEventRequest, now_ms: i64) -> Result<Event, RpcErro
     })
 }
 
-fn to_proto(i: Item) -> common::Item {
-    common::Item {
-        id: i.id,
-        title: i.title,
-        description: i.description,
-        category: i.category,
-        brand: i.brand,
-        price: i.price,
-        rating: i.rating,
-        review_count: i.review_count,
-        attributes: i.attributes.into_iter().collect(),
-    }
-}
-
 /// The tonic service.
 #[derive(Debug)]
 pub struct FeatureApi<S> {
@@ -488,7 +471,7 @@ rankmesh_common::grpc_service! {
                     Ok(items) => {
                         let next = items.last().map(|i| i.id.clone());
                         let msg = pb::ScanItemsResponse {
-                            items: items.into_iter().map(to_proto).collect(),
+                            items: items.into_iter().map(common::Item::from).collect(),
                         };
                         Some((Ok(msg), next))
                     }

@@ -688,14 +688,9 @@ impl Registry {
         &self,
         req: pb::RollbackRequest,
     ) -> Result<pb::SetStageResponse, RegistryError> {
-        let pb::RollbackRequest {
-            name,
-            reason,
-            expected_revision,
-        } = &req;
-        let (name, expected_revision) = (name.as_str(), *expected_revision);
+        let (name, reason) = (req.name.as_str(), &req.reason);
         check_name(name)?;
-        self.change_stages(name, expected_revision, |s, now| {
+        self.change_stages(name, req.expected_revision, |s, now| {
             if s.canary != 0 {
                 // A running canary is the latest step: end it, production stays.
                 let canary = s.canary;

@@ -142,17 +142,30 @@ impl ModelDb {
     pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         let key = version_key(&m.name, m.version, &m.variant);
         let value = serde_json::to_vec(m).map_err(|e| StoreError::Blob(e.to_string()))?;
+        let absent = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+        self.put_if(&key, absent, value, || {
+            format!("{} v{} {} already exists", m.name, m.version, m.variant)
+        })
+        .await
+    }
+
+    /// Writes `value` at `key` in one transaction only while `condition` holds;
+    /// otherwise a conflict described by `conflict`.
+    async fn put_if(
+        &self,
+        key: &str,
+        condition: Compare,
+        value: Vec<u8>,
+        conflict: impl FnOnce() -> String,
+    ) -> Result<(), StoreError> {
         let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), value, None)]);
+            .when([condition])
+            .and_then([TxnOp::put(key, value, None)]);
         let mut client = self.etcd.client();
         if self.etcd.timed(client.txn(txn)).await?.succeeded() {
             Ok(())
         } else {
-            Err(StoreError::Conflict(format!(
-                "{} v{} {} already exists",
-                m.name, m.version, m.variant
-            )))
+            Err(StoreError::Conflict(conflict()))
         }
     }
 
@@ -162,18 +175,11 @@ impl ModelDb {
         let key = version_key(&old.name, old.version, &old.variant);
         let old_value = serde_json::to_vec(old).map_err(|e| StoreError::Blob(e.to_string()))?;
         let new_value = serde_json::to_vec(new).map_err(|e| StoreError::Blob(e.to_string()))?;
-        let txn = Txn::new()
-            .when([Compare::value(key.as_str(), CompareOp::Equal, old_value)])
-            .and_then([TxnOp::put(key.as_str(), new_value, None)]);
-        let mut client = self.etcd.client();
-        if self.etcd.timed(client.txn(txn)).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "{} v{} changed concurrently",
-                old.name, old.version
-            )))
-        }
+        let unchanged = Compare::value(key.as_str(), CompareOp::Equal, old_value);
+        self.put_if(&key, unchanged, new_value, || {
+            format!("{} v{} changed concurrently", old.name, old.version)
+        })
+        .await
     }
 
     pub async fn manifest(

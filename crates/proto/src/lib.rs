@@ -12,26 +12,18 @@ pub mod pb {
     #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
     #![allow(clippy::all, clippy::pedantic)]
 
-    pub mod common {
-        #[rustfmt::skip]
-        pub mod v1 { tonic::include_proto!("rankmesh.common.v1"); }
+    /// `pub mod <package> { pub mod v1 { <the code generated for rankmesh.<package>.v1> } }`
+    macro_rules! packages {
+        ($($package:ident),+) => {$(
+            pub mod $package {
+                #[rustfmt::skip]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/rankmesh.", stringify!($package), ".v1.rs"));
+                }
+            }
+        )+};
     }
-    pub mod feature {
-        #[rustfmt::skip]
-        pub mod v1 { tonic::include_proto!("rankmesh.feature.v1"); }
-    }
-    pub mod embedding {
-        #[rustfmt::skip]
-        pub mod v1 { tonic::include_proto!("rankmesh.embedding.v1"); }
-    }
-    pub mod ranking {
-        #[rustfmt::skip]
-        pub mod v1 { tonic::include_proto!("rankmesh.ranking.v1"); }
-    }
-    pub mod registry {
-        #[rustfmt::skip]
-        pub mod v1 { tonic::include_proto!("rankmesh.registry.v1"); }
-    }
+    packages!(common, feature, embedding, ranking, registry);
 }
 
 /// The encoded `FileDescriptorSet` of every rankmesh proto, for gRPC reflection.

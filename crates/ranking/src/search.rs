@@ -420,13 +420,13 @@ impl Orchestrator {
         req: pb::RecommendRequest,
         deadline: Instant,
     ) -> Result<pb::RecommendResponse, RpcError> {
-        let started = Instant::now();
         let pb::RecommendRequest {
             user_id,
             k,
             filters,
             routing_key,
         } = req;
+        let started = Instant::now();
         check_user(&user_id, true)?;
         // Sticky canary assignment: the caller's key, else the user.
         let routing_key = if routing_key.is_empty() {

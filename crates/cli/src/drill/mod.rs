@@ -554,10 +554,7 @@ async fn run_local(
         ranking_replicas: scenario.topology.ranking_replicas,
         etcd_port: opts.etcd_port,
         base_port: opts.base_port,
-        bin_dir: std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default(),
+        bin_dir: launcher::own_bin_dir()?,
         ranker: ranker.join("model.onnx").exists().then_some(ranker),
         follow_ranker: false,
         models: opts.models.clone(),
