@@ -201,16 +201,15 @@ pub(crate) async fn promote(
         reason: reason.to_owned(),
         expected_revision: 0,
     };
-    let r = registry
-        .set_stage(req, Deadline::Default)
-        .await
-        .map_err(status)?;
-    print_stages(name, &r);
-    Ok(())
+    print_stages(name, registry.set_stage(req, Deadline::Default).await)
 }
 
-/// The stages of `name` as the registry stored them.
-fn print_stages(name: &str, r: &pb::SetStageResponse) {
+/// The stages of `name` as the registry stored them after a SetStage or Rollback.
+fn print_stages(
+    name: &str,
+    answer: Result<pb::SetStageResponse, tonic::Status>,
+) -> anyhow::Result<()> {
+    let r = answer.map_err(status)?;
     let canary = match r.canary_version {
         0 => "none".to_owned(),
         v => format!("v{v} at {}%", r.canary_percent),
@@ -219,6 +218,7 @@ fn print_stages(name: &str, r: &pb::SetStageResponse) {
         "{name}: production v{}, canary {canary}",
         r.production_version
     );
+    Ok(())
 }
 
 pub(crate) async fn rollback(
@@ -231,12 +231,7 @@ pub(crate) async fn rollback(
         reason: reason.to_owned(),
         expected_revision: 0,
     };
-    let r = registry
-        .rollback(req, Deadline::Default)
-        .await
-        .map_err(status)?;
-    print_stages(name, &r);
-    Ok(())
+    print_stages(name, registry.rollback(req, Deadline::Default).await)
 }
 
 pub(crate) async fn rotate(registry: &RegistryClient, key_id: &str) -> anyhow::Result<()> {

@@ -333,8 +333,7 @@ mod tests {
             BatchConfig {
                 max_batch: 8,
                 max_wait_us: 50_000,
-                queue_capacity: 100,
-                workers: 1,
+                ..BatchConfig::default()
             },
             move |items: Vec<u32>| {
                 seen.lock().expect("lock").push(items.len());

@@ -80,6 +80,21 @@ where
         .map_err(RpcError::Internal)
 }
 
+/// Checks a count the caller asked for (`k`, a page size): within `1..=max`.
+pub fn check_count(field: &str, n: u32, max: u32) -> Result<usize, RpcError> {
+    if n == 0 || n > max {
+        return Err(invalid(field, format!("must be within 1..={max}, got {n}")));
+    }
+    Ok(n as usize)
+}
+
+/// A filter the caller wrote wrongly names its field.
+impl From<crate::filters::FilterError> for RpcError {
+    fn from(e: crate::filters::FilterError) -> Self {
+        invalid(e.field, e.message)
+    }
+}
+
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Self {
         match e {

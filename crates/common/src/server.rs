@@ -577,11 +577,8 @@ mod tests {
         );
 
         // Health checks are never shed.
-        let health = svc
-            .ready()
-            .await
-            .expect("ready")
-            .call(req("/grpc.health.v1.Health/Check"));
+        let check = req("/grpc.health.v1.Health/Check");
+        let health = svc.ready().await.expect("ready").call(check);
 
         answer_ok(&mut handle, "first reached inner").await;
         answer_ok(&mut handle, "health reached inner").await;
@@ -589,11 +586,8 @@ mod tests {
         assert_eq!(health.await.expect("health").into_body(), "ok");
 
         // The permit came back: the next call goes through.
-        let third = svc
-            .ready()
-            .await
-            .expect("ready")
-            .call(req("/rankmesh.ranking.v1.RankingService/Search"));
+        let search = req("/rankmesh.ranking.v1.RankingService/Search");
+        let third = svc.ready().await.expect("ready").call(search);
         answer_ok(&mut handle, "third reached inner").await;
         assert_eq!(third.await.expect("third").into_body(), "ok");
     }

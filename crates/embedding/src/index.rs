@@ -232,26 +232,29 @@ impl VectorIndex {
                     .map_err(|_| IndexError::Native("index build thread panicked".into()))?
             })
         })?;
-        Ok(Self::assemble(
-            index,
-            items,
-            vectors,
+        let snapshot = SnapshotItems {
             dim,
             params,
-            model.to_owned(),
-            keys,
-        ))
+            model: model.to_owned(),
+            items,
+        };
+        Ok(Self::assemble(index, vectors, snapshot, keys))
     }
 
+    /// The index over a built or loaded graph, with the filter lists built from the
+    /// items.
     fn assemble(
         index: Index,
-        items: Vec<ItemMeta>,
         vectors: Vec<f32>,
-        dim: usize,
-        params: IndexParams,
-        model: String,
+        snapshot: SnapshotItems,
         keys: HashMap<String, u32>,
     ) -> Self {
+        let SnapshotItems {
+            dim,
+            params,
+            model,
+            items,
+        } = snapshot;
         let mut by_category: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         let mut by_brand: HashMap<String, Vec<u32>> = HashMap::new();
         for (key, m) in items.iter().enumerate() {
@@ -523,15 +526,7 @@ impl VectorIndex {
             .enumerate()
             .map(|(i, m)| (m.id.clone(), i as u32))
             .collect();
-        Ok(Self::assemble(
-            index,
-            items.items,
-            vectors,
-            items.dim,
-            items.params,
-            items.model,
-            keys,
-        ))
+        Ok(Self::assemble(index, vectors, items, keys))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rankmesh_common::batcher::{BatchConfig, Batcher};
-use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_count, check_text, invalid};
 use rankmesh_proto::limits::{MAX_BATCH_TEXTS, MAX_RETRIEVE_K, MAX_TEXT_BYTES};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as pb;
@@ -321,12 +321,7 @@ impl Embedder {
         req: pb::RetrieveRequest,
     ) -> Result<pb::RetrieveResponse, RpcError> {
         let pb::RetrieveRequest { query, k, filters } = req;
-        if k == 0 || k > MAX_RETRIEVE_K {
-            return Err(invalid(
-                "k",
-                format!("must be within 1..={MAX_RETRIEVE_K}, got {k}"),
-            ));
-        }
+        let k = check_count("k", k, MAX_RETRIEVE_K)?;
         let filter = filter_from(filters)?;
         // One generation for the whole call: the query is embedded by the encoder
         // that embedded the items.
@@ -370,8 +365,7 @@ impl Embedder {
             }
         };
         let hits =
-            rankmesh_common::rpc::blocking(move || index.search(&vector, k as usize, &filter))
-                .await?;
+            rankmesh_common::rpc::blocking(move || index.search(&vector, k, &filter)).await?;
         Ok(pb::RetrieveResponse {
             items: hits
                 .into_iter()
@@ -471,7 +465,7 @@ impl Embedder {
 
 /// Validates the proto filters.
 pub fn filter_from(f: Option<common::Filters>) -> Result<Filter, RpcError> {
-    Filter::from_proto(f).map_err(|e| invalid(e.field, e.message))
+    Ok(Filter::from_proto(f)?)
 }
 
 /// The tonic service.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use rankmesh_common::filters::Filter;
-use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_count, check_text, invalid};
 use rankmesh_proto::limits::{MAX_CANDIDATES, MAX_CHUNK_BYTES, MAX_QUERY_BYTES, MAX_RETRIEVE_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::feature::v1 as pb;
@@ -147,17 +147,11 @@ impl<S: FeatureStore> Features<S> {
     ) -> Result<pb::LexicalCandidatesResponse, RpcError> {
         let pb::LexicalCandidatesRequest { query, k, filters } = req;
         check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
-        if k == 0 || k > MAX_RETRIEVE_K {
-            return Err(invalid(
-                "k",
-                format!("must be within 1..={MAX_RETRIEVE_K}, got {k}"),
-            ));
-        }
-        let filter = Filter::from_proto(filters).map_err(|e| invalid(e.field, e.message))?;
+        let k = check_count("k", k, MAX_RETRIEVE_K)?;
+        let filter = Filter::from_proto(filters)?;
         let lexical = Arc::clone(&self.lexical);
         let hits =
-            rankmesh_common::rpc::blocking(move || lexical.search(&query, k as usize, &filter))
-                .await?;
+            rankmesh_common::rpc::blocking(move || lexical.search(&query, k, &filter)).await?;
         Ok(pb::LexicalCandidatesResponse {
             items: hits
                 .into_iter()

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
-use rankmesh_common::rpc::{Blank, RpcError, check_text, invalid};
+use rankmesh_common::rpc::{Blank, RpcError, check_count, check_text, invalid};
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as emb;
@@ -58,16 +58,6 @@ fn dense_list(r: emb::RetrieveResponse, trace: &mut Trace) -> Retrieved {
             .map(|n| (n.item_id, n.similarity))
             .collect(),
     }
-}
-
-fn check_k(k: u32) -> Result<usize, RpcError> {
-    if k == 0 || k > MAX_RANKING_K {
-        return Err(invalid(
-            "k",
-            format!("must be within 1..={MAX_RANKING_K}, got {k}"),
-        ));
-    }
-    Ok(k as usize)
 }
 
 fn check_user(user: &str, required: bool) -> Result<(), RpcError> {
@@ -258,7 +248,7 @@ fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RpcError>
     let query = req.query.trim().to_owned();
     check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
     check_user(&req.user_id, false)?;
-    Filter::from_proto(req.filters.clone()).map_err(|e| invalid(e.field, e.message))?;
+    Filter::from_proto(req.filters.clone())?;
     Ok((query, req.k as usize))
 }
 
@@ -276,12 +266,11 @@ impl Orchestrator {
         deadline: Instant,
     ) -> Result<pb::SearchResponse, RpcError> {
         let started = Instant::now();
-        let k = check_k(req.k)?;
+        let k = check_count("k", req.k, MAX_RANKING_K)?;
         let (query, _) = validate_search(&req)?;
         let mut trace = Trace::default();
-        let (candidates, stats) = self
-            .retrieve(&query, req.filters.clone(), deadline, &mut trace)
-            .await?;
+        let (candidates, stats) =
+            Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
         // Sticky canary assignment: the caller's key, else the user, else the query.
         let routing_key = [&req.routing_key, &req.user_id, &query]
             .into_iter()
@@ -296,9 +285,10 @@ impl Orchestrator {
             explain: req.explain,
             recommend: false,
         };
-        let answer = self
-            .finish(request, candidates, stats, deadline, trace, started)
-            .await?;
+        // Boxed, here and below: the stages' state is large, and an unboxed future
+        // this size overflows a worker's 2 MiB stack in debug builds.
+        let answer =
+            Box::pin(self.finish(request, candidates, stats, deadline, trace, started)).await?;
         let total_ms = answer.stage_ms.get("total").copied().unwrap_or(0.0);
         metrics::histogram!("rankmesh_search_ms").record(f64::from(total_ms));
         Ok(answer)
@@ -313,9 +303,8 @@ impl Orchestrator {
     ) -> Result<pb::FeaturizeResponse, RpcError> {
         let (query, _) = validate_search(&req)?;
         let mut trace = Trace::default();
-        let (mut candidates, stats) = self
-            .retrieve(&query, req.filters.clone(), deadline, &mut trace)
-            .await?;
+        let (mut candidates, stats) =
+            Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
         let f = self
             .features(&query, &req.user_id, &mut candidates, &stats, deadline)
             .await
@@ -434,8 +423,8 @@ impl Orchestrator {
         } else {
             routing_key
         };
-        let k = check_k(k)?;
-        Filter::from_proto(filters.clone()).map_err(|e| invalid(e.field, e.message))?;
+        let k = check_count("k", k, MAX_RANKING_K)?;
+        Filter::from_proto(filters.clone())?;
         let mut trace = Trace::default();
         let n = self.config.candidates;
         let t = Instant::now();
@@ -543,9 +532,7 @@ impl Orchestrator {
             degraded,
             stage_ms,
             feature_schema: _,
-        } = self
-            .finish(request, candidates, stats, deadline, trace, started)
-            .await?;
+        } = Box::pin(self.finish(request, candidates, stats, deadline, trace, started)).await?;
         Ok(pb::RecommendResponse {
             items,
             models,
@@ -845,40 +832,33 @@ mod tests {
 
     /// The proto's comment on `degraded` names exactly the values the code can
     /// emit, for Search and (by reference) Recommend.
+    const PROTO: &str = "rankmesh/ranking/v1/ranking.proto";
+
     #[test]
     fn degraded_values_are_the_ones_the_proto_lists() {
-        let c = rankmesh_proto::field_comment(
-            "rankmesh/ranking/v1/ranking.proto",
-            "SearchResponse",
-            "degraded",
-        )
-        .expect("SearchResponse.degraded");
+        let comment = |message| rankmesh_proto::field_comment(PROTO, message, "degraded");
+        let c = comment("SearchResponse").expect("SearchResponse.degraded");
         let quoted: Vec<&str> = c.split('"').skip(1).step_by(2).collect();
         let mut listed = quoted.clone();
         listed.sort_unstable();
         let mut emitted = DEGRADED.to_vec();
         emitted.sort_unstable();
         assert_eq!(listed, emitted, "proto comment: {c:?}");
-        let r = rankmesh_proto::field_comment(
-            "rankmesh/ranking/v1/ranking.proto",
-            "RecommendResponse",
-            "degraded",
-        )
-        .expect("RecommendResponse.degraded");
+        let r = comment("RecommendResponse").expect("RecommendResponse.degraded");
         assert!(r.contains("SearchResponse.degraded"), "{r:?}");
     }
 
     #[test]
     fn input_limits_name_fields() {
         assert!(matches!(
-            check_k(0),
+            check_count("k", 0, MAX_RANKING_K),
             Err(RpcError::InvalidArgument { field, .. }) if field == "k"
         ));
         assert!(matches!(
-            check_k(101),
+            check_count("k", 101, MAX_RANKING_K),
             Err(RpcError::InvalidArgument { field, .. }) if field == "k"
         ));
-        assert_eq!(check_k(100).expect("ok"), 100);
+        assert_eq!(check_count("k", 100, MAX_RANKING_K).expect("ok"), 100);
         assert!(check_user("", false).is_ok());
         assert!(matches!(
             check_user("", true),
