@@ -634,14 +634,20 @@ mod tests {
         VectorIndex::build(dim, IndexParams::default(), "test", entries).expect("build")
     }
 
+    /// `idx` saved to a new folder (returned, so it lives on) and loaded back.
+    fn saved_and_loaded(idx: &VectorIndex) -> (tempfile::TempDir, VectorIndex) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        idx.save(dir.path()).expect("save");
+        let loaded = VectorIndex::load(dir.path()).expect("load");
+        (dir, loaded)
+    }
+
     #[test]
     fn many_concurrent_searches_all_answer() {
         // More searches at once than cores (and than usearch's reserved contexts
         // before): every one answers instead of "Reserve capacity ahead of searches!".
         let idx = build(2_000, 16);
-        let dir = tempfile::tempdir().expect("dir");
-        idx.save(dir.path()).expect("save");
-        let loaded = VectorIndex::load(dir.path()).expect("load");
+        let (_dir, loaded) = saved_and_loaded(&idx);
         for index in [&idx, &loaded] {
             std::thread::scope(|s| {
                 let workers: Vec<_> = (0..48)
@@ -729,9 +735,7 @@ mod tests {
     #[test]
     fn snapshot_round_trips_and_refuses_corruption() {
         let idx = build(1_000, 16);
-        let dir = tempfile::tempdir().expect("tempdir");
-        idx.save(dir.path()).expect("save");
-        let back = VectorIndex::load(dir.path()).expect("load");
+        let (dir, back) = saved_and_loaded(&idx);
         let q = vectors(1, 16, 5).remove(0);
         assert_eq!(
             back.search(&q, 5, &Filter::default()).expect("search"),
