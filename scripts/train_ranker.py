@@ -150,6 +150,45 @@ def train_lambdamart(qid, grades, x, seed):
     return booster
 
 
+def round_thresholds_down(model, booster):
+    """Makes the exported trees branch exactly as LightGBM does on float32 inputs.
+
+    LightGBM tests `x <= t` with a float64 threshold; ONNX stores thresholds as
+    float32 rounded to nearest, so a feature value equal to the float32 just above
+    t went left in training and right in ONNX (seen: a 0.023 score gap on the
+    Home Depot slice). For a float32 x, `x <= t` holds exactly when x is at most the
+    largest float32 not above t, so that is what gets stored.
+    """
+    exact = {}
+
+    def walk(node):
+        if "split_feature" in node:
+            t = float(node["threshold"])
+            exact.setdefault((node["split_feature"], float(np.float32(t))), set()).add(t)
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    for node in model.graph.node:
+        if node.op_type != "TreeEnsembleRegressor":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        features = attrs["nodes_featureids"].ints
+        modes = attrs["nodes_modes"].strings
+        values = attrs["nodes_values"].floats
+        for i, (f, mode) in enumerate(zip(features, modes)):
+            if mode != b"BRANCH_LEQ":
+                continue
+            # Two thresholds within an ulp of each other on one feature cannot be
+            # told apart here; the smaller (the one that sends fewer rows left) wins.
+            t = min(exact.get((f, float(values[i])), {values[i]}))
+            down = np.float32(t)
+            if float(down) > t:
+                down = np.nextafter(down, np.float32(-np.inf))
+            values[i] = float(down)
+
+
 def export_lambdamart(booster, width, path):
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
@@ -160,6 +199,7 @@ def export_lambdamart(booster, width, path):
         target_opset=15,
         zipmap=False,
     )
+    round_thresholds_down(model, booster)
     graph = model.graph
     out = graph.output[0].name
     graph.node.append(helper.make_node("Reshape", [out, "flat"], ["score"]))
