@@ -7,20 +7,17 @@
 //! and judges the SLO: searches go on, and the reconnected container registers
 //! again. The stack is taken down with its volumes afterwards.
 //!
-//! Needs a Docker engine: scripts/test builds the images and sets
-//! RANKMESH_DOCKER_TESTS=1 when it has one; without it this test says it is skipped
-//! and passes.
+//! Needs a Docker engine and the images, so it is `#[ignore]`d by default and never
+//! passes without running: scripts/test builds the images and runs it (with
+//! `--include-ignored`) wherever a Docker engine answers; elsewhere it is counted as
+//! ignored in the summary line. By hand: `scripts/images && cargo test --test compose
+//! -- --ignored`.
 
 use rankmesh_tests::drill;
 
 #[test]
+#[ignore = "needs a Docker engine and scripts/images; scripts/test runs it where Docker is"]
 fn the_compose_stack_survives_a_killed_and_a_partitioned_ranking_container() {
-    if std::env::var("RANKMESH_DOCKER_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: no Docker engine (scripts/test sets RANKMESH_DOCKER_TESTS=1 after building the images when it has one)"
-        );
-        return;
-    }
     let run = drill::run("compose-failover", &[]);
     let logs = std::fs::read_to_string(run.dir.join("logs/compose.log")).unwrap_or_default();
     let tail: Vec<&str> = logs.lines().rev().take(40).collect();
