@@ -63,14 +63,25 @@ async fn hung_and_killed_ranking_replicas_under_load() {
     // Until their leases expire they are still in discovery: dead, not gone.
     let down = bench_report(mesh.bench(&search_load(&queries, "30", "2")));
     assert_eq!(down["failed"], down["sent"], "nothing can succeed");
-    assert!(
-        down["errors"]["Unavailable"].as_u64().unwrap_or(0) > 0,
-        "{}",
+    // The documented failure (README, SDK docs): UNAVAILABLE, fast. Every failure is
+    // UNAVAILABLE (none ran into the 3 s deadline); the typical one is a refused
+    // connection and a retry (2.5 ms here); none waits longer than one ejection
+    // window (`base_ejection`, 500 ms: a call that finds every replica ejected waits
+    // for the first probe; seen once in 60 calls at 503 ms).
+    assert_eq!(
+        down["errors"]["Unavailable"], down["sent"],
+        "every failure is UNAVAILABLE: {}",
         down["errors"]
     );
     assert!(
-        number(&down, &["latency_ms", "max"]) < 3000.0,
-        "no request waited for its deadline: {}",
+        number(&down, &["latency_ms", "p50"]) < 50.0,
+        "a typical UNAVAILABLE takes milliseconds: {}",
+        summary(&down)
+    );
+    let window = rankmesh_client::balance::BalanceConfig::default().base_ejection;
+    assert!(
+        number(&down, &["latency_ms", "max"]) < (window.as_secs_f64() * 1000.0) * 2.0,
+        "no UNAVAILABLE waits past an ejection window ({window:?}) and its probe: {}",
         summary(&down)
     );
 }
