@@ -257,6 +257,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
         }
         FaultKind::Canary => {
             // Made by `prepare` before the load started.
+            let production = ranker_stages(env).await?.production_version;
             let bad = broken_ranker(env, &f.model);
             let v = publish_ranker(env, &bad, "drill: broken canary")
                 .await?
@@ -274,6 +275,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                 f.model, f.percent
             );
             injected.forbidden_model = Some(format!("ranker:{v}"));
+            injected.production_model = Some(format!("ranker:{production}"));
         }
         FaultKind::Delay | FaultKind::Loss | FaultKind::Partition => {
             injected.detail = super::impair(&env.links, f)?;
@@ -310,6 +312,49 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
     }
     injected.detail = injected.detail.trim().to_owned();
     Ok(injected)
+}
+
+/// The ranker's stages and their history, as the registry answers them.
+async fn ranker_stages(
+    env: &Env,
+) -> anyhow::Result<rankmesh_proto::pb::registry::v1::ModelSummary> {
+    use rankmesh_proto::pb::registry::v1 as pb;
+    let req = pb::ListModelsRequest {
+        name: launcher::RANKER_MODEL.to_owned(),
+    };
+    let listed = env
+        .registry()?
+        .list_models(req, rankmesh_client::Deadline::Default)
+        .await
+        .map_err(crate::status)?;
+    listed
+        .models
+        .into_iter()
+        .find(|m| m.name == launcher::RANKER_MODEL)
+        .context("the registry lists no ranker")
+}
+
+/// Seconds from `fault_at_ms` (Unix ms) until the ranker's stage history recorded
+/// the rollback of the canary `forbidden` (`ranker:N`); None when it never did.
+pub(super) async fn canary_rolled_back(
+    env: &Env,
+    forbidden: &str,
+    fault_at_ms: i64,
+) -> Option<f64> {
+    let version = forbidden.strip_prefix("ranker:")?;
+    let stages = match ranker_stages(env).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drill: reading the ranker's stage history: {e:#}");
+            return None;
+        }
+    };
+    let rolled_back = format!("canary v{version} rolled back");
+    stages
+        .history
+        .iter()
+        .find(|e| e.description.contains(&rolled_back))
+        .map(|e| (e.at_ms - fault_at_ms) as f64 / 1000.0)
 }
 
 /// Waits up to `wait` for every service instance not killed to be listed in

@@ -273,6 +273,17 @@ impl Target {
         }
     }
 
+    /// For a canary fault: when the registry recorded its rollback (local only: the
+    /// compose topology runs no canary faults).
+    async fn canary_rolled_back(&self, fault: &Injected, start_ms: i64) -> Option<f64> {
+        let forbidden = fault.forbidden_model.as_deref()?;
+        let fault_at_ms = start_ms + (fault.at_s * 1000.0) as i64;
+        match self {
+            Self::Local { env, .. } => local::canary_rolled_back(env, forbidden, fault_at_ms).await,
+            Self::Compose { .. } => None,
+        }
+    }
+
     async fn rejoined(&self, killed: &[&str]) -> report::Rejoined {
         let wait = Duration::from_secs(10);
         match self {
@@ -716,6 +727,7 @@ async fn drive(
     bench::run(ranking.clone(), &warm).await?;
 
     let start = Instant::now();
+    let start_ms = rankmesh_common::server::now_ms();
     let bench_task = tokio::spawn({
         let load = load.clone();
         async move { bench::run(ranking, &load).await }
@@ -743,6 +755,9 @@ async fn drive(
         injected.push(i);
     }
     let load_report = bench_task.await.context("load task")??;
+    for i in injected.iter_mut().filter(|i| i.production_model.is_some()) {
+        i.rolled_back_after_s = target.canary_rolled_back(i, start_ms).await;
+    }
     let (acked, lost) = match (events, &feature) {
         (Some(t), Some(feature)) => {
             let acked = t.await.context("event task")?;

@@ -24,6 +24,12 @@ pub(crate) struct Injected {
     /// Instances it killed (they are not expected back in discovery).
     #[serde(skip)]
     pub killed: Vec<String>,
+    /// A canary fault: the production ranker (`ranker:N`) every answer must come
+    /// from once the canary is rolled back.
+    pub production_model: Option<String>,
+    /// A canary fault: seconds from the fault until the registry's stage history
+    /// recorded the canary's rollback (None: it never did).
+    pub rolled_back_after_s: Option<f64>,
 }
 
 impl Injected {
@@ -184,6 +190,9 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
             pass: wrong <= slo.wrong_version_answers,
         },
     ];
+    for f in faults.iter().filter(|f| f.production_model.is_some()) {
+        checks.extend(canary_checks(f, &load, slo));
+    }
     if events_acked > 0 {
         checks.push(Check {
             what: "acknowledged events lost".into(),
@@ -219,6 +228,47 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         client,
         load,
     }
+}
+
+/// How long after a rollback the replicas may still answer from the canary: one
+/// stage poll (1 s) and the second the rollback lands in.
+const ROLLBACK_GRACE_S: f64 = 2.0;
+
+/// A bad canary must be rolled back (by the rollout leader, within the recovery
+/// bound) and every answer after it must come from production: a canary whose
+/// answers carry no model (NaN scores degrade to retrieval order) cannot pass by
+/// never being counted as a wrong version.
+fn canary_checks(f: &Injected, load: &Load, slo: &Slo) -> [Check; 2] {
+    let production = f.production_model.as_deref().unwrap_or_default();
+    let rolled_back = Check {
+        what: "canary rolled back".into(),
+        target: format!("<= {} s", slo.recover_within_s),
+        measured: f
+            .rolled_back_after_s
+            .map_or_else(|| "never".into(), |s| format!("{s:.1} s after the fault")),
+        pass: f
+            .rolled_back_after_s
+            .is_some_and(|s| s <= slo.recover_within_s),
+    };
+    let after = f.rolled_back_after_s.map(|s| f.at_s + s + ROLLBACK_GRACE_S);
+    let (mut answers, mut from_production) = (0, 0);
+    for s in &load.timeline {
+        if after.is_some_and(|t| s.second as f64 >= t) {
+            answers += s.requests - s.errors;
+            from_production += s.models.get(production).copied().unwrap_or(0);
+        }
+    }
+    let from_production_check = Check {
+        what: "after rollback".into(),
+        target: format!("all from {production}"),
+        measured: match after {
+            None => "no rollback".into(),
+            Some(_) if answers == 0 => "no answers after the rollback".into(),
+            Some(_) => format!("{from_production} of {answers}"),
+        },
+        pass: answers > 0 && from_production == answers,
+    };
+    [rolled_back, from_production_check]
 }
 
 /// The summary table for the terminal.
@@ -543,12 +593,9 @@ mod tests {
             hypothesis: "h",
             slo: &slo,
             faults: vec![Injected {
-                at_s: 1.0,
-                kind: "stop".into(),
                 detail: "ranking-1".into(),
                 forbidden_model: Some("ranker:1".into()),
-                recovered_after_s: None,
-                killed: vec![],
+                ..Injected::new("stop", 1.0)
             }],
             load: load(vec![
                 second(0, 0, 20.0),
@@ -579,5 +626,46 @@ mod tests {
         let page = html(&r);
         assert!(page.contains("<svg") && page.contains("FAIL") && page.contains("stop"));
         assert!(summary(&r).contains("availability"));
+    }
+
+    #[test]
+    fn a_canary_passes_only_when_rolled_back_in_time_and_production_answers_after() {
+        let slo = Slo {
+            availability: 0.9,
+            p99_ms: 100.0,
+            recover_within_s: 3.0,
+            wrong_version_answers: 0,
+            lost_events: 0,
+        };
+        let canary = |rolled_back_after_s| Injected {
+            forbidden_model: Some("ranker:2".into()),
+            production_model: Some("ranker:1".into()),
+            rolled_back_after_s,
+            ..Injected::new("canary", 1.0)
+        };
+        // Seconds 0..8 answered by production (the `second` helper's ranker:1).
+        let served = load((0..8).map(|s| second(s, 0, 20.0)).collect());
+        let verdict = |f: Injected, l: &Load| {
+            canary_checks(&f, l, &slo).map(|c| (c.what, c.pass, c.measured))
+        };
+        let ok = verdict(canary(Some(2.0)), &served);
+        assert!(ok.iter().all(|(_, pass, _)| *pass), "{ok:?}");
+        assert_eq!(
+            ok[1].2, "30 of 30",
+            "seconds 5, 6, 7 (rollback at 3 s + 2 s grace)"
+        );
+        // Never rolled back, or too late: the first check fails.
+        let never = verdict(canary(None), &served);
+        assert_eq!((never[0].1, never[1].1), (false, false), "{never:?}");
+        assert!(!verdict(canary(Some(4.0)), &served)[0].1);
+        // NaN canary answers carry no ranker: after the rollback they must.
+        let mut degraded = served.clone();
+        degraded.timeline[6].models.clear();
+        let nan = verdict(canary(Some(2.0)), &degraded);
+        assert_eq!(
+            (nan[1].1, nan[1].2.as_str()),
+            (false, "20 of 30"),
+            "{nan:?}"
+        );
     }
 }
