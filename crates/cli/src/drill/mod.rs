@@ -762,9 +762,9 @@ async fn drive(
         (Some(t), Some(feature)) => {
             let acked = t.await.context("event task")?;
             let lost = lost_events(feature, &acked).await;
-            (acked.len() as u64, lost)
+            (Some(acked.len() as u64), lost)
         }
-        _ => (0, None),
+        _ => (None, None),
     };
     let killed: Vec<&str> = injected
         .iter()

@@ -110,7 +110,8 @@ pub(crate) struct Inputs<'a> {
     pub slo: &'a Slo,
     pub faults: Vec<Injected>,
     pub load: Load,
-    pub events_acked: u64,
+    /// Events acknowledged during the load; None when the drill recorded none.
+    pub events_acked: Option<u64>,
     pub events_lost: Option<u64>,
     pub rejoined: Rejoined,
     pub client: String,
@@ -193,15 +194,17 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
     for f in faults.iter().filter(|f| f.production_model.is_some()) {
         checks.extend(canary_checks(f, &load, slo));
     }
-    if events_acked > 0 {
+    if let Some(acked) = events_acked {
+        // A drill about events proves nothing when none was acknowledged.
         checks.push(Check {
             what: "acknowledged events lost".into(),
-            target: format!("<= {}", slo.lost_events),
-            measured: events_lost.map_or_else(
-                || "not read back".into(),
-                |n| format!("{n} of {events_acked}"),
-            ),
-            pass: events_lost.is_some_and(|n| n <= slo.lost_events),
+            target: format!("<= {}, of > 0", slo.lost_events),
+            measured: match events_lost {
+                _ if acked == 0 => "no event acknowledged".into(),
+                None => "not read back".into(),
+                Some(n) => format!("{n} of {acked}"),
+            },
+            pass: acked > 0 && events_lost.is_some_and(|n| n <= slo.lost_events),
         });
     }
     checks.push(Check {
@@ -222,7 +225,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         faults,
         requests_lost: load.failed,
         wrong_version_answers: wrong,
-        events_acked,
+        events_acked: events_acked.unwrap_or(0),
         events_lost,
         rejoined,
         client,
@@ -602,7 +605,7 @@ mod tests {
                 second(1, 2, 20.0),
                 second(2, 0, 20.0),
             ]),
-            events_acked: 0,
+            events_acked: Some(0),
             events_lost: None,
             rejoined: Rejoined::Missing(vec!["ranking-1".into()]),
             client: "hedging, retries".into(),
@@ -619,6 +622,7 @@ mod tests {
             [
                 "availability",
                 "wrong-version answers",
+                "acknowledged events lost",
                 "survivors back in discovery"
             ]
         );
