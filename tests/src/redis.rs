@@ -58,6 +58,21 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server (SIGKILL), keeping its data directory.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data (after [`Self::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = std::env::var("REDIS_BIN").unwrap_or_else(|_| "/usr/bin/redis-server".into());
+        self.spawn(&bin);
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
