@@ -153,11 +153,11 @@ pub struct ServiceInfo {
 }
 
 impl ServiceInfo {
-    /// A service named `name` in discovery that serves `grpc_service`.
-    pub const fn new(name: &'static str, grpc_service: &'static [&'static str]) -> Self {
+    /// A service named `name` in discovery that serves `grpc_services`.
+    pub const fn new(name: &'static str, grpc_services: &'static [&'static str]) -> Self {
         Self {
             name,
-            grpc_services: grpc_service,
+            grpc_services,
         }
     }
 }

@@ -82,8 +82,11 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::GetFeaturesRequest,
     ) -> Result<pb::GetFeaturesResponse, RpcError> {
-        let (user_id, query) = (req.user_id, req.query);
-        let candidate_ids = req.candidate_ids;
+        let pb::GetFeaturesRequest {
+            user_id,
+            query,
+            candidate_ids,
+        } = req;
         if !user_id.is_empty() {
             id_arg("user_id", &user_id)?;
         }

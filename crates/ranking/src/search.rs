@@ -244,12 +244,13 @@ fn ranker_schema(served: Option<feat::FeatureSchema>) -> feat::FeatureSchema {
     schema
 }
 
-fn validate_search(req: &pb::SearchRequest) -> Result<(String, usize), RpcError> {
+/// The trimmed query of a valid request.
+fn validate_search(req: &pb::SearchRequest) -> Result<String, RpcError> {
     let query = req.query.trim().to_owned();
     check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
     check_user(&req.user_id, false)?;
     Filter::from_proto(req.filters.clone())?;
-    Ok((query, req.k as usize))
+    Ok(query)
 }
 
 impl Orchestrator {
@@ -267,7 +268,7 @@ impl Orchestrator {
     ) -> Result<pb::SearchResponse, RpcError> {
         let started = Instant::now();
         let k = check_count("k", req.k, MAX_RANKING_K)?;
-        let (query, _) = validate_search(&req)?;
+        let query = validate_search(&req)?;
         let mut trace = Trace::default();
         let (candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
@@ -301,7 +302,7 @@ impl Orchestrator {
         req: pb::SearchRequest,
         deadline: Instant,
     ) -> Result<pb::FeaturizeResponse, RpcError> {
-        let (query, _) = validate_search(&req)?;
+        let query = validate_search(&req)?;
         let mut trace = Trace::default();
         let (mut candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
