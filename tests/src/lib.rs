@@ -15,25 +15,39 @@ pub mod redis;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago. Racy by nature; the window is small.
+/// A loopback port that was free a moment ago, for one listener of a process a
+/// test starts. Taken from [`free_port_block`]'s allocator, so it is below the
+/// ephemeral range and never handed out twice in one test binary (tests run in
+/// parallel; a port the OS hands out for `:0` can be taken by any outgoing
+/// connection before the service binds it, which failed CI once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the OS hands out an ephemeral loopback port")
+    free_port_block(1)
 }
 
 /// The first of `n` consecutive loopback ports that are free now, for a process
 /// tree that is handed a port range (`meshctl up --base-port`). Chosen below the
 /// ephemeral range (32768+), where outgoing connections cannot take them before the
-/// services bind.
+/// services bind, from a cursor that only moves forward, so no two callers in this
+/// binary get overlapping ports; the random start keeps test binaries run side by
+/// side apart.
 pub fn free_port_block(n: u16) -> u16 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    for attempt in 0..1_000u32 {
-        let start = 10_000 + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % 22_000) as u16;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static SEED: OnceLock<u32> = OnceLock::new();
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let seed = *SEED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761)
+    });
+    let n32 = u32::from(n);
+    for _ in 0..1_000u32 {
+        let offset = CURSOR.fetch_add(n32, Ordering::Relaxed);
+        let start = LOW + seed.wrapping_add(offset) % (SPAN - n32);
+        let start = start as u16;
         if (start..start + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return start;
         }

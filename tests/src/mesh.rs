@@ -119,16 +119,7 @@ impl LocalMesh {
 
     /// Runs `meshctl ARGS` and returns its stdout; panics with stderr when it fails.
     pub fn meshctl(&self, args: &[&str]) -> String {
-        let out = Command::new(binary("meshctl"))
-            .args(args)
-            .output()
-            .expect("run meshctl");
-        assert!(
-            out.status.success(),
-            "meshctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::process::meshctl(args)
     }
 
     /// Starts `meshctl bench` at the mesh (through etcd discovery) with `args`;

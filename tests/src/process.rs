@@ -100,3 +100,17 @@ impl Drop for ServiceProcess {
         self.kill();
     }
 }
+
+/// Runs `meshctl ARGS` and returns its stdout; panics with stderr when it fails.
+pub fn meshctl(args: &[&str]) -> String {
+    let out = std::process::Command::new(binary("meshctl"))
+        .args(args)
+        .output()
+        .expect("run meshctl");
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -851,3 +851,104 @@ async fn registry_on_an_s3_compatible_store() {
         MasterKeys::from_hex(&[("k1".to_owned(), K1.to_owned())].into(), "k1").expect("keys");
     assert_eq!(open(&m, &keys, &whole), model);
 }
+
+/// `meshctl model show` prints what a replica will trust: the signed manifest
+/// checked against the registry's public key (valid with the right key, INVALID with
+/// another, unchecked with none), with cipher, key id, digests, sidecars, metadata
+/// and stage history; `model list` shows the same signature status per version.
+#[tokio::test]
+async fn meshctl_model_show_checks_the_signature_and_prints_the_manifest() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proc = spawn_registry(
+        &etcd,
+        "registry-show",
+        &registry_env(&dir.path().join("blobs"), &[]),
+    );
+    let mut c = connect(&proc).await;
+    let model = std::fs::read(models_dir().join("ranker/model.onnx")).expect("default ranker");
+    let m = publish(
+        &mut c,
+        "ranker",
+        &model,
+        &[("dev_ndcg10", "0.44"), ("algo", "lambdamart")],
+        &[("schema.json", b"{\"columns\": []}".to_vec())],
+    )
+    .await
+    .expect("publish");
+    let stage = pb::SetStageRequest {
+        name: "ranker".into(),
+        version: m.version,
+        stage: pb::Stage::Production as i32,
+        reason: "show test".into(),
+        ..Default::default()
+    };
+    c.set_stage(authed(stage, TOKEN)).await.expect("promote");
+
+    let good = hex(&ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+        .verifying_key()
+        .to_bytes());
+    let other = hex(&ed25519_dalek::SigningKey::from_bytes(&[8u8; 32])
+        .verifying_key()
+        .to_bytes());
+    let no_state = dir.path().join("no-mesh-here");
+    let no_state = no_state.to_str().expect("utf-8 path");
+    let endpoint = etcd.endpoints()[0].clone();
+    let meshctl = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["model", "--etcd", &endpoint, "--state-dir", no_state];
+        all.extend(args);
+        serde_json::from_str(&rankmesh_tests::process::meshctl(&all)).expect("JSON")
+    };
+
+    // The production version by default, every field of the signed manifest.
+    let shown = meshctl(&["--verify-key", &good, "show", "ranker", "--json"]);
+    assert_eq!(shown["version"], m.version);
+    let v = &shown["variants"][0];
+    assert_eq!(v["signature"], "valid", "{shown:#}");
+    assert_eq!(v["signature_scheme"], "ed25519");
+    assert_eq!(v["cipher"], "AES-256-GCM");
+    assert_eq!(v["key_id"], "k1");
+    assert_eq!(v["sha256"], m.sha256_plaintext);
+    assert_eq!(v["size_bytes"], model.len() as u64);
+    assert_eq!(v["stage"], "production");
+    assert_eq!(v["metadata"]["dev_ndcg10"], "0.44");
+    assert_eq!(v["sidecars"][0]["name"], "schema.json");
+    assert_eq!(v["blob"], "models/ranker/1/fp32.bin");
+    assert_eq!(shown["verify_key"], good.as_str());
+    let history = shown["history"].as_array().expect("history");
+    assert!(
+        history.iter().any(|h| h["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("show test"))),
+        "{shown:#}"
+    );
+
+    // Another key: a replica would refuse it, and show says so.
+    let wrong = meshctl(&["--verify-key", &other, "show", "ranker", "1", "--json"]);
+    assert_eq!(wrong["variants"][0]["signature"], "INVALID", "{wrong:#}");
+    assert!(wrong["variants"][0]["signature_error"].is_string());
+    // No key at all (no local mesh): unchecked, never valid.
+    let unchecked = meshctl(&["show", "ranker", "1", "--json"]);
+    assert_eq!(unchecked["variants"][0]["signature"], "unchecked");
+
+    let listed = meshctl(&["--verify-key", &good, "list", "ranker", "--json"]);
+    let versions = &listed[0]["versions"];
+    assert_eq!(versions[0]["signature"], "valid", "{listed:#}");
+    assert_eq!(versions[0]["cipher"], "AES-256-GCM");
+
+    // A version that is not there is an error naming it.
+    let out = std::process::Command::new(rankmesh_tests::process::binary("meshctl"))
+        .args([
+            "model",
+            "--etcd",
+            &etcd.endpoints()[0],
+            "show",
+            "ranker",
+            "9",
+        ])
+        .output()
+        .expect("run meshctl");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no version 9"), "{err}");
+}

@@ -20,6 +20,11 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The AEAD every artifact and data key is sealed with, as `meshctl model show` names it.
+pub const CIPHER: &str = "AES-256-GCM";
+/// The manifest signature scheme.
+pub const SIGNATURE_SCHEME: &str = "ed25519";
+
 const NONCE_LEN: usize = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

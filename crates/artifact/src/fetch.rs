@@ -131,6 +131,19 @@ pub fn verify_key(hex: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
 }
 
+/// Checks the registry's ed25519 `signature` over the signed manifest bytes and
+/// parses them: the one way a manifest is read outside the registry (replicas before
+/// fetching, `meshctl model show`). The fields of a `ModelManifest` outside
+/// `signed_manifest` are not signed; trust what this returns instead.
+pub fn verify_manifest(
+    key: &VerifyingKey,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<Manifest, String> {
+    envelope::verify(key, signed, &hex(signature)).map_err(|e| e.to_string())?;
+    serde_json::from_slice(signed).map_err(|e| format!("manifest: {e}"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -291,10 +304,8 @@ impl Fetcher {
     }
 
     fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<Manifest, FollowError> {
-        envelope::verify(&self.verify_key, signed, &hex(signature))
-            .map_err(|e| FollowError::Verify(e.to_string()))?;
-        let m: Manifest = serde_json::from_slice(signed)
-            .map_err(|e| FollowError::Verify(format!("manifest: {e}")))?;
+        let m =
+            verify_manifest(&self.verify_key, signed, signature).map_err(FollowError::Verify)?;
         if m.name != self.source.model {
             return Err(FollowError::Verify(format!(
                 "manifest is for {:?}, not {:?}",

@@ -71,6 +71,10 @@ impl Default for BalanceConfig {
 }
 
 type Inner = tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+/// What both layers of the balancer (the p2c set and each ejecting endpoint) answer
+/// with.
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
 
 /// A cloneable, balanced gRPC channel to one service.
 #[derive(Clone)]
@@ -232,8 +236,7 @@ impl Balanced {
 impl Service<http::Request<Body>> for Balanced {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.in_rotation() == 0 {
@@ -600,8 +603,7 @@ impl Ejecting {
 impl Service<http::Request<Body>> for Ejecting {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Not ready while ejected or probing: p2c picks among the others. The timer

@@ -651,35 +651,12 @@ impl Registry {
                 "{name} v{version} not found"
             )));
         }
-        self.change_stages(&name, expected_revision, |s, now| {
-            match stage {
-                pb::Stage::Production => {
-                    if s.production != 0 && s.production != version {
-                        s.previous.push(s.production);
-                    }
-                    s.production = version;
-                    if s.canary == version {
-                        s.canary = 0;
-                        s.canary_percent = 0;
-                        s.canary_since_ms = 0;
-                    }
-                    s.record(now, format!("production -> v{version}: {reason}"));
-                }
-                _ => {
-                    if s.production == version {
-                        return Err(StoreError::Conflict(format!(
-                            "v{version} is already in production"
-                        )));
-                    }
-                    if s.canary != version {
-                        s.canary_since_ms = now;
-                    }
-                    s.canary = version;
-                    s.canary_percent = percent;
-                    s.record(now, format!("canary -> v{version} at {percent}%: {reason}"));
-                }
+        self.change_stages(&name, expected_revision, |s, now| match stage {
+            pb::Stage::Production => {
+                s.promote(now, version, &reason);
+                Ok(())
             }
-            Ok(())
+            _ => s.start_canary(now, version, percent, &reason),
         })
         .await
     }
@@ -691,26 +668,7 @@ impl Registry {
         let (name, reason) = (req.name.as_str(), &req.reason);
         check_name(name)?;
         self.change_stages(name, req.expected_revision, |s, now| {
-            if s.canary != 0 {
-                // A running canary is the latest step: end it, production stays.
-                let canary = s.canary;
-                s.canary = 0;
-                s.canary_percent = 0;
-                s.canary_since_ms = 0;
-                s.record(now, format!("canary v{canary} rolled back: {reason}"));
-                return Ok(());
-            }
-            let Some(prev) = s.previous.pop() else {
-                return Err(StoreError::Conflict(format!(
-                    "{name} has no canary and no previous production version"
-                )));
-            };
-            let from = s.production;
-            s.production = prev;
-            s.canary = 0;
-            s.canary_percent = 0;
-            s.record(now, format!("rollback v{from} -> v{prev}: {reason}"));
-            Ok(())
+            s.roll_back(now, name, reason)
         })
         .await
     }

@@ -78,6 +78,70 @@ impl Stages {
         let excess = self.history.len().saturating_sub(HISTORY);
         self.history.drain(..excess);
     }
+
+    /// Makes `version` production; the one it replaces is what a rollback restores.
+    /// A canary of `version` ends: it has been promoted.
+    pub fn promote(&mut self, at_ms: i64, version: u64, reason: &str) {
+        if self.production != 0 && self.production != version {
+            self.previous.push(self.production);
+        }
+        self.production = version;
+        if self.canary == version {
+            self.end_canary();
+        }
+        self.record(at_ms, format!("production -> v{version}: {reason}"));
+    }
+
+    /// Sends `percent` of traffic to `version`; its start time is kept when only the
+    /// share of a running canary changes (rollout's soak time counts from the start).
+    pub fn start_canary(
+        &mut self,
+        at_ms: i64,
+        version: u64,
+        percent: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if self.production == version {
+            return Err(StoreError::Conflict(format!(
+                "v{version} is already in production"
+            )));
+        }
+        if self.canary != version {
+            self.canary_since_ms = at_ms;
+        }
+        self.canary = version;
+        self.canary_percent = percent;
+        self.record(
+            at_ms,
+            format!("canary -> v{version} at {percent}%: {reason}"),
+        );
+        Ok(())
+    }
+
+    /// Undoes the latest step: a running canary ends (production stays), else
+    /// production goes back to the version before it. `name` is for the error.
+    pub fn roll_back(&mut self, at_ms: i64, name: &str, reason: &str) -> Result<(), StoreError> {
+        let canary = self.end_canary();
+        if canary != 0 {
+            self.record(at_ms, format!("canary v{canary} rolled back: {reason}"));
+            return Ok(());
+        }
+        let Some(prev) = self.previous.pop() else {
+            return Err(StoreError::Conflict(format!(
+                "{name} has no canary and no previous production version"
+            )));
+        };
+        let from = std::mem::replace(&mut self.production, prev);
+        self.record(at_ms, format!("rollback v{from} -> v{prev}: {reason}"));
+        Ok(())
+    }
+
+    /// Ends the running canary, if any: its version (0: there was none).
+    fn end_canary(&mut self) -> u64 {
+        self.canary_percent = 0;
+        self.canary_since_ms = 0;
+        std::mem::take(&mut self.canary)
+    }
 }
 
 fn model_key(name: &str, rest: &str) -> String {
@@ -399,6 +463,43 @@ mod tests {
     use rankmesh_artifact::envelope::Sealed;
     use rankmesh_common::config::EtcdConfig;
     use rankmesh_tests::etcd::EtcdCluster;
+
+    #[test]
+    fn stages_promote_canary_and_roll_back_one_step_at_a_time() {
+        let mut s = Stages::default();
+        s.promote(1, 1, "first");
+        s.promote(2, 2, "second");
+        s.start_canary(3, 3, 10, "try").expect("canary");
+        s.start_canary(4, 3, 20, "widen").expect("wider share");
+        assert_eq!((s.canary, s.canary_percent, s.canary_since_ms), (3, 20, 3));
+        assert!(matches!(
+            s.start_canary(5, 2, 10, "again"),
+            Err(StoreError::Conflict(_))
+        ));
+
+        // A rollback ends the canary first, and leaves production alone.
+        s.roll_back(6, "m", "bad canary").expect("canary rollback");
+        assert_eq!(
+            (s.production, s.canary, s.canary_percent, s.canary_since_ms),
+            (2, 0, 0, 0)
+        );
+        // Then production steps back, once per earlier version.
+        s.roll_back(7, "m", "bad v2").expect("production rollback");
+        assert_eq!(s.production, 1);
+        assert!(matches!(
+            s.roll_back(8, "m", "nothing left"),
+            Err(StoreError::Conflict(_))
+        ));
+
+        // Promoting the canary's version ends the canary.
+        s.start_canary(9, 4, 5, "try v4").expect("canary");
+        s.promote(10, 4, "v4 is good");
+        assert_eq!(
+            (s.production, s.canary, s.previous.clone()),
+            (4, 0, vec![1])
+        );
+        assert_eq!(s.history.len(), 8, "failed steps record nothing");
+    }
 
     async fn db(cluster: &EtcdCluster) -> ModelDb {
         let cfg = EtcdConfig {

@@ -248,11 +248,9 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                     .push_str(&format!("SIGSTOP {name} for {} s ", f.duration_s));
             }
             let hold = Duration::from_secs_f64(f.duration_s);
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                for (_, pid) in targets {
-                    send(pid, Signal::SIGCONT);
-                }
+            super::undo_after(hold, targets, |(_, pid)| async move {
+                send(pid, Signal::SIGCONT);
+                Ok(())
             });
         }
         FaultKind::Canary => {

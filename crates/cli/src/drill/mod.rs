@@ -321,11 +321,9 @@ fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
     };
     let names: Vec<&str> = f.links().iter().map(|l| l.name()).collect();
     let hold = Duration::from_secs_f64(f.duration_s);
-    tokio::spawn(async move {
-        tokio::time::sleep(hold).await;
-        for p in impaired {
-            p.heal();
-        }
+    undo_after(hold, impaired, |p| async move {
+        p.heal();
+        Ok(())
     });
     Ok(format!(
         "{what} on {} ({} links) for {} s",
@@ -333,6 +331,25 @@ fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
         names.join(" and "),
         f.duration_s
     ))
+}
+
+/// Ends a held fault once `hold` has passed: `undo` runs for each of `held`, in
+/// order; a failure is logged and the rest are still undone (a drill must not leave
+/// the mesh broken because one restore failed).
+fn undo_after<T, F, Fut>(hold: Duration, held: Vec<T>, undo: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        for h in held {
+            if let Err(e) = undo(h).await {
+                eprintln!("drill: ending a fault: {e:#}");
+            }
+        }
+    });
 }
 
 /// Injects one fault into the compose stack.
@@ -370,12 +387,13 @@ async fn inject_compose(
                     .push_str(&format!("docker pause {t} for {} s ", f.duration_s));
             }
             let stack = stack.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                for t in targets {
-                    if let Err(e) = stack.unpause(&t).await {
-                        eprintln!("drill: unpause {t}: {e:#}");
-                    }
+            undo_after(hold, targets, move |t| {
+                let stack = stack.clone();
+                async move {
+                    stack
+                        .unpause(&t)
+                        .await
+                        .with_context(|| format!("unpause {t}"))
                 }
             });
         }
@@ -389,13 +407,9 @@ async fn inject_compose(
                 ));
             }
             let stack = stack.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                for d in detached {
-                    if let Err(e) = stack.reconnect(&d).await {
-                        eprintln!("drill: reconnect: {e:#}");
-                    }
-                }
+            undo_after(hold, detached, move |d| {
+                let stack = stack.clone();
+                async move { stack.reconnect(&d).await.context("reconnect") }
             });
         }
         FaultKind::Delay | FaultKind::Loss => injected.detail = impair(links, f)?,

@@ -1,6 +1,9 @@
-//! `meshctl model`: publish, list, promote, roll back and rotate keys in the registry.
-//! Writes take the admin token from `--token`, `RANKMESH_ADMIN_TOKEN`, or the local
-//! mesh's secrets file.
+//! `meshctl model`: publish, list, show, promote, roll back and rotate keys in the
+//! registry. Writes take the admin token from `--token`, `RANKMESH_ADMIN_TOKEN`, or
+//! the local mesh's secrets file; signatures are checked with `--verify-key` or the
+//! local mesh's public key.
+
+mod show;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +14,7 @@ use rankmesh_client::{Deadline, RegistryClient, Resolver};
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use crate::args::{StateArgs, TargetArgs, parse_kv, status};
+use show::{Verifier, show};
 
 /// Uploads and listings of large models take a while.
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -118,7 +122,8 @@ pub(crate) async fn production(
     }
 }
 
-pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> anyhow::Result<()> {
+/// Every model's versions and stages (`name` empty), or just `name`'s.
+async fn summaries(registry: &RegistryClient, name: &str) -> anyhow::Result<Vec<pb::ModelSummary>> {
     let req = pb::ListModelsRequest {
         name: name.to_owned(),
     };
@@ -126,9 +131,18 @@ pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> a
         .list_models(req, Deadline::Default)
         .await
         .map_err(status)?;
+    Ok(r.models)
+}
+
+async fn list(
+    registry: &RegistryClient,
+    name: &str,
+    verifier: &Verifier,
+    json: bool,
+) -> anyhow::Result<()> {
+    let models = summaries(registry, name).await?;
     if json {
-        let out: Vec<_> = r
-            .models
+        let out: Vec<_> = models
             .iter()
             .map(|m| {
                 serde_json::json!({
@@ -137,6 +151,7 @@ pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> a
                     "versions": m.versions.iter().map(|v| serde_json::json!({
                         "version": v.version, "variant": v.variant, "size_bytes": v.size_bytes,
                         "stage": v.stage, "key_id": v.key_id, "created_ms": v.created_ms,
+                        "cipher": rankmesh_artifact::envelope::CIPHER, "signature": verifier.check(v).word(),
                         "metadata": v.metadata,
                     })).collect::<Vec<_>>(),
                     "history": m.history.iter().map(|h| serde_json::json!({ "at_ms": h.at_ms, "description": h.description })).collect::<Vec<_>>(),
@@ -146,7 +161,7 @@ pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> a
         println!("{}", serde_json::Value::Array(out));
         return Ok(());
     }
-    for m in &r.models {
+    for m in &models {
         println!(
             "{}: production v{}, canary {}",
             m.name,
@@ -159,8 +174,14 @@ pub(crate) async fn list(registry: &RegistryClient, name: &str, json: bool) -> a
         );
         for v in &m.versions {
             println!(
-                "  v{:<4} {:<5} {:>12} bytes  key {:<8} {}",
-                v.version, v.variant, v.size_bytes, v.key_id, v.stage
+                "  v{:<4} {:<5} {:>12} bytes  {} key {:<8} signature {:<9} {}",
+                v.version,
+                v.variant,
+                v.size_bytes,
+                rankmesh_artifact::envelope::CIPHER,
+                v.key_id,
+                verifier.check(v).word(),
+                v.stage
             );
             // Training figures (meshctl ranker train) say what a ranker is worth.
             let dev: Vec<String> = v
@@ -257,6 +278,10 @@ pub(crate) struct ModelArgs {
     /// mesh's secrets file.
     #[arg(long, env = "RANKMESH_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The registry's ed25519 public key (hex) to check manifest signatures with;
+    /// default: the local mesh's. Without one, signatures show as unchecked.
+    #[arg(long, env = "RANKMESH_VERIFY_KEY")]
+    verify_key: Option<String>,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -284,10 +309,21 @@ enum ModelCommand {
         #[arg(long)]
         int8: Option<PathBuf>,
     },
-    /// Versions, stages and stage history.
+    /// Versions, stages and stage history; the cipher and signature status of each
+    /// version.
     List {
         #[arg(default_value = "")]
         name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One version's manifest in every variant: digests, size, cipher, key id,
+    /// signature (checked here) and signing key, interface, sidecars, metadata
+    /// (training metrics included), and the model's stage history.
+    Show {
+        name: String,
+        /// Default: the production version.
+        version: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -313,7 +349,10 @@ enum ModelCommand {
 pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
     let resolver = a.target.resolver("registry").await?;
     // Reads need no token; a write without one fails here, before any upload.
-    let writes = !matches!(a.command, ModelCommand::List { .. });
+    let writes = !matches!(
+        a.command,
+        ModelCommand::List { .. } | ModelCommand::Show { .. }
+    );
     let token = if writes {
         Some(crate::launcher::admin_token(
             a.token.as_deref(),
@@ -350,7 +389,18 @@ pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
                 publish(&registry, &up).await?;
             }
         }
-        ModelCommand::List { name, json } => list(&registry, &name, json).await?,
+        ModelCommand::List { name, json } => {
+            let verifier = Verifier::new(a.verify_key.as_deref(), &a.state.state_dir)?;
+            list(&registry, &name, &verifier, json).await?
+        }
+        ModelCommand::Show {
+            name,
+            version,
+            json,
+        } => {
+            let verifier = Verifier::new(a.verify_key.as_deref(), &a.state.state_dir)?;
+            show(&registry, &name, version.unwrap_or(0), &verifier, json).await?
+        }
         ModelCommand::Promote {
             name,
             version,
