@@ -952,3 +952,156 @@ async fn meshctl_model_show_checks_the_signature_and_prints_the_manifest() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no version 9"), "{err}");
 }
+
+/// Two registries on one etcd and one blob store: exactly one leads garbage
+/// collection; it deletes the versions the retention policy drops (keep the newest
+/// one, and production) with their blobs, and blobs no manifest names. Killed, its
+/// peer takes over and goes on collecting.
+#[tokio::test]
+async fn garbage_collection_runs_on_the_elected_registry_and_fails_over() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs");
+    let env = registry_env(
+        &blobs,
+        &[
+            ("RANKMESH__REGISTRY__RETENTION__KEEP_VERSIONS", "1"),
+            ("RANKMESH__REGISTRY__RETENTION__INTERVAL_S", "0.2"),
+            ("RANKMESH__REGISTRY__RETENTION__ORPHAN_GRACE_S", "0"),
+        ],
+    );
+    let mut registries = [
+        spawn_registry(&etcd, "registry-a", &env),
+        spawn_registry(&etcd, "registry-b", &env),
+    ];
+    let observer = rankmesh_common::election::Candidate::new(
+        etcd_client(&etcd).await,
+        // The registry's `gc::GC_ROLE`.
+        "registry-gc",
+        "observer",
+    );
+    let leader = eventually(
+        Duration::from_secs(20),
+        "a garbage-collection leader",
+        || {
+            let observer = &observer;
+            async move { observer.leader().await.ok().flatten() }
+        },
+    )
+    .await;
+    let (lead, other) = if leader == "registry-a" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert!(
+        ["registry-a", "registry-b"].contains(&leader.as_str()),
+        "{leader}"
+    );
+    // Publish through the one that does not lead: any replica serves writes.
+    let mut c = connect(&registries[other]).await;
+    let model = std::fs::read(models_dir().join("ranker/model.onnx")).expect("default ranker");
+    let publish_next = async |c: &mut ModelRegistryClient<Channel>| {
+        publish(c, "ranker", &model, &[], &[])
+            .await
+            .expect("publish")
+            .version
+    };
+    let v1 = publish_next(&mut c).await;
+    promote(&mut c, v1).await;
+    let v2 = publish_next(&mut c).await;
+    let v3 = publish_next(&mut c).await;
+    let stray = blobs.join("models/stray/1/fp32.bin");
+    std::fs::create_dir_all(stray.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&stray, b"no manifest names me").expect("orphan blob");
+
+    let blob = |v: u64| blobs.join(format!("models/ranker/{v}/fp32.bin"));
+    wait_versions(&mut c, &[v1, v3], "v2 collected").await;
+    assert!(!blob(v2).exists(), "v2's blob deleted with it");
+    assert!(blob(v1).exists() && blob(v3).exists());
+    eventually(Duration::from_secs(10), "the orphan blob collected", || {
+        let gone = !stray.exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+
+    // The leader dies; its peer is elected and collects from then on.
+    registries[lead].kill();
+    let next = eventually(
+        Duration::from_secs(20),
+        "a new garbage-collection leader",
+        || {
+            let observer = &observer;
+            let leader = &leader;
+            async move {
+                observer
+                    .leader()
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|l| l != leader)
+            }
+        },
+    )
+    .await;
+    assert_eq!(next, registries[other].name);
+    let v4 = publish_next(&mut c).await;
+    let v5 = publish_next(&mut c).await;
+    wait_versions(&mut c, &[v1, v5], "v3 and v4 collected by the new leader").await;
+    assert!(!blob(v3).exists() && !blob(v4).exists());
+    let history = c
+        .list_models(pb::ListModelsRequest {
+            name: "ranker".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .models[0]
+        .history
+        .iter()
+        .map(|h| h.description.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("garbage collection removed v2")),
+        "{history:?}"
+    );
+}
+
+async fn promote(c: &mut ModelRegistryClient<Channel>, version: u64) {
+    let req = pb::SetStageRequest {
+        name: "ranker".into(),
+        version,
+        stage: pb::Stage::Production as i32,
+        reason: "gc test".into(),
+        ..Default::default()
+    };
+    c.set_stage(authed(req, TOKEN)).await.expect("promote");
+}
+
+/// Waits until the registry lists exactly `want` as the ranker's versions.
+async fn wait_versions(c: &mut ModelRegistryClient<Channel>, want: &[u64], what: &str) {
+    eventually(Duration::from_secs(20), what, || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .list_models(pb::ListModelsRequest {
+                    name: "ranker".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let mut have: Vec<u64> = r
+                .models
+                .first()?
+                .versions
+                .iter()
+                .map(|m| m.version)
+                .collect();
+            have.dedup();
+            (have == want).then_some(())
+        }
+    })
+    .await;
+}

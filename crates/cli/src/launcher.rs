@@ -118,7 +118,7 @@ pub(crate) fn read_state(dir: &Path) -> anyhow::Result<Option<MeshState>> {
     }
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
 }
 
@@ -651,6 +651,33 @@ fn reap_in_background(mut child: std::process::Child) -> u32 {
 
 fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(path).with_context(|| format!("create {}", path.display()))
+}
+
+/// Starts instance `name` (a service instance, or `redis`) of the mesh `opts`
+/// started, again: same addresses, configuration and data, as after a crash. Its new
+/// pid goes into the state file, so `meshctl down` stops it; the log of the run
+/// before is kept as `NAME.log.1`.
+pub(crate) async fn restart(opts: &UpOptions, name: &str) -> anyhow::Result<()> {
+    let mut state = read_state(&opts.state_dir)?
+        .with_context(|| format!("no mesh state in {}", opts.state_dir.display()))?;
+    if let Some(old) = state.processes.iter().find(|p| p.name == name) {
+        let _ = std::fs::rename(&old.log, old.log.with_extension("log.1"));
+    }
+    state.processes.retain(|p| p.name != name);
+    let logs = opts.state_dir.join("logs");
+    if name == "redis" {
+        let port = opts.redis_port.context("this mesh has no Redis")?;
+        start_redis(opts, &logs, port, &mut state).await?;
+    } else {
+        let inst = instances(opts)
+            .into_iter()
+            .find(|i| i.0 == name)
+            .with_context(|| format!("{name} is not an instance of this mesh"))?;
+        let secrets = registry_secrets(&opts.state_dir)?;
+        let etcd = state.etcd.clone();
+        spawn(opts, &logs, &etcd, &secrets, inst, &mut state)?;
+    }
+    write_state(&opts.state_dir, &state)
 }
 
 /// Debian's redis-server on `port`, append-only with an fsync per write (so an

@@ -233,19 +233,16 @@ impl Leadership {
         &self,
         ops: Vec<TxnOp>,
     ) -> Result<etcd_client::TxnResponse, ElectionError> {
-        let mut client = self.etcd.client();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.key(),
-                CompareOp::Equal,
-                self.key.rev(),
-            )])
-            .and_then(ops);
-        let resp = self.etcd.timed(client.txn(txn)).await?;
-        if resp.succeeded() {
-            Ok(resp)
-        } else {
-            Err(ElectionError::NotLeader)
+        self.fence().txn(ops).await
+    }
+
+    /// The fencing token as a value, for work that outlives a borrow of this
+    /// leadership (a leader's background task).
+    pub fn fence(&self) -> Fence {
+        Fence {
+            etcd: self.etcd.clone(),
+            key: self.key.key().to_vec(),
+            revision: self.key.rev(),
         }
     }
 
@@ -265,6 +262,58 @@ impl Leadership {
         let mut client = self.etcd.client();
         self.etcd.timed(client.lease_revoke(self.lease)).await?;
         Ok(())
+    }
+}
+
+/// A leader's fencing token: writes through it apply only while the leader key still
+/// has the create revision it had when this candidate won.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    etcd: Etcd,
+    key: Vec<u8>,
+    revision: i64,
+}
+
+impl Fence {
+    fn leads(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)
+    }
+
+    /// Applies `ops` only while leading; [`ElectionError::NotLeader`] otherwise,
+    /// having changed nothing.
+    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<etcd_client::TxnResponse, ElectionError> {
+        let mut client = self.etcd.client();
+        let txn = Txn::new().when([self.leads()]).and_then(ops);
+        let resp = self.etcd.timed(client.txn(txn)).await?;
+        if resp.succeeded() {
+            Ok(resp)
+        } else {
+            Err(ElectionError::NotLeader)
+        }
+    }
+
+    /// Applies `ops` only while leading and while every one of `conditions` holds:
+    /// `Ok(true)` when applied, `Ok(false)` (nothing changed) when a condition failed
+    /// while still leading, [`ElectionError::NotLeader`] when leadership is gone.
+    pub async fn txn_if(
+        &self,
+        conditions: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool, ElectionError> {
+        let mut client = self.etcd.client();
+        let mut when = vec![self.leads()];
+        when.extend(conditions);
+        let txn = Txn::new().when(when).and_then(ops);
+        if self.etcd.timed(client.txn(txn)).await?.succeeded() {
+            return Ok(true);
+        }
+        self.check().await.map(|()| false)
+    }
+
+    /// Ok while this candidate still leads (one etcd round trip), for side effects
+    /// outside etcd that cannot join a transaction: check right before each.
+    pub async fn check(&self) -> Result<(), ElectionError> {
+        self.txn(Vec::new()).await.map(drop)
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`store`]: versions and stages in etcd; encrypted blobs in an object store.
 //! - [`service`]: the gRPC API (publish with validation in ONNX Runtime, fetch with
 //!   resume, stages, rollback, key rotation; writes need the admin token).
+//! - [`gc`]: the retention policy, applied by the one replica that leads the
+//!   `registry-gc` election, fenced on its leader key.
 //! - [`error`]: the one error type every RPC answers through.
 //!
 //! Sealing and signing come from `rankmesh-artifact` ([`envelope`]), which is also
@@ -14,6 +16,7 @@
 pub use rankmesh_artifact::envelope;
 
 pub mod error;
+pub mod gc;
 pub mod service;
 pub mod store;
 
@@ -24,13 +27,16 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use rankmesh_common::config::{ConfigError, invalid};
+use rankmesh_common::election::{Candidate, lead_forever};
 use rankmesh_common::onnx::OnnxConfig;
-use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, serve};
+use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, instance_id, serve};
 use rankmesh_common::service::{ScaffoldError, connect_etcd};
 use rankmesh_proto::pb::registry::v1::model_registry_server::ModelRegistryServer;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::envelope::MasterKeys;
+use crate::gc::RetentionConfig;
 use crate::service::{Registry, RegistryApi};
 use crate::store::{Blobs, ModelDb};
 
@@ -71,6 +77,8 @@ pub struct RegistryConfig {
     /// Cap on each FetchModel stream, bytes per second (0: none), so a fleet of
     /// replicas fetching a new version at once does not saturate the network.
     pub fetch_bytes_per_s: u64,
+    /// Which versions and blobs are kept; the elected replica deletes the rest.
+    pub retention: RetentionConfig,
 }
 
 /// An S3-compatible bucket. Credentials: `AWS_ACCESS_KEY_ID` and
@@ -98,6 +106,7 @@ impl Default for RegistryConfig {
             signing_key: String::new(),
             max_artifact_bytes: 2 << 30,
             fetch_bytes_per_s: 0,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -142,6 +151,21 @@ impl Config {
             .map_err(|e| invalid("registry.master_keys", "(not shown)", &e.to_string()))?;
         signing_key(&r.signing_key)
             .map_err(|m| invalid("registry.signing_key", "(not shown)", &m))?;
+        let g = &r.retention;
+        if !(g.interval_s.is_finite() && g.interval_s > 0.0) {
+            return Err(invalid(
+                "registry.retention.interval_s",
+                g.interval_s.to_string(),
+                "must be > 0",
+            ));
+        }
+        if !(g.orphan_grace_s.is_finite() && g.orphan_grace_s >= 0.0) {
+            return Err(invalid(
+                "registry.retention.orphan_grace_s",
+                g.orphan_grace_s.to_string(),
+                "must be >= 0",
+            ));
+        }
         Ok(())
     }
 }
@@ -173,13 +197,14 @@ pub async fn run(
     let r = &config.registry;
     let keys = MasterKeys::from_hex(&r.master_keys, &r.current_key)
         .map_err(|e| Error::Setup(e.to_string()))?;
+    let blobs = match r.store.as_str() {
+        "s3" => Blobs::s3(&r.s3.bucket, &r.s3.endpoint, &r.s3.region, r.s3.allow_http),
+        _ => Blobs::local(&r.blob_dir),
+    }
+    .map_err(|e| Error::Setup(e.to_string()))?;
     let registry = Arc::new(Registry {
         db: ModelDb::new(etcd.clone()),
-        blobs: match r.store.as_str() {
-            "s3" => Blobs::s3(&r.s3.bucket, &r.s3.endpoint, &r.s3.region, r.s3.allow_http),
-            _ => Blobs::local(&r.blob_dir),
-        }
-        .map_err(|e| Error::Setup(e.to_string()))?,
+        blobs: blobs.clone(),
         keys: std::sync::RwLock::new(keys),
         signing: signing_key(&r.signing_key).map_err(Error::Setup)?,
         admin_token: r.admin_token.clone(),
@@ -192,17 +217,46 @@ pub async fn run(
         ModelRegistryServer::new(RegistryApi::new(registry)),
         rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024
     );
+    // Every replica campaigns; the leader applies the retention policy.
+    let grpc_addr = listeners
+        .grpc_addr()
+        .map_err(|e| ScaffoldError::Serve(rankmesh_common::server::ServeError::Admin(e)))?;
+    let identity = instance_id(&config.server, grpc_addr);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (leading_tx, _leading_rx) = watch::channel(false);
+    let gc = {
+        let (db, policy) = (ModelDb::new(etcd.clone()), r.retention.clone());
+        tokio::spawn(lead_forever(
+            Candidate::new(etcd.clone(), gc::GC_ROLE, &identity),
+            leading_tx,
+            stop_rx,
+            move |leadership| {
+                tracing::info!(fence = leadership.revision(), "leading garbage collection");
+                gc::run(
+                    db.clone(),
+                    blobs.clone(),
+                    policy.clone(),
+                    leadership.fence(),
+                )
+            },
+        ))
+    };
     let readiness = Readiness::default();
-    serve(
+    let served = serve(
         INFO,
         &config.server,
         Some(etcd),
         readiness,
         routes,
         listeners,
-        shutdown,
+        async {
+            shutdown.await;
+            // Hand garbage collection over first, so the next leader starts now.
+            stop_tx.send_replace(true);
+        },
     )
-    .await
-    .map_err(ScaffoldError::from)?;
+    .await;
+    let _ = gc.await;
+    served.map_err(ScaffoldError::from)?;
     Ok(())
 }

@@ -148,8 +148,14 @@ fn model_key(name: &str, rest: &str) -> String {
     format!("{MODELS_PREFIX}{name}/{rest}")
 }
 
-fn version_key(name: &str, version: u64, variant: &str) -> String {
+/// Where one variant's manifest of a version is kept.
+pub(crate) fn version_key(name: &str, version: u64, variant: &str) -> String {
     model_key(name, &format!("versions/{version:020}/{variant}"))
+}
+
+/// Where a model's stages are kept.
+pub(crate) fn stage_key(name: &str) -> String {
+    model_key(name, "stage")
 }
 
 /// Versions and stages in etcd.
@@ -296,7 +302,7 @@ impl ModelDb {
 
     /// Current stages and their etcd mod revision (0 when never set).
     pub async fn stages(&self, name: &str) -> Result<(Stages, i64), StoreError> {
-        let key = model_key(name, "stage");
+        let key = stage_key(name);
         let mut client = self.etcd.client();
         let resp = self.etcd.timed(client.get(key.as_str(), None)).await?;
         match resp.kvs().first() {
@@ -323,7 +329,7 @@ impl ModelDb {
     where
         F: FnMut(&mut Stages) -> Result<(), StoreError>,
     {
-        let key = model_key(name, "stage");
+        let key = stage_key(name);
         let mut client = self.etcd.client();
         for _ in 0..32 {
             let (mut stages, rev) = self.stages(name).await?;
@@ -339,13 +345,31 @@ impl ModelDb {
             } else {
                 Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)
             };
+            // The versions staged must still exist: garbage collection deletes
+            // versions under the same compare-and-set, so a version is never
+            // promoted while it is being deleted.
+            let staged: Vec<u64> = [stages.production, stages.canary]
+                .into_iter()
+                .filter(|v| *v != 0)
+                .collect();
+            let mut when = vec![cmp];
+            when.extend(staged.iter().map(|v| {
+                Compare::create_revision(version_key(name, *v, "fp32"), CompareOp::Greater, 0)
+            }));
             let txn = Txn::new()
-                .when([cmp])
+                .when(when)
                 .and_then([TxnOp::put(key.as_str(), value, None)]);
             let resp = self.etcd.timed(client.txn(txn)).await?;
             if resp.succeeded() {
                 let new_rev = resp.header().map_or(0, |h| h.revision());
                 return Ok((stages, new_rev));
+            }
+            for v in staged {
+                if self.manifest(name, v, "fp32").await?.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "{name} v{v} does not exist (any more: garbage collection removed it)"
+                    )));
+                }
             }
             if expected_revision != 0 {
                 return Err(StoreError::Conflict(format!(
@@ -435,6 +459,27 @@ impl Blobs {
                 other => StoreError::Blob(other.to_string()),
             })?;
         r.bytes().await.map_err(|e| StoreError::Blob(e.to_string()))
+    }
+
+    /// Every object under `prefix`: key and last-modified time (ms since the epoch).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        use futures::TryStreamExt;
+        let prefix = ObjectPath::from(prefix);
+        self.store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.to_string(), m.last_modified.timestamp_millis()))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::Blob(e.to_string()))
+    }
+
+    /// Deletes one object; one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        use object_store::ObjectStoreExt;
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::Blob(e.to_string())),
+        }
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, StoreError> {
@@ -571,6 +616,22 @@ mod tests {
     async fn stage_changes_are_compare_and_set() {
         let cluster = EtcdCluster::single().await;
         let db = db(&cluster).await;
+        // Only versions that exist can be staged.
+        let missing = db
+            .update_stages("ranker", 0, |s| {
+                s.production = 1;
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
+        for v in [1, 2] {
+            db.put_manifest(&manifest("ranker", v))
+                .await
+                .expect("manifest");
+        }
         let (s, rev) = db
             .update_stages("ranker", 0, |s| {
                 s.production = 1;

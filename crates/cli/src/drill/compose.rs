@@ -3,6 +3,8 @@
 //! the drill's ports, and faults made through the Docker engine:
 //! - kill: `docker kill -s KILL` (the container stays down, like a lost machine);
 //! - stop: `docker pause`, then `unpause` (the freezer cgroup: a hang, as SIGSTOP);
+//! - restart: `docker kill -s KILL` (or `docker stop`, graceful), then `docker
+//!   start` (the same container: its volumes and configuration);
 //! - partition: `docker network disconnect` from the stack's network, then
 //!   `connect` again under its aliases (it loses its callers, etcd, everything);
 //! - delay and loss: a fault proxy between the storefront and a ranking replica's
@@ -190,6 +192,18 @@ impl Stack {
     pub(crate) async fn kill(&self, service: &str) -> anyhow::Result<()> {
         let id = self.container(service).await?;
         self.docker(&["kill", "-s", "KILL", &id]).await.map(drop)
+    }
+
+    /// SIGTERM, then SIGKILL after the service's drain timeout: a graceful stop.
+    pub(crate) async fn stop(&self, service: &str) -> anyhow::Result<()> {
+        let id = self.container(service).await?;
+        self.docker(&["stop", "-t", "15", &id]).await.map(drop)
+    }
+
+    /// Starts a killed container again (same container: same volumes and config).
+    pub(crate) async fn start(&self, service: &str) -> anyhow::Result<()> {
+        let id = self.container(service).await?;
+        self.docker(&["start", &id]).await.map(drop)
     }
 
     pub(crate) async fn pause(&self, service: &str) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! The local topology of a drill: the mesh as processes on loopback, started by
 //! `meshctl up`'s launcher on the drill's own ports, and its faults: signals
-//! (SIGKILL; SIGSTOP then SIGCONT), fault proxies on an instance's links (see
+//! (SIGKILL; SIGSTOP then SIGCONT; SIGKILL then the instance started again, its
+//! data kept, by the launcher), fault proxies on an instance's links (see
 //! `netfault`), and broken models published through the registry (a canary that
 //! scores NaN or a constant; an artifact corrupted in the store).
 
@@ -15,7 +16,7 @@ use nix::unistd::Pid;
 
 use super::netfault::FaultProxy;
 use super::report::{self, Injected};
-use super::scenario::{Fault, FaultKind, Link, Scenario};
+use super::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
 use crate::launcher::{self, MeshState};
 
 pub(super) fn send(pid: u32, sig: Signal) {
@@ -71,8 +72,24 @@ fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32
         .collect()
 }
 
+/// Waits for `pid` to exit (a SIGTERMed instance drains first), so that its
+/// successor can bind the same ports.
+async fn exited(name: &str, pid: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while launcher::alive(pid) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} (pid {pid}) still running 30 s after the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Where the drill's local mesh lives.
 pub(super) struct Env {
+    /// How the mesh was started (a restart fault starts an instance the same way).
+    pub(super) up: launcher::UpOptions,
     pub(super) mesh: MeshState,
     pub(super) state_dir: PathBuf,
     pub(super) token: String,
@@ -238,6 +255,35 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                 injected.detail.push_str(&format!("SIGKILL {name} "));
                 injected.killed.push(name);
             }
+        }
+        FaultKind::Restart => {
+            let targets = pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)?;
+            let signal = match f.signal.unwrap_or_default() {
+                RestartSignal::Kill => Signal::SIGKILL,
+                RestartSignal::Term => Signal::SIGTERM,
+            };
+            let mut done = Vec::new();
+            for (name, pid) in &targets {
+                send(*pid, signal);
+                done.push(format!("{signal:?} {name}"));
+            }
+            injected.detail = format!(
+                "{}; each started again once it exited and {} s had passed",
+                done.join(", "),
+                f.duration_s
+            );
+            let hold = Duration::from_secs_f64(f.duration_s);
+            let up = env.up.clone();
+            // In the order named: a store (redis) before the service that uses it.
+            super::undo_after(hold, targets, move |(name, pid)| {
+                let up = up.clone();
+                async move {
+                    exited(&name, pid).await?;
+                    launcher::restart(&up, &name)
+                        .await
+                        .with_context(|| format!("start {name} again"))
+                }
+            });
         }
         FaultKind::Stop => {
             let targets = pids(&env.mesh, &resolve(&env.mesh, &f.targets).await?)?;

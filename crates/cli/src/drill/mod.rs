@@ -9,6 +9,7 @@ pub(crate) mod compose;
 pub(crate) mod local;
 pub(crate) mod netfault;
 pub(crate) mod report;
+pub(crate) mod results;
 pub(crate) mod scenario;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,20 @@ enum DrillCommand {
         /// (images from scripts/images, its .env beside it).
         #[arg(long, default_value = "deploy/compose")]
         compose_dir: PathBuf,
+        /// Also keep each drill's verdict and measurements in this record (e.g.
+        /// deploy/drills/last-run.json, which the README's table is made from);
+        /// refused for a weakened client.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// The markdown table of every drill's last recorded run.
+    Table {
+        #[arg(long, default_value = "deploy/drills/last-run.json")]
+        record: PathBuf,
+        /// Rewrite the generated table in this file (between its markers) instead
+        /// of printing it.
+        #[arg(long)]
+        readme: Option<PathBuf>,
     },
     /// The scenario catalog: name, duration, faults, hypothesis.
     List {
@@ -73,9 +88,23 @@ enum DrillCommand {
 }
 
 pub(crate) async fn command(a: DrillArgs) -> anyhow::Result<std::process::ExitCode> {
-    let (scenarios, all, dir, opts) = match a.command {
+    let (scenarios, all, dir, opts, record) = match a.command {
         DrillCommand::List { dir } => {
             list(&dir)?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        DrillCommand::Table { record, readme } => {
+            let table = results::table(&results::load(&record)?);
+            match readme {
+                None => print!("{table}"),
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("read {}", path.display()))?;
+                    std::fs::write(&path, results::replace_block(&text, &table)?)
+                        .with_context(|| format!("write {}", path.display()))?;
+                    eprintln!("rewrote the drill table in {}", path.display());
+                }
+            }
             return Ok(std::process::ExitCode::SUCCESS);
         }
         DrillCommand::Run {
@@ -89,7 +118,12 @@ pub(crate) async fn command(a: DrillArgs) -> anyhow::Result<std::process::ExitCo
             base_port,
             models,
             compose_dir,
+            record,
         } => {
+            anyhow::ensure!(
+                record.is_none() || !(no_hedge || no_retry),
+                "--record keeps what the SDK as shipped measures; not a weakened client's run"
+            );
             let cwd = std::env::current_dir()?;
             let opts = RunOptions {
                 report_dir: cwd.join(report),
@@ -100,7 +134,7 @@ pub(crate) async fn command(a: DrillArgs) -> anyhow::Result<std::process::ExitCo
                 models: cwd.join(models),
                 compose_dir: cwd.join(compose_dir),
             };
-            (scenarios, all, dir, opts)
+            (scenarios, all, dir, opts, record)
         }
     };
     let mut paths = scenarios;
@@ -109,16 +143,29 @@ pub(crate) async fn command(a: DrillArgs) -> anyhow::Result<std::process::ExitCo
     }
     anyhow::ensure!(!paths.is_empty(), "name a scenario file, or --all");
     let mut failed = Vec::new();
+    let mut reports = Vec::new();
     for p in &paths {
         // One drill that cannot run does not stop the others.
         match run(p, &opts).await {
-            Ok(r) if r.pass => {}
-            Ok(r) => failed.push(r.name),
+            Ok(r) => {
+                if !r.pass {
+                    failed.push(r.name.clone());
+                }
+                reports.push(r);
+            }
             Err(e) => {
                 eprintln!("drill {}: could not run: {e:#}", p.display());
                 failed.push(p.display().to_string());
             }
         }
+    }
+    if let Some(path) = &record {
+        results::record(path, &reports, &results::today())?;
+        eprintln!(
+            "recorded {} run(s) in {}; `meshctl drill table --readme README.md` renders them",
+            reports.len(),
+            path.display()
+        );
     }
     if failed.is_empty() {
         println!("{} drill(s) passed", paths.len());
@@ -255,8 +302,9 @@ fn item_ids(catalog: &Path) -> anyhow::Result<Vec<String>> {
 /// The mesh a drill runs against, and how its faults reach it.
 enum Target {
     Local {
-        env: local::Env,
-        // Boxed: the client is large, and a compose target holds little.
+        // Boxed: the mesh's options and the client are large, and a compose target
+        // holds little.
+        env: Box<local::Env>,
         etcd: Box<rankmesh_common::etcd::Etcd>,
     },
     Compose {
@@ -379,21 +427,35 @@ async fn inject_compose(
                 injected.killed.push(t);
             }
         }
-        FaultKind::Stop => {
+        // Held on whole containers: paused then unpaused, or killed then started.
+        FaultKind::Stop | FaultKind::Restart => {
+            let restart = f.kind == FaultKind::Restart;
+            let graceful = f.signal == Some(scenario::RestartSignal::Term);
+            let (done, undone) = match (restart, graceful) {
+                (true, false) => ("docker kill -s KILL", "docker start"),
+                (true, true) => ("docker stop", "docker start"),
+                (false, _) => ("docker pause", "docker unpause"),
+            };
             for t in &targets {
-                stack.pause(t).await?;
+                match (restart, graceful) {
+                    (true, false) => stack.kill(t).await?,
+                    (true, true) => stack.stop(t).await?,
+                    (false, _) => stack.pause(t).await?,
+                }
                 injected
                     .detail
-                    .push_str(&format!("docker pause {t} for {} s ", f.duration_s));
+                    .push_str(&format!("{done} {t}, {undone} after {} s ", f.duration_s));
             }
             let stack = stack.clone();
             undo_after(hold, targets, move |t| {
                 let stack = stack.clone();
                 async move {
-                    stack
-                        .unpause(&t)
-                        .await
-                        .with_context(|| format!("unpause {t}"))
+                    let undo = if restart {
+                        stack.start(&t).await
+                    } else {
+                        stack.unpause(&t).await
+                    };
+                    undo.with_context(|| format!("{undone} {t}"))
                 }
             });
         }
@@ -606,6 +668,7 @@ async fn run_local(
     let result = async {
         launcher::load_catalog(&mesh, catalog).await?;
         let env = local::Env {
+            up: up.clone(),
             mesh: mesh.clone(),
             state_dir: state_dir.to_owned(),
             token: launcher::registry_secrets(state_dir)?.admin_token,
@@ -624,7 +687,7 @@ async fn run_local(
             Duration::from_secs(2),
         );
         let target = Target::Local {
-            env,
+            env: Box::new(env),
             etcd: Box::new(etcd),
         };
         drive(

@@ -57,7 +57,7 @@ pub(crate) enum Rejoined {
 }
 
 /// One SLO line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub(crate) struct Check {
     pub what: String,
     pub target: String,

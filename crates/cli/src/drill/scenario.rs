@@ -92,8 +92,8 @@ pub(crate) struct Fault {
     /// and stop; `etcd-leader` is the member leading when the fault fires.
     #[serde(default)]
     pub targets: Vec<String>,
-    /// For `stop`: SIGCONT after this many seconds; for `delay`, `loss` and
-    /// `partition`: heal after this many.
+    /// For `stop`: SIGCONT after this many seconds; for `restart`: start again
+    /// after this many; for `delay`, `loss` and `partition`: heal after this many.
     #[serde(default)]
     pub duration_s: f64,
     /// For `delay`: added to each chunk crossing the link, each way.
@@ -113,6 +113,11 @@ pub(crate) struct Fault {
     /// For `canary`: `nan` or `constant` (a broken copy of the trained ranker).
     #[serde(default)]
     pub model: String,
+    /// For `restart`: `kill` (SIGKILL, a crash; the default) or `term` (SIGTERM: the
+    /// instance deregisters and drains, as in a rolling restart); it is started again
+    /// `duration_s` after the signal, once it has exited.
+    #[serde(default)]
+    pub signal: Option<RestartSignal>,
     /// For `canary`: share of traffic.
     #[serde(default = "percent")]
     pub percent: u32,
@@ -129,6 +134,9 @@ pub(crate) enum FaultKind {
     Kill,
     /// SIGSTOP the targets (a hang), SIGCONT after `duration_s`.
     Stop,
+    /// SIGKILL the targets, and start them again after `duration_s` with the same
+    /// addresses, configuration and data (a crash and its restart).
+    Restart,
     /// Publish a broken ranker as a canary (the rollout leader must roll it back).
     Canary,
     /// Publish a new ranker version, flip bytes in its stored blob, and promote it:
@@ -140,6 +148,17 @@ pub(crate) enum FaultKind {
     Loss,
     /// Let nothing cross the targets' links, for `duration_s`.
     Partition,
+}
+
+/// How a restart fault stops its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RestartSignal {
+    /// SIGKILL (`docker kill -s KILL`): a crash.
+    #[default]
+    Kill,
+    /// SIGTERM (`docker stop`): a graceful stop, as a rolling restart does.
+    Term,
 }
 
 /// A network link of one instance that a fault proxy sits on.
@@ -186,6 +205,7 @@ impl FaultKind {
         match self {
             Self::Kill => "kill",
             Self::Stop => "stop",
+            Self::Restart => "restart",
             Self::Canary => "canary",
             Self::CorruptArtifact => "corrupt-artifact",
             Self::Delay => "delay",
@@ -267,7 +287,7 @@ impl Scenario {
                 "fault[{i}].at_s: within the load's duration"
             );
             match f.kind {
-                FaultKind::Kill | FaultKind::Stop => {
+                FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {
                     anyhow::ensure!(
                         !f.targets.is_empty(),
                         "fault[{i}].targets: name at least one"
@@ -288,7 +308,18 @@ impl Scenario {
                 ),
                 FaultKind::Partition => {}
             }
-            if f.kind == FaultKind::Stop || f.is_network() {
+            anyhow::ensure!(
+                f.signal.is_none() || f.kind == FaultKind::Restart,
+                "fault[{i}].signal: only for restart"
+            );
+            // A graceful restart may start again as soon as the instance has exited.
+            let graceful = f.signal == Some(RestartSignal::Term);
+            if f.kind == FaultKind::Restart && graceful {
+                anyhow::ensure!(
+                    f.duration_s >= 0.0,
+                    "fault[{i}].duration_s: >= 0 for a graceful restart"
+                );
+            } else if matches!(f.kind, FaultKind::Stop | FaultKind::Restart) || f.is_network() {
                 anyhow::ensure!(
                     f.duration_s > 0.0,
                     "fault[{i}].duration_s: > 0 for {}",
@@ -353,7 +384,7 @@ impl Scenario {
                     );
                 }
             }
-            FaultKind::Kill | FaultKind::Stop => {}
+            FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {}
         }
         Ok(())
     }
@@ -428,6 +459,8 @@ mod tests {
         with_fault("local", delay).expect("a delay on a proxied link");
         let partition = "kind = \"partition\"\ntargets = [\"etcd-2\"]\nduration_s = 3";
         with_fault("compose", partition).expect("a partition of any container");
+        let rolling = "kind = \"restart\"\nsignal = \"term\"\ntargets = [\"registry-0\"]";
+        with_fault("local", rolling).expect("a graceful restart, at once");
     }
 
     #[test]
@@ -461,6 +494,17 @@ mod tests {
                 "swarm",
                 "kind = \"kill\"\ntargets = [\"ranking-1\"]",
                 "topology.kind",
+            ),
+            // A crash-restart needs its downtime; a signal is only a restart's.
+            (
+                "local",
+                "kind = \"restart\"\ntargets = [\"feature-0\"]",
+                "duration_s",
+            ),
+            (
+                "local",
+                "kind = \"kill\"\ntargets = [\"feature-0\"]\nsignal = \"term\"",
+                "signal",
             ),
         ];
         for (topology, fault, names) in refused {
