@@ -1017,13 +1017,13 @@ async fn garbage_collection_runs_on_the_elected_registry_and_fails_over() {
 
     let blob = |v: u64| blobs.join(format!("models/ranker/{v}/fp32.bin"));
     wait_versions(&mut c, &[v1, v3], "v2 collected").await;
-    assert!(!blob(v2).exists(), "v2's blob deleted with it");
-    assert!(blob(v1).exists() && blob(v3).exists());
-    eventually(Duration::from_secs(10), "the orphan blob collected", || {
-        let gone = !stray.exists();
-        async move { gone.then_some(()) }
-    })
+    // Blobs go after their manifests, in the same sweep.
+    wait_gone(
+        &[blob(v2), stray.clone()],
+        "v2's blob and the orphan collected",
+    )
     .await;
+    assert!(blob(v1).exists() && blob(v3).exists());
 
     // The leader dies; its peer is elected and collects from then on.
     registries[lead].kill();
@@ -1048,7 +1048,8 @@ async fn garbage_collection_runs_on_the_elected_registry_and_fails_over() {
     let v4 = publish_next(&mut c).await;
     let v5 = publish_next(&mut c).await;
     wait_versions(&mut c, &[v1, v5], "v3 and v4 collected by the new leader").await;
-    assert!(!blob(v3).exists() && !blob(v4).exists());
+    wait_gone(&[blob(v3), blob(v4)], "v3's and v4's blobs collected").await;
+    assert!(blob(v1).exists() && blob(v5).exists());
     let history = c
         .list_models(pb::ListModelsRequest {
             name: "ranker".into(),
@@ -1080,6 +1081,15 @@ async fn promote(c: &mut ModelRegistryClient<Channel>, version: u64) {
     c.set_stage(authed(req, TOKEN)).await.expect("promote");
 }
 
+/// Waits until none of `paths` exists.
+async fn wait_gone(paths: &[std::path::PathBuf], what: &str) {
+    eventually(Duration::from_secs(10), what, || {
+        let gone = paths.iter().all(|p| !p.exists());
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
+
 /// Waits until the registry lists exactly `want` as the ranker's versions.
 async fn wait_versions(c: &mut ModelRegistryClient<Channel>, want: &[u64], what: &str) {
     eventually(Duration::from_secs(20), what, || {
@@ -1104,4 +1114,134 @@ async fn wait_versions(c: &mut ModelRegistryClient<Channel>, want: &[u64], what:
         }
     })
     .await;
+}
+
+/// `meshctl model publish --quantize int8` makes the INT8 variant with the project's
+/// tooling and checks it against FP32 before uploading anything: the encoder at a
+/// bound INT8 cannot reach is refused and nothing is published; at the default bound
+/// (mean cosine 0.98) both variants are published, the INT8 one linked to its
+/// parent with the figures in its metadata. The ranker (a tree ensemble: nothing to
+/// quantize) passes its score-correlation check exactly.
+#[tokio::test]
+async fn publish_quantize_int8_checks_against_fp32_before_linking() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _registry = spawn_registry(
+        &etcd,
+        "registry-q",
+        &registry_env(&dir.path().join("blobs"), &[]),
+    );
+    let mut c = connect(&_registry).await;
+    let endpoint = etcd.endpoints()[0].clone();
+    let venv = venv();
+    let meshctl = |args: &[&str]| {
+        std::process::Command::new(rankmesh_tests::process::binary("meshctl"))
+            .args(["model", "--etcd", &endpoint, "--token", TOKEN])
+            .args(args)
+            .env("RANKMESH_VENV", &venv)
+            .output()
+            .expect("run meshctl")
+    };
+    let encoder = models_dir().join("encoder/fp32");
+    let model = encoder.join("model.onnx");
+    let tokenizer = encoder.join("tokenizer.json");
+    let (model, tokenizer) = (
+        model.to_str().expect("utf-8"),
+        tokenizer.to_str().expect("utf-8"),
+    );
+    let publish = [
+        "publish",
+        "encoder",
+        model,
+        "--sidecar",
+        tokenizer,
+        "--quantize",
+        "int8",
+    ];
+
+    let strict = meshctl(&[&publish[..], &["--min-cosine", "0.9999"]].concat());
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        !strict.status.success(),
+        "a bound INT8 cannot reach is refused"
+    );
+    assert!(
+        err.contains("misses its bound") && err.contains("mean cosine"),
+        "{err}"
+    );
+    let listed = c
+        .list_models(pb::ListModelsRequest {
+            name: "encoder".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.models.is_empty(), "nothing published: {listed:?}");
+
+    let out = meshctl(&publish);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions = c
+        .list_models(pb::ListModelsRequest {
+            name: "encoder".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .models
+        .remove(0)
+        .versions;
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    let int8 = versions
+        .iter()
+        .find(|v| v.variant == "int8")
+        .expect("int8 variant");
+    let fp32 = versions
+        .iter()
+        .find(|v| v.variant == "fp32")
+        .expect("fp32 variant");
+    assert_eq!(int8.version, fp32.version);
+    assert_eq!(int8.parent_version, fp32.version);
+    assert!(int8.size_bytes * 2 < fp32.size_bytes, "INT8 is smaller");
+    let cosine: f64 = int8.metadata["int8_mean_cosine"].parse().expect("a number");
+    assert!((0.98..=1.0).contains(&cosine), "{cosine}");
+    assert!(int8.metadata["int8_check"].contains("at least 0.98"));
+
+    let ranker = models_dir().join("ranker/model.onnx");
+    let out = meshctl(&[
+        "publish",
+        "ranker",
+        ranker.to_str().expect("utf-8"),
+        "--inputs",
+        "features",
+        "--quantize",
+        "int8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ranker = c
+        .list_models(pb::ListModelsRequest {
+            name: "ranker".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .models
+        .remove(0)
+        .versions;
+    let int8 = ranker
+        .iter()
+        .find(|v| v.variant == "int8")
+        .expect("int8 ranker");
+    assert_eq!(
+        int8.metadata["int8_correlation"], "1.0",
+        "{:?}",
+        int8.metadata
+    );
 }

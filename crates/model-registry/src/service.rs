@@ -322,7 +322,7 @@ impl Registry {
         check_name(&name)?;
         if quantize_int8 {
             return Err(RegistryError::Precondition(
-                "quantize_int8: INT8 conversion runs offline; publish the INT8 file with metadata variant=int8 and parent_version=N".into(),
+                "quantize_int8: the registry runs no quantizer; `meshctl model publish --quantize int8` makes and checks the INT8 variant, or publish an INT8 file with metadata variant=int8 and parent_version=N".into(),
             ));
         }
         check_sidecar_names(&sidecar_names)?;

@@ -3,6 +3,7 @@
 //! the local mesh's secrets file; signatures are checked with `--verify-key` or the
 //! local mesh's public key.
 
+mod quantize;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -306,8 +307,25 @@ enum ModelCommand {
         sidecars: Vec<PathBuf>,
         /// The INT8 variant of FILE (made offline), stored linked to the new version;
         /// replicas on CPU pick it, replicas on GPU the FP32 file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "quantize")]
         int8: Option<PathBuf>,
+        /// Make the INT8 variant here instead (dynamic per-channel quantization,
+        /// scripts/quantize_model.py), check it against FILE on a calibration set, and
+        /// publish both; nothing is published when the check misses its bound.
+        #[arg(long, value_parser = ["int8"])]
+        quantize: Option<String>,
+        /// Calibration set for --quantize: texts, one a line, for an encoder (its
+        /// tokenizer.json comes from --sidecar); float32 rows for a scorer, e.g.
+        /// DIR/rows/train.f32 that `meshctl ranker train --out DIR` wrote. Default:
+        /// built-in shopper queries and titles; seeded standard-normal rows.
+        #[arg(long, requires = "quantize")]
+        calibration: Option<PathBuf>,
+        /// --quantize: least mean cosine of an encoder's INT8 embeddings to FP32's.
+        #[arg(long, default_value_t = 0.98)]
+        min_cosine: f64,
+        /// --quantize: least correlation of a scorer's INT8 scores with FP32's.
+        #[arg(long, default_value_t = 0.99)]
+        min_correlation: f64,
     },
     /// Versions, stages and stage history; the cipher and signature status of each
     /// version.
@@ -371,7 +389,28 @@ pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
             metadata,
             sidecars,
             int8,
+            quantize,
+            calibration,
+            min_cosine,
+            min_correlation,
         } => {
+            // Quantized and checked before anything is uploaded.
+            let quantized = match quantize {
+                Some(_) => {
+                    let tokenizer = sidecars
+                        .iter()
+                        .find(|p| p.file_name().is_some_and(|n| n == "tokenizer.json"));
+                    let check = quantize::Check {
+                        calibration,
+                        min_cosine,
+                        min_correlation,
+                    };
+                    let q = quantize::int8(&file, tokenizer.map(PathBuf::as_path), &check)?;
+                    println!("{}", q.summary);
+                    Some(q)
+                }
+                None => None,
+            };
             let mut up = Upload {
                 name: &name,
                 file: &file,
@@ -381,11 +420,15 @@ pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
                 sidecars: &sidecars,
             };
             let m = publish(&registry, &up).await?;
+            let int8 = int8.or_else(|| quantized.as_ref().map(|q| q.file.clone()));
             if let Some(int8) = &int8 {
                 up.file = int8;
                 up.metadata.push(("variant".into(), "int8".into()));
                 up.metadata
                     .push(("parent_version".into(), m.version.to_string()));
+                if let Some(q) = &quantized {
+                    up.metadata.extend(q.metadata.iter().cloned());
+                }
                 publish(&registry, &up).await?;
             }
         }
