@@ -1169,14 +1169,8 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
         err.contains("misses its bound") && err.contains("mean cosine"),
         "{err}"
     );
-    let listed = c
-        .list_models(pb::ListModelsRequest {
-            name: "encoder".into(),
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.models.is_empty(), "nothing published: {listed:?}");
+    let listed = versions_of(&mut c, "encoder").await;
+    assert!(listed.is_empty(), "nothing published: {listed:?}");
 
     let out = meshctl(&publish);
     assert!(
@@ -1184,16 +1178,7 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let versions = c
-        .list_models(pb::ListModelsRequest {
-            name: "encoder".into(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .models
-        .remove(0)
-        .versions;
+    let versions = versions_of(&mut c, "encoder").await;
     assert_eq!(versions.len(), 2, "{versions:?}");
     let int8 = versions
         .iter()
@@ -1225,16 +1210,7 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ranker = c
-        .list_models(pb::ListModelsRequest {
-            name: "ranker".into(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .models
-        .remove(0)
-        .versions;
+    let ranker = versions_of(&mut c, "ranker").await;
     let int8 = ranker
         .iter()
         .find(|v| v.variant == "int8")
@@ -1244,4 +1220,17 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
         "{:?}",
         int8.metadata
     );
+}
+
+/// The versions (every variant) the registry lists for `name`; empty when none.
+async fn versions_of(c: &mut ModelRegistryClient<Channel>, name: &str) -> Vec<pb::ModelManifest> {
+    c.list_models(pb::ListModelsRequest { name: name.into() })
+        .await
+        .expect("list")
+        .into_inner()
+        .models
+        .into_iter()
+        .next()
+        .map(|m| m.versions)
+        .unwrap_or_default()
 }

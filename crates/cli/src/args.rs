@@ -1,5 +1,6 @@
 //! Arguments several subcommands share: where the mesh is (etcd, or one replica's
-//! address), where the local mesh keeps its state, and `KEY=VALUE` pairs.
+//! address), where the local mesh keeps its state, `KEY=VALUE` pairs, and how the
+//! project's offline Python tooling is run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +8,51 @@ use std::time::Duration;
 use rankmesh_common::config::EtcdConfig;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_common::etcd::Etcd;
+
+/// One script of the project's offline tooling (`scripts/`), run by the venv's
+/// Python that scripts/setup creates.
+#[derive(Debug, Clone)]
+pub(crate) struct PythonTool {
+    pub(crate) python: PathBuf,
+    pub(crate) script: PathBuf,
+}
+
+impl PythonTool {
+    /// `python`, else `$RANKMESH_VENV/bin/python` (`.rankmesh/env` sets it), else
+    /// `.venv/bin/python`; `script` as given.
+    pub(crate) fn new(python: Option<PathBuf>, script: PathBuf) -> Self {
+        let python = python.unwrap_or_else(|| match std::env::var_os("RANKMESH_VENV") {
+            Some(venv) => PathBuf::from(venv).join("bin/python"),
+            None => PathBuf::from(".venv/bin/python"),
+        });
+        Self { python, script }
+    }
+
+    /// The script in the project's `scripts/` folder: beside `$RANKMESH_VENV`, else
+    /// `scripts/` here.
+    pub(crate) fn in_scripts(name: &str) -> Self {
+        let scripts = std::env::var_os("RANKMESH_VENV")
+            .and_then(|v| PathBuf::from(v).parent().map(|root| root.join("scripts")))
+            .unwrap_or_else(|| PathBuf::from("scripts"));
+        Self::new(None, scripts.join(name))
+    }
+
+    /// The interpreter with the script as its first argument.
+    pub(crate) fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.python);
+        cmd.arg(&self.script);
+        cmd
+    }
+
+    /// What failed when it could not start, and how to fix that.
+    pub(crate) fn not_started(&self) -> String {
+        format!(
+            "run {} {} (scripts/setup creates the venv)",
+            self.python.display(),
+            self.script.display()
+        )
+    }
+}
 
 /// Where the local mesh keeps its data, logs and process list.
 #[derive(Debug, Clone, clap::Args)]

@@ -387,12 +387,6 @@ async fn record_events(feature: &str, file: &Path) -> anyhow::Result<usize> {
 
 /// Runs the Python trainer; it writes `model.onnx` and `training.json` into `out`.
 fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Value> {
-    let venv = std::env::var_os("RANKMESH_VENV").map(PathBuf::from);
-    let python = args
-        .python
-        .clone()
-        .or_else(|| venv.map(|v| v.join("bin/python")))
-        .unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
     let script = args.script.clone().unwrap_or_else(|| {
         let models = std::fs::canonicalize(&args.models).unwrap_or_else(|_| args.models.clone());
         models
@@ -400,8 +394,10 @@ fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Val
             .map_or_else(|| PathBuf::from("scripts"), |root| root.join("scripts"))
             .join("train_ranker.py")
     });
-    let status = std::process::Command::new(&python)
-        .arg(&script)
+    let tool = crate::args::PythonTool::new(args.python.clone(), script);
+    let script = &tool.script;
+    let status = tool
+        .command()
         .arg("--rows")
         .arg(rows)
         .arg("--out")
@@ -413,13 +409,7 @@ fn train_models(args: &TrainArgs, rows: &Path) -> anyhow::Result<serde_json::Val
                 .flat_map(|r| [std::ffi::OsStr::new("--extra-rows"), r.as_os_str()]),
         )
         .status()
-        .with_context(|| {
-            format!(
-                "run {} {} (scripts/setup creates the venv)",
-                python.display(),
-                script.display()
-            )
-        })?;
+        .with_context(|| tool.not_started())?;
     if !status.success() {
         bail!("{} failed ({status})", script.display());
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::args::PythonTool;
+
 /// The bounds and calibration set of `--quantize int8`.
 #[derive(Debug, Clone)]
 pub(crate) struct Check {
@@ -37,10 +39,9 @@ pub(crate) fn int8(
 ) -> anyhow::Result<Quantized> {
     let dir = tempfile::tempdir().context("temp dir for the INT8 file")?;
     let out = dir.path().join("model.int8.onnx");
-    let (python, script) = tooling();
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(&script)
-        .arg(fp32)
+    let tool = PythonTool::in_scripts("quantize_model.py");
+    let mut cmd = tool.command();
+    cmd.arg(fp32)
         .arg(&out)
         .args(["--min-cosine", &check.min_cosine.to_string()])
         .args(["--min-correlation", &check.min_correlation.to_string()]);
@@ -57,13 +58,8 @@ pub(crate) fn int8(
     let output = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| {
-            format!(
-                "run {} {} (scripts/setup creates the venv)",
-                python.display(),
-                script.display()
-            )
-        })?;
+        .with_context(|| tool.not_started())?;
+    let script = &tool.script;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: Option<serde_json::Value> = stdout
         .lines()
@@ -108,22 +104,5 @@ fn figures(r: &serde_json::Value) -> String {
             "score correlation {} (max difference {}) with FP32 over {n} calibration rows, at least {}",
             r["correlation"], r["max_abs_diff"], r["min_correlation_required"]
         )
-    }
-}
-
-/// The venv's Python and the quantizer script: `RANKMESH_VENV` (set by
-/// `.rankmesh/env`) and the `scripts/` beside it, else `.venv` and `scripts/` here.
-fn tooling() -> (PathBuf, PathBuf) {
-    match std::env::var_os("RANKMESH_VENV").map(PathBuf::from) {
-        Some(venv) => {
-            let scripts = venv
-                .parent()
-                .map_or_else(|| PathBuf::from("scripts"), |root| root.join("scripts"));
-            (venv.join("bin/python"), scripts.join("quantize_model.py"))
-        }
-        None => (
-            PathBuf::from(".venv/bin/python"),
-            PathBuf::from("scripts/quantize_model.py"),
-        ),
     }
 }
