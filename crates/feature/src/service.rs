@@ -31,6 +31,12 @@ impl From<StoreError> for RpcError {
             StoreError::Unavailable(m) => {
                 Self::Unavailable(format!("feature store unavailable: {m}"))
             }
+            StoreError::Full(m) => {
+                tracing::warn!(error = %m, "feature store disk full; refusing writes");
+                Self::ResourceExhausted(
+                    "feature store: disk full; writes are refused until space returns".into(),
+                )
+            }
             StoreError::Backend(m) => Self::Internal(m),
         }
     }

@@ -72,6 +72,81 @@ fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32
         .collect()
 }
 
+/// The file a disk-full fault fills the disk with.
+const FILLER: &str = "drill-disk-filler";
+
+/// Where an instance keeps its data in the local mesh (`meshctl up`'s layout).
+fn data_dir(state_dir: &Path, instance: &str) -> PathBuf {
+    state_dir.join(instance.trim_end_matches("-0"))
+}
+
+/// Mounts a tmpfs of the fault's size under the data of every disk-full target, so
+/// filling it fills nothing else; the mount points, for [`unmount_disks`].
+pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut mounted = Vec::new();
+    for f in scenario
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::DiskFull)
+    {
+        for t in &f.targets {
+            let dir = data_dir(state_dir, t);
+            if mounted.contains(&dir) {
+                continue;
+            }
+            std::fs::create_dir_all(&dir)?;
+            let out = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={}m", f.disk_mb),
+                    "tmpfs",
+                ])
+                .arg(&dir)
+                .output()
+                .context("run mount")?;
+            if !out.status.success() {
+                unmount_disks(&mounted);
+                anyhow::bail!(
+                    "disk-full mounts a {} MiB tmpfs at {} (root with CAP_SYS_ADMIN): {}",
+                    f.disk_mb,
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            mounted.push(dir);
+        }
+    }
+    Ok(mounted)
+}
+
+/// Unmounts what [`mount_disks`] mounted (the mesh must be stopped).
+pub(super) fn unmount_disks(dirs: &[PathBuf]) {
+    for d in dirs {
+        match std::process::Command::new("umount").arg(d).status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("drill: umount {}: {other:?}", d.display()),
+        }
+    }
+}
+
+/// Writes zeros to `path` until the disk refuses more; the bytes written.
+fn fill(path: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => return Ok(written),
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(written),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Waits for `pid` to exit (a SIGTERMed instance drains first), so that its
 /// successor can bind the same ports.
 async fn exited(name: &str, pid: u32) -> anyhow::Result<()> {
@@ -283,6 +358,24 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                         .await
                         .with_context(|| format!("start {name} again"))
                 }
+            });
+        }
+        FaultKind::DiskFull => {
+            let mut filled = Vec::new();
+            for t in &f.targets {
+                let filler = data_dir(&env.state_dir, t).join(FILLER);
+                let bytes = fill(&filler).with_context(|| format!("fill {}", filler.display()))?;
+                injected.detail.push_str(&format!(
+                    "{t}'s {} MiB disk filled ({:.1} MiB of filler) for {} s; ",
+                    f.disk_mb,
+                    bytes as f64 / (1 << 20) as f64,
+                    f.duration_s
+                ));
+                filled.push(filler);
+            }
+            let hold = Duration::from_secs_f64(f.duration_s);
+            super::undo_after(hold, filled, |filler| async move {
+                std::fs::remove_file(&filler).with_context(|| format!("free {}", filler.display()))
             });
         }
         FaultKind::Stop => {

@@ -233,15 +233,20 @@ pub(crate) fn catalog(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
         .collect()
 }
 
-/// RecordEvent at `per_s` until `until`; returns the requests that were acked.
+/// RecordEvent at `per_s` until `until`; returns the requests that were acked, and
+/// how many were refused, by status code.
 async fn record_events(
     feature: rankmesh_client::FeatureClient,
     items: Arc<Vec<String>>,
     per_s: f64,
     until: Instant,
-) -> Vec<rankmesh_proto::pb::feature::v1::RecordEventRequest> {
+) -> (
+    Vec<rankmesh_proto::pb::feature::v1::RecordEventRequest>,
+    BTreeMap<String, u64>,
+) {
     use rankmesh_proto::pb::feature::v1 as feat;
     let mut acked = Vec::new();
+    let mut refused = BTreeMap::new();
     let interval = Duration::from_secs_f64(1.0 / per_s);
     let mut n = 0u64;
     let run = format!("{:08x}", rand::random::<u32>());
@@ -253,17 +258,17 @@ async fn record_events(
             r#type: feat::EventType::View as i32,
             timestamp_ms: 0,
         };
-        if feature
+        match feature
             .record_event(req.clone(), rankmesh_client::Deadline::Default)
             .await
-            .is_ok()
         {
-            acked.push(req);
+            Ok(_) => acked.push(req),
+            Err(s) => *refused.entry(format!("{:?}", s.code())).or_default() += 1,
         }
         n += 1;
         tokio::time::sleep(interval).await;
     }
-    acked
+    (acked, refused)
 }
 
 /// Re-sends every acked event: one the store had kept answers `duplicate`; any
@@ -475,7 +480,7 @@ async fn inject_compose(
             });
         }
         FaultKind::Delay | FaultKind::Loss => injected.detail = impair(links, f)?,
-        FaultKind::Canary | FaultKind::CorruptArtifact => {
+        FaultKind::Canary | FaultKind::CorruptArtifact | FaultKind::DiskFull => {
             anyhow::bail!("{} is a local-topology fault", f.kind.name())
         }
     }
@@ -661,10 +666,24 @@ async fn run_local(
         }),
         instance_env: BTreeMap::new(),
     };
+    // Small disks under the data a disk-full fault fills, before anything writes there.
+    let disks = local::mount_disks(scenario, state_dir)?;
     // Kept until the mesh has stopped: the instances' etcd links run through them.
-    let (links, instance_env) = local::start_links(scenario, &up).await?;
+    let (links, instance_env) = match local::start_links(scenario, &up).await {
+        Ok(l) => l,
+        Err(e) => {
+            local::unmount_disks(&disks);
+            return Err(e);
+        }
+    };
     let up = launcher::UpOptions { instance_env, ..up };
-    let mesh = launcher::up(&up).await?;
+    let mesh = match launcher::up(&up).await {
+        Ok(m) => m,
+        Err(e) => {
+            local::unmount_disks(&disks);
+            return Err(e);
+        }
+    };
     let result = async {
         launcher::load_catalog(&mesh, catalog).await?;
         let env = local::Env {
@@ -713,6 +732,7 @@ async fn run_local(
     launcher::stop(&mesh, Duration::from_secs(5)).await;
     drop(links);
     let _ = launcher::down(state_dir).await;
+    local::unmount_disks(&disks);
     // Keep the services' logs beside the report; the mesh's data (registry blobs,
     // etcd, indexes) goes with the state directory.
     let _ = std::fs::rename(state_dir.join("logs"), logs);
@@ -835,13 +855,13 @@ async fn drive(
     for i in injected.iter_mut().filter(|i| i.production_model.is_some()) {
         i.rolled_back_after_s = target.canary_rolled_back(i, start_ms).await;
     }
-    let (acked, lost) = match (events, &feature) {
+    let (acked, lost, refused) = match (events, &feature) {
         (Some(t), Some(feature)) => {
-            let acked = t.await.context("event task")?;
+            let (acked, refused) = t.await.context("event task")?;
             let lost = lost_events(feature, &acked).await;
-            (Some(acked.len() as u64), lost)
+            (Some(acked.len() as u64), lost, refused)
         }
-        _ => (None, None),
+        _ => (None, None, BTreeMap::new()),
     };
     let killed: Vec<&str> = injected
         .iter()
@@ -856,6 +876,7 @@ async fn drive(
         load: load_report,
         events_acked: acked,
         events_lost: lost,
+        events_refused: refused,
         rejoined,
         client: client.to_owned(),
     }))

@@ -2,6 +2,7 @@
 //! JSON document plus one self-contained HTML page (inline SVG timelines with fault
 //! markers), viewable offline.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -77,6 +78,8 @@ pub(crate) struct DrillReport {
     pub events_acked: u64,
     /// None when they could not be read back (the feature service was down).
     pub events_lost: Option<u64>,
+    /// RecordEvents refused during the load, by status code (how writes failed).
+    pub events_refused: BTreeMap<String, u64>,
     pub rejoined: Rejoined,
     /// What the SDK was allowed to do (a weakened run turns these off).
     pub client: String,
@@ -113,6 +116,7 @@ pub(crate) struct Inputs<'a> {
     /// Events acknowledged during the load; None when the drill recorded none.
     pub events_acked: Option<u64>,
     pub events_lost: Option<u64>,
+    pub events_refused: BTreeMap<String, u64>,
     pub rejoined: Rejoined,
     pub client: String,
 }
@@ -127,6 +131,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         load,
         events_acked,
         events_lost,
+        events_refused,
         rejoined,
         client,
     } = i;
@@ -199,10 +204,21 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         checks.push(Check {
             what: "acknowledged events lost".into(),
             target: format!("<= {}, of > 0", slo.lost_events),
-            measured: match events_lost {
-                _ if acked == 0 => "no event acknowledged".into(),
-                None => "not read back".into(),
-                Some(n) => format!("{n} of {acked}"),
+            measured: {
+                let lost = match events_lost {
+                    _ if acked == 0 => "no event acknowledged".into(),
+                    None => "not read back".into(),
+                    Some(n) => format!("{n} of {acked}"),
+                };
+                let refused: Vec<String> = events_refused
+                    .iter()
+                    .map(|(code, n)| format!("{n} {code}"))
+                    .collect();
+                if refused.is_empty() {
+                    lost
+                } else {
+                    format!("{lost} (refused: {})", refused.join(", "))
+                }
             },
             pass: acked > 0 && events_lost.is_some_and(|n| n <= slo.lost_events),
         });
@@ -227,6 +243,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         wrong_version_answers: wrong,
         events_acked: events_acked.unwrap_or(0),
         events_lost,
+        events_refused,
         rejoined,
         client,
         load,
@@ -607,6 +624,7 @@ mod tests {
             ]),
             events_acked: Some(0),
             events_lost: None,
+            events_refused: BTreeMap::new(),
             rejoined: Rejoined::Missing(vec!["ranking-1".into()]),
             client: "hedging, retries".into(),
         });

@@ -121,10 +121,17 @@ pub(crate) struct Fault {
     /// For `canary`: share of traffic.
     #[serde(default = "percent")]
     pub percent: u32,
+    /// For `disk-full`: the size of the disk (a tmpfs) under each target's data.
+    #[serde(default = "disk_mb")]
+    pub disk_mb: u64,
 }
 
 fn percent() -> u32 {
     50
+}
+
+fn disk_mb() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -137,6 +144,10 @@ pub(crate) enum FaultKind {
     /// SIGKILL the targets, and start them again after `duration_s` with the same
     /// addresses, configuration and data (a crash and its restart).
     Restart,
+    /// Fill the disk under the targets' data (`feature-0`, `registry-0`: a small
+    /// tmpfs the drill mounts there before the mesh starts), free it after
+    /// `duration_s`.
+    DiskFull,
     /// Publish a broken ranker as a canary (the rollout leader must roll it back).
     Canary,
     /// Publish a new ranker version, flip bytes in its stored blob, and promote it:
@@ -206,6 +217,7 @@ impl FaultKind {
             Self::Kill => "kill",
             Self::Stop => "stop",
             Self::Restart => "restart",
+            Self::DiskFull => "disk-full",
             Self::Canary => "canary",
             Self::CorruptArtifact => "corrupt-artifact",
             Self::Delay => "delay",
@@ -293,6 +305,19 @@ impl Scenario {
                         "fault[{i}].targets: name at least one"
                     )
                 }
+                FaultKind::DiskFull => {
+                    anyhow::ensure!(
+                        !f.targets.is_empty()
+                            && f.targets
+                                .iter()
+                                .all(|t| t == "feature-0" || t == "registry-0"),
+                        "fault[{i}].targets: feature-0 and/or registry-0 (the instances with data on disk)"
+                    );
+                    anyhow::ensure!(
+                        (8..=1024).contains(&f.disk_mb),
+                        "fault[{i}].disk_mb: 8..=1024"
+                    );
+                }
                 FaultKind::Canary => anyhow::ensure!(
                     f.model == "nan" || f.model == "constant",
                     "fault[{i}].model: nan or constant"
@@ -319,7 +344,11 @@ impl Scenario {
                     f.duration_s >= 0.0,
                     "fault[{i}].duration_s: >= 0 for a graceful restart"
                 );
-            } else if matches!(f.kind, FaultKind::Stop | FaultKind::Restart) || f.is_network() {
+            } else if matches!(
+                f.kind,
+                FaultKind::Stop | FaultKind::Restart | FaultKind::DiskFull
+            ) || f.is_network()
+            {
                 anyhow::ensure!(
                     f.duration_s > 0.0,
                     "fault[{i}].duration_s: > 0 for {}",
@@ -364,6 +393,9 @@ impl Scenario {
     /// and only the ranking replicas are published to the host.
     fn validate_compose(&self, i: usize, f: &Fault) -> anyhow::Result<()> {
         match f.kind {
+            FaultKind::DiskFull => anyhow::bail!(
+                "fault[{i}].kind disk-full: mounts a small disk under a local instance's data; a local-topology fault"
+            ),
             FaultKind::Canary | FaultKind::CorruptArtifact => anyhow::bail!(
                 "fault[{i}].kind {}: needs the registry from the host; a local-topology fault",
                 f.kind.name()

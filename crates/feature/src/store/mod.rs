@@ -23,6 +23,28 @@ pub enum StoreError {
     Backend(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store's disk is full: writes are refused until space returns; reads go on.
+    #[error("storage full: {0}")]
+    Full(String),
+}
+
+impl StoreError {
+    /// A backend failure, told apart when it is the disk being full: redb reports
+    /// ENOSPC only in its messages (its error types do not keep the io::Error kind
+    /// through every layer), and the OS's text for it is fixed.
+    pub fn backend(message: String) -> Self {
+        if message.contains("No space left on device")
+            || message.contains("os error 28")
+            || message.starts_with("storage full:")
+        {
+            Self::Full(message)
+        } else if message.contains("Previous I/O error occurred") {
+            // redb after an I/O error: the handle must be reopened (RedbStore does).
+            Self::Unavailable(message)
+        } else {
+            Self::Backend(message)
+        }
+    }
 }
 
 /// What happened to one recorded event.
@@ -236,5 +258,23 @@ pub(crate) mod contract {
             .await
             .expect("pop");
         assert_eq!(pop, vec![6.0, 3.0, 0.0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_backend_failures() {
+        let full = "I/O error: No space left on device (os error 28)";
+        assert!(matches!(
+            StoreError::backend(full.into()),
+            StoreError::Full(_)
+        ));
+        assert!(matches!(
+            StoreError::backend("corrupt page".into()),
+            StoreError::Backend(_)
+        ));
     }
 }

@@ -4,9 +4,14 @@
 //! before it is acknowledged. Concurrent `record_events` calls are group-committed:
 //! the batcher gathers what arrived while the previous commit was running into one
 //! transaction, so one fsync acknowledges many events.
+//!
+//! After an I/O error (a full disk), redb refuses every later write until the file
+//! is closed and opened again; [`Handle`] does that, so a disk that frees up does not
+//! leave the store read-only until a restart.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use rankmesh_common::batcher::{BatchConfig, BatchError, Batcher};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -20,13 +25,135 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const POPULARITY: TableDefinition<&str, f64> = TableDefinition::new("popularity");
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::backend(e.to_string())
 }
+
+/// The open database, reopened when an I/O error has poisoned it.
+struct Handle {
+    path: PathBuf,
+    /// None only while a reopen failed; the next use tries again.
+    db: RwLock<Option<Arc<Database>>>,
+    /// When the last reopen ran: at most one a second while the disk stays full
+    /// (each failed write poisons the handle again).
+    reopened: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Free space a reopen waits for.
+const MIN_FREE_TO_REOPEN: u64 = 4 << 20;
+
+/// How long a reopen waits for the reads still holding the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+impl Handle {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(Database::create(path).map_err(backend)?))),
+            reopened: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The database, for a read or a write.
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let current = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match current {
+            Some(db) => Ok(db),
+            None => {
+                self.reopen(None)?;
+                self.get()
+            }
+        }
+    }
+
+    /// Runs the write `f`; when redb refuses it because of an earlier I/O error,
+    /// reopens the file and runs `f` once more (an uncommitted transaction left
+    /// nothing behind, so it is safe to redo).
+    fn write<T>(&self, f: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.get()?;
+        match f(&db) {
+            Err(StoreError::Unavailable(m)) if m.contains(POISONED) => {
+                // Reopening needs room (redb may repair the file on open); while the
+                // disk is still full, keep the old handle, which still serves reads.
+                let free = self.free_bytes();
+                if free < MIN_FREE_TO_REOPEN {
+                    return Err(StoreError::Full(format!(
+                        "{free} bytes free next to {}; writes resume once there is room",
+                        self.path.display()
+                    )));
+                }
+                self.reopen(Some(db))?;
+                f(&*self.get()?)
+            }
+            other => other,
+        }
+    }
+
+    /// Space left on the file system of the database (0 when it cannot be read).
+    fn free_bytes(&self) -> u64 {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .unwrap_or(0)
+    }
+
+    /// Closes `failed` (once nothing else holds it) and opens the file again; a no-op
+    /// when another writer reopened it first, or a reopen ran less than a second ago.
+    fn reopen(&self, failed: Option<Arc<Database>>) -> Result<(), StoreError> {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = match (&*slot, &failed) {
+            (Some(current), Some(failed)) => Arc::ptr_eq(current, failed),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if !stale {
+            return Ok(());
+        }
+        {
+            let mut last = self
+                .reopened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) && slot.is_some() {
+                return Err(StoreError::Unavailable(format!(
+                    "{POISONED}: reopened less than a second ago"
+                )));
+            }
+            *last = Some(Instant::now());
+        }
+        drop(failed);
+        // redb locks its file: the old handle must be gone before it opens again.
+        let deadline = Instant::now() + REOPEN_WAIT;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if Instant::now() > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "{POISONED}: reads still hold the database"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        *slot = None;
+        let db = Database::create(&self.path).map_err(backend)?;
+        tracing::warn!(path = %self.path.display(), "reopened the feature store after an I/O error");
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
+/// What redb says once an I/O error has poisoned a handle (and what our errors
+/// say about it).
+const POISONED: &str = "Previous I/O error occurred";
 
 /// The redb backend. Cheap to clone.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     events: Batcher<Event, Recorded>,
 }
 
@@ -42,14 +169,16 @@ impl RedbStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Arc::new(Database::create(path).map_err(backend)?);
+        let db = Arc::new(Handle::open(path)?);
         // Create the tables so reads never meet a missing table.
-        let txn = db.begin_write().map_err(backend)?;
-        for t in [ITEMS, EVENTS, USERS] {
-            txn.open_table(t).map_err(backend)?;
-        }
-        txn.open_table(POPULARITY).map_err(backend)?;
-        txn.commit().map_err(backend)?;
+        db.write(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            for t in [ITEMS, EVENTS, USERS] {
+                txn.open_table(t).map_err(backend)?;
+            }
+            txn.open_table(POPULARITY).map_err(backend)?;
+            txn.commit().map_err(backend)
+        })?;
 
         let writer = Arc::clone(&db);
         let events = Batcher::new(
@@ -60,7 +189,11 @@ impl RedbStore {
                 queue_capacity: 65_536,
                 workers: 1,
             },
-            move |batch: Vec<Event>| apply_events(&writer, &batch).map_err(|e| e.to_string()),
+            move |batch: Vec<Event>| {
+                writer
+                    .write(|db| apply_events(db, &batch))
+                    .map_err(|e| e.to_string())
+            },
         );
         Ok(Self { db, events })
     }
@@ -69,8 +202,8 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
+        let handle = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&*handle.get()?))
             .await
             .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
     }
@@ -130,24 +263,29 @@ fn apply_events(db: &Database, batch: &[Event]) -> Result<Vec<Recorded>, StoreEr
     Ok(out)
 }
 
+/// Stores `items` in one transaction (replacing the whole catalog with `replace`).
+fn put_items(db: &Database, items: &[Item], replace: bool) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        if replace {
+            txn.delete_table(ITEMS).map_err(backend)?;
+        }
+        let mut table = txn.open_table(ITEMS).map_err(backend)?;
+        for item in items {
+            table
+                .insert(item.id.as_str(), encode(item)?.as_slice())
+                .map_err(backend)?;
+        }
+    }
+    txn.commit().map_err(backend)
+}
+
 impl FeatureStore for RedbStore {
     async fn put_items(&self, items: Vec<Item>, replace: bool) -> Result<(), StoreError> {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            {
-                if replace {
-                    txn.delete_table(ITEMS).map_err(backend)?;
-                }
-                let mut table = txn.open_table(ITEMS).map_err(backend)?;
-                for item in &items {
-                    table
-                        .insert(item.id.as_str(), encode(item)?.as_slice())
-                        .map_err(backend)?;
-                }
-            }
-            txn.commit().map_err(backend)
-        })
-        .await
+        let handle = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || handle.write(|db| put_items(db, &items, replace)))
+            .await
+            .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
     }
 
     async fn get_items(&self, ids: &[String]) -> Result<Vec<Option<Item>>, StoreError> {
@@ -194,6 +332,7 @@ impl FeatureStore for RedbStore {
     async fn record_events(&self, events: Vec<Event>) -> Result<Vec<Recorded>, StoreError> {
         self.events.submit(events).await.map_err(|e| match e {
             BatchError::QueueFull { .. } => StoreError::Unavailable(e.to_string()),
+            BatchError::Model(m) => StoreError::backend(m),
             other => StoreError::Backend(other.to_string()),
         })
     }
