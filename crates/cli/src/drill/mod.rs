@@ -855,13 +855,16 @@ async fn drive(
     for i in injected.iter_mut().filter(|i| i.production_model.is_some()) {
         i.rolled_back_after_s = target.canary_rolled_back(i, start_ms).await;
     }
-    let (acked, lost, refused) = match (events, &feature) {
+    let events = match (events, &feature) {
         (Some(t), Some(feature)) => {
             let (acked, refused) = t.await.context("event task")?;
-            let lost = lost_events(feature, &acked).await;
-            (Some(acked.len() as u64), lost, refused)
+            Some(report::Events {
+                lost: lost_events(feature, &acked).await,
+                acked: acked.len() as u64,
+                refused,
+            })
         }
-        _ => (None, None, BTreeMap::new()),
+        _ => None,
     };
     let killed: Vec<&str> = injected
         .iter()
@@ -874,9 +877,7 @@ async fn drive(
         slo: &scenario.slo,
         faults: injected,
         load: load_report,
-        events_acked: acked,
-        events_lost: lost,
-        events_refused: refused,
+        events,
         rejoined,
         client: client.to_owned(),
     }))

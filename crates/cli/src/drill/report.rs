@@ -44,6 +44,18 @@ impl Injected {
     }
 }
 
+/// What a drill's RecordEvent load measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Events {
+    /// Acknowledged during the load.
+    pub acked: u64,
+    /// Acknowledged ones missing afterwards; None when they could not be read back
+    /// (the feature service was down).
+    pub lost: Option<u64>,
+    /// Refused during the load, by status code (how writes failed).
+    pub refused: BTreeMap<String, u64>,
+}
+
 /// Whether the instances that outlived the drill were all registered in discovery
 /// again at its end (a hung or partitioned instance whose lease expired must come
 /// back by itself).
@@ -75,11 +87,8 @@ pub(crate) struct DrillReport {
     pub faults: Vec<Injected>,
     pub requests_lost: u64,
     pub wrong_version_answers: u64,
-    pub events_acked: u64,
-    /// None when they could not be read back (the feature service was down).
-    pub events_lost: Option<u64>,
-    /// RecordEvents refused during the load, by status code (how writes failed).
-    pub events_refused: BTreeMap<String, u64>,
+    /// What the RecordEvent load measured; None when the drill offered none.
+    pub events: Option<Events>,
     pub rejoined: Rejoined,
     /// What the SDK was allowed to do (a weakened run turns these off).
     pub client: String,
@@ -114,9 +123,7 @@ pub(crate) struct Inputs<'a> {
     pub faults: Vec<Injected>,
     pub load: Load,
     /// Events acknowledged during the load; None when the drill recorded none.
-    pub events_acked: Option<u64>,
-    pub events_lost: Option<u64>,
-    pub events_refused: BTreeMap<String, u64>,
+    pub events: Option<Events>,
     pub rejoined: Rejoined,
     pub client: String,
 }
@@ -129,9 +136,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         slo,
         mut faults,
         load,
-        events_acked,
-        events_lost,
-        events_refused,
+        events,
         rejoined,
         client,
     } = i;
@@ -199,18 +204,19 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
     for f in faults.iter().filter(|f| f.production_model.is_some()) {
         checks.extend(canary_checks(f, &load, slo));
     }
-    if let Some(acked) = events_acked {
+    if let Some(e) = &events {
         // A drill about events proves nothing when none was acknowledged.
         checks.push(Check {
             what: "acknowledged events lost".into(),
             target: format!("<= {}, of > 0", slo.lost_events),
             measured: {
-                let lost = match events_lost {
-                    _ if acked == 0 => "no event acknowledged".into(),
+                let lost = match e.lost {
+                    _ if e.acked == 0 => "no event acknowledged".into(),
                     None => "not read back".into(),
-                    Some(n) => format!("{n} of {acked}"),
+                    Some(n) => format!("{n} of {}", e.acked),
                 };
-                let refused: Vec<String> = events_refused
+                let refused: Vec<String> = e
+                    .refused
                     .iter()
                     .map(|(code, n)| format!("{n} {code}"))
                     .collect();
@@ -220,7 +226,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
                     format!("{lost} (refused: {})", refused.join(", "))
                 }
             },
-            pass: acked > 0 && events_lost.is_some_and(|n| n <= slo.lost_events),
+            pass: e.acked > 0 && e.lost.is_some_and(|n| n <= slo.lost_events),
         });
     }
     checks.push(Check {
@@ -241,9 +247,7 @@ pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
         faults,
         requests_lost: load.failed,
         wrong_version_answers: wrong,
-        events_acked: events_acked.unwrap_or(0),
-        events_lost,
-        events_refused,
+        events,
         rejoined,
         client,
         load,
@@ -622,9 +626,7 @@ mod tests {
                 second(1, 2, 20.0),
                 second(2, 0, 20.0),
             ]),
-            events_acked: Some(0),
-            events_lost: None,
-            events_refused: BTreeMap::new(),
+            events: Some(Events::default()),
             rejoined: Rejoined::Missing(vec!["ranking-1".into()]),
             client: "hedging, retries".into(),
         });
