@@ -967,7 +967,9 @@ async fn garbage_collection_runs_on_the_elected_registry_and_fails_over() {
         &[
             ("RANKMESH__REGISTRY__RETENTION__KEEP_VERSIONS", "1"),
             ("RANKMESH__REGISTRY__RETENTION__INTERVAL_S", "0.2"),
-            ("RANKMESH__REGISTRY__RETENTION__ORPHAN_GRACE_S", "0"),
+            // Longer than a publish here takes (its blobs are written before its
+            // manifest); the orphan below is made older than that.
+            ("RANKMESH__REGISTRY__RETENTION__ORPHAN_GRACE_S", "60"),
         ],
     );
     let mut registries = [
@@ -1014,6 +1016,11 @@ async fn garbage_collection_runs_on_the_elected_registry_and_fails_over() {
     let stray = blobs.join("models/stray/1/fp32.bin");
     std::fs::create_dir_all(stray.parent().expect("dir")).expect("mkdir");
     std::fs::write(&stray, b"no manifest names me").expect("orphan blob");
+    std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("an hour-old orphan");
 
     let blob = |v: u64| blobs.join(format!("models/ranker/{v}/fp32.bin"));
     wait_versions(&mut c, &[v1, v3], "v2 collected").await;

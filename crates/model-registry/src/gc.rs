@@ -28,7 +28,8 @@ pub struct RetentionConfig {
     /// Seconds between the leader's sweeps.
     pub interval_s: f64,
     /// A blob that no manifest names is deleted only once it is this old: a publish
-    /// writes its blobs before its manifest.
+    /// writes its blobs before its manifest, so this must be longer than the
+    /// slowest publish (0 would delete the blobs of one in progress).
     pub orphan_grace_s: f64,
 }
 
@@ -50,6 +51,9 @@ pub enum GcError {
     Election(#[from] ElectionError),
 }
 
+/// One model's versions: each variant's manifest and the blobs it names.
+type Versions = BTreeMap<u64, Vec<(String, Vec<String>)>>;
+
 /// What one sweep deleted.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Swept {
@@ -68,15 +72,17 @@ pub async fn sweep(
     now_ms: i64,
 ) -> Result<Swept, GcError> {
     let mut swept = Swept::default();
-    // name -> version -> variants
-    let mut models: BTreeMap<String, BTreeMap<u64, Vec<String>>> = BTreeMap::new();
+    let mut models: BTreeMap<String, Versions> = BTreeMap::new();
     for m in db.list("").await? {
+        let named = std::iter::once(m.blob)
+            .chain(m.sidecars.into_iter().map(|s| s.blob))
+            .collect();
         models
             .entry(m.name)
             .or_default()
             .entry(m.version)
             .or_default()
-            .push(m.variant);
+            .push((m.variant, named));
     }
     for (name, versions) in &models {
         let (mut stages, rev) = db.stages(name).await?;
@@ -101,7 +107,7 @@ pub async fn sweep(
             .flat_map(|v| {
                 versions[v]
                     .iter()
-                    .map(move |variant| TxnOp::delete(version_key(name, *v, variant), None))
+                    .map(move |(variant, _)| TxnOp::delete(version_key(name, *v, variant), None))
             })
             .collect();
         // A rollback must never land on a deleted version.
@@ -130,13 +136,26 @@ pub async fn sweep(
             swept
                 .versions
                 .extend(doomed.iter().map(|v| format!("{name} v{v}")));
+            // Their blobs go now: no grace is owed to a version that was deleted.
+            for key in doomed
+                .iter()
+                .flat_map(|v| &versions[v])
+                .flat_map(|(_, b)| b)
+            {
+                fence.check().await?;
+                blobs.delete(key).await?;
+                metrics::counter!("rankmesh_registry_gc_deleted_total", "kind" => "blob")
+                    .increment(1);
+                swept.blobs.push(key.clone());
+            }
         } else {
             // Stages changed under us (a promotion, a rollback): next sweep.
             tracing::debug!(model = %name, "stages changed during the sweep; skipped");
         }
     }
 
-    // Blobs: what no manifest (after the deletes above) names, past the grace.
+    // Orphans: blobs no manifest names (a publish that failed half-way), past the
+    // grace a publish in progress needs.
     let named: BTreeSet<String> = db
         .list("")
         .await?
@@ -275,7 +294,7 @@ mod tests {
         let policy = RetentionConfig {
             keep_versions: 1,
             interval_s: 1.0,
-            orphan_grace_s: 0.0,
+            orphan_grace_s: 3_600.0,
         };
 
         let a = Candidate::new(etcd.clone(), GC_ROLE, "a").campaign().await;
@@ -310,7 +329,17 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         left.sort();
-        assert_eq!(left, ["models/m/2/fp32.bin", "models/m/4/fp32.bin"]);
+        // The collected versions' blobs go at once; a fresh orphan (a publish still
+        // writing, for all we know) waits for its grace.
+        assert_eq!(
+            left,
+            [
+                "models/m/2/fp32.bin",
+                "models/m/4/fp32.bin",
+                "models/stray/1/fp32.bin"
+            ]
+        );
+        assert_eq!(swept.blobs, ["models/m/1/fp32.bin", "models/m/3/fp32.bin"]);
         let (stages, _) = db.stages("m").await.expect("stages");
         assert!(stages.previous.is_empty());
         assert!(
