@@ -21,8 +21,10 @@ The check runs both models in ONNX Runtime on a calibration set:
           correlation of the scores; passes when at least --min-correlation (scores
           that are constant in FP32 must be equal in INT8).
 
-Prints one JSON line with the figures. Exit status: 0 passed, 3 below the bound (OUT
-is removed: nothing may link it), 1 any other error.
+Prints one JSON line with the figures (and `summary`, them in words). Exit status: 0
+passed, 3 below the bound (OUT is removed: nothing may link it), 1 any other error.
+The model registry runs it for `PublishHeader.quantize_int8` (`meshctl model publish
+--quantize int8`).
 """
 import argparse
 import json
@@ -155,6 +157,15 @@ def scorer_check(s32, s8, calibration):
             "max_abs_diff": diff}
 
 
+def summary(r):
+    """The figures in words, as the registry and meshctl print them."""
+    if r["kind"] == "encoder":
+        return (f"mean cosine {r['mean_cosine']} (min {r['min_cosine']}) to FP32 over "
+                f"{r['calibration']} calibration texts, at least {r['min_cosine_required']}")
+    return (f"score correlation {r['correlation']} (max difference {r['max_abs_diff']}) with "
+            f"FP32 over {r['calibration']} calibration rows, at least {r['min_correlation_required']}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("fp32", type=Path)
@@ -180,6 +191,7 @@ def main():
     report["bytes_fp32"] = a.fp32.stat().st_size
     report["bytes_int8"] = a.out.stat().st_size
     report["pass"] = passed
+    report["summary"] = summary(report)
     print(json.dumps(report), flush=True)
     if not passed:
         os.unlink(a.out)

@@ -1123,29 +1123,50 @@ async fn wait_versions(c: &mut ModelRegistryClient<Channel>, want: &[u64], what:
     .await;
 }
 
-/// `meshctl model publish --quantize int8` makes the INT8 variant with the project's
-/// tooling and checks it against FP32 before uploading anything: the encoder at a
-/// bound INT8 cannot reach is refused and nothing is published; at the default bound
-/// (mean cosine 0.98) both variants are published, the INT8 one linked to its
-/// parent with the figures in its metadata. The ranker (a tree ensemble: nothing to
-/// quantize) passes its score-correlation check exactly.
+/// `meshctl model publish --quantize int8` has the registry make the INT8 variant
+/// with the project's quantizer and check it against FP32 before anything is stored:
+/// a registry whose bound INT8 cannot reach refuses the upload and stores nothing; at
+/// the default bound (mean cosine 0.98) both variants are stored, the INT8 one linked
+/// to its parent with the figures in its metadata. The ranker (a tree ensemble:
+/// nothing to quantize) passes its score-correlation check exactly. A registry
+/// without a quantizer refuses the option, naming what to configure.
 #[tokio::test]
-async fn publish_quantize_int8_checks_against_fp32_before_linking() {
+async fn publish_quantize_int8_checks_against_fp32_before_storing() {
     let etcd = EtcdCluster::single().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _registry = spawn_registry(
-        &etcd,
-        "registry-q",
-        &registry_env(&dir.path().join("blobs"), &[]),
-    );
-    let mut c = connect(&_registry).await;
-    let endpoint = etcd.endpoints()[0].clone();
-    let venv = venv();
-    let meshctl = |args: &[&str]| {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = venv().join("bin/python");
+    let script = repo.join("scripts/quantize_model.py");
+    let blobs = dir.path().join("blobs");
+    let env = |extra: &[(&str, &str)]| {
+        let mut env = registry_env(&blobs, &[]);
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
+    };
+    let python = python.to_str().expect("utf-8");
+    let script = script.to_str().expect("utf-8");
+    let quantizer = [
+        ("RANKMESH__REGISTRY__QUANTIZER__PYTHON", python),
+        ("RANKMESH__REGISTRY__QUANTIZER__SCRIPT", script),
+    ];
+    let strict = [
+        quantizer[0],
+        quantizer[1],
+        ("RANKMESH__REGISTRY__QUANTIZER__MIN_COSINE", "0.9999"),
+    ];
+    let strict = spawn_registry(&etcd, "registry-strict", &env(&strict));
+    let normal = spawn_registry(&etcd, "registry-q", &env(&quantizer));
+    let bare = spawn_registry(&etcd, "registry-bare", &env(&[]));
+    let mut c = connect(&normal).await;
+    let _ = (connect(&strict).await, connect(&bare).await);
+    let meshctl = |registry: &ServiceProcess, args: &[&str]| {
         std::process::Command::new(rankmesh_tests::process::binary("meshctl"))
-            .args(["model", "--etcd", &endpoint, "--token", TOKEN])
+            .args(["model", "--addr", &registry.grpc_addr, "--token", TOKEN])
             .args(args)
-            .env("RANKMESH_VENV", &venv)
             .output()
             .expect("run meshctl")
     };
@@ -1166,24 +1187,33 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
         "int8",
     ];
 
-    let strict = meshctl(&[&publish[..], &["--min-cosine", "0.9999"]].concat());
-    let err = String::from_utf8_lossy(&strict.stderr);
+    let refused = meshctl(&strict, &publish);
+    let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !strict.status.success(),
-        "a bound INT8 cannot reach is refused"
+        !refused.status.success(),
+        "a bound INT8 cannot reach refuses the upload"
     );
     assert!(
-        err.contains("misses its bound") && err.contains("mean cosine"),
+        err.contains("misses its bound") && err.contains("mean cosine") && err.contains("0.9999"),
         "{err}"
     );
+    let none = meshctl(&bare, &publish);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success());
+    assert!(err.contains("registry.quantizer.python"), "{err}");
     let listed = versions_of(&mut c, "encoder").await;
-    assert!(listed.is_empty(), "nothing published: {listed:?}");
+    assert!(listed.is_empty(), "nothing stored: {listed:?}");
 
-    let out = meshctl(&publish);
+    let out = meshctl(&normal, &publish);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("(int8, ") && printed.contains("mean cosine"),
+        "{printed}"
     );
     let versions = versions_of(&mut c, "encoder").await;
     assert_eq!(versions.len(), 2, "{versions:?}");
@@ -1203,15 +1233,18 @@ async fn publish_quantize_int8_checks_against_fp32_before_linking() {
     assert!(int8.metadata["int8_check"].contains("at least 0.98"));
 
     let ranker = models_dir().join("ranker/model.onnx");
-    let out = meshctl(&[
-        "publish",
-        "ranker",
-        ranker.to_str().expect("utf-8"),
-        "--inputs",
-        "features",
-        "--quantize",
-        "int8",
-    ]);
+    let out = meshctl(
+        &normal,
+        &[
+            "publish",
+            "ranker",
+            ranker.to_str().expect("utf-8"),
+            "--inputs",
+            "features",
+            "--quantize",
+            "int8",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

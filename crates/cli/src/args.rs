@@ -28,15 +28,6 @@ impl PythonTool {
         Self { python, script }
     }
 
-    /// The script in the project's `scripts/` folder: beside `$RANKMESH_VENV`, else
-    /// `scripts/` here.
-    pub(crate) fn in_scripts(name: &str) -> Self {
-        let scripts = std::env::var_os("RANKMESH_VENV")
-            .and_then(|v| PathBuf::from(v).parent().map(|root| root.join("scripts")))
-            .unwrap_or_else(|| PathBuf::from("scripts"));
-        Self::new(None, scripts.join(name))
-    }
-
     /// The interpreter with the script as its first argument.
     pub(crate) fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.python);

@@ -409,6 +409,7 @@ async fn publish_default(registry: &str, token: &str, d: &DefaultModel) -> anyho
         outputs: &d.outputs,
         metadata: vec![("source".into(), d.fp32.display().to_string())],
         sidecars: &d.sidecars,
+        quantize_int8: false,
     };
     let m = crate::model::publish(registry, &up).await?;
     if let Some(int8) = &d.int8 {
@@ -504,6 +505,11 @@ fn spawn(
             )
             .env("RANKMESH__REGISTRY__CURRENT_KEY", "local1")
             .env("RANKMESH__REGISTRY__SIGNING_KEY", &secrets.signing_key);
+            // INT8 at publish with the project's quantizer, where the venv is.
+            if let Some((python, script)) = quantizer(opts) {
+                cmd.env("RANKMESH__REGISTRY__QUANTIZER__PYTHON", python)
+                    .env("RANKMESH__REGISTRY__QUANTIZER__SCRIPT", script);
+            }
         }
         if service == "feature" {
             cmd.env(
@@ -569,6 +575,22 @@ fn spawn(
     }
 
     Ok(())
+}
+
+/// The venv's Python and `scripts/quantize_model.py` of the checkout whose
+/// `models/` the mesh serves, when both are there.
+fn quantizer(opts: &UpOptions) -> Option<(PathBuf, PathBuf)> {
+    let root = std::fs::canonicalize(&opts.models)
+        .ok()?
+        .parent()?
+        .to_owned();
+    let tool = crate::args::PythonTool::new(None, root.join("scripts/quantize_model.py"));
+    let python = if tool.python.is_absolute() {
+        tool.python
+    } else {
+        root.join(tool.python)
+    };
+    (python.exists() && tool.script.exists()).then_some((python, tool.script))
 }
 
 /// Waits until every started service answers `/ready`.

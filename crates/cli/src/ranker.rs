@@ -464,6 +464,7 @@ async fn publish_ranker(
         outputs: &outputs,
         metadata,
         sidecars: &[],
+        quantize_int8: false,
     };
     Ok(crate::model::publish(registry, &up).await?.version)
 }

@@ -5,6 +5,8 @@
 //! - [`store`]: versions and stages in etcd; encrypted blobs in an object store.
 //! - [`service`]: the gRPC API (publish with validation in ONNX Runtime, fetch with
 //!   resume, stages, rollback, key rotation; writes need the admin token).
+//! - [`quantize`]: INT8 variants made at publish by the project's quantizer and
+//!   checked against their FP32 parent.
 //! - [`gc`]: the retention policy, applied by the one replica that leads the
 //!   `registry-gc` election, fenced on its leader key.
 //! - [`error`]: the one error type every RPC answers through.
@@ -17,6 +19,7 @@ pub use rankmesh_artifact::envelope;
 
 pub mod error;
 pub mod gc;
+pub mod quantize;
 pub mod service;
 pub mod store;
 
@@ -37,6 +40,7 @@ use tokio::sync::watch;
 
 use crate::envelope::MasterKeys;
 use crate::gc::RetentionConfig;
+use crate::quantize::QuantizerConfig;
 use crate::service::{Registry, RegistryApi};
 use crate::store::{Blobs, ModelDb};
 
@@ -79,6 +83,8 @@ pub struct RegistryConfig {
     pub fetch_bytes_per_s: u64,
     /// Which versions and blobs are kept; the elected replica deletes the rest.
     pub retention: RetentionConfig,
+    /// What makes INT8 variants at publish (`quantize_int8`); none by default.
+    pub quantizer: QuantizerConfig,
 }
 
 /// An S3-compatible bucket. Credentials: `AWS_ACCESS_KEY_ID` and
@@ -107,6 +113,7 @@ impl Default for RegistryConfig {
             max_artifact_bytes: 2 << 30,
             fetch_bytes_per_s: 0,
             retention: RetentionConfig::default(),
+            quantizer: QuantizerConfig::default(),
         }
     }
 }
@@ -151,6 +158,28 @@ impl Config {
             .map_err(|e| invalid("registry.master_keys", "(not shown)", &e.to_string()))?;
         signing_key(&r.signing_key)
             .map_err(|m| invalid("registry.signing_key", "(not shown)", &m))?;
+        let q = &r.quantizer;
+        if !(q.min_cosine > 0.0 && q.min_cosine <= 1.0) {
+            return Err(invalid(
+                "registry.quantizer.min_cosine",
+                q.min_cosine.to_string(),
+                "must be within (0, 1]",
+            ));
+        }
+        if !(q.min_correlation > -1.0 && q.min_correlation <= 1.0) {
+            return Err(invalid(
+                "registry.quantizer.min_correlation",
+                q.min_correlation.to_string(),
+                "must be within (-1, 1]",
+            ));
+        }
+        if !q.python.as_os_str().is_empty() && q.script.as_os_str().is_empty() {
+            return Err(invalid(
+                "registry.quantizer.script",
+                "\"\"",
+                "a quantizer python needs its script (scripts/quantize_model.py)",
+            ));
+        }
         let g = &r.retention;
         if !(g.interval_s.is_finite() && g.interval_s > 0.0) {
             return Err(invalid(
@@ -211,6 +240,7 @@ pub async fn run(
         max_artifact_bytes: r.max_artifact_bytes,
         fetch_bytes_per_s: r.fetch_bytes_per_s,
         onnx: config.onnx.clone(),
+        quantizer: r.quantizer.clone(),
     });
     // Artifacts move in chunks, so no message is larger than one chunk and its header.
     let routes = rankmesh_common::limited_routes!(

@@ -37,6 +37,8 @@ pub struct Registry {
     /// Cap per FetchModel stream (0: none).
     pub fetch_bytes_per_s: u64,
     pub onnx: OnnxConfig,
+    /// What makes INT8 variants at publish (`quantize_int8`).
+    pub quantizer: crate::quantize::QuantizerConfig,
 }
 
 impl std::fmt::Debug for Registry {
@@ -90,6 +92,8 @@ struct Plan {
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,
     sidecar_names: Vec<String>,
+    /// Make and check the INT8 variant too (`quantize_int8`).
+    quantize: bool,
 }
 
 /// The first message of an upload, which must be the header.
@@ -300,9 +304,44 @@ impl Registry {
         let (model, sidecars) = self.receive(&mut stream, &plan.sidecar_names).await?;
         let model = Arc::new(model);
         self.validate(&model, &plan).await?;
+        // Quantized and checked before anything is stored: a variant below its
+        // bound refuses the whole upload.
+        let int8 = if plan.quantize {
+            let tokenizer = sidecars.get("tokenizer.json").map(Vec::as_slice);
+            let q = crate::quantize::int8(&self.quantizer, &model, tokenizer).await?;
+            let q_model = Arc::new(q.model);
+            self.validate(&q_model, &plan).await?;
+            Some((q_model, q.metadata, plan.metadata.clone()))
+        } else {
+            None
+        };
+        let (name, inputs, outputs, sidecar_names) = (
+            plan.name.clone(),
+            plan.inputs.clone(),
+            plan.outputs.clone(),
+            plan.sidecar_names.clone(),
+        );
         let manifest = self.seal(plan, &model, &sidecars).await?;
         self.commit(&manifest).await?;
         tracing::info!(name = %manifest.name, version = manifest.version, variant = %manifest.variant, bytes = manifest.sealed.size_bytes, sidecars = manifest.sidecars.len(), "model published");
+        if let Some((q_model, figures, mut metadata)) = int8 {
+            metadata.extend(figures);
+            metadata.insert("variant".into(), "int8".into());
+            metadata.insert("parent_version".into(), manifest.version.to_string());
+            let plan = Plan {
+                name,
+                variant: "int8".into(),
+                parent: Some(manifest.clone()),
+                metadata,
+                inputs,
+                outputs,
+                sidecar_names,
+                quantize: false,
+            };
+            let m = self.seal(plan, &q_model, &sidecars).await?;
+            self.commit(&m).await?;
+            tracing::info!(name = %m.name, version = m.version, bytes = m.sealed.size_bytes, check = %m.metadata.get("int8_check").map_or("", String::as_str), "int8 variant made and published");
+        }
         Ok(pb::PublishModelResponse {
             manifest: Some(to_proto(&manifest, "")),
         })
@@ -320,11 +359,6 @@ impl Registry {
             sidecar_names,
         } = header;
         check_name(&name)?;
-        if quantize_int8 {
-            return Err(RegistryError::Precondition(
-                "quantize_int8: the registry runs no quantizer; `meshctl model publish --quantize int8` makes and checks the INT8 variant, or publish an INT8 file with metadata variant=int8 and parent_version=N".into(),
-            ));
-        }
         check_sidecar_names(&sidecar_names)?;
         let metadata = check_metadata(metadata)?;
         let variant = metadata
@@ -335,6 +369,11 @@ impl Registry {
             return Err(RegistryError::Invalid(format!(
                 "metadata.variant: {variant:?} is not fp32 or int8"
             )));
+        }
+        if quantize_int8 && variant != "fp32" {
+            return Err(RegistryError::Invalid(
+                "quantize_int8: the upload must be the fp32 artifact".into(),
+            ));
         }
         let parent_version: u64 = match metadata.get("parent_version") {
             Some(v) => v.parse().map_err(|_| {
@@ -378,6 +417,7 @@ impl Registry {
             inputs,
             outputs,
             sidecar_names,
+            quantize: quantize_int8,
         })
     }
 

@@ -264,6 +264,7 @@ async fn publish_ranker(
             outputs: &["score".to_owned()],
             metadata: vec![("source".into(), why.to_owned())],
             sidecars: &[],
+            quantize_int8: false,
         },
     )
     .await?;

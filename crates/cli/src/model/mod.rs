@@ -3,7 +3,6 @@
 //! the local mesh's secrets file; signatures are checked with `--verify-key` or the
 //! local mesh's public key.
 
-mod quantize;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +45,8 @@ pub(crate) struct Upload<'a> {
     pub metadata: Vec<(String, String)>,
     /// Extra files (e.g. tokenizer.json), stored encrypted under their file names.
     pub sidecars: &'a [std::path::PathBuf],
+    /// Have the registry make and check the INT8 variant too.
+    pub quantize_int8: bool,
 }
 
 /// Uploads an artifact (the next version of its name, or with metadata
@@ -83,7 +84,7 @@ pub(crate) async fn publish(
                 outputs: spec(up.outputs),
             }),
             metadata: up.metadata.iter().cloned().collect(),
-            quantize_int8: false,
+            quantize_int8: up.quantize_int8,
             sidecar_names: sidecars.iter().map(|s| s.name.clone()).collect(),
         })),
     }];
@@ -103,6 +104,24 @@ pub(crate) async fn publish(
         "published {} v{} ({}, {} bytes, sha256 {}, key {})",
         m.name, m.version, m.variant, m.size_bytes, m.sha256_plaintext, m.key_id
     );
+    if up.quantize_int8 {
+        // The registry made the INT8 variant with it: say what its check measured.
+        let int8 = summaries(registry, up.name)
+            .await?
+            .into_iter()
+            .flat_map(|s| s.versions)
+            .find(|v| v.version == m.version && v.variant == "int8");
+        match int8 {
+            Some(v) => println!(
+                "published {} v{} (int8, {} bytes): {}",
+                v.name,
+                v.version,
+                v.size_bytes,
+                v.metadata.get("int8_check").map_or("", String::as_str)
+            ),
+            None => anyhow::bail!("the registry answered without the INT8 variant"),
+        }
+    }
     Ok(m)
 }
 
@@ -309,23 +328,12 @@ enum ModelCommand {
         /// replicas on CPU pick it, replicas on GPU the FP32 file.
         #[arg(long, conflicts_with = "quantize")]
         int8: Option<PathBuf>,
-        /// Make the INT8 variant here instead (dynamic per-channel quantization,
-        /// scripts/quantize_model.py), check it against FILE on a calibration set, and
-        /// publish both; nothing is published when the check misses its bound.
+        /// Have the registry make the INT8 variant (dynamic per-channel quantization,
+        /// scripts/quantize_model.py) and check it against FILE on a calibration set
+        /// (an encoder needs its tokenizer.json as --sidecar); nothing is stored when
+        /// it misses the registry's bound.
         #[arg(long, value_parser = ["int8"])]
         quantize: Option<String>,
-        /// Calibration set for --quantize: texts, one a line, for an encoder (its
-        /// tokenizer.json comes from --sidecar); float32 rows for a scorer, e.g.
-        /// DIR/rows/train.f32 that `meshctl ranker train --out DIR` wrote. Default:
-        /// built-in shopper queries and titles; seeded standard-normal rows.
-        #[arg(long, requires = "quantize")]
-        calibration: Option<PathBuf>,
-        /// --quantize: least mean cosine of an encoder's INT8 embeddings to FP32's.
-        #[arg(long, default_value_t = 0.98)]
-        min_cosine: f64,
-        /// --quantize: least correlation of a scorer's INT8 scores with FP32's.
-        #[arg(long, default_value_t = 0.99)]
-        min_correlation: f64,
     },
     /// Versions, stages and stage history; the cipher and signature status of each
     /// version.
@@ -390,27 +398,7 @@ pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
             sidecars,
             int8,
             quantize,
-            calibration,
-            min_cosine,
-            min_correlation,
         } => {
-            // Quantized and checked before anything is uploaded.
-            let quantized = match quantize {
-                Some(_) => {
-                    let tokenizer = sidecars
-                        .iter()
-                        .find(|p| p.file_name().is_some_and(|n| n == "tokenizer.json"));
-                    let check = quantize::Check {
-                        calibration,
-                        min_cosine,
-                        min_correlation,
-                    };
-                    let q = quantize::int8(&file, tokenizer.map(PathBuf::as_path), &check)?;
-                    println!("{}", q.summary);
-                    Some(q)
-                }
-                None => None,
-            };
             let mut up = Upload {
                 name: &name,
                 file: &file,
@@ -418,17 +406,15 @@ pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
                 outputs: &outputs,
                 metadata,
                 sidecars: &sidecars,
+                quantize_int8: quantize.is_some(),
             };
             let m = publish(&registry, &up).await?;
-            let int8 = int8.or_else(|| quantized.as_ref().map(|q| q.file.clone()));
             if let Some(int8) = &int8 {
                 up.file = int8;
+                up.quantize_int8 = false;
                 up.metadata.push(("variant".into(), "int8".into()));
                 up.metadata
                     .push(("parent_version".into(), m.version.to_string()));
-                if let Some(q) = &quantized {
-                    up.metadata.extend(q.metadata.iter().cloned());
-                }
                 publish(&registry, &up).await?;
             }
         }
