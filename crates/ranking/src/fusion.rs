@@ -199,4 +199,67 @@ mod tests {
         assert!(close(row("d")[1], 0.5) && close(row("d")[2], 0.4) && row("d")[3] == 0.0);
         assert_eq!(row("d")[4], 2f32.ln_1p(), "ranked below the whole list");
     }
+
+    mod properties {
+        //! What fusion promises whatever the lists hold: every id once, best first
+        //! with ties by id, and each id's score the sum of its reciprocal ranks.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Up to three lists of up to 40 ids drawn from a small alphabet, so ids
+        /// repeat across lists (and sometimes within one, which fusion must tolerate).
+        fn lists() -> impl Strategy<Value = Vec<Retrieved>> {
+            let list = |source: &'static str| {
+                prop::collection::vec(("[a-h]{1,2}", -10.0f32..10.0), 0..40)
+                    .prop_map(move |items| Retrieved { source, items })
+            };
+            (list("dense"), list("lexical"), list("popular")).prop_map(|(a, b, c)| vec![a, b, c])
+        }
+
+        proptest! {
+            #[test]
+            fn every_id_once_best_first(lists in lists()) {
+                let (fused, _) = fuse(&lists);
+                let mut want: Vec<&str> = lists
+                    .iter()
+                    .flat_map(|l| l.items.iter().map(|(id, _)| id.as_str()))
+                    .collect();
+                want.sort_unstable();
+                want.dedup();
+                let mut got: Vec<&str> = fused.iter().map(|c| c.id.as_str()).collect();
+                got.sort_unstable();
+                prop_assert_eq!(&got, &want, "every retrieved id, once");
+                for w in fused.windows(2) {
+                    prop_assert!(
+                        w[0].rrf > w[1].rrf || (w[0].rrf == w[1].rrf && w[0].id < w[1].id),
+                        "{} ({}) before {} ({})", w[0].id, w[0].rrf, w[1].id, w[1].rrf
+                    );
+                }
+            }
+
+            #[test]
+            fn scores_are_summed_reciprocal_ranks(lists in lists()) {
+                let (fused, stats) = fuse(&lists);
+                for c in &fused {
+                    let want: f32 = lists
+                        .iter()
+                        .flat_map(|l| l.items.iter().enumerate())
+                        .filter(|(_, (id, _))| *id == c.id)
+                        .map(|(rank, _)| 1.0 / (RRF_K + rank as f32 + 1.0))
+                        .sum();
+                    prop_assert!((c.rrf - want).abs() < 1e-5, "{}: {} vs {}", c.id, c.rrf, want);
+                    // Its place in a list is its first one there.
+                    for (place, source) in [(c.dense, "dense"), (c.lexical, "lexical")] {
+                        let first = lists
+                            .iter()
+                            .filter(|l| l.source == source)
+                            .find_map(|l| l.items.iter().position(|(id, _)| *id == c.id));
+                        prop_assert_eq!(place.map(|p| p.rank), first);
+                    }
+                    // Every retrieval column is a finite number.
+                    prop_assert!(retrieval_row(c, &stats).iter().all(|v| v.is_finite()));
+                }
+            }
+        }
+    }
 }
