@@ -426,4 +426,73 @@ mod tests {
             "{err}"
         );
     }
+
+    mod properties {
+        //! Whatever arrives, in whatever sizes and order, and whoever gives up
+        //! waiting: every submit that waits gets exactly its own outputs, in order,
+        //! and the queue drains to zero.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+
+            #[test]
+            fn every_waiting_submit_gets_its_own_outputs_in_order(
+                // (items, delay before submitting in ms, cancelled)
+                submits in prop::collection::vec((1usize..40, 0u64..3, any::<bool>()), 1..16),
+                max_batch in 1usize..16,
+                workers in 1usize..3,
+            ) {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let b = Batcher::new(
+                        "property",
+                        BatchConfig {
+                            max_batch,
+                            max_wait_us: 200,
+                            workers,
+                            ..BatchConfig::default()
+                        },
+                        // Each output names its input, so a mix-up shows.
+                        |items: Vec<(usize, usize)>| Ok(items.into_iter().map(|(s, i)| s * 1_000 + i).collect()),
+                    );
+                    let tasks: Vec<_> = submits
+                        .iter()
+                        .enumerate()
+                        .map(|(s, &(n, delay_ms, cancelled))| {
+                            let b = b.clone();
+                            let task = tokio::spawn(async move {
+                                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                                b.submit((0..n).map(|i| (s, i)).collect()).await
+                            });
+                            if cancelled {
+                                task.abort();
+                            }
+                            (s, n, cancelled, task)
+                        })
+                        .collect();
+                    for (s, n, cancelled, task) in tasks {
+                        match task.await {
+                            Ok(out) => {
+                                let want: Vec<usize> = (0..n).map(|i| s * 1_000 + i).collect();
+                                assert_eq!(out.expect("answered"), want, "submit {s}");
+                            }
+                            Err(e) => assert!(cancelled && e.is_cancelled(), "submit {s}: {e}"),
+                        }
+                    }
+                    // What the cancelled submits queued still ran; nothing is left.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                    while b.queued() > 0 {
+                        assert!(std::time::Instant::now() < deadline, "{} items stuck", b.queued());
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                });
+            }
+        }
+    }
 }
