@@ -185,4 +185,85 @@ mod tests {
         assert_eq!(ok.category_prefix, "home > kitchen");
         assert_eq!(ok.brands, vec!["acme"]);
     }
+
+    mod properties {
+        //! Filter semantics against a reference written in segments: what validates
+        //! is normalised, and `matches` agrees with `category_prefixes` (what the
+        //! indexes store), the inclusive price bounds and the brand list.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "Home",
+                "home ",
+                "Kitchen",
+                "kitchenware",
+                "Pans",
+                " Garden",
+                "a",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(segment(), 0..4),
+                prop::sample::select(vec![">", " > ", " >"]),
+            )
+                .prop_map(|(segments, sep)| segments.join(sep))
+        }
+
+        proptest! {
+            #[test]
+            fn validated_filters_match_like_the_reference(
+                prefix in path(),
+                min in prop::option::of(0.0f64..100.0),
+                span in prop::option::of(0.0f64..100.0),
+                brands in prop::collection::vec(prop::sample::select(vec!["Acme", " acme", "Zed", ""]), 0..3),
+                category in path(),
+                brand in prop::sample::select(vec!["acme", "zed", "other"]),
+                price in prop::option::of(0.0f64..200.0),
+            ) {
+                let max = min.zip(span).map(|(lo, d)| lo + d).or(span);
+                let f = Filter::from_proto(Some(pb::Filters {
+                    category_prefix: prefix.clone(),
+                    min_price: min,
+                    max_price: max,
+                    brands: brands.iter().map(|b| (*b).to_owned()).collect(),
+                }))
+                .expect("a valid filter");
+                // Normalised once, and stable.
+                prop_assert_eq!(normalize_category(&f.category_prefix), f.category_prefix.clone());
+                prop_assert!(f.brands.iter().all(|b| !b.is_empty() && *b == b.trim().to_lowercase()));
+
+                let category = normalize_category(&category);
+                let by_category = f.category_prefix.is_empty()
+                    || category_prefixes(&category).contains(&f.category_prefix);
+                let by_price = (min.is_none() && max.is_none())
+                    || price.is_some_and(|p| min.is_none_or(|m| p >= m) && max.is_none_or(|m| p <= m));
+                let by_brand = f.brands.is_empty() || f.brands.iter().any(|b| b == brand);
+                prop_assert_eq!(
+                    f.matches(&category, brand, price),
+                    by_category && by_price && by_brand,
+                    "{:?} on ({:?}, {}, {:?})", f, category, brand, price
+                );
+            }
+
+            #[test]
+            fn invalid_prices_are_refused_never_accepted(
+                min in prop::option::of(prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -10.0f64..-0.001, 0.0f64..10.0]),
+                max in prop::option::of(prop_oneof![Just(f64::NAN), -10.0f64..-0.001, 0.0f64..10.0]),
+            ) {
+                let bad = |p: Option<f64>| p.is_some_and(|p| !p.is_finite() || p < 0.0);
+                let inverted = matches!((min, max), (Some(lo), Some(hi)) if hi < lo);
+                let r = Filter::from_proto(Some(pb::Filters {
+                    min_price: min,
+                    max_price: max,
+                    ..pb::Filters::default()
+                }));
+                prop_assert_eq!(r.is_err(), bad(min) || bad(max) || inverted, "{:?}", r);
+            }
+        }
+    }
 }
