@@ -496,7 +496,7 @@ fn spawn(
         if service == "registry" {
             cmd.env(
                 "RANKMESH__REGISTRY__BLOB_DIR",
-                opts.state_dir.join("registry").join("blobs"),
+                data_dir(&opts.state_dir, "registry").join("blobs"),
             )
             .env("RANKMESH__REGISTRY__ADMIN_TOKEN", &secrets.admin_token)
             .env(
@@ -514,7 +514,7 @@ fn spawn(
         if service == "feature" {
             cmd.env(
                 "RANKMESH__STORE__PATH",
-                opts.state_dir.join("feature").join("features.redb"),
+                data_dir(&opts.state_dir, "feature").join("features.redb"),
             );
             if let Some(port) = opts.redis_port {
                 cmd.env("RANKMESH__STORE__BACKEND", "redis").env(
@@ -575,6 +575,12 @@ fn spawn(
     }
 
     Ok(())
+}
+
+/// Where the instances of `service` keep their data in a mesh's state directory
+/// (the feature store's file, the registry's blobs).
+pub(crate) fn data_dir(state_dir: &Path, service: &str) -> PathBuf {
+    state_dir.join(service)
 }
 
 /// The venv's Python and `scripts/quantize_model.py` of the checkout whose
@@ -644,11 +650,23 @@ pub(crate) fn admin_token(given: Option<&str>, state_dir: &Path) -> anyhow::Resu
     }
 }
 
-pub(crate) fn registry_secrets(state_dir: &Path) -> anyhow::Result<RegistrySecrets> {
+/// The local mesh's registry secrets, if `state_dir` has them (read only).
+pub(crate) fn existing_secrets(state_dir: &Path) -> anyhow::Result<Option<RegistrySecrets>> {
     let path = state_dir.join("registry-secrets.json");
-    if let Ok(bytes) = std::fs::read(&path) {
-        return serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()));
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("parse {}", path.display())),
+        Err(_) => Ok(None),
     }
+}
+
+/// The local mesh's registry secrets, created on first use.
+pub(crate) fn registry_secrets(state_dir: &Path) -> anyhow::Result<RegistrySecrets> {
+    if let Some(s) = existing_secrets(state_dir)? {
+        return Ok(s);
+    }
+    let path = state_dir.join("registry-secrets.json");
     let secrets = RegistrySecrets {
         admin_token: hex32(),
         master_key: hex32(),

@@ -154,13 +154,14 @@ pub async fn sweep(
         }
     }
 
-    // Orphans: blobs no manifest names (a publish that failed half-way), past the
-    // grace a publish in progress needs.
-    let named: BTreeSet<String> = db
-        .list("")
-        .await?
-        .into_iter()
-        .flat_map(|m| std::iter::once(m.blob).chain(m.sidecars.into_iter().map(|s| s.blob)))
+    // Orphans: blobs no manifest named when the sweep began (a publish that failed
+    // half-way), past the grace a publish in progress needs. Those of the versions
+    // deleted above are gone already; one published since is younger than the grace.
+    let named: BTreeSet<&String> = models
+        .values()
+        .flat_map(BTreeMap::values)
+        .flatten()
+        .flat_map(|(_, blobs)| blobs)
         .collect();
     let grace_ms = (policy.orphan_grace_s * 1e3) as i64;
     for (key, modified_ms) in blobs.list("models").await? {

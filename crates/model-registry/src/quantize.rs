@@ -64,7 +64,10 @@ pub async fn int8(
     }
     let dir = tempfile::tempdir().map_err(|e| RegistryError::internal("quantizer temp dir", e))?;
     let (src, out) = (dir.path().join("fp32.onnx"), dir.path().join("int8.onnx"));
-    std::fs::write(&src, fp32).map_err(|e| RegistryError::internal("quantizer input", e))?;
+    // Artifacts are large: written and read off the async workers.
+    tokio::fs::write(&src, fp32)
+        .await
+        .map_err(|e| RegistryError::internal("quantizer input", e))?;
     let mut cmd = tokio::process::Command::new(&config.python);
     cmd.arg(&config.script)
         .arg(&src)
@@ -74,7 +77,9 @@ pub async fn int8(
         .kill_on_drop(true);
     if let Some(t) = tokenizer {
         let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, t).map_err(|e| RegistryError::internal("quantizer input", e))?;
+        tokio::fs::write(&path, t)
+            .await
+            .map_err(|e| RegistryError::internal("quantizer input", e))?;
         cmd.arg("--tokenizer").arg(path);
     }
     let run = tokio::time::timeout(Duration::from_secs(config.timeout_s), cmd.output());
@@ -113,7 +118,9 @@ pub async fn int8(
         }
         _ => return Err(RegistryError::internal("quantizing", output.status)),
     }
-    let model = std::fs::read(&out).map_err(|e| RegistryError::internal("quantizer output", e))?;
+    let model = tokio::fs::read(&out)
+        .await
+        .map_err(|e| RegistryError::internal("quantizer output", e))?;
     let mut metadata = BTreeMap::from([("int8_check".to_owned(), summary)]);
     for key in ["mean_cosine", "min_cosine", "correlation", "calibration"] {
         if let Some(v) = report.get(key) {

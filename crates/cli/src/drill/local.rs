@@ -75,15 +75,31 @@ fn pids(mesh: &MeshState, targets: &[String]) -> anyhow::Result<Vec<(String, u32
 /// The file a disk-full fault fills the disk with.
 const FILLER: &str = "drill-disk-filler";
 
-/// Where an instance keeps its data in the local mesh (`meshctl up`'s layout).
+/// Where an instance (`feature-0`, `registry-0`) keeps its data.
 fn data_dir(state_dir: &Path, instance: &str) -> PathBuf {
-    state_dir.join(instance.trim_end_matches("-0"))
+    let service = instance.rsplit_once('-').map_or(instance, |(s, _)| s);
+    launcher::data_dir(state_dir, service)
+}
+
+/// Small disks a drill mounted; unmounted when dropped (after the mesh stopped).
+#[derive(Debug, Default)]
+pub(super) struct Disks(Vec<PathBuf>);
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            match std::process::Command::new("umount").arg(d).status() {
+                Ok(s) if s.success() => {}
+                other => eprintln!("drill: umount {}: {other:?}", d.display()),
+            }
+        }
+    }
 }
 
 /// Mounts a tmpfs of the fault's size under the data of every disk-full target, so
-/// filling it fills nothing else; the mount points, for [`unmount_disks`].
-pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut mounted = Vec::new();
+/// filling it fills nothing else. Keep the guard until the mesh has stopped.
+pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Result<Disks> {
+    let mut mounted = Disks::default();
     for f in scenario
         .faults
         .iter()
@@ -91,7 +107,7 @@ pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Resu
     {
         for t in &f.targets {
             let dir = data_dir(state_dir, t);
-            if mounted.contains(&dir) {
+            if mounted.0.contains(&dir) {
                 continue;
             }
             std::fs::create_dir_all(&dir)?;
@@ -107,7 +123,6 @@ pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Resu
                 .output()
                 .context("run mount")?;
             if !out.status.success() {
-                unmount_disks(&mounted);
                 anyhow::bail!(
                     "disk-full mounts a {} MiB tmpfs at {} (root with CAP_SYS_ADMIN): {}",
                     f.disk_mb,
@@ -115,20 +130,10 @@ pub(super) fn mount_disks(scenario: &Scenario, state_dir: &Path) -> anyhow::Resu
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            mounted.push(dir);
+            mounted.0.push(dir);
         }
     }
     Ok(mounted)
-}
-
-/// Unmounts what [`mount_disks`] mounted (the mesh must be stopped).
-pub(super) fn unmount_disks(dirs: &[PathBuf]) {
-    for d in dirs {
-        match std::process::Command::new("umount").arg(d).status() {
-            Ok(s) if s.success() => {}
-            other => eprintln!("drill: umount {}: {other:?}", d.display()),
-        }
-    }
 }
 
 /// Writes zeros to `path` until the disk refuses more; the bytes written.

@@ -667,23 +667,12 @@ async fn run_local(
         instance_env: BTreeMap::new(),
     };
     // Small disks under the data a disk-full fault fills, before anything writes there.
-    let disks = local::mount_disks(scenario, state_dir)?;
+    // Dropped last, after the mesh has stopped.
+    let _disks = local::mount_disks(scenario, state_dir)?;
     // Kept until the mesh has stopped: the instances' etcd links run through them.
-    let (links, instance_env) = match local::start_links(scenario, &up).await {
-        Ok(l) => l,
-        Err(e) => {
-            local::unmount_disks(&disks);
-            return Err(e);
-        }
-    };
+    let (links, instance_env) = local::start_links(scenario, &up).await?;
     let up = launcher::UpOptions { instance_env, ..up };
-    let mesh = match launcher::up(&up).await {
-        Ok(m) => m,
-        Err(e) => {
-            local::unmount_disks(&disks);
-            return Err(e);
-        }
-    };
+    let mesh = launcher::up(&up).await?;
     let result = async {
         launcher::load_catalog(&mesh, catalog).await?;
         let env = local::Env {
@@ -732,7 +721,6 @@ async fn run_local(
     launcher::stop(&mesh, Duration::from_secs(5)).await;
     drop(links);
     let _ = launcher::down(state_dir).await;
-    local::unmount_disks(&disks);
     // Keep the services' logs beside the report; the mesh's data (registry blobs,
     // etcd, indexes) goes with the state directory.
     let _ = std::fs::rename(state_dir.join("logs"), logs);

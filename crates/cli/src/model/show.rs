@@ -48,17 +48,10 @@ impl Verifier {
     pub(super) fn new(given: Option<&str>, state_dir: &Path) -> anyhow::Result<Self> {
         let hex = match given {
             Some(h) => Some(h.to_owned()),
-            None => {
-                let path = state_dir.join("registry-secrets.json");
-                match std::fs::read(&path) {
-                    Ok(bytes) => {
-                        let s: crate::launcher::RegistrySecrets = serde_json::from_slice(&bytes)
-                            .with_context(|| format!("parse {}", path.display()))?;
-                        Some(crate::launcher::verify_key_hex(&s.signing_key)?)
-                    }
-                    Err(_) => None,
-                }
-            }
+            None => match crate::launcher::existing_secrets(state_dir)? {
+                Some(s) => Some(crate::launcher::verify_key_hex(&s.signing_key)?),
+                None => None,
+            },
         };
         let key = match hex {
             Some(h) => Some((
