@@ -106,21 +106,23 @@ pub(crate) async fn publish(
     );
     if up.quantize_int8 {
         // The registry made the INT8 variant with it: say what its check measured.
-        let int8 = summaries(registry, up.name)
-            .await?
-            .into_iter()
-            .flat_map(|s| s.versions)
-            .find(|v| v.version == m.version && v.variant == "int8");
-        match int8 {
-            Some(v) => println!(
-                "published {} v{} (int8, {} bytes): {}",
-                v.name,
-                v.version,
-                v.size_bytes,
-                v.metadata.get("int8_check").map_or("", String::as_str)
-            ),
-            None => anyhow::bail!("the registry answered without the INT8 variant"),
-        }
+        let req = pb::GetModelRequest {
+            name: m.name.clone(),
+            version: m.version,
+            variant: "int8".into(),
+        };
+        let v = registry
+            .get_model(req, Deadline::Default)
+            .await
+            .map_err(status)
+            .context("the INT8 variant the registry made")?;
+        println!(
+            "published {} v{} (int8, {} bytes): {}",
+            v.name,
+            v.version,
+            v.size_bytes,
+            v.metadata.get("int8_check").map_or("", String::as_str)
+        );
     }
     Ok(m)
 }
