@@ -15,10 +15,16 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
 }
 
-/// The shared Home Depot relevance set (`../shared/data/homedepot` beside the
-/// repository, or `$RANKMESH_HOMEDEPOT`): real shopper queries with graded judgments.
+/// The setting that says where the Home Depot set is.
+pub const HOMEDEPOT_DIR_VAR: &str = "RANKMESH_HOMEDEPOT_DIR";
+
+/// The Home Depot relevance set: real shopper queries with graded judgments. It is
+/// not part of the repository: `$RANKMESH_HOMEDEPOT_DIR`, by default
+/// `../shared/data/homedepot` beside the repository. Tests that need it are
+/// `#[ignore]`d; `scripts/test` runs them where it is present (and always where
+/// `CI=true`).
 pub fn homedepot_dir() -> PathBuf {
-    std::env::var_os("RANKMESH_HOMEDEPOT")
+    std::env::var_os(HOMEDEPOT_DIR_VAR)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/homedepot")
@@ -36,7 +42,11 @@ pub fn homedepot_slice(dir: &std::path::Path, queries: usize, items: usize) -> (
     let open = |name: &str| {
         let path = src.join(name);
         let f = std::fs::File::open(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (the shared data set is required)", path.display())
+            panic!(
+                "{}: {e}: this test needs the Home Depot set; set {HOMEDEPOT_DIR_VAR} to the \
+                 folder holding judgments.csv.gz and catalog.jsonl.gz",
+                path.display()
+            )
         });
         std::io::BufReader::new(flate2::read::MultiGzDecoder::new(f))
     };

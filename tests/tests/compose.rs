@@ -9,7 +9,7 @@
 //!
 //! Needs a Docker engine and the images, so it is `#[ignore]`d by default and never
 //! passes without running: scripts/test builds the images and runs it (with
-//! `--include-ignored`) wherever a Docker engine answers; elsewhere it is counted as
+//! `--ignored`, in a pass of its own) wherever a Docker engine answers; elsewhere it is counted as
 //! ignored in the summary line. By hand: `scripts/images && cargo test --test compose
 //! -- --ignored`.
 
