@@ -233,9 +233,16 @@ pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     if !s.len().is_multiple_of(2) {
         return Err("odd number of hex characters".into());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("not hex at {i}")))
+    // By bytes, not by `&str` slices: a multi-byte character would put a slice
+    // boundary inside it and panic on input such as "aé0".
+    let digit = |b: u8| (b as char).to_digit(16);
+    s.as_bytes()
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
+            _ => Err(format!("not hex at {}", 2 * i)),
+        })
         .collect()
 }
 
@@ -250,6 +257,18 @@ mod tests {
         ]
         .into();
         MasterKeys::from_hex(&m, current).expect("keys")
+    }
+
+    #[test]
+    fn hex_decoding_refuses_non_ascii_without_panicking() {
+        assert_eq!(decode_hex("00ff10"), Ok(vec![0, 255, 16]));
+        assert_eq!(decode_hex("aé0"), Err("not hex at 0".to_owned()));
+        assert_eq!(decode_hex("0aé"), Err("not hex at 2".to_owned()));
+        assert!(decode_hex("abc").is_err());
+        assert!(
+            decode_hex("+1").is_err(),
+            "from_str_radix would take a sign"
+        );
     }
 
     #[test]

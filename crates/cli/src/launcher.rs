@@ -158,8 +158,19 @@ fn write_state(dir: &Path, state: &MeshState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One service instance to start: name, service, binary, gRPC and admin addresses.
-pub(crate) type Instance = (String, &'static str, &'static str, String, String);
+/// One service instance to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Instance {
+    /// Its id in discovery and in the state file (`ranking-0`).
+    pub name: String,
+    /// The service it runs (`ranking`).
+    pub service: &'static str,
+    /// The binary, in the bin dir.
+    pub bin: &'static str,
+    /// gRPC and admin listen addresses.
+    pub grpc: String,
+    pub admin: String,
+}
 
 /// The service instances `up` starts, with their addresses, in a stable, memorable
 /// port order (ranking-0 first): ranking-0 on `base_port` and its admin port on the
@@ -176,15 +187,12 @@ pub(crate) fn instances(opts: &UpOptions) -> Vec<Instance> {
     names
         .into_iter()
         .zip((opts.base_port..).step_by(2))
-        .map(|((name, svc, bin), port)| {
-            let admin = port + 1;
-            (
-                name,
-                svc,
-                bin,
-                format!("127.0.0.1:{port}"),
-                format!("127.0.0.1:{admin}"),
-            )
+        .map(|((name, service, bin), port)| Instance {
+            name,
+            service,
+            bin,
+            grpc: format!("127.0.0.1:{port}"),
+            admin: format!("127.0.0.1:{}", port + 1),
         })
         .collect()
 }
@@ -298,7 +306,8 @@ async fn start_all(opts: &UpOptions, logs: &Path, state: &mut MeshState) -> anyh
     let secrets = registry_secrets(&opts.state_dir)?;
     // The registry first: the ranker is published through it before the ranking
     // replicas start, so they get their model the way production replicas do.
-    let (registry, rest): (Vec<_>, Vec<_>) = instances.into_iter().partition(|i| i.1 == "registry");
+    let (registry, rest): (Vec<_>, Vec<_>) =
+        instances.into_iter().partition(|i| i.service == "registry");
     for inst in registry {
         spawn(opts, logs, &client, &secrets, inst, state)?;
     }
@@ -463,7 +472,13 @@ fn spawn(
     logs: &Path,
     client: &str,
     secrets: &RegistrySecrets,
-    (name, service, bin, grpc, admin): (String, &str, &str, String, String),
+    Instance {
+        name,
+        service,
+        bin,
+        grpc,
+        admin,
+    }: Instance,
     state: &mut MeshState,
 ) -> anyhow::Result<()> {
     {
@@ -711,7 +726,7 @@ pub(crate) async fn restart(opts: &UpOptions, name: &str) -> anyhow::Result<()> 
     } else {
         let inst = instances(opts)
             .into_iter()
-            .find(|i| i.0 == name)
+            .find(|i| i.name == name)
             .with_context(|| format!("{name} is not an instance of this mesh"))?;
         let secrets = registry_secrets(&opts.state_dir)?;
         let etcd = state.etcd.clone();

@@ -54,6 +54,27 @@ pub fn load<C>(
 where
     C: Serialize + DeserializeOwned + Default,
 {
+    let text = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    load_text(file.zip(text.as_deref()), env)
+}
+
+/// [`load`] with the file already read: `(path it came from, its text)`. Pure, so
+/// the fuzz target `config` runs it on arbitrary files and environments.
+pub fn load_text<C>(
+    file: Option<(&Path, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<C, ConfigError>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
     let mut origins = Origins::new();
     let mut tree = match Value::try_from(C::default()) {
         Ok(Value::Table(t)) => t,
@@ -62,11 +83,7 @@ where
         other => panic!("Config::default() must serialize to a TOML table, got {other:?}"),
     };
 
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    if let Some((path, text)) = file {
         let file_tree: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse {

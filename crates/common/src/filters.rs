@@ -7,6 +7,9 @@ use rankmesh_proto::pb::common::v1 as pb;
 pub const MAX_CATEGORY_BYTES: usize = 256;
 /// Most brands in one filter (stated in the proto).
 pub const MAX_BRANDS: usize = 64;
+/// Longest brand in a filter, bytes (stated in the proto): no catalog brand is
+/// longer, and each is lower-cased and compared per item.
+pub const MAX_BRAND_BYTES: usize = 256;
 
 /// A validated filter. Category and brands are normalised (see
 /// [`normalize_category`]; brands lower-cased).
@@ -88,6 +91,15 @@ impl Filter {
             return Err(err(
                 "filters.brands",
                 format!("{} brands; at most {MAX_BRANDS}", brands.len()),
+            ));
+        }
+        if let Some(i) = brands.iter().position(|b| b.len() > MAX_BRAND_BYTES) {
+            return Err(err(
+                "filters.brands",
+                format!(
+                    "[{i}]: {} bytes; at most {MAX_BRAND_BYTES}",
+                    brands[i].len()
+                ),
             ));
         }
         Ok(Self {
@@ -172,6 +184,13 @@ mod tests {
         assert_eq!(
             bad(pb::Filters {
                 brands: vec!["b".into(); 65],
+                ..Default::default()
+            }),
+            "filters.brands"
+        );
+        assert_eq!(
+            bad(pb::Filters {
+                brands: vec!["acme".into(), "b".repeat(MAX_BRAND_BYTES + 1)],
                 ..Default::default()
             }),
             "filters.brands"

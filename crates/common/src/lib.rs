@@ -17,7 +17,8 @@
 //! - [`election`]: leader election with fenced writes.
 //! - [`server`]: the serving scaffold (health, reflection, admin port, overload guard,
 //!   graceful shutdown).
-//! - [`service`]: the shared `main` of service binaries and their config shape.
+//! - [`scaffold`]: the shared `main` of the service binaries (config, telemetry,
+//!   bind, serve until a signal) and the config shape every service has.
 //!
 //! Owns what every process shares and nothing service-specific. Must not import
 //! the SDK, the artifact crate or any service crate.
@@ -35,6 +36,6 @@ pub mod observe;
 pub mod onnx;
 pub mod relevance;
 pub mod rpc;
+pub mod scaffold;
 pub mod server;
-pub mod service;
 pub mod telemetry;

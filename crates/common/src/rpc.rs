@@ -67,6 +67,40 @@ pub fn check_text(field: &str, text: &str, max_bytes: usize, blank: Blank) -> Re
     Ok(())
 }
 
+/// The caller's deadline: its `grpc-timeout` header ("250m", "1S", "500000u", ...),
+/// when it sent one that parses.
+pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Most bytes of a caller's value an error message quotes.
+pub const QUOTE_BYTES: usize = 80;
+
+/// At most [`QUOTE_BYTES`] of a caller's string (cut at a character boundary), for
+/// an error message: a refused megabyte-long value must not come back whole in the
+/// reply or in a log line.
+pub fn clip(s: &str) -> &str {
+    let mut end = s.len().min(QUOTE_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Runs a fallible `f` on the blocking pool; its error (or a panic) is ours:
 /// [`RpcError::Internal`].
 pub async fn blocking<T, E, F>(f: F) -> Result<T, RpcError>
@@ -195,5 +229,18 @@ mod tests {
         assert_eq!(status.message(), "k: must be within 1..=100, got 0");
         let full = RpcError::from(BatchError::QueueFull { capacity: 8 });
         assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        use std::time::Duration;
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        m.insert("grpc-timeout", "250m".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_millis(250)));
+        m.insert("grpc-timeout", "2S".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(2)));
+        m.insert("grpc-timeout", "x".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&m), None);
     }
 }

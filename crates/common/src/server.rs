@@ -42,8 +42,11 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("admin server: {0}")]
-    Admin(std::io::Error),
+    #[error("cannot read the {what} listener's address: {source}")]
+    LocalAddr {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The bound gRPC and admin listeners. Binding is separate from serving so tests (and
@@ -71,12 +74,22 @@ impl Listeners {
         })
     }
 
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.grpc
+            .local_addr()
+            .map_err(|source| ServeError::LocalAddr {
+                what: "gRPC",
+                source,
+            })
     }
 
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+    pub fn admin_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.admin
+            .local_addr()
+            .map_err(|source| ServeError::LocalAddr {
+                what: "admin",
+                source,
+            })
     }
 }
 
@@ -188,8 +201,8 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let grpc_addr = listeners.grpc_addr().map_err(ServeError::Admin)?;
-    let admin_addr = listeners.admin_addr().map_err(ServeError::Admin)?;
+    let grpc_addr = listeners.grpc_addr()?;
+    let admin_addr = listeners.admin_addr()?;
     let endpoint = endpoint_for(info.name, config, grpc_addr, admin_addr);
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -66,7 +66,7 @@ pub struct Embedded {
 /// read-only and sessions come from the pool one call at a time.
 #[derive(Debug)]
 pub struct Encoder {
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     pool: SessionPool,
     dim: usize,
     variant: Variant,
@@ -120,26 +120,12 @@ impl Encoder {
         max_tokens: usize,
         onnx: &OnnxConfig,
     ) -> Result<Self, EncoderError> {
-        let mut tokenizer =
-            Tokenizer::from_bytes(tokenizer_json).map_err(|e| EncoderError::Tokenizer {
-                path: PathBuf::from("(memory)"),
-                message: e.to_string(),
-            })?;
-        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id,
-            pad_token: "[PAD]".into(),
-            ..PaddingParams::default()
-        }));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..TruncationParams::default()
-            }))
-            .map_err(|e| EncoderError::Tokenizer {
-                path: PathBuf::from("(memory)"),
-                message: e.to_string(),
+        let tokenizer =
+            TextTokenizer::from_bytes(tokenizer_json, max_tokens).map_err(|message| {
+                EncoderError::Tokenizer {
+                    path: PathBuf::from("(memory)"),
+                    message,
+                }
             })?;
 
         let pool = SessionPool::new(model, onnx)?;
@@ -179,31 +165,14 @@ impl Encoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
-        let batch = encodings.len();
-        let seq = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut ids = Vec::with_capacity(batch * seq);
-        let mut mask = Vec::with_capacity(batch * seq);
-        let mut types = Vec::with_capacity(batch * seq);
-        for e in &encodings {
-            // Padding makes every row `seq` long; guard anyway so a tokenizer change
-            // cannot produce a ragged tensor.
-            let pad = seq - e.get_ids().len();
-            ids.extend(e.get_ids().iter().map(|&v| i64::from(v)));
-            ids.extend(std::iter::repeat_n(0, pad));
-            mask.extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
-            mask.extend(std::iter::repeat_n(0, pad));
-            types.extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
-            types.extend(std::iter::repeat_n(0, pad));
-        }
+        let TokenBatch {
+            ids,
+            mask,
+            types,
+            batch,
+            seq,
+            truncated,
+        } = self.tokenizer.batch(texts)?;
         let shape = [batch as i64, seq as i64];
         let tensor = |data: Vec<i64>| {
             Tensor::from_array((shape, data)).map_err(|e| EncoderError::Inference(e.to_string()))
@@ -233,12 +202,94 @@ impl Encoder {
         }
         Ok(flat
             .chunks_exact(self.dim)
-            .zip(&encodings)
-            .map(|(v, e)| Embedded {
+            .zip(truncated)
+            .map(|(v, truncated)| Embedded {
                 vector: v.to_vec(),
-                truncated: !e.get_overflowing().is_empty(),
+                truncated,
             })
             .collect())
+    }
+}
+
+/// The encoder's tokenizer: the HF tokenizer.json, padded to the longest text of a
+/// batch and truncated at `max_tokens`. Apart from the ONNX session, so the fuzz
+/// target `tokenizer` runs exactly what every Embed and Search text goes through.
+#[derive(Debug)]
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+}
+
+/// A tokenized batch: `[batch, seq]` row-major tensors, the encoder's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub types: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+    /// Per text: it had more than `max_tokens` tokens; the tail was dropped.
+    pub truncated: Vec<bool>,
+}
+
+impl TextTokenizer {
+    /// Parses a tokenizer.json and sets padding and truncation.
+    pub fn from_bytes(tokenizer_json: &[u8], max_tokens: usize) -> Result<Self, String> {
+        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(|e| e.to_string())?;
+        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token: "[PAD]".into(),
+            ..PaddingParams::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| e.to_string())?;
+        Ok(Self { tokenizer })
+    }
+
+    /// Tokenizes a non-empty batch into rectangular tensors.
+    pub fn batch(&self, texts: &[String]) -> Result<TokenBatch, EncoderError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+        let batch = encodings.len();
+        let seq = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = Vec::with_capacity(batch * seq);
+        let mut mask = Vec::with_capacity(batch * seq);
+        let mut types = Vec::with_capacity(batch * seq);
+        for e in &encodings {
+            // Padding makes every row `seq` long; guard anyway so a tokenizer change
+            // cannot produce a ragged tensor.
+            let pad = seq - e.get_ids().len();
+            ids.extend(e.get_ids().iter().map(|&v| i64::from(v)));
+            ids.extend(std::iter::repeat_n(0, pad));
+            mask.extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
+            mask.extend(std::iter::repeat_n(0, pad));
+            types.extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
+            types.extend(std::iter::repeat_n(0, pad));
+        }
+        let truncated = encodings
+            .iter()
+            .map(|e| !e.get_overflowing().is_empty())
+            .collect();
+        Ok(TokenBatch {
+            ids,
+            mask,
+            types,
+            batch,
+            seq,
+            truncated,
+        })
     }
 }
 

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_common::scaffold::{ScaffoldError, serve_routes};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
-use rankmesh_common::service::{ScaffoldError, serve_routes};
 use rankmesh_proto::pb::common::v1::ModelRef;
 use rankmesh_proto::pb::embedding::v1::embedding_service_server::EmbeddingServiceServer;
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ pub async fn run(
         workers: config.onnx.sessions,
         ..config.batch
     };
-    let etcd = rankmesh_common::service::connect_etcd(&config.etcd).await?;
+    let etcd = rankmesh_common::scaffold::connect_etcd(&config.etcd).await?;
     let (encoder, follower) = if config.model.registry.enabled() {
         let resolver = match &etcd {
             Some(e) => rankmesh_common::discovery::Resolver::watch(e.clone(), "registry"),

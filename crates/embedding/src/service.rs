@@ -18,6 +18,10 @@ use crate::index::{Filter, IndexParams, VectorIndex};
 
 /// Texts embedded per batcher submission while building the index.
 const BUILD_CHUNK: usize = 256;
+/// Most values in a query vector: well above any sentence encoder's dimension.
+pub const MAX_VECTOR_DIM: usize = 4096;
+/// Most item ids one BuildIndex call re-embeds (stated in the proto).
+pub const MAX_REINDEX_IDS: usize = 100_000;
 
 /// Where the items to index come from.
 #[derive(Debug)]
@@ -283,19 +287,8 @@ impl Embedder {
     /// Validates and embeds texts through the batcher; the reply names the encoder
     /// that embedded them.
     pub async fn embed(&self, req: pb::EmbedRequest) -> Result<pb::EmbedResponse, RpcError> {
+        validate_embed(&req)?;
         let pb::EmbedRequest { texts } = req;
-        if texts.is_empty() {
-            return Err(invalid("texts", "at least one text is required"));
-        }
-        if texts.len() > MAX_BATCH_TEXTS {
-            return Err(invalid(
-                "texts",
-                format!("{} texts; at most {MAX_BATCH_TEXTS} per call", texts.len()),
-            ));
-        }
-        for (i, t) in texts.iter().enumerate() {
-            check_text(&format!("texts[{i}]"), t, MAX_TEXT_BYTES, Blank::Refused)?;
-        }
         let encoder = self.encoder();
         let out: Vec<Embedded> = encoder.batcher.submit(texts).await?;
         let truncated = out
@@ -320,9 +313,8 @@ impl Embedder {
         &self,
         req: pb::RetrieveRequest,
     ) -> Result<pb::RetrieveResponse, RpcError> {
-        let pb::RetrieveRequest { query, k, filters } = req;
-        let k = check_count("k", k, MAX_RETRIEVE_K)?;
-        let filter = filter_from(filters)?;
+        let (k, filter) = validate_retrieve(&req)?;
+        let query = req.query;
         // One generation for the whole call: the query is embedded by the encoder
         // that embedded the items.
         let generation = self.current.load_full();
@@ -334,7 +326,6 @@ impl Embedder {
         let vector = match query {
             None => return Err(invalid("query", "set either text or vector")),
             Some(pb::retrieve_request::Query::Text(t)) => {
-                check_text("text", &t, MAX_TEXT_BYTES, Blank::Refused)?;
                 generation
                     .encoder
                     .query_vector(&t)
@@ -353,12 +344,6 @@ impl Embedder {
                             v.values.len(),
                             index.dim()
                         ),
-                    ));
-                }
-                if let Some(i) = v.values.iter().position(|x| !x.is_finite()) {
-                    return Err(invalid(
-                        format!("vector.values[{i}]"),
-                        "not a finite number",
                     ));
                 }
                 v.values
@@ -384,6 +369,7 @@ impl Embedder {
         &self,
         req: pb::BuildIndexRequest,
     ) -> Result<pb::BuildIndexResponse, RpcError> {
+        validate_build_index(&req)?;
         let ids = req.item_ids;
         let _guard = self
             .building
@@ -461,6 +447,71 @@ impl Embedder {
         );
         Ok(index)
     }
+}
+
+/// Checks an Embed request as the service does, before the batcher sees it. The
+/// request checks here are pure, so the fuzz target `rpc_requests` runs exactly
+/// them on arbitrary decoded messages.
+pub fn validate_embed(req: &pb::EmbedRequest) -> Result<(), RpcError> {
+    let texts = &req.texts;
+    if texts.is_empty() {
+        return Err(invalid("texts", "at least one text is required"));
+    }
+    if texts.len() > MAX_BATCH_TEXTS {
+        return Err(invalid(
+            "texts",
+            format!("{} texts; at most {MAX_BATCH_TEXTS} per call", texts.len()),
+        ));
+    }
+    for (i, t) in texts.iter().enumerate() {
+        check_text(&format!("texts[{i}]"), t, MAX_TEXT_BYTES, Blank::Refused)?;
+    }
+    Ok(())
+}
+
+/// Checks a Retrieve request as far as it can be without the index (whose
+/// dimension a query vector must match): answers `k` and the filter.
+pub fn validate_retrieve(req: &pb::RetrieveRequest) -> Result<(usize, Filter), RpcError> {
+    let k = check_count("k", req.k, MAX_RETRIEVE_K)?;
+    let filter = filter_from(req.filters.clone())?;
+    match &req.query {
+        None => return Err(invalid("query", "set either text or vector")),
+        Some(pb::retrieve_request::Query::Text(t)) => {
+            check_text("text", t, MAX_TEXT_BYTES, Blank::Refused)?;
+        }
+        Some(pb::retrieve_request::Query::Vector(v)) => {
+            if v.values.is_empty() || v.values.len() > MAX_VECTOR_DIM {
+                return Err(invalid(
+                    "vector",
+                    format!("{} values; 1..={MAX_VECTOR_DIM}", v.values.len()),
+                ));
+            }
+            if let Some(i) = v.values.iter().position(|x| !x.is_finite()) {
+                return Err(invalid(
+                    format!("vector.values[{i}]"),
+                    "not a finite number",
+                ));
+            }
+        }
+    }
+    Ok((k, filter))
+}
+
+/// Checks a BuildIndex request: at most [`MAX_REINDEX_IDS`] well-formed item ids.
+pub fn validate_build_index(req: &pb::BuildIndexRequest) -> Result<(), RpcError> {
+    if req.item_ids.len() > MAX_REINDEX_IDS {
+        return Err(invalid(
+            "item_ids",
+            format!(
+                "{} ids; at most {MAX_REINDEX_IDS} (leave it empty to re-embed the whole catalog)",
+                req.item_ids.len()
+            ),
+        ));
+    }
+    for (i, id) in req.item_ids.iter().enumerate() {
+        rankmesh_common::catalog::check_id(id).map_err(|m| invalid(format!("item_ids[{i}]"), m))?;
+    }
+    Ok(())
 }
 
 /// Validates the proto filters.

@@ -13,8 +13,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rankmesh_common::filters::Filter;
+use rankmesh_feature::domain::Item;
 use rankmesh_feature::lexical::LexicalIndex;
-use rankmesh_feature::model::Item;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

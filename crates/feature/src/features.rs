@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use rankmesh_common::filters::normalize_category;
 
+use crate::domain::{EventKind, Item, UserProfile};
 use crate::lexical::QueryScores;
-use crate::model::{EventKind, Item, UserProfile};
 use crate::text;
 
 pub const SCHEMA_NAME: &str = "rankmesh.ltr";
@@ -461,13 +461,13 @@ fn padded(tokens: &[&String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Event, EventKind};
+    use crate::domain::{Event, EventKind};
 
     fn item(id: &str, title: &str, category: &str, brand: &str) -> Item {
         Item {
             rating: Some(4.0),
             review_count: 10,
-            ..crate::model::test_item(id, title, category, brand, 19.0)
+            ..crate::domain::test_item(id, title, category, brand, 19.0)
         }
     }
 

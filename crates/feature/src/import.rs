@@ -11,7 +11,7 @@ use std::io::{BufRead, Read};
 
 use serde::Deserialize;
 
-use crate::model::Item;
+use crate::domain::Item;
 
 /// Most rows one import may carry (stated in the proto).
 pub const MAX_ROWS: u64 = 10_000_000;

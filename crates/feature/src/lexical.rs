@@ -26,7 +26,7 @@ use tantivy::schema::{
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
 
-use crate::model::Item;
+use crate::domain::Item;
 use crate::text;
 
 /// Memory for the index writer's buffer.
@@ -379,7 +379,7 @@ impl LexicalIndex {
 mod tests {
     use super::*;
 
-    use crate::model::test_item as item;
+    use crate::domain::test_item as item;
 
     fn index() -> LexicalIndex {
         let idx = LexicalIndex::new().expect("index");

@@ -2,7 +2,8 @@
 //! lexical (BM25) candidate source, and the real-time event sink.
 //!
 //! # Layout
-//! - [`model`]: items, events, user profiles and their limits.
+//! - [`domain`]: items, events, user profiles and their limits (the catalog's
+//!   records; "model" in this mesh means an ONNX model).
 //! - [`import`]: streaming JSONL/CSV catalog parsing with per-row errors.
 //! - [`store`]: the storage trait with redb (embedded) and Redis (shared) backends.
 //! - [`lexical`]: the tantivy BM25 index with exact filters.
@@ -12,10 +13,10 @@
 //! Owns the catalog's storage and the lexical index. Must not import another
 //! service crate or the artifact crate; it is called over gRPC only.
 
+pub mod domain;
 pub mod features;
 pub mod import;
 pub mod lexical;
-pub mod model;
 pub mod service;
 pub mod store;
 pub mod text;
@@ -25,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rankmesh_common::config::{ConfigError, invalid};
+use rankmesh_common::scaffold::{ScaffoldError, serve_routes};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo};
-use rankmesh_common::service::{ScaffoldError, serve_routes};
 use rankmesh_proto::pb::feature::v1::feature_service_server::FeatureServiceServer;
 use serde::{Deserialize, Serialize};
 

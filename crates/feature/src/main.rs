@@ -1,5 +1,5 @@
 //! `rankmesh-feature`: the feature service binary.
 
 fn main() -> std::process::ExitCode {
-    rankmesh_common::service::run_main(rankmesh_feature::INFO.name, rankmesh_feature::run)
+    rankmesh_common::scaffold::run_main(rankmesh_feature::INFO.name, rankmesh_feature::run)
 }

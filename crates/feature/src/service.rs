@@ -13,10 +13,10 @@ use rankmesh_proto::pb::feature::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::domain::{Event, EventKind, Item, check_id};
 use crate::features;
 use crate::import::{self, ChunkReader, Format, ImportError};
 use crate::lexical::LexicalIndex;
-use crate::model::{Event, EventKind, Item, check_id};
 use crate::store::{FeatureStore, Recorded, StoreError};
 
 /// Events may be stamped at most this far in the future (clock skew).
@@ -88,35 +88,8 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::GetFeaturesRequest,
     ) -> Result<pb::GetFeaturesResponse, RpcError> {
-        let pb::GetFeaturesRequest {
-            user_id,
-            query,
-            candidate_ids,
-        } = req;
-        if !user_id.is_empty() {
-            id_arg("user_id", &user_id)?;
-        }
-        check_text("query", &query, MAX_QUERY_BYTES, Blank::Allowed)?;
-        if candidate_ids.is_empty() {
-            return Err(invalid(
-                "candidate_ids",
-                "at least one candidate is required",
-            ));
-        }
-        if candidate_ids.len() > MAX_CANDIDATES as usize {
-            return Err(invalid(
-                "candidate_ids",
-                format!("{} ids; at most {MAX_CANDIDATES}", candidate_ids.len()),
-            ));
-        }
-        let mut seen = HashSet::with_capacity(candidate_ids.len());
-        let mut ids = Vec::with_capacity(candidate_ids.len());
-        for (i, id) in candidate_ids.into_iter().enumerate() {
-            id_arg(&format!("candidate_ids[{i}]"), &id)?;
-            if seen.insert(id.clone()) {
-                ids.push(id);
-            }
-        }
+        let ids = validate_get_features(&req)?;
+        let pb::GetFeaturesRequest { user_id, query, .. } = req;
 
         let (items, profile) = tokio::try_join!(self.store.get_items(&ids), async {
             if user_id.is_empty() {
@@ -154,10 +127,8 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::LexicalCandidatesRequest,
     ) -> Result<pb::LexicalCandidatesResponse, RpcError> {
-        let pb::LexicalCandidatesRequest { query, k, filters } = req;
-        check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
-        let k = check_count("k", k, MAX_RETRIEVE_K)?;
-        let filter = Filter::from_proto(filters)?;
+        let (k, filter) = validate_lexical_candidates(&req)?;
+        let query = req.query;
         let lexical = Arc::clone(&self.lexical);
         let hits =
             rankmesh_common::rpc::blocking(move || lexical.search(&query, k, &filter)).await?;
@@ -206,16 +177,7 @@ impl<S: FeatureStore> Features<S> {
                 ));
             }
         };
-        let format = match pb::CatalogFormat::try_from(first.format) {
-            Ok(pb::CatalogFormat::Jsonl) => Format::Jsonl,
-            Ok(pb::CatalogFormat::Csv) => Format::Csv,
-            _ => {
-                return Err(invalid(
-                    "format",
-                    "set CATALOG_FORMAT_JSONL or CATALOG_FORMAT_CSV on the first chunk",
-                ));
-            }
-        };
+        let format = validate_import_header(&first)?;
         let replace = first.replace;
         let _guard = self.importing.lock().await;
         let started = std::time::Instant::now();
@@ -320,13 +282,8 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::GetItemsRequest,
     ) -> Result<pb::GetItemsResponse, RpcError> {
+        validate_get_items(&req)?;
         let ids = req.ids;
-        if ids.len() > MAX_CANDIDATES as usize {
-            return Err(invalid(
-                "ids",
-                format!("{} ids; at most {MAX_CANDIDATES}", ids.len()),
-            ));
-        }
         let got = self.store.get_items(&ids).await?;
         let mut items = Vec::new();
         let mut unknown = Vec::new();
@@ -346,8 +303,8 @@ impl<S: FeatureStore> Features<S> {
         &self,
         req: pb::GetUserProfileRequest,
     ) -> Result<pb::GetUserProfileResponse, RpcError> {
+        validate_user_profile(&req)?;
         let user_id = req.user_id.as_str();
-        id_arg("user_id", user_id)?;
         Ok(match self.store.user_profile(user_id).await? {
             None => pb::GetUserProfileResponse {
                 cold_start_user: true,
@@ -363,6 +320,107 @@ impl<S: FeatureStore> Features<S> {
                 cold_start_user: false,
             },
         })
+    }
+}
+
+// The request checks below are pure and run before any storage is touched, so the
+// fuzz target `rpc_requests` runs exactly them on arbitrary decoded messages.
+
+/// Checks a GetFeatures request; answers the candidate ids, duplicates dropped, in
+/// the order given.
+pub fn validate_get_features(req: &pb::GetFeaturesRequest) -> Result<Vec<String>, RpcError> {
+    if !req.user_id.is_empty() {
+        id_arg("user_id", &req.user_id)?;
+    }
+    check_text("query", &req.query, MAX_QUERY_BYTES, Blank::Allowed)?;
+    let candidate_ids = &req.candidate_ids;
+    if candidate_ids.is_empty() {
+        return Err(invalid(
+            "candidate_ids",
+            "at least one candidate is required",
+        ));
+    }
+    check_ids("candidate_ids", candidate_ids)?;
+    let mut seen = HashSet::with_capacity(candidate_ids.len());
+    Ok(candidate_ids
+        .iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// At most [`MAX_CANDIDATES`] well-formed ids.
+fn check_ids(field: &str, ids: &[String]) -> Result<(), RpcError> {
+    if ids.len() > MAX_CANDIDATES as usize {
+        return Err(invalid(
+            field,
+            format!("{} ids; at most {MAX_CANDIDATES}", ids.len()),
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        id_arg(&format!("{field}[{i}]"), id)?;
+    }
+    Ok(())
+}
+
+/// Checks a LexicalCandidates request; answers `k` and the filter.
+pub fn validate_lexical_candidates(
+    req: &pb::LexicalCandidatesRequest,
+) -> Result<(usize, Filter), RpcError> {
+    check_text("query", &req.query, MAX_QUERY_BYTES, Blank::Refused)?;
+    let k = check_count("k", req.k, MAX_RETRIEVE_K)?;
+    Ok((k, Filter::from_proto(req.filters.clone())?))
+}
+
+/// Checks a RecordEvent request as of `now_ms`; answers the event to record.
+pub fn validate_record_event(req: &pb::RecordEventRequest, now_ms: i64) -> Result<Event, RpcError> {
+    event_from(req.clone(), now_ms)
+}
+
+/// Checks a GetItems request.
+pub fn validate_get_items(req: &pb::GetItemsRequest) -> Result<(), RpcError> {
+    check_ids("ids", &req.ids)
+}
+
+/// Checks a GetUserProfile request.
+pub fn validate_user_profile(req: &pb::GetUserProfileRequest) -> Result<(), RpcError> {
+    id_arg("user_id", &req.user_id)
+}
+
+/// Checks a ScanItems request; answers the page size.
+pub fn validate_scan_items(req: &pb::ScanItemsRequest) -> Result<usize, RpcError> {
+    if !req.after_id.is_empty() {
+        id_arg("after_id", &req.after_id)?;
+    }
+    let page_size = req.page_size;
+    if page_size > MAX_CANDIDATES {
+        return Err(invalid(
+            "page_size",
+            format!("at most {MAX_CANDIDATES}, got {page_size}"),
+        ));
+    }
+    Ok(if page_size == 0 {
+        DEFAULT_PAGE
+    } else {
+        page_size
+    } as usize)
+}
+
+/// Checks the first chunk of an ImportCatalog upload; answers the format it names.
+pub fn validate_import_header(first: &pb::ImportCatalogChunk) -> Result<Format, RpcError> {
+    if first.data.len() > MAX_CHUNK_BYTES {
+        return Err(RpcError::ResourceExhausted(format!(
+            "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
+            first.data.len()
+        )));
+    }
+    match pb::CatalogFormat::try_from(first.format) {
+        Ok(pb::CatalogFormat::Jsonl) => Ok(Format::Jsonl),
+        Ok(pb::CatalogFormat::Csv) => Ok(Format::Csv),
+        _ => Err(invalid(
+            "format",
+            "set CATALOG_FORMAT_JSONL or CATALOG_FORMAT_CSV on the first chunk",
+        )),
     }
 }
 
@@ -448,22 +506,9 @@ rankmesh_common::grpc_service! {
         &self,
         request: Request<pb::ScanItemsRequest>,
     ) -> Result<Response<ItemStream>, Status> {
-        let pb::ScanItemsRequest {
-            after_id,
-            page_size,
-        } = request.into_inner();
-        if page_size > MAX_CANDIDATES {
-            return Err(invalid(
-                "page_size",
-                format!("at most {MAX_CANDIDATES}, got {page_size}"),
-            )
-            .into());
-        }
-        let page = if page_size == 0 {
-            DEFAULT_PAGE
-        } else {
-            page_size
-        } as usize;
+        let request = request.into_inner();
+        let page = validate_scan_items(&request)?;
+        let after_id = request.after_id;
         let inner = Arc::clone(&self.inner);
         let stream = futures::stream::unfold(Some(after_id), move |after| {
             let inner = Arc::clone(&inner);

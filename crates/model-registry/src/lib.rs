@@ -20,6 +20,7 @@ pub use rankmesh_artifact::envelope;
 pub mod error;
 pub mod gc;
 pub mod quantize;
+pub mod requests;
 pub mod service;
 pub mod store;
 
@@ -32,8 +33,8 @@ use ed25519_dalek::SigningKey;
 use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::election::{Candidate, lead_forever};
 use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_common::scaffold::{ScaffoldError, connect_etcd};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, instance_id, serve};
-use rankmesh_common::service::{ScaffoldError, connect_etcd};
 use rankmesh_proto::pb::registry::v1::model_registry_server::ModelRegistryServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -248,9 +249,7 @@ pub async fn run(
         rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024
     );
     // Every replica campaigns; the leader applies the retention policy.
-    let grpc_addr = listeners
-        .grpc_addr()
-        .map_err(|e| ScaffoldError::Serve(rankmesh_common::server::ServeError::Admin(e)))?;
+    let grpc_addr = listeners.grpc_addr().map_err(ScaffoldError::Serve)?;
     let identity = instance_id(&config.server, grpc_addr);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leading_tx, _leading_rx) = watch::channel(false);

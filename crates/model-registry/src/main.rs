@@ -1,7 +1,7 @@
 //! `rankmesh-model-registry`: the registry service binary.
 
 fn main() -> std::process::ExitCode {
-    rankmesh_common::service::run_main(
+    rankmesh_common::scaffold::run_main(
         rankmesh_model_registry::INFO.name,
         rankmesh_model_registry::run,
     )

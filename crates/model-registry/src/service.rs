@@ -19,11 +19,6 @@ use crate::store::{Blobs, Manifest, ModelDb, SidecarEntry, StoreError, Tensor};
 
 /// Bytes per FetchModel message.
 const FETCH_CHUNK: usize = 1 << 20;
-/// Most metadata entries and bytes per entry (stated in the proto).
-const MAX_METADATA: usize = 64;
-const MAX_METADATA_BYTES: usize = 1024;
-/// Most sidecar files per artifact.
-const MAX_SIDECARS: usize = 8;
 
 /// The registry's state.
 pub struct Registry {
@@ -45,41 +40,6 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry").finish_non_exhaustive()
     }
-}
-
-fn check_name(name: &str) -> Result<(), RegistryError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(RegistryError::Invalid(format!(
-            "name: {name:?} must match [a-z0-9_-]{{1,64}}"
-        )))
-    }
-}
-
-/// Sidecar names: a handful of plain file names.
-fn check_sidecar_names(names: &[String]) -> Result<(), RegistryError> {
-    if names.len() > MAX_SIDECARS {
-        return Err(RegistryError::Invalid(format!(
-            "sidecar_names: at most {MAX_SIDECARS}"
-        )));
-    }
-    for n in names {
-        let ok = (1..=64).contains(&n.len())
-            && !n.starts_with('.')
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(RegistryError::Invalid(format!(
-                "sidecar_names: {n:?} must match [A-Za-z0-9._-]{{1,64}} and not start with a dot"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A checked publish header: what will be stored, before any bytes arrive.
@@ -113,32 +73,6 @@ async fn read_header(
         ))),
         None => Err(RegistryError::Invalid("header: empty upload".into())),
     }
-}
-
-fn check_metadata(
-    metadata: std::collections::HashMap<String, String>,
-) -> Result<BTreeMap<String, String>, RegistryError> {
-    if metadata.len() > MAX_METADATA
-        || metadata
-            .iter()
-            .any(|(k, v)| k.len() + v.len() > MAX_METADATA_BYTES)
-    {
-        return Err(RegistryError::Invalid(format!(
-            "metadata: at most {MAX_METADATA} entries of at most {MAX_METADATA_BYTES} bytes"
-        )));
-    }
-    Ok(metadata.into_iter().collect())
-}
-
-fn tensors(specs: &[pb::TensorSpec]) -> Vec<Tensor> {
-    specs
-        .iter()
-        .map(|t| Tensor {
-            name: t.name.clone(),
-            dtype: t.dtype.clone(),
-            shape: t.shape.clone(),
-        })
-        .collect()
 }
 
 fn to_specs(ts: &[Tensor]) -> Vec<pb::TensorSpec> {
@@ -351,42 +285,17 @@ impl Registry {
     /// (an INT8 variant is stored under its parent's version, so a replica asking
     /// for version N picks the variant its hardware wants) and the interface.
     async fn plan(&self, header: pb::PublishHeader) -> Result<Plan, RegistryError> {
-        let pb::PublishHeader {
+        let crate::requests::Header {
             name,
-            signature,
+            variant,
+            parent_version,
             metadata,
-            quantize_int8,
+            mut inputs,
+            mut outputs,
             sidecar_names,
-        } = header;
-        check_name(&name)?;
-        check_sidecar_names(&sidecar_names)?;
-        let metadata = check_metadata(metadata)?;
-        let variant = metadata
-            .get("variant")
-            .cloned()
-            .unwrap_or_else(|| "fp32".into());
-        if variant != "fp32" && variant != "int8" {
-            return Err(RegistryError::Invalid(format!(
-                "metadata.variant: {variant:?} is not fp32 or int8"
-            )));
-        }
-        if quantize_int8 && variant != "fp32" {
-            return Err(RegistryError::Invalid(
-                "quantize_int8: the upload must be the fp32 artifact".into(),
-            ));
-        }
-        let parent_version: u64 = match metadata.get("parent_version") {
-            Some(v) => v.parse().map_err(|_| {
-                RegistryError::Invalid(format!("metadata.parent_version: {v:?} is not a number"))
-            })?,
-            None => 0,
-        };
+            quantize,
+        } = crate::requests::validate_publish_header(&header)?;
         let parent = if variant == "int8" {
-            if parent_version == 0 {
-                return Err(RegistryError::Invalid(
-                    "metadata.parent_version: an int8 variant names its fp32 parent version".into(),
-                ));
-            }
             Some(
                 self.db
                     .manifest(&name, parent_version, "fp32")
@@ -400,8 +309,6 @@ impl Registry {
         } else {
             None
         };
-        let signature = signature.unwrap_or_default();
-        let (mut inputs, mut outputs) = (tensors(&signature.inputs), tensors(&signature.outputs));
         if let Some(p) = &parent
             && inputs.is_empty()
             && outputs.is_empty()
@@ -411,13 +318,13 @@ impl Registry {
         }
         Ok(Plan {
             name,
-            variant,
+            variant: variant.to_owned(),
             parent,
             metadata,
             inputs,
             outputs,
             sidecar_names,
-            quantize: quantize_int8,
+            quantize,
         })
     }
 
@@ -579,13 +486,9 @@ impl Registry {
     }
 
     pub async fn get(&self, req: pb::GetModelRequest) -> Result<pb::ModelManifest, RegistryError> {
-        let pb::GetModelRequest {
-            name,
-            version,
-            variant,
-        } = &req;
-        let (name, version, variant) = (name.as_str(), *version, variant.as_str());
-        check_name(name)?;
+        let pb::GetModelRequest { name, version, .. } = &req;
+        let variant = crate::requests::validate_get_model(&req)?;
+        let (name, version) = (name.as_str(), *version);
         let (stages, _) = self.db.stages(name).await?;
         let version = if version == 0 {
             stages.production
@@ -597,7 +500,6 @@ impl Registry {
                 "{name} has no production version"
             )));
         }
-        let variant = if variant.is_empty() { "fp32" } else { variant };
         let m = self
             .db
             .manifest(name, version, variant)
@@ -612,10 +514,8 @@ impl Registry {
         &self,
         req: pb::ListModelsRequest,
     ) -> Result<pb::ListModelsResponse, RegistryError> {
+        crate::requests::validate_list_models(&req)?;
         let name = req.name.as_str();
-        if !name.is_empty() {
-            check_name(name)?;
-        }
         let all = self.db.list(name).await?;
         let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
         for m in all {
@@ -668,24 +568,15 @@ impl Registry {
         &self,
         req: pb::SetStageRequest,
     ) -> Result<pb::SetStageResponse, RegistryError> {
+        let stage = crate::requests::validate_set_stage(&req)?;
         let pb::SetStageRequest {
             name,
             version,
-            stage,
+            stage: _,
             percent,
             reason,
             expected_revision,
         } = req;
-        check_name(&name)?;
-        let stage = pb::Stage::try_from(stage).unwrap_or(pb::Stage::Unspecified);
-        if stage == pb::Stage::Canary && !(1..=50).contains(&percent) {
-            return Err(RegistryError::Invalid(format!(
-                "percent: canary share must be within 1..=50, got {percent}"
-            )));
-        }
-        if stage == pb::Stage::Unspecified {
-            return Err(RegistryError::Invalid("stage: PRODUCTION or CANARY".into()));
-        }
         if self.db.manifest(&name, version, "fp32").await?.is_none() {
             return Err(RegistryError::NotFound(format!(
                 "{name} v{version} not found"
@@ -705,8 +596,8 @@ impl Registry {
         &self,
         req: pb::RollbackRequest,
     ) -> Result<pb::SetStageResponse, RegistryError> {
+        crate::requests::validate_rollback(&req)?;
         let (name, reason) = (req.name.as_str(), &req.reason);
-        check_name(name)?;
         self.change_stages(name, req.expected_revision, |s, now| {
             s.roll_back(now, name, reason)
         })
@@ -719,6 +610,7 @@ impl Registry {
         &self,
         req: pb::RotateKeyRequest,
     ) -> Result<pb::RotateKeyResponse, RegistryError> {
+        crate::requests::validate_rotate_key(&req)?;
         let new_key_id = req.new_key_id.as_str();
         let keys = {
             let mut k = self
@@ -756,22 +648,17 @@ impl Registry {
     /// Streams the ciphertext of an artifact (or one sidecar) from `offset`,
     /// paced to `fetch_bytes_per_s`.
     pub async fn fetch(&self, req: pb::FetchModelRequest) -> Result<FetchStream, RegistryError> {
+        let variant = crate::requests::validate_fetch_model(&req)?;
         let pb::FetchModelRequest {
             name,
             version,
-            variant,
             offset,
             sidecar,
+            ..
         } = req;
-        check_name(&name)?;
-        let variant = if variant.is_empty() {
-            "fp32".to_owned()
-        } else {
-            variant
-        };
         let m = self
             .db
-            .manifest(&name, version, &variant)
+            .manifest(&name, version, variant)
             .await?
             .ok_or_else(|| {
                 RegistryError::NotFound(format!("{name} v{version} {variant} not found"))

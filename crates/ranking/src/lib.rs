@@ -9,7 +9,7 @@
 //! - [`follow`]: follows the ranker's production and canary versions in the model
 //!   registry and hot-swaps them (verified, decrypted in memory, warmed up).
 //! - [`rollout`]: canary outcome counts, their reports in etcd, and the controller.
-//! - [`service`]: the gRPC API and deadline parsing.
+//! - [`service`]: the gRPC API.
 //!
 //! Replicas elect a leader for the `rollout` role in etcd; the leader runs the
 //! canary controller, which promotes or rolls back the ranker's canary.
@@ -35,8 +35,8 @@ use rankmesh_common::config::ConfigError;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_common::election::{Candidate, lead_forever};
 use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_common::scaffold::{ScaffoldError, connect_etcd};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, instance_id, serve};
-use rankmesh_common::service::{ScaffoldError, connect_etcd};
 use rankmesh_proto::pb::ranking::v1::ranking_service_server::RankingServiceServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -171,9 +171,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let etcd = connect_etcd(&config.etcd).await?;
-    let grpc_addr = listeners
-        .grpc_addr()
-        .map_err(|e| ScaffoldError::Serve(rankmesh_common::server::ServeError::Admin(e)))?;
+    let grpc_addr = listeners.grpc_addr().map_err(ScaffoldError::Serve)?;
     let identity = instance_id(&config.server, grpc_addr);
 
     let ranker = match load_ranker(&config) {

@@ -1,5 +1,5 @@
 //! `rankmesh-ranking`: the ranking service binary.
 
 fn main() -> std::process::ExitCode {
-    rankmesh_common::service::run_main(rankmesh_ranking::INFO.name, rankmesh_ranking::run)
+    rankmesh_common::scaffold::run_main(rankmesh_ranking::INFO.name, rankmesh_ranking::run)
 }

@@ -1,11 +1,15 @@
-//! The request path (DESIGN.md): dense and lexical retrieval in parallel, merge,
-//! features, ONNX ranker, top k, display fields.
+//! The request path: dense and lexical retrieval in parallel, merge, features, ONNX
+//! ranker, top k, display fields.
 //!
 //! Every stage gets a share of what is left of the caller's deadline. An optional
 //! stage that fails or runs out of time is skipped and named in `degraded`: no
 //! lexical -> dense only; no dense -> lexical only; no features or no ranker ->
 //! retrieval order (reciprocal-rank fusion); no display fields -> ids and scores only.
 //! Only when no candidate source answers is the request an error.
+//!
+//! Stages pass each other a [`StageError`]; the SDK's `tonic::Status` becomes one
+//! where each call returns, and only a request's own failure becomes an
+//! [`RpcError`], where it leaves the orchestrator.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,6 +197,30 @@ impl Trace {
     }
 }
 
+/// Why a stage produced nothing. An optional stage's error is logged and named in
+/// `degraded`; a required one's becomes the request's [`RpcError`].
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The service behind the stage answered an error or could not be reached.
+    #[error("{message} ({code:?})")]
+    Upstream { code: tonic::Code, message: String },
+    /// The stage's share of the deadline ran out.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The ranker ran and failed.
+    #[error("ranker: {0}")]
+    Ranker(String),
+}
+
+impl From<tonic::Status> for StageError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Upstream {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
 /// What is left of the deadline, as a share for one stage.
 fn share(deadline: Instant, fraction: f32) -> Duration {
     deadline
@@ -202,13 +230,11 @@ fn share(deadline: Instant, fraction: f32) -> Duration {
 
 async fn within<T>(
     budget: Duration,
-    fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
+    fut: impl std::future::Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
     match tokio::time::timeout(budget, fut).await {
         Ok(r) => r,
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "no answer within {budget:?}"
-        ))),
+        Err(_) => Err(StageError::Timeout(budget)),
     }
 }
 
@@ -244,19 +270,58 @@ fn ranker_schema(served: Option<feat::FeatureSchema>) -> feat::FeatureSchema {
     schema
 }
 
-/// The trimmed query of a valid request.
-fn validate_search(req: &pb::SearchRequest) -> Result<String, RpcError> {
+/// What a valid Search request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSearch {
+    /// The trimmed query.
+    pub query: String,
+    pub k: usize,
+    pub filter: Filter,
+}
+
+/// Checks a Search request as the service does, before any backend is called.
+/// Pure, so the fuzz target `rpc_requests` runs exactly this on arbitrary decoded
+/// messages.
+pub fn validate_search(req: &pb::SearchRequest) -> Result<ValidSearch, RpcError> {
+    let k = check_count("k", req.k, MAX_RANKING_K)?;
+    let (query, filter) = validate_featurize(req)?;
+    Ok(ValidSearch { query, k, filter })
+}
+
+/// Checks a Featurize request (a Search request whose `k` is ignored); answers the
+/// trimmed query and the filter.
+pub fn validate_featurize(req: &pb::SearchRequest) -> Result<(String, Filter), RpcError> {
     let query = req.query.trim().to_owned();
     check_text("query", &query, MAX_QUERY_BYTES, Blank::Refused)?;
     check_user(&req.user_id, false)?;
+    check_text(
+        "routing_key",
+        &req.routing_key,
+        MAX_ID_BYTES,
+        Blank::Allowed,
+    )?;
+    let filter = Filter::from_proto(req.filters.clone())?;
+    Ok((query, filter))
+}
+
+/// Checks a Recommend request as the service does; answers `k`.
+pub fn validate_recommend(req: &pb::RecommendRequest) -> Result<usize, RpcError> {
+    check_user(&req.user_id, true)?;
+    check_text(
+        "routing_key",
+        &req.routing_key,
+        MAX_ID_BYTES,
+        Blank::Allowed,
+    )?;
+    let k = check_count("k", req.k, MAX_RANKING_K)?;
     Filter::from_proto(req.filters.clone())?;
-    Ok(query)
+    Ok(k)
 }
 
 impl Orchestrator {
     /// When a call must be answered: its `grpc-timeout`, else the configured default.
     pub fn deadline<T>(&self, request: &tonic::Request<T>) -> Instant {
-        let timeout = crate::service::grpc_timeout(request.metadata());
+        let timeout = rankmesh_common::rpc::grpc_timeout(request.metadata());
         Instant::now() + timeout.unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
     }
 
@@ -267,8 +332,7 @@ impl Orchestrator {
         deadline: Instant,
     ) -> Result<pb::SearchResponse, RpcError> {
         let started = Instant::now();
-        let k = check_count("k", req.k, MAX_RANKING_K)?;
-        let query = validate_search(&req)?;
+        let ValidSearch { query, k, .. } = validate_search(&req)?;
         let mut trace = Trace::default();
         let (candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
@@ -302,14 +366,14 @@ impl Orchestrator {
         req: pb::SearchRequest,
         deadline: Instant,
     ) -> Result<pb::FeaturizeResponse, RpcError> {
-        let query = validate_search(&req)?;
+        let (query, _) = validate_featurize(&req)?;
         let mut trace = Trace::default();
         let (mut candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
         let f = self
             .features(&query, &req.user_id, &mut candidates, &stats, deadline)
             .await
-            .map_err(|s| RpcError::Unavailable(format!("features: {}", s.message())))?;
+            .map_err(|e| RpcError::Unavailable(format!("features: {e}")))?;
         tracing::Span::current().record("candidates", candidates.len());
         Ok(pb::FeaturizeResponse {
             schema: Some(f.schema),
@@ -331,14 +395,15 @@ impl Orchestrator {
         let t = Instant::now();
         let budget = share(deadline, 0.45);
         let n = self.config.candidates;
-        let dense = self.embedding.retrieve(
-            emb::RetrieveRequest {
-                query: Some(emb::retrieve_request::Query::Text(query.to_owned())),
-                k: n,
-                filters: filters.clone(),
-            },
-            budget,
-        );
+        let request = emb::RetrieveRequest {
+            query: Some(emb::retrieve_request::Query::Text(query.to_owned())),
+            k: n,
+            filters: filters.clone(),
+        };
+        let dense = async {
+            let answer = self.embedding.retrieve(request, budget).await;
+            answer.map_err(StageError::from)
+        };
         let lexical = self.lexical(query, n, filters, budget);
         let span = tracing::info_span!(
             "stage.retrieve",
@@ -354,9 +419,9 @@ impl Orchestrator {
         let mut failures = Vec::new();
         match dense {
             Ok(r) => lists.push(dense_list(r, trace)),
-            Err(s) => {
-                trace.degrade("dense", &s);
-                failures.push(format!("dense: {}", s.message()));
+            Err(e) => {
+                trace.degrade("dense", &e);
+                failures.push(format!("dense: {e}"));
             }
         }
         match lexical {
@@ -364,9 +429,9 @@ impl Orchestrator {
                 source: "lexical",
                 items,
             }),
-            Err(s) => {
-                trace.degrade("lexical", &s);
-                failures.push(format!("lexical: {}", s.message()));
+            Err(e) => {
+                trace.degrade("lexical", &e);
+                failures.push(format!("lexical: {e}"));
             }
         }
         if lists.is_empty() {
@@ -389,7 +454,7 @@ impl Orchestrator {
         k: u32,
         filters: Option<common::Filters>,
         budget: Duration,
-    ) -> Result<Vec<(String, f32)>, tonic::Status> {
+    ) -> Result<Vec<(String, f32)>, StageError> {
         let r = self
             .feature
             .lexical_candidates(
@@ -410,113 +475,23 @@ impl Orchestrator {
         req: pb::RecommendRequest,
         deadline: Instant,
     ) -> Result<pb::RecommendResponse, RpcError> {
+        let started = Instant::now();
+        let k = validate_recommend(&req)?;
         let pb::RecommendRequest {
             user_id,
-            k,
             filters,
             routing_key,
+            ..
         } = req;
-        let started = Instant::now();
-        check_user(&user_id, true)?;
+        let mut trace = Trace::default();
+        let (candidates, stats) =
+            Box::pin(self.recommend_candidates(&user_id, filters, deadline, &mut trace)).await?;
         // Sticky canary assignment: the caller's key, else the user.
         let routing_key = if routing_key.is_empty() {
             user_id.clone()
         } else {
             routing_key
         };
-        let k = check_count("k", k, MAX_RANKING_K)?;
-        Filter::from_proto(filters.clone())?;
-        let mut trace = Trace::default();
-        let n = self.config.candidates;
-        let t = Instant::now();
-
-        let profile = self
-            .feature
-            .get_user_profile(
-                feat::GetUserProfileRequest {
-                    user_id: user_id.clone(),
-                },
-                share(deadline, 0.2),
-            )
-            .await;
-        let profile = match profile {
-            Ok(p) if !p.cold_start_user && !p.recent_item_ids.is_empty() => Some(p),
-            Ok(_) => None,
-            Err(s) => {
-                trace.degrade("profile", &s);
-                None
-            }
-        };
-        let mut lists = Vec::new();
-        match profile {
-            Some(p) => {
-                // The user vector: the mean embedding of what they recently touched.
-                match self
-                    .user_vector(&p.recent_item_ids, share(deadline, 0.4))
-                    .await
-                {
-                    Ok(Some(v)) => {
-                        let dense = self
-                            .embedding
-                            .retrieve(
-                                emb::RetrieveRequest {
-                                    query: Some(emb::retrieve_request::Query::Vector(
-                                        emb::Vector { values: v },
-                                    )),
-                                    k: n,
-                                    filters: filters.clone(),
-                                },
-                                share(deadline, 0.4),
-                            )
-                            .await;
-                        match dense {
-                            Ok(r) => lists.push(dense_list(r, &mut trace)),
-                            Err(s) => trace.degrade("dense", &s),
-                        }
-                    }
-                    Ok(None) => trace.degrade("dense", &"no embeddable recent items"),
-                    Err(s) => trace.degrade("dense", &s),
-                }
-                // Lexical candidates from the favourite category.
-                if let Some((cat, _)) = p.category_affinity.iter().max_by(|a, b| a.1.total_cmp(b.1))
-                {
-                    let mut f = filters.clone().unwrap_or_default();
-                    if f.category_prefix.is_empty() {
-                        f.category_prefix.clone_from(cat);
-                    }
-                    let leaf = cat.rsplit('>').next().unwrap_or(cat).trim().to_owned();
-                    match self.lexical(&leaf, n, Some(f), share(deadline, 0.4)).await {
-                        Ok(items) => lists.push(Retrieved {
-                            source: "lexical",
-                            items,
-                        }),
-                        Err(s) => trace.degrade("lexical", &s),
-                    }
-                }
-            }
-            None => {
-                // Cold start: every item is a candidate; quality and popularity
-                // features (ranker, or the fallback order) pick the best.
-                trace.degrade("cold_start", &"unknown user or no events");
-                match self
-                    .lexical("*", n, filters.clone(), share(deadline, 0.4))
-                    .await
-                {
-                    Ok(items) => lists.push(Retrieved {
-                        source: "popular",
-                        items,
-                    }),
-                    Err(s) => trace.degrade("lexical", &s),
-                }
-            }
-        }
-        trace.time("retrieve", t);
-        if lists.is_empty() {
-            return Err(RpcError::Unavailable(
-                "no candidates could be produced".into(),
-            ));
-        }
-        let (candidates, stats) = fuse(&lists);
         let request = Finish {
             query: String::new(),
             user_id,
@@ -543,11 +518,137 @@ impl Orchestrator {
         })
     }
 
+    /// Recommend's candidates, as [`Self::retrieve`] is Search's: for a user with
+    /// events, what resembles their recent items and their favourite category; for
+    /// anyone else, the popular items. Fused.
+    async fn recommend_candidates(
+        &self,
+        user_id: &str,
+        filters: Option<common::Filters>,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Result<(Vec<Candidate>, ListStats), RpcError> {
+        let t = Instant::now();
+        let profile = self
+            .feature
+            .get_user_profile(
+                feat::GetUserProfileRequest {
+                    user_id: user_id.to_owned(),
+                },
+                share(deadline, 0.2),
+            )
+            .await;
+        let profile = match profile {
+            Ok(p) if !p.cold_start_user && !p.recent_item_ids.is_empty() => Some(p),
+            Ok(_) => None,
+            Err(s) => {
+                trace.degrade("profile", &StageError::from(s));
+                None
+            }
+        };
+        let lists = match profile {
+            Some(p) => self.personal_lists(&p, filters, deadline, trace).await,
+            None => self.popular_list(filters, deadline, trace).await,
+        };
+        trace.time("retrieve", t);
+        if lists.is_empty() {
+            return Err(RpcError::Unavailable(
+                "no candidates could be produced".into(),
+            ));
+        }
+        Ok(fuse(&lists))
+    }
+
+    /// A known user's candidate lists: dense, near the mean embedding of what they
+    /// recently touched; lexical, from their favourite category.
+    async fn personal_lists(
+        &self,
+        profile: &feat::GetUserProfileResponse,
+        filters: Option<common::Filters>,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Vec<Retrieved> {
+        let mut lists = Vec::new();
+        let dense = self
+            .user_dense(&profile.recent_item_ids, filters.clone(), deadline)
+            .await;
+        match dense {
+            Ok(Some(r)) => lists.push(dense_list(r, trace)),
+            Ok(None) => trace.degrade("dense", &"no embeddable recent items"),
+            Err(e) => trace.degrade("dense", &e),
+        }
+        let favourite = profile
+            .category_affinity
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1));
+        if let Some((cat, _)) = favourite {
+            let mut f = filters.unwrap_or_default();
+            if f.category_prefix.is_empty() {
+                f.category_prefix.clone_from(cat);
+            }
+            let leaf = cat.rsplit('>').next().unwrap_or(cat).trim().to_owned();
+            let n = self.config.candidates;
+            match self.lexical(&leaf, n, Some(f), share(deadline, 0.4)).await {
+                Ok(items) => lists.push(Retrieved {
+                    source: "lexical",
+                    items,
+                }),
+                Err(e) => trace.degrade("lexical", &e),
+            }
+        }
+        lists
+    }
+
+    /// Dense retrieval by the user vector; `None` when none of the recent items
+    /// could be embedded.
+    async fn user_dense(
+        &self,
+        recent: &[String],
+        filters: Option<common::Filters>,
+        deadline: Instant,
+    ) -> Result<Option<emb::RetrieveResponse>, StageError> {
+        let Some(values) = self.user_vector(recent, share(deadline, 0.4)).await? else {
+            return Ok(None);
+        };
+        let request = emb::RetrieveRequest {
+            query: Some(emb::retrieve_request::Query::Vector(emb::Vector { values })),
+            k: self.config.candidates,
+            filters,
+        };
+        Ok(Some(
+            self.embedding
+                .retrieve(request, share(deadline, 0.4))
+                .await?,
+        ))
+    }
+
+    /// Cold start: every item is a candidate; quality and popularity features (the
+    /// ranker, or the fallback order) pick the best.
+    async fn popular_list(
+        &self,
+        filters: Option<common::Filters>,
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> Vec<Retrieved> {
+        trace.degrade("cold_start", &"unknown user or no events");
+        let n = self.config.candidates;
+        match self.lexical("*", n, filters, share(deadline, 0.4)).await {
+            Ok(items) => vec![Retrieved {
+                source: "popular",
+                items,
+            }],
+            Err(e) => {
+                trace.degrade("lexical", &e);
+                Vec::new()
+            }
+        }
+    }
+
     async fn user_vector(
         &self,
         recent: &[String],
         budget: Duration,
-    ) -> Result<Option<Vec<f32>>, tonic::Status> {
+    ) -> Result<Option<Vec<f32>>, StageError> {
         let deadline = Instant::now() + budget;
         let ids: Vec<String> = recent.iter().take(10).cloned().collect();
         let items = self
@@ -657,7 +758,7 @@ impl Orchestrator {
         candidates: &mut Vec<Candidate>,
         stats: &ListStats,
         deadline: Instant,
-    ) -> Result<Featurized, tonic::Status> {
+    ) -> Result<Featurized, StageError> {
         let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         let f = self
             .feature
@@ -716,7 +817,7 @@ impl Orchestrator {
             r.batcher
                 .submit(rows)
                 .await
-                .map_err(|e| tonic::Status::internal(e.to_string()))
+                .map_err(|e| StageError::Ranker(e.to_string()))
         })
         .instrument(rank_span.clone())
         .await;

@@ -213,14 +213,15 @@ pub(super) async fn start_links(
                 }
                 let upstreams = match link {
                     Link::Clients => {
-                        let i = instances.iter().find(|i| &i.0 == t).ok_or_else(|| {
-                            let names: Vec<&str> = instances.iter().map(|i| i.0.as_str()).collect();
+                        let i = instances.iter().find(|i| &i.name == t).ok_or_else(|| {
+                            let names: Vec<&str> =
+                                instances.iter().map(|i| i.name.as_str()).collect();
                             anyhow::anyhow!(
                                 "fault target {t:?} is not in the mesh ({})",
                                 names.join(", ")
                             )
                         })?;
-                        vec![i.3.clone()]
+                        vec![i.grpc.clone()]
                     }
                     Link::Etcd => etcd.clone(),
                 };

@@ -10,7 +10,7 @@ pub(crate) mod local;
 pub(crate) mod netfault;
 pub(crate) mod report;
 pub(crate) mod results;
-pub(crate) mod scenario;
+pub(crate) use rankmesh_cli::drill::scenario;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::Signal;
 
-use crate::bench;
 use crate::launcher;
 use local::Links;
 use netfault::{FaultProxy, Impairment};
 use rankmesh_common::discovery::Resolver;
+use rankmesh_loadgen as loadgen;
 use report::{DrillReport, Injected};
 use scenario::{Fault, FaultKind, Link, Scenario};
 
@@ -604,7 +604,7 @@ pub(crate) async fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<DrillR
     let inputs = if scenario.load.rpc == "recommend" {
         (0..200).map(|u| format!("u{u:05}")).collect()
     } else {
-        bench::read_inputs(&queries)?
+        loadgen::read_inputs(&queries)?
     };
     let logs = out.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
@@ -792,7 +792,7 @@ async fn drive(
         (false, true) => "SDK without retries",
         (true, true) => "SDK without hedging or retries (weakened)",
     };
-    let load = bench::Options {
+    let load = loadgen::Options {
         rpc: scenario
             .load
             .rpc
@@ -805,17 +805,17 @@ async fn drive(
         upstream,
     };
     // Warm-up: connections, caches, the hedging delay's first samples.
-    let warm = bench::Options {
+    let warm = loadgen::Options {
         duration: Duration::from_secs(2),
         ..load.clone()
     };
-    bench::run(ranking.clone(), &warm).await?;
+    loadgen::run(ranking.clone(), &warm).await?;
 
     let start = Instant::now();
     let start_ms = rankmesh_common::server::now_ms();
     let bench_task = tokio::spawn({
         let load = load.clone();
-        async move { bench::run(ranking, &load).await }
+        async move { loadgen::run(ranking, &load).await }
     });
     let events = match (&feature, scenario.load.events_per_s > 0.0) {
         (Some(feature), true) => Some(tokio::spawn(record_events(

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::bench::Report as Load;
+use rankmesh_loadgen::Report as Load;
 
 use super::scenario::Slo;
 
@@ -96,7 +96,7 @@ pub(crate) struct DrillReport {
 }
 
 /// Whether second `s` of the run was clean: no errors and p99 within bound.
-fn clean(s: &crate::bench::Second, p99_ms: f64) -> bool {
+fn clean(s: &rankmesh_loadgen::Second, p99_ms: f64) -> bool {
     s.errors == 0 && s.p99_ms <= p99_ms
 }
 
@@ -104,7 +104,7 @@ fn clean(s: &crate::bench::Second, p99_ms: f64) -> bool {
 pub(crate) fn recovery(load: &Load, at_s: f64, until_s: f64, p99_ms: f64) -> Option<f64> {
     let from = at_s.floor() as u64;
     let until = until_s.ceil() as u64;
-    let window: Vec<&crate::bench::Second> = load
+    let window: Vec<&rankmesh_loadgen::Second> = load
         .timeline
         .iter()
         .filter(|s| s.second >= from && s.second < until)
@@ -412,7 +412,7 @@ fn chart(
 /// The self-contained HTML page.
 pub(crate) fn html(r: &DrillReport) -> String {
     let seconds = r.load.duration_s.ceil() as u64;
-    let per = |f: &dyn Fn(&crate::bench::Second) -> f64| -> Vec<f64> {
+    let per = |f: &dyn Fn(&rankmesh_loadgen::Second) -> f64| -> Vec<f64> {
         (0..seconds)
             .map(|s| {
                 r.load
@@ -546,7 +546,7 @@ tr.fail td {{ background: #fee; }} tr.pass td:last-child {{ color: #2a6; }} tr.f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{Latency, Second};
+    use rankmesh_loadgen::{Latency, Second};
     use std::collections::BTreeMap;
 
     fn second(s: u64, errors: u64, p99: f64) -> Second {

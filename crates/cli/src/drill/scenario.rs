@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Scenario {
+pub struct Scenario {
     pub name: String,
     /// What the drill is meant to show, in a sentence or two: the claim the SLO
     /// tests.
@@ -24,7 +24,7 @@ pub(crate) struct Scenario {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct Topology {
+pub struct Topology {
     /// `local`: processes on loopback through `meshctl up`'s launcher; `compose`:
     /// the stack in deploy/compose (3 etcd, Redis, 2 each of registry, feature and
     /// embedding, 3 ranking), its faults made through Docker. The other fields
@@ -57,7 +57,7 @@ impl Default for Topology {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Load {
+pub struct Load {
     #[serde(default = "search")]
     pub rpc: String,
     pub qps: f64,
@@ -84,7 +84,7 @@ fn timeout_ms() -> u64 {
 /// One fault on the timeline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Fault {
+pub struct Fault {
     /// Seconds after the load starts.
     pub at_s: f64,
     pub kind: FaultKind,
@@ -136,7 +136,7 @@ fn disk_mb() -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum FaultKind {
+pub enum FaultKind {
     /// SIGKILL the targets.
     Kill,
     /// SIGSTOP the targets (a hang), SIGCONT after `duration_s`.
@@ -164,7 +164,7 @@ pub(crate) enum FaultKind {
 /// How a restart fault stops its targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum RestartSignal {
+pub enum RestartSignal {
     /// SIGKILL (`docker kill -s KILL`): a crash.
     #[default]
     Kill,
@@ -175,7 +175,7 @@ pub(crate) enum RestartSignal {
 /// A network link of one instance that a fault proxy sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum Link {
+pub enum Link {
     /// Its callers (everyone who finds it in discovery) to it.
     Clients,
     /// It to etcd (its lease, its watches, its elections).
@@ -183,7 +183,7 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Clients => "clients",
             Self::Etcd => "etcd",
@@ -193,7 +193,7 @@ impl Link {
 
 impl Fault {
     /// Whether this fault impairs network links (through fault proxies).
-    pub(crate) fn is_network(&self) -> bool {
+    pub fn is_network(&self) -> bool {
         matches!(
             self.kind,
             FaultKind::Delay | FaultKind::Loss | FaultKind::Partition
@@ -201,7 +201,7 @@ impl Fault {
     }
 
     /// The links this fault impairs on each target.
-    pub(crate) fn links(&self) -> Vec<Link> {
+    pub fn links(&self) -> Vec<Link> {
         match (self.links.is_empty(), self.kind) {
             (false, _) => self.links.clone(),
             (true, FaultKind::Partition) => vec![Link::Clients, Link::Etcd],
@@ -212,7 +212,7 @@ impl Fault {
 
 impl FaultKind {
     /// The name scenarios use for it.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Kill => "kill",
             Self::Stop => "stop",
@@ -230,7 +230,7 @@ impl FaultKind {
 /// What must hold for the drill to pass.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Slo {
+pub struct Slo {
     /// Share of requests that must succeed over the whole run.
     pub availability: f64,
     /// p99 over the whole run, from scheduled send time.
@@ -248,12 +248,17 @@ pub(crate) struct Slo {
 }
 
 impl Scenario {
-    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let s: Self = toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-        s.validate()
-            .with_context(|| format!("check {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    /// Parses and checks a scenario's text. Pure, so the fuzz target
+    /// `drill_scenario` runs it on arbitrary files.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let s: Self = toml::from_str(text).context("parse")?;
+        s.validate().context("check")?;
         Ok(s)
     }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use rankmesh_common::batcher::{BatchConfig, BatchError, Batcher};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{FeatureStore, Recorded, StoreError};
-use crate::model::{Event, Item, UserProfile};
+use super::api::{FeatureStore, Recorded, StoreError};
+use crate::domain::{Event, Item, UserProfile};
 
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
@@ -411,7 +411,7 @@ mod tests {
                 "e",
                 "u",
                 "a",
-                crate::model::EventKind::Cart,
+                crate::domain::EventKind::Cart,
                 1,
             )])
             .await

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{FeatureStore, Recorded, StoreError};
-use crate::model::{Event, Item, RECENT_EVENTS, Recent, UserProfile};
+use super::api::{FeatureStore, Recorded, StoreError};
+use crate::domain::{Event, Item, RECENT_EVENTS, Recent, UserProfile};
 
 const PREFIX: &str = "rm:";
 
@@ -394,7 +394,7 @@ mod tests {
     async fn a_killed_redis_fails_fast_and_is_used_again_once_back() {
         let mut r = RedisServer::start().await;
         let s = RedisStore::open(&r.url()).expect("open");
-        let item = crate::model::test_item("a", "Pan", "Home", "Acme", 10.0);
+        let item = crate::domain::test_item("a", "Pan", "Home", "Acme", 10.0);
         s.put_items(vec![item], false).await.expect("put");
         let ids = ["a".to_owned()];
         r.kill();

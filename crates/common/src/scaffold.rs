@@ -25,6 +25,14 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     }
 }
 
+/// Every check a binary runs on its loaded config before binding anything: the
+/// common sections, then the service's own.
+pub fn validate_all<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
+    config.etcd().validate()?;
+    config.telemetry().validate()?;
+    config.validate()
+}
+
 /// The shutdown signal handed to a service's `run`.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -38,16 +46,9 @@ where
     E: std::fmt::Display,
 {
     let config: C = crate::config::load_or_exit();
-    let checks = [
-        config.etcd().validate(),
-        config.telemetry().validate(),
-        config.validate(),
-    ];
-    for check in checks {
-        if let Err(e) = check {
-            eprintln!("error: invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+    if let Err(e) = validate_all(&config) {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -110,7 +111,7 @@ macro_rules! service_config {
             $( $(#[$fmeta])* pub $field: $ty, )*
         }
 
-        impl $crate::service::ServiceConfig for $name {
+        impl $crate::scaffold::ServiceConfig for $name {
             fn server(&self) -> &$crate::config::ServerConfig {
                 &self.server
             }

@@ -1,0 +1,214 @@
+//! The open-loop load engine behind `meshctl bench` and every drill: Search or
+//! Recommend at a constant arrival rate through the SDK a storefront uses
+//! (discovery, balancing, retries, hedging), and a [`Report`] of what it measured.
+//!
+//! Requests are sent on a fixed schedule, whether or not earlier ones have
+//! answered, and each latency is measured from its *scheduled* send time: when the
+//! service slows down, queueing delay shows in the numbers instead of silently
+//! lowering the offered load (no coordinated omission). Latencies go into HDR
+//! histograms (3 significant digits, 1 µs to 1 h), overall and per second, so a
+//! long run costs constant memory.
+//!
+//! # Layout
+//! - this file: [`Options`], [`run`] and the input file.
+//! - [`report`]: the accumulators and the [`Report`] they end in.
+//!
+//! Owns load generation and its figures. Must not import a service crate, the
+//! launcher or the drill engine: it only calls a mesh through the SDK.
+
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rankmesh_client::upstream::UpstreamConfig;
+use rankmesh_client::{Deadline, RankingClient};
+use rankmesh_common::discovery::Resolver;
+use rankmesh_proto::pb::ranking::v1 as pb;
+
+use report::{Acc, Answer};
+pub use report::{Latency, Report, Second, Stage};
+
+/// Most requests in flight; beyond it a scheduled request counts as dropped.
+const MAX_IN_FLIGHT: usize = 2_000;
+/// Highest rate a run may ask for.
+pub const MAX_QPS: f64 = 10_000.0;
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no ranking replica found within {0:?}")]
+    NoReplica(Duration),
+}
+
+/// Which RPC the load calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Search,
+    Recommend,
+}
+
+impl std::str::FromStr for Rpc {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "search" => Ok(Self::Search),
+            "recommend" => Ok(Self::Recommend),
+            _ => Err(format!("--rpc {s}: expected search or recommend")),
+        }
+    }
+}
+
+/// What to send, how fast, and how the SDK may help.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rpc: Rpc,
+    pub qps: f64,
+    pub duration: Duration,
+    pub timeout: Duration,
+    /// Queries (Search) or user ids (Recommend), used in turn.
+    pub inputs: Vec<String>,
+    /// The SDK's retry budget and hedging (`--no-retry`, `--no-hedge` turn them
+    /// off: what a client without them would see).
+    pub upstream: UpstreamConfig,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let invalid = |m: &str| Err(LoadError::Invalid(m.to_owned()));
+        if !(self.qps > 0.0 && self.qps <= MAX_QPS) {
+            return invalid("--qps must be within (0, 10000]");
+        }
+        if self.duration.is_zero() {
+            return invalid("--duration must be at least 1 s");
+        }
+        if self.inputs.is_empty() {
+            return invalid("the input file has no lines");
+        }
+        Ok(())
+    }
+}
+
+/// Reads one input per line, skipping blank ones.
+pub fn read_inputs(path: &Path) -> Result<Vec<String>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Runs the load against the replicas in `replicas` and reports.
+pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError> {
+    opts.validate()?;
+    // The SDK a storefront uses: every replica, balanced, retried, hedged.
+    let wait = Duration::from_secs(10);
+    tokio::time::timeout(wait, replicas.wait_for(|set| !set.is_empty()))
+        .await
+        .map_err(|_| LoadError::NoReplica(wait))?;
+    let client = RankingClient::with_config(replicas, opts.timeout, opts.upstream);
+    let acc = Arc::new(Mutex::new(Acc::new()));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let interval = Duration::from_secs_f64(1.0 / opts.qps);
+    let total = (opts.duration.as_secs_f64() * opts.qps).round() as u64;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            acc.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .dropped += 1;
+            continue;
+        };
+        let (client, acc, rpc) = (client.clone(), Arc::clone(&acc), opts.rpc);
+        let input = opts.inputs[i as usize % opts.inputs.len()].clone();
+        tasks.spawn(async move {
+            let outcome = match rpc {
+                Rpc::Search => client
+                    .search(
+                        pb::SearchRequest {
+                            query: input,
+                            k: 10,
+                            ..Default::default()
+                        },
+                        Deadline::Default,
+                    )
+                    .await
+                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
+                Rpc::Recommend => client
+                    .recommend(
+                        pb::RecommendRequest {
+                            user_id: input,
+                            k: 10,
+                            ..Default::default()
+                        },
+                        Deadline::Default,
+                    )
+                    .await
+                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
+            };
+            let latency = scheduled.elapsed();
+            let second = scheduled.duration_since(start).as_secs();
+            acc.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(second, latency, outcome);
+            drop(permit);
+        });
+        // Reap finished tasks as we go, so memory stays flat on long runs.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    // Every task has been joined, so the accumulator is ours alone; take it out of
+    // the lock rather than cloning its histograms.
+    let acc = std::mem::replace(
+        &mut *acc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        Acc::new(),
+    );
+    Ok(acc.report(opts, elapsed))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Valid options, for tests to change one thing of.
+    pub(crate) fn opts() -> Options {
+        Options {
+            rpc: Rpc::Search,
+            qps: 10.0,
+            duration: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            inputs: vec!["q".into()],
+            upstream: UpstreamConfig::default(),
+        }
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let mut o = opts();
+        o.qps = 0.0;
+        assert!(o.validate().is_err());
+        let mut o = opts();
+        o.inputs.clear();
+        assert!(o.validate().is_err());
+        assert!("grep".parse::<Rpc>().is_err());
+    }
+}
