@@ -165,7 +165,7 @@ impl From<BatchError> for RpcError {
 /// converted to a `Status`). Written once here, so each service lists its methods
 /// and keeps hand-written bodies only for the methods that do more.
 ///
-/// ```ignore
+/// ```text
 /// rankmesh_common::grpc_service! {
 ///     impl<S: FeatureStore> pb::feature_service_server::FeatureService for FeatureApi<S> {
 ///         get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse => get_features;
