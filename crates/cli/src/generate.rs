@@ -335,6 +335,8 @@ fn grade(intent: &Intent, item: &GenItem) -> u8 {
 }
 
 /// Writes catalog.jsonl, users.jsonl, events.jsonl, queries.txt and labels*.csv.
+/// The stages draw from one PRNG in this order, so the files depend on the seed
+/// alone.
 pub(crate) fn generate(
     items_n: usize,
     users_n: usize,
@@ -342,14 +344,35 @@ pub(crate) fn generate(
     out: &Path,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let write = |name: &str, text: &str| {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    };
     let mut rng = Rng(seed);
+    let (items, catalog) = gen_items(&mut rng, items_n)?;
+    write("catalog.jsonl", &catalog)?;
+    // Items by leaf, for user behaviour and labels.
+    let mut by_leaf: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        by_leaf.entry(it.leaf).or_default().push(i);
+    }
+    let (users, events) = gen_users(&mut rng, users_n, &items, &by_leaf)?;
+    write("users.jsonl", &users)?;
+    write("events.jsonl", &events)?;
+    let log = gen_queries(&mut rng, &items, &by_leaf);
+    write("queries.txt", &log.queries)?;
+    write("labels.csv", &log.labels)?;
+    write("labels-train.csv", &log.train)?;
+    write("labels-test.csv", &log.test)
+}
+
+/// The items, and the catalog (JSONL, import format) that describes them.
+fn gen_items(rng: &mut Rng, items_n: usize) -> anyhow::Result<(Vec<GenItem>, String)> {
     let tops: Vec<&str> = {
         let mut t: Vec<&str> = LEAVES.iter().map(|l| top_of(l.0)).collect();
         t.dedup();
         t
     };
-
-    // Items.
     let mut items = Vec::with_capacity(items_n);
     let mut catalog = String::new();
     for i in 0..items_n {
@@ -391,16 +414,18 @@ pub(crate) fn generate(
             popularity,
         });
     }
-    std::fs::write(out.join("catalog.jsonl"), catalog)?;
+    Ok((items, catalog))
+}
 
-    // Items by leaf, for user behaviour and labels.
-    let mut by_leaf: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, it) in items.iter().enumerate() {
-        by_leaf.entry(it.leaf).or_default().push(i);
-    }
+/// Users with one to three favourite leaves (users.jsonl) and their event log
+/// (events.jsonl): views, carts and purchases over days, following those tastes.
+fn gen_users(
+    rng: &mut Rng,
+    users_n: usize,
+    items: &[GenItem],
+    by_leaf: &BTreeMap<usize, Vec<usize>>,
+) -> anyhow::Result<(String, String)> {
     let leaves_with_items: Vec<usize> = by_leaf.keys().copied().collect();
-
-    // Users and events.
     let mut users = String::new();
     let mut events = String::new();
     let start_ms: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -448,15 +473,32 @@ pub(crate) fn generate(
             )?;
         }
     }
-    std::fs::write(out.join("users.jsonl"), users)?;
-    std::fs::write(out.join("events.jsonl"), events)?;
+    Ok((users, events))
+}
 
-    // Queries and labels.
-    let n_queries = (items_n / 25).clamp(20, 2000);
-    let mut labels = String::from("query,item_id,grade\n");
-    let mut train = labels.clone();
-    let mut test = labels.clone();
-    let mut queries = String::new();
+/// The query log and its graded labels (all, and split train/test by query).
+struct QueryLog {
+    queries: String,
+    labels: String,
+    train: String,
+    test: String,
+}
+
+/// Queries shoppers would type about the catalog's items, each graded against
+/// every item of its leaf (see [`grade`]); popular queries repeat in the log.
+fn gen_queries(
+    rng: &mut Rng,
+    items: &[GenItem],
+    by_leaf: &BTreeMap<usize, Vec<usize>>,
+) -> QueryLog {
+    let n_queries = (items.len() / 25).clamp(20, 2000);
+    let header = String::from("query,item_id,grade\n");
+    let mut log = QueryLog {
+        queries: String::new(),
+        labels: header.clone(),
+        train: header.clone(),
+        test: header,
+    };
     let mut seen = std::collections::HashSet::new();
     let mut made = 0;
     let mut attempts = 0;
@@ -464,46 +506,7 @@ pub(crate) fn generate(
         attempts += 1;
         // Intents come from real items, so every query has relevant answers.
         let anchor = &items[rng.below(items.len())];
-        let mut intent = Intent {
-            text: String::new(),
-            leaf: anchor.leaf,
-            noun: Some(anchor.noun),
-            brand: None,
-            attribute: None,
-            adjective: None,
-        };
-        let mut words = Vec::new();
-        match rng.below(5) {
-            0 => {}
-            1 => {
-                intent.brand = Some(anchor.brand.clone());
-                words.push(anchor.brand.to_lowercase());
-            }
-            2 => {
-                intent.attribute = Some(anchor.attribute);
-            }
-            3 => {
-                intent.adjective = Some(anchor.adjective);
-                words.push(anchor.adjective.to_owned());
-            }
-            _ => {
-                // Browse the category by its own name.
-                intent.noun = None;
-                let leaf_name = LEAVES[anchor.leaf]
-                    .0
-                    .rsplit(" > ")
-                    .next()
-                    .unwrap_or_default();
-                words.push(leaf_name.to_lowercase());
-            }
-        }
-        if let Some(noun) = intent.noun {
-            words.push(noun.to_owned());
-        }
-        if let Some(a) = intent.attribute {
-            words.push(a.to_lowercase());
-        }
-        intent.text = words.join(" ");
+        let intent = intent_about(rng, anchor);
         if !seen.insert(intent.text.clone()) {
             continue;
         }
@@ -518,25 +521,67 @@ pub(crate) fn generate(
         graded.truncate(300);
         for (g, id) in graded {
             let line = format!("{},{id},{g}\n", csv_field(&intent.text));
-            labels.push_str(&line);
+            log.labels.push_str(&line);
             if held_out {
-                test.push_str(&line);
+                log.test.push_str(&line);
             } else {
-                train.push_str(&line);
+                log.train.push_str(&line);
             }
         }
         // The log repeats popular queries, as real logs do (Zipf-ish).
         let repeats = 1 + (20 / made).min(20);
         for _ in 0..repeats {
-            queries.push_str(&intent.text);
-            queries.push('\n');
+            log.queries.push_str(&intent.text);
+            log.queries.push('\n');
         }
     }
-    std::fs::write(out.join("queries.txt"), queries)?;
-    std::fs::write(out.join("labels.csv"), labels)?;
-    std::fs::write(out.join("labels-train.csv"), train)?;
-    std::fs::write(out.join("labels-test.csv"), test)?;
-    Ok(())
+    log
+}
+
+/// A shopper's intent about `anchor`: its noun alone, or narrowed by its brand,
+/// attribute or adjective, or its whole category by the leaf's own name.
+fn intent_about(rng: &mut Rng, anchor: &GenItem) -> Intent {
+    let mut intent = Intent {
+        text: String::new(),
+        leaf: anchor.leaf,
+        noun: Some(anchor.noun),
+        brand: None,
+        attribute: None,
+        adjective: None,
+    };
+    let mut words = Vec::new();
+    match rng.below(5) {
+        0 => {}
+        1 => {
+            intent.brand = Some(anchor.brand.clone());
+            words.push(anchor.brand.to_lowercase());
+        }
+        2 => {
+            intent.attribute = Some(anchor.attribute);
+        }
+        3 => {
+            intent.adjective = Some(anchor.adjective);
+            words.push(anchor.adjective.to_owned());
+        }
+        _ => {
+            // Browse the category by its own name.
+            intent.noun = None;
+            let leaf_name = LEAVES[anchor.leaf]
+                .0
+                .rsplit(" > ")
+                .next()
+                .unwrap_or_default();
+            words.push(leaf_name.to_lowercase());
+        }
+    }
+    if let Some(noun) = intent.noun {
+        words.push(noun.to_owned());
+    }
+    if let Some(a) = intent.attribute {
+        words.push(a.to_lowercase());
+    }
+    intent.text = words.join(" ");
+    intent
 }
 
 fn csv_field(s: &str) -> String {
