@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use rankmesh_client::registry::FetchedPart;
 use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_proto::pb::registry::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -335,38 +336,16 @@ impl Fetcher {
                 offset: data.len() as u64,
                 sidecar: sidecar.to_owned(),
             };
-            let got = self
-                .registry
-                .core()
-                .upstream()
-                .call(|ch| {
-                    let req = req.clone();
-                    async move {
-                        let mut s = pb::model_registry_client::ModelRegistryClient::new(ch)
-                            .max_decoding_message_size(8 << 20)
-                            .fetch_model(req)
-                            .await?
-                            .into_inner();
-                        let mut part = Vec::new();
-                        let mut total = 0;
-                        loop {
-                            match s.message().await {
-                                Ok(Some(msg)) => {
-                                    total = msg.total_bytes;
-                                    self.received
-                                        .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-                                    part.extend(msg.data);
-                                }
-                                Ok(None) => return Ok((part, total, None)),
-                                // Keep what arrived; the next attempt resumes after it.
-                                Err(e) => return Ok((part, total, Some(e))),
-                            }
-                        }
-                    }
-                })
-                .await;
-            match got {
-                Ok((part, total, broken)) => {
+            let counted = |n: usize| {
+                self.received.fetch_add(n as u64, Ordering::Relaxed);
+            };
+            // A broken stream still answers what arrived: the next attempt resumes after it.
+            match self.registry.fetch_model(req, &counted).await {
+                Ok(FetchedPart {
+                    data: part,
+                    total,
+                    broken,
+                }) => {
                     let resumed_at = data.len();
                     data.extend(part);
                     match broken {

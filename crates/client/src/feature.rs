@@ -73,6 +73,37 @@ impl FeatureClient {
     }
 }
 
+impl FeatureClient {
+    /// The whole catalog in id order, streamed `page_size` items per message
+    /// (ScanItems; a read, so retried whole on UNAVAILABLE).
+    pub async fn scan_all_items(
+        &self,
+        page_size: u32,
+    ) -> Result<Vec<rankmesh_proto::pb::common::v1::Item>, tonic::Status> {
+        self.core
+            .upstream()
+            .call(|ch| async move {
+                let mut stream = FeatureServiceClient::new(ch)
+                    .max_decoding_message_size(SCAN_MESSAGE_BYTES)
+                    .scan_items(pb::ScanItemsRequest {
+                        after_id: String::new(),
+                        page_size,
+                    })
+                    .await?
+                    .into_inner();
+                let mut items = Vec::new();
+                while let Some(page) = stream.message().await? {
+                    items.extend(page.items);
+                }
+                Ok(items)
+            })
+            .await
+    }
+}
+
+/// Largest ScanItems message accepted: a page of 1,000 items with long texts.
+const SCAN_MESSAGE_BYTES: usize = 64 << 20;
+
 unary_rpcs!(FeatureClient, FeatureServiceClient {
     /// Feature rows for a user, a query and candidates (schema `rankmesh.ltr`).
     Read get_features(pb::GetFeaturesRequest) -> pb::GetFeaturesResponse;

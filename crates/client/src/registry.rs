@@ -1,9 +1,9 @@
 //! The model registry: versions, stages and artifacts.
 //!
 //! Reads need no token; writes (stage changes, key rotation) send the admin token
-//! given with [`RegistryClient::with_token`]. Publishing and fetching stream, and
-//! go through [`Core::upstream`] directly (a fetch resumes from its last byte, which
-//! only the caller knows).
+//! given with [`RegistryClient::with_token`]. Publishing and fetching stream: a
+//! publish is sent once, and a fetch answers what arrived before a broken stream,
+//! so the caller resumes from its last byte (which only it knows).
 
 use std::time::Duration;
 
@@ -13,6 +13,19 @@ use rankmesh_proto::pb::registry::v1::model_registry_client::ModelRegistryClient
 
 use crate::rpc::{Core, Deadline, Kind, unary_rpcs};
 use crate::upstream::UpstreamConfig;
+
+/// Largest FetchModel message accepted: a chunk (1 MiB) and its framing, with room.
+const FETCH_MESSAGE_BYTES: usize = 8 << 20;
+
+/// What one FetchModel call delivered, in order from the offset asked for.
+#[derive(Debug, Default)]
+pub struct FetchedPart {
+    pub data: Vec<u8>,
+    /// The whole artifact's size (0 when no message arrived).
+    pub total: u64,
+    /// Why the stream stopped early, if it did: `data` is still good, up to there.
+    pub broken: Option<tonic::Status>,
+}
 
 /// Typed calls to the registry replicas. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -79,6 +92,45 @@ impl RegistryClient {
                         .await
                 },
             )
+            .await
+    }
+
+    /// Streams an artifact's ciphertext (or one sidecar) from `req.offset`; each
+    /// chunk's size goes to `progress` as it arrives. A stream that breaks midway
+    /// is not an error: the answer carries what arrived and why it stopped, and the
+    /// caller resumes after it. Only a call that yields nothing at all fails.
+    pub async fn fetch_model(
+        &self,
+        req: pb::FetchModelRequest,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<FetchedPart, tonic::Status> {
+        self.core
+            .upstream()
+            .call(|ch| {
+                let req = req.clone();
+                async move {
+                    let mut stream = ModelRegistryClient::new(ch)
+                        .max_decoding_message_size(FETCH_MESSAGE_BYTES)
+                        .fetch_model(req)
+                        .await?
+                        .into_inner();
+                    let mut part = FetchedPart::default();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(msg)) => {
+                                part.total = msg.total_bytes;
+                                progress(msg.data.len());
+                                part.data.extend_from_slice(&msg.data);
+                            }
+                            Ok(None) => return Ok(part),
+                            Err(e) => {
+                                part.broken = Some(e);
+                                return Ok(part);
+                            }
+                        }
+                    }
+                }
+            })
             .await
     }
 

@@ -103,6 +103,34 @@ impl Item {
         Ok(self)
     }
 }
+/// An item as the API carries it, taken back (what a ScanItems page holds).
+impl From<pb::Item> for Item {
+    fn from(i: pb::Item) -> Self {
+        let pb::Item {
+            id,
+            title,
+            description,
+            category,
+            brand,
+            price,
+            rating,
+            review_count,
+            attributes,
+        } = i;
+        Self {
+            id,
+            title,
+            description,
+            category,
+            brand,
+            price,
+            rating,
+            review_count,
+            attributes: attributes.into_iter().collect(),
+        }
+    }
+}
+
 /// The item as the API carries it (`ScanItems`, `GetItems`).
 impl From<Item> for pb::Item {
     fn from(i: Item) -> Self {

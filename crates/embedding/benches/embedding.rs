@@ -157,17 +157,25 @@ async fn bench_service() {
     let server = tokio::spawn(rankmesh_embedding::run(config, listeners, async {
         let _ = stop_rx.await;
     }));
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Channel::from_shared(addr.clone())
-            .expect("uri")
-            .connect()
-            .await
-        {
-            break c;
-        }
+    // Through the SDK, as a caller would: one replica, so no balancing choice.
+    let bare = addr.trim_start_matches("http://").to_owned();
+    let client = rankmesh_client::EmbeddingClient::new(
+        rankmesh_client::Resolver::fixed("embedding", &[bare]),
+        Duration::from_secs(5),
+    );
+    let deadline = rankmesh_client::Deadline::Default;
+    while client
+        .embed(
+            pb::EmbedRequest {
+                texts: vec!["warm".into()],
+            },
+            deadline,
+        )
+        .await
+        .is_err()
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut client = pb::embedding_service_client::EmbeddingServiceClient::new(channel);
+    }
     let enc = Encoder::load(&models(), Variant::Int8, 256, &onnx()).expect("load");
     let n = 300;
     let mut svc = Vec::with_capacity(n);
@@ -177,9 +185,12 @@ async fn bench_service() {
         let t = QUERIES[i % QUERIES.len()].to_owned();
         let s = Instant::now();
         client
-            .embed(pb::EmbedRequest {
-                texts: vec![t.clone()],
-            })
+            .embed(
+                pb::EmbedRequest {
+                    texts: vec![t.clone()],
+                },
+                deadline,
+            )
             .await
             .expect("embed");
         let a = s.elapsed();

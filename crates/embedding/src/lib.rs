@@ -205,9 +205,11 @@ pub async fn run(
                     &config.index.feature_addrs,
                 ),
             };
-            CatalogSource::Feature(Box::new(rankmesh_client::upstream::Upstream::new(
-                "feature", resolver,
-            )))
+            // Scanning a large catalog takes a while: far past a serving call's deadline.
+            CatalogSource::Feature(rankmesh_client::FeatureClient::new(
+                resolver,
+                std::time::Duration::from_secs(300),
+            ))
         }
         None => CatalogSource::None,
     };

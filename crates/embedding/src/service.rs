@@ -31,7 +31,7 @@ pub enum CatalogSource {
     /// A JSONL file in the import format.
     File(std::path::PathBuf),
     /// The feature service's catalog, streamed with ScanItems.
-    Feature(Box<rankmesh_client::upstream::Upstream>),
+    Feature(rankmesh_client::FeatureClient),
 }
 
 /// Items per ScanItems message.
@@ -47,33 +47,12 @@ impl CatalogSource {
                 let path = path.clone();
                 rankmesh_common::rpc::blocking(move || catalog::read_jsonl(&path)).await
             }
-            Self::Feature(upstream) => upstream
-                .call(|ch| async move {
-                    use rankmesh_proto::pb::feature::v1 as feat;
-                    let mut stream = feat::feature_service_client::FeatureServiceClient::new(ch)
-                        .max_decoding_message_size(64 << 20)
-                        .scan_items(feat::ScanItemsRequest {
-                            after_id: String::new(),
-                            page_size: SCAN_PAGE,
-                        })
-                        .await?
-                        .into_inner();
-                    let mut out = Vec::new();
-                    while let Some(page) = stream.message().await? {
-                        out.extend(page.items.into_iter().map(|i| CatalogItem {
-                            id: i.id,
-                            title: i.title,
-                            description: i.description,
-                            category: i.category,
-                            brand: i.brand,
-                            price: i.price,
-                            ..CatalogItem::default()
-                        }));
-                    }
-                    Ok(out)
-                })
-                .await
-                .map_err(|s| RpcError::Unavailable(format!("feature service: {}", s.message()))),
+            Self::Feature(feature) => {
+                let items = feature.scan_all_items(SCAN_PAGE).await.map_err(|s| {
+                    RpcError::Unavailable(format!("feature service: {}", s.message()))
+                })?;
+                Ok(items.into_iter().map(CatalogItem::from).collect())
+            }
         }
     }
 
