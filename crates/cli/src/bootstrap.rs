@@ -96,7 +96,7 @@ pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
     let ranker = plan.models.join("ranker");
     let ranker = ranker.join("model.onnx").exists().then_some(ranker);
     patiently("publishing the default models", || {
-        crate::launcher::publish_defaults(plan.registry, plan.token, plan.models, ranker.as_deref())
+        crate::mesh::publish_defaults(plan.registry, plan.token, plan.models, ranker.as_deref())
     })
     .await?;
     println!(
@@ -126,11 +126,11 @@ pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
 /// Environment lines with fresh development secrets for a registry and its
 /// replicas: admin token, master key, signing seed and its verify key.
 pub(crate) fn dev_secrets() -> anyhow::Result<String> {
-    let signing = crate::launcher::hex32();
+    let signing = rankmesh_launcher::hex32();
     Ok(format!(
         "RANKMESH_ADMIN_TOKEN={}\nRANKMESH_MASTER_KEY={}\nRANKMESH_SIGNING_KEY={signing}\nRANKMESH_VERIFY_KEY={}\n",
-        crate::launcher::hex32(),
-        crate::launcher::hex32(),
-        crate::launcher::verify_key_hex(&signing)?,
+        rankmesh_launcher::hex32(),
+        rankmesh_launcher::hex32(),
+        rankmesh_launcher::verify_key_hex(&signing)?,
     ))
 }

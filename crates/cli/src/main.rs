@@ -13,7 +13,7 @@ mod embed;
 mod eval;
 mod generate;
 mod inspect;
-mod launcher;
+mod mesh;
 mod model;
 mod progress;
 mod ranker;

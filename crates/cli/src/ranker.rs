@@ -24,7 +24,7 @@ use rankmesh_client::RegistryClient;
 use rankmesh_proto::pb::feature::v1 as feat;
 
 use crate::eval::{self, Labels};
-use crate::launcher;
+use rankmesh_launcher as launcher;
 
 /// Queries featurized at once.
 const CONCURRENCY: usize = 4;
@@ -549,10 +549,8 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         etcd_port: args.mesh_etcd_port,
         base_port: args.mesh_base_port,
         bin_dir: launcher::own_bin_dir()?,
-        models: absolute(&args.models),
-        catalog: Some(absolute(&args.catalog)),
-        ranker: None,
         follow_ranker: true,
+        quantizer: crate::mesh::quantizer(&absolute(&args.models)),
         ranking_env: vec![],
         traces: None,
         etcd_members: 1,
@@ -560,10 +558,13 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         instance_env: BTreeMap::new(),
     };
     println!("starting a private mesh in {}", state_dir.display());
-    let mesh = launcher::up(&opts).await?;
+    let serve = crate::mesh::Serve {
+        models: absolute(&args.models),
+        ranker: None,
+        catalog: Some(absolute(&args.catalog)),
+    };
+    let mesh = crate::mesh::up(&opts, &serve).await?;
     let result = async {
-        let catalog = opts.catalog.as_deref().context("catalog")?;
-        launcher::load_catalog(&mesh, catalog).await?;
         if let Some(events) = &args.events {
             let n = record_events(&mesh.grpc_of("feature")?, events).await?;
             println!("recorded {n} events");

@@ -30,7 +30,7 @@ pub(crate) struct TraceArgs {
 pub(crate) async fn trace(a: TraceArgs) -> anyhow::Result<ExitCode> {
     let ui = match a.ui {
         Some(ui) => ui,
-        None => crate::launcher::read_state(&a.state.state_dir)?
+        None => rankmesh_launcher::read_state(&a.state.state_dir)?
             .and_then(|m| {
                 m.processes
                     .into_iter()

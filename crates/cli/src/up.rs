@@ -1,12 +1,14 @@
 //! `meshctl up` and `meshctl down`: the local mesh as processes on loopback (the
-//! work is [`crate::launcher`]'s; this is the command line around it).
+//! work is `rankmesh-launcher`'s and [`crate::mesh`]'s; this is the command line
+//! around it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::{StateArgs, parse_kv};
-use crate::launcher;
+use crate::mesh;
+use rankmesh_launcher as launcher;
 
 /// Start etcd and every service as local processes on loopback, wait until all
 /// are healthy and print the endpoints. Ctrl-C stops everything.
@@ -72,21 +74,24 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
     let bin_dir = launcher::own_bin_dir()?;
     let state_dir = a.state.state_dir;
+    let serve = mesh::Serve {
+        ranker: (!a.no_ranker)
+            .then(|| absolute(a.models.join("ranker")))
+            .filter(|d| d.join("model.onnx").exists()),
+        models: absolute(a.models),
+        catalog: a.catalog.map(absolute),
+    };
     let opts = launcher::UpOptions {
         state_dir: state_dir.clone(),
         ranking_replicas: a.ranking_replicas,
         etcd_port: a.etcd_port,
         base_port: a.base_port,
         bin_dir,
-        ranker: (!a.no_ranker)
-            .then(|| absolute(a.models.join("ranker")))
-            .filter(|d| d.join("model.onnx").exists()),
-        models: absolute(a.models),
-        catalog: a.catalog.map(absolute),
+        follow_ranker: serve.ranker.is_some(),
+        quantizer: mesh::quantizer(&serve.models),
         ranking_env: a.ranking_env,
         etcd_members: a.etcd_members,
         redis_port: None,
-        follow_ranker: false,
         instance_env: Default::default(),
         traces: (!a.no_traces).then_some(launcher::TraceOptions {
             ui_port: a.trace_ui_port,
@@ -94,14 +99,7 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             sample_ratio: a.trace_sample_ratio,
         }),
     };
-    let mesh = launcher::up(&opts).await?;
-    if let Some(file) = &opts.catalog
-        && let Err(e) = launcher::load_catalog(&mesh, file).await
-    {
-        launcher::stop(&mesh, Duration::from_secs(10)).await;
-        launcher::down(&state_dir).await?;
-        return Err(e.context("loading the catalog into the mesh"));
-    }
+    let mesh = mesh::up(&opts, &serve).await?;
     println!(
         "{:<12} {:<10} {:>8} {:<24} {:<24}",
         "INSTANCE", "SERVICE", "PID", "GRPC", "ADMIN"

@@ -50,7 +50,8 @@ pub struct RegistryReady {
 /// What the caller does once the registry answers and before any other service
 /// starts: publishing the models the replicas will fetch, so they get them the
 /// way production replicas do.
-pub type RegistryHook = Box<dyn FnOnce(RegistryReady) -> BoxFuture<'static, Result<(), BoxError>> + Send>;
+pub type RegistryHook =
+    Box<dyn FnOnce(RegistryReady) -> BoxFuture<'static, Result<(), BoxError>> + Send>;
 
 /// Starts etcd and every service, waits until all are ready, records the state.
 /// `on_registry` runs between the registry and the rest. On any failure, stops
@@ -99,9 +100,8 @@ async fn start_all(
     let mut instances = instances(opts);
     // Dependencies start first; ranking (the entry point) last.
     instances.rotate_left(opts.ranking_replicas);
-    let (registry, rest): (Vec<_>, Vec<_>) = instances
-        .into_iter()
-        .partition(|i| i.service == "registry");
+    let (registry, rest): (Vec<_>, Vec<_>) =
+        instances.into_iter().partition(|i| i.service == "registry");
     let etcd = state.etcd.clone();
     for inst in registry {
         process::start_service(opts, logs, &etcd, &secrets, inst, state)?;
@@ -142,7 +142,9 @@ pub async fn restart(opts: &UpOptions, name: &str) -> Result<(), LaunchError> {
         let inst = instances(opts)
             .into_iter()
             .find(|i| i.name == name)
-            .ok_or_else(|| LaunchError::Invalid(format!("{name} is not an instance of this mesh")))?;
+            .ok_or_else(|| {
+                LaunchError::Invalid(format!("{name} is not an instance of this mesh"))
+            })?;
         let secrets = registry_secrets(&opts.state_dir)?;
         let etcd = state.etcd.clone();
         process::start_service(opts, &logs, &etcd, &secrets, inst, &mut state)?;

@@ -172,7 +172,13 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(
             names,
-            ["ranking-0", "ranking-1", "registry-0", "feature-0", "embedding-0"]
+            [
+                "ranking-0",
+                "ranking-1",
+                "registry-0",
+                "feature-0",
+                "embedding-0"
+            ]
         );
         assert_eq!(all[0].grpc, "127.0.0.1:50051");
         assert_eq!(all[0].admin, "127.0.0.1:50052");

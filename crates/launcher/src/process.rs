@@ -83,7 +83,13 @@ pub(crate) fn start_collector(
     let otlp = format!("127.0.0.1:{}", t.otlp_port);
     let log = logs.join("collector.log");
     let pid = launch(
-        Command::new(opts.bin_dir.join("meshctl")).args(["collector", "--otlp", &otlp, "--ui", &ui]),
+        Command::new(opts.bin_dir.join("meshctl")).args([
+            "collector",
+            "--otlp",
+            &otlp,
+            "--ui",
+            &ui,
+        ]),
         &log,
         false,
         "build it: cargo build --workspace --bins",
@@ -117,14 +123,28 @@ pub(crate) async fn start_etcd(
         .join(",");
     let mut clients = Vec::new();
     for i in 0..members {
-        let (client, peer, name) = (etcd_url(opts, i, false), etcd_url(opts, i, true), etcd_name(opts, i));
+        let (client, peer, name) = (
+            etcd_url(opts, i, false),
+            etcd_url(opts, i, true),
+            etcd_name(opts, i),
+        );
         let log = logs.join(format!("{name}.log"));
         let mut cmd = Command::new(&etcd_bin);
         cmd.args(["--name", &name])
             .arg("--data-dir")
             .arg(opts.state_dir.join(&name))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--logger", "zap", "--log-level", "warn"]);
         let pid = launch(&mut cmd, &log, false, "run scripts/setup to install etcd")?;
@@ -176,7 +196,14 @@ pub(crate) async fn start_redis(
         std::env::var_os("REDIS_BIN").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
     let mut cmd = Command::new(&bin);
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(&dir);
     let pid = launch(&mut cmd, &log, true, "run scripts/setup")?;
@@ -220,7 +247,10 @@ pub(crate) fn start_service(
             "RANKMESH__TELEMETRY__OTLP_ENDPOINT",
             format!("http://127.0.0.1:{}", t.otlp_port),
         )
-        .env("RANKMESH__TELEMETRY__SAMPLE_RATIO", t.sample_ratio.to_string());
+        .env(
+            "RANKMESH__TELEMETRY__SAMPLE_RATIO",
+            t.sample_ratio.to_string(),
+        );
     }
     cmd.env("RANKMESH__SERVER__LISTEN", &inst.grpc)
         .env("RANKMESH__SERVER__ADMIN_LISTEN", &inst.admin)
@@ -233,7 +263,12 @@ pub(crate) fn start_service(
                 .flatten()
                 .map(|(k, v)| (k, v)),
         );
-    let pid = launch(&mut cmd, &log, false, "build it: cargo build --workspace --bins")?;
+    let pid = launch(
+        &mut cmd,
+        &log,
+        false,
+        "build it: cargo build --workspace --bins",
+    )?;
     state.processes.push(Proc {
         name: inst.name,
         service: inst.service.to_owned(),
@@ -287,7 +322,10 @@ fn service_env(
         "registry" => {
             cmd.env("RANKMESH__REGISTRY__BLOB_DIR", data.join("blobs"))
                 .env("RANKMESH__REGISTRY__ADMIN_TOKEN", &secrets.admin_token)
-                .env("RANKMESH__REGISTRY__MASTER_KEYS__LOCAL1", &secrets.master_key)
+                .env(
+                    "RANKMESH__REGISTRY__MASTER_KEYS__LOCAL1",
+                    &secrets.master_key,
+                )
                 .env("RANKMESH__REGISTRY__CURRENT_KEY", "local1")
                 .env("RANKMESH__REGISTRY__SIGNING_KEY", &secrets.signing_key);
             // INT8 at publish, where the caller has a quantizer.

@@ -14,10 +14,11 @@ use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::faults::{Links, impair, undo_after};
 use super::netfault::FaultProxy;
 use super::report::{self, Injected};
 use super::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
-use crate::launcher::{self, MeshState};
+use rankmesh_launcher::{self as launcher, MeshState};
 
 pub(super) fn send(pid: u32, sig: Signal) {
     if let Ok(p) = i32::try_from(pid) {
@@ -187,10 +188,6 @@ impl Env {
     }
 }
 
-/// The fault proxies on the links a scenario's network faults impair, by instance
-/// and link (one proxy per etcd member on an etcd link).
-pub(super) type Links = BTreeMap<(String, Link), Vec<Arc<FaultProxy>>>;
-
 /// Starts a proxy on every link a network fault names, before the mesh starts, and
 /// returns the environment that routes each instance through them: its advertised
 /// port (callers find the proxy in discovery) and its etcd endpoints.
@@ -357,7 +354,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
             let hold = Duration::from_secs_f64(f.duration_s);
             let up = env.up.clone();
             // In the order named: a store (redis) before the service that uses it.
-            super::undo_after(hold, targets, move |(name, pid)| {
+            undo_after(hold, targets, move |(name, pid)| {
                 let up = up.clone();
                 async move {
                     exited(&name, pid).await?;
@@ -381,7 +378,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                 filled.push(filler);
             }
             let hold = Duration::from_secs_f64(f.duration_s);
-            super::undo_after(hold, filled, |filler| async move {
+            undo_after(hold, filled, |filler| async move {
                 std::fs::remove_file(&filler).with_context(|| format!("free {}", filler.display()))
             });
         }
@@ -394,7 +391,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
                     .push_str(&format!("SIGSTOP {name} for {} s ", f.duration_s));
             }
             let hold = Duration::from_secs_f64(f.duration_s);
-            super::undo_after(hold, targets, |(_, pid)| async move {
+            undo_after(hold, targets, |(_, pid)| async move {
                 send(pid, Signal::SIGCONT);
                 Ok(())
             });
@@ -422,7 +419,7 @@ pub(super) async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<In
             injected.production_model = Some(format!("ranker:{production}"));
         }
         FaultKind::Delay | FaultKind::Loss | FaultKind::Partition => {
-            injected.detail = super::impair(&env.links, f)?;
+            injected.detail = impair(&env.links, f)?;
         }
         FaultKind::CorruptArtifact => {
             let m = publish_ranker(

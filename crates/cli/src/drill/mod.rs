@@ -6,6 +6,7 @@
 //! in `deploy/drills/`.
 
 pub(crate) mod compose;
+pub(crate) mod faults;
 pub(crate) mod local;
 pub(crate) mod netfault;
 pub(crate) mod report;
@@ -20,10 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::Signal;
 
-use crate::launcher;
-use local::Links;
-use netfault::{FaultProxy, Impairment};
+use faults::{Links, impair, undo_after};
+use netfault::FaultProxy;
 use rankmesh_common::discovery::Resolver;
+use rankmesh_launcher as launcher;
 use rankmesh_loadgen as loadgen;
 use report::{DrillReport, Injected};
 use scenario::{Fault, FaultKind, Link, Scenario};
@@ -346,65 +347,6 @@ impl Target {
     }
 }
 
-/// Impairs the links a network fault names (their proxies are running) and heals
-/// them after its duration; returns what it did.
-fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
-    let impairment = Impairment {
-        delay: Duration::from_millis(f.delay_ms),
-        jitter: Duration::from_millis(f.jitter_ms),
-        loss: f.loss_percent / 100.0,
-        cut: f.kind == FaultKind::Partition,
-    };
-    let mut impaired: Vec<Arc<FaultProxy>> = Vec::new();
-    for t in &f.targets {
-        for link in f.links() {
-            let proxies = links
-                .get(&(t.clone(), link))
-                .with_context(|| format!("{t}'s {} link has no fault proxy", link.name()))?;
-            for p in proxies {
-                p.set(impairment);
-                impaired.push(p.clone());
-            }
-        }
-    }
-    let what = match f.kind {
-        FaultKind::Delay => format!("{} ± {} ms delay", f.delay_ms, f.jitter_ms),
-        FaultKind::Loss => format!("{}% loss", f.loss_percent),
-        _ => "partition".to_owned(),
-    };
-    let names: Vec<&str> = f.links().iter().map(|l| l.name()).collect();
-    let hold = Duration::from_secs_f64(f.duration_s);
-    undo_after(hold, impaired, |p| async move {
-        p.heal();
-        Ok(())
-    });
-    Ok(format!(
-        "{what} on {} ({} links) for {} s",
-        f.targets.join(", "),
-        names.join(" and "),
-        f.duration_s
-    ))
-}
-
-/// Ends a held fault once `hold` has passed: `undo` runs for each of `held`, in
-/// order; a failure is logged and the rest are still undone (a drill must not leave
-/// the mesh broken because one restore failed).
-fn undo_after<T, F, Fut>(hold: Duration, held: Vec<T>, undo: F)
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    tokio::spawn(async move {
-        tokio::time::sleep(hold).await;
-        for h in held {
-            if let Err(e) = undo(h).await {
-                eprintln!("drill: ending a fault: {e:#}");
-            }
-        }
-    });
-}
-
 /// Injects one fault into the compose stack.
 async fn inject_compose(
     stack: &Arc<compose::Stack>,
@@ -641,16 +583,19 @@ async fn run_local(
         state_dir.display()
     );
     let ranker = opts.models.join("ranker");
+    let serve = crate::mesh::Serve {
+        models: opts.models.clone(),
+        ranker: ranker.join("model.onnx").exists().then_some(ranker),
+        catalog: Some(catalog.to_owned()),
+    };
     let up = launcher::UpOptions {
         state_dir: state_dir.to_owned(),
         ranking_replicas: scenario.topology.ranking_replicas,
         etcd_port: opts.etcd_port,
         base_port: opts.base_port,
         bin_dir: launcher::own_bin_dir()?,
-        ranker: ranker.join("model.onnx").exists().then_some(ranker),
-        follow_ranker: false,
-        models: opts.models.clone(),
-        catalog: Some(catalog.to_owned()),
+        follow_ranker: serve.ranker.is_some(),
+        quantizer: crate::mesh::quantizer(&opts.models),
         ranking_env: scenario
             .topology
             .ranking_env
@@ -672,9 +617,8 @@ async fn run_local(
     // Kept until the mesh has stopped: the instances' etcd links run through them.
     let (links, instance_env) = local::start_links(scenario, &up).await?;
     let up = launcher::UpOptions { instance_env, ..up };
-    let mesh = launcher::up(&up).await?;
+    let mesh = crate::mesh::up(&up, &serve).await?;
     let result = async {
-        launcher::load_catalog(&mesh, catalog).await?;
         let env = local::Env {
             up: up.clone(),
             mesh: mesh.clone(),

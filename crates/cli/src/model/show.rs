@@ -12,7 +12,9 @@ use rankmesh_artifact::manifest::Manifest;
 use rankmesh_client::RegistryClient;
 use rankmesh_proto::pb::registry::v1 as pb;
 
-use super::format_ms;
+use rankmesh_client::Deadline;
+
+use crate::args::status;
 
 /// What a version's signature says.
 #[derive(Debug)]
@@ -48,8 +50,8 @@ impl Verifier {
     pub(super) fn new(given: Option<&str>, state_dir: &Path) -> anyhow::Result<Self> {
         let hex = match given {
             Some(h) => Some(h.to_owned()),
-            None => match crate::launcher::existing_secrets(state_dir)? {
-                Some(s) => Some(crate::launcher::verify_key_hex(&s.signing_key)?),
+            None => match rankmesh_launcher::existing_secrets(state_dir)? {
+                Some(s) => Some(rankmesh_launcher::verify_key_hex(&s.signing_key)?),
                 None => None,
             },
         };
@@ -115,7 +117,7 @@ pub(super) async fn show(
     verifier: &Verifier,
     json: bool,
 ) -> anyhow::Result<()> {
-    let model = super::summaries(registry, name)
+    let model = summaries(registry, name)
         .await?
         .into_iter()
         .find(|m| m.name == name)
@@ -253,4 +255,54 @@ fn variant_json(m: &pb::ModelManifest, s: &Signature) -> serde_json::Value {
         Signature::Unchecked => {}
     }
     v
+}
+
+/// Every model's versions and stages (`name` empty), or just `name`'s.
+pub(super) async fn summaries(
+    registry: &RegistryClient,
+    name: &str,
+) -> anyhow::Result<Vec<pb::ModelSummary>> {
+    let req = pb::ListModelsRequest {
+        name: name.to_owned(),
+    };
+    let r = registry
+        .list_models(req, Deadline::Default)
+        .await
+        .map_err(status)?;
+    Ok(r.models)
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub(crate) fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_ms(1_795_824_000_000), "2026-11-28 00:00:00");
+        assert_eq!(
+            super::format_ms(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+    }
 }
