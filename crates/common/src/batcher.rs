@@ -263,53 +263,72 @@ async fn dispatch<I, O>(
             batch.push(job);
         }
 
-        let run = Arc::clone(&run);
-        let queued = Arc::clone(&queued);
-        tokio::spawn(async move {
-            let mut items = Vec::with_capacity(count);
-            let mut replies = Vec::with_capacity(batch.len());
-            for job in batch {
-                let n = job.items.len();
-                queued.fetch_sub(n, Ordering::AcqRel);
-                // The caller gave up (deadline, cancellation): skip its work.
-                if job.reply.is_closed() {
-                    continue;
-                }
-                items.extend(job.items);
-                replies.push((n, job.reply));
-            }
-            metrics::gauge!("rankmesh_batch_queue_depth", "batcher" => name)
-                .set(queued.load(Ordering::Relaxed) as f64);
-            if replies.is_empty() {
-                return;
-            }
-            metrics::histogram!("rankmesh_batch_size", "batcher" => name)
-                .record(items.len() as f64);
-            let result = tokio::task::spawn_blocking(move || run(items)).await;
-            drop(permit);
-            let outputs = match result {
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => return fail(replies, BatchError::Model(e)),
-                Err(e) => {
-                    return fail(
-                        replies,
-                        BatchError::Model(format!("inference task panicked: {e}")),
-                    );
-                }
-            };
-            let expected: usize = replies.iter().map(|(n, _)| n).sum();
-            if outputs.len() != expected {
-                let e = format!(
-                    "model returned {} outputs for {expected} inputs",
-                    outputs.len()
-                );
-                return fail(replies, BatchError::Model(e));
-            }
-            let mut outputs = outputs.into_iter();
-            for (n, reply) in replies {
-                let _ = reply.send(Ok((outputs.by_ref().take(n).collect(), expected)));
-            }
-        });
+        tokio::spawn(run_batch(
+            name,
+            batch,
+            count,
+            Arc::clone(&queued),
+            Arc::clone(&run),
+            permit,
+        ));
+    }
+}
+
+/// Runs one batch on the blocking pool and answers each job with its own outputs,
+/// in order; jobs whose callers gave up are skipped. The worker permit is held
+/// until the model has run.
+async fn run_batch<I, O>(
+    name: &'static str,
+    batch: Vec<Job<I, O>>,
+    count: usize,
+    queued: Arc<AtomicUsize>,
+    run: RunFn<I, O>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let mut items = Vec::with_capacity(count);
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        let n = job.items.len();
+        queued.fetch_sub(n, Ordering::AcqRel);
+        // The caller gave up (deadline, cancellation): skip its work.
+        if job.reply.is_closed() {
+            continue;
+        }
+        items.extend(job.items);
+        replies.push((n, job.reply));
+    }
+    metrics::gauge!("rankmesh_batch_queue_depth", "batcher" => name)
+        .set(queued.load(Ordering::Relaxed) as f64);
+    if replies.is_empty() {
+        return;
+    }
+    metrics::histogram!("rankmesh_batch_size", "batcher" => name).record(items.len() as f64);
+    let result = tokio::task::spawn_blocking(move || run(items)).await;
+    drop(permit);
+    let outputs = match result {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return fail(replies, BatchError::Model(e)),
+        Err(e) => {
+            return fail(
+                replies,
+                BatchError::Model(format!("inference task panicked: {e}")),
+            );
+        }
+    };
+    let expected: usize = replies.iter().map(|(n, _)| n).sum();
+    if outputs.len() != expected {
+        let e = format!(
+            "model returned {} outputs for {expected} inputs",
+            outputs.len()
+        );
+        return fail(replies, BatchError::Model(e));
+    }
+    let mut outputs = outputs.into_iter();
+    for (n, reply) in replies {
+        let _ = reply.send(Ok((outputs.by_ref().take(n).collect(), expected)));
     }
 }
 

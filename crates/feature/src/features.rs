@@ -276,25 +276,7 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, analyzed: &Analyzed
         .is_some_and(|t| q.set.contains(t));
     let title_joined = padded(&title_content);
     let phrase = q.content.len() >= 2 && title_joined.contains(&q.joined);
-    // Sizes: a query number the title has; a size whose unit the title gives with
-    // other numbers only ("8 ft" against "6 ft").
-    let qs = sizes(&q.all);
-    let ts = sizes(title);
-    let (number_match, conflict) = if qs.is_empty() {
-        (0.0, 0.0)
-    } else {
-        let title_numbers: HashSet<&str> = ts.iter().map(|(n, _)| *n).collect();
-        let found = qs.iter().filter(|(n, _)| title_numbers.contains(n)).count();
-        let conflict = qs.iter().any(|(n, unit)| {
-            unit.is_some_and(|u| {
-                ts.iter().any(|(_, tu)| *tu == Some(u)) && !ts.contains(&(*n, Some(u)))
-            })
-        });
-        (
-            found as f32 / qs.len() as f32,
-            f32::from(u8::from(conflict)),
-        )
-    };
+    let (number_match, conflict) = size_match(&q.all, title);
     TitleMatch {
         overlap: exact.len() as f32 / n,
         idf_overlap: share(exact.iter().map(|t| idf_of(t)).sum()),
@@ -314,6 +296,101 @@ fn title_features(q: &QueryText, idf: &HashMap<String, f32>, analyzed: &Analyzed
     }
 }
 
+/// Sizes: the share of the query's numbers the title has, and 1 when a size the
+/// query names has a unit the title gives with other numbers only ("8 ft" against
+/// "6 ft").
+fn size_match(query: &[String], title: &[String]) -> (f32, f32) {
+    let qs = sizes(query);
+    let ts = sizes(title);
+    if qs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let title_numbers: HashSet<&str> = ts.iter().map(|(n, _)| *n).collect();
+    let found = qs.iter().filter(|(n, _)| title_numbers.contains(n)).count();
+    let conflict = qs.iter().any(|(n, unit)| {
+        unit.is_some_and(|u| {
+            ts.iter().any(|(_, tu)| *tu == Some(u)) && !ts.contains(&(*n, Some(u)))
+        })
+    });
+    (
+        found as f32 / qs.len() as f32,
+        f32::from(u8::from(conflict)),
+    )
+}
+
+/// What a user's profile says about any item, worked out once per request.
+struct UserSignals<'a> {
+    profile: Option<&'a UserProfile>,
+    /// Affinity per normalised category.
+    affinity: HashMap<String, f64>,
+    brand_total: f64,
+    /// Per recent item: viewed, carted, bought.
+    seen: HashMap<&'a str, [bool; 3]>,
+    /// ln(1 + the user's event count).
+    events_log: f32,
+}
+
+impl<'a> UserSignals<'a> {
+    fn new(profile: Option<&'a UserProfile>) -> Self {
+        let affinity: HashMap<String, f64> = profile
+            .map(|p| {
+                p.category_affinity()
+                    .into_iter()
+                    .map(|(c, a)| (normalize_category(&c), a))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let brand_total: f64 = profile.map_or(0.0, |p| p.brand_weight.values().sum());
+        let mut seen: HashMap<&str, [bool; 3]> = HashMap::new();
+        if let Some(p) = profile {
+            for r in &p.recent {
+                let flags = seen.entry(r.item_id.as_str()).or_default();
+                match r.kind {
+                    EventKind::View => flags[0] = true,
+                    EventKind::Cart => flags[1] = true,
+                    EventKind::Purchase => flags[2] = true,
+                }
+            }
+        }
+        let events_log = profile.map_or(0.0, |p| (p.events as f64).ln_1p()) as f32;
+        Self {
+            profile,
+            affinity,
+            brand_total,
+            seen,
+            events_log,
+        }
+    }
+
+    /// The user columns of one item's row, in column order: category, top-level
+    /// category and brand affinity; viewed, carted, bought; the user's activity.
+    fn of(&self, item: &Item, category: &str, brand: &str) -> [f32; 7] {
+        let top = top_level(category);
+        let flags = self.seen.get(item.id.as_str()).copied().unwrap_or_default();
+        let top_affinity: f64 = self
+            .affinity
+            .iter()
+            .filter(|(c, _)| top_level(c) == top && !top.is_empty())
+            .map(|(_, a)| a)
+            .sum();
+        let brand_affinity = match self.profile {
+            Some(p) if self.brand_total > 0.0 => {
+                p.brand_weight.get(brand).copied().unwrap_or(0.0) / self.brand_total
+            }
+            _ => 0.0,
+        };
+        [
+            self.affinity.get(category).copied().unwrap_or(0.0) as f32,
+            top_affinity as f32,
+            brand_affinity as f32,
+            f32::from(u8::from(flags[0])),
+            f32::from(u8::from(flags[1])),
+            f32::from(u8::from(flags[2])),
+            self.events_log,
+        ]
+    }
+}
+
 /// Builds one row per item, in order.
 pub fn matrix(
     query: &str,
@@ -326,27 +403,7 @@ pub fn matrix(
     // Every query token (stopwords too), from the one analysis of the query.
     let q: HashSet<String> = qt.all.iter().cloned().collect();
     let query_lc = format!(" {} ", qt.all.join(" "));
-    let affinity: HashMap<String, f64> = profile
-        .map(|p| {
-            p.category_affinity()
-                .into_iter()
-                .map(|(c, a)| (normalize_category(&c), a))
-                .collect()
-        })
-        .unwrap_or_default();
-    let brand_total: f64 = profile.map_or(0.0, |p| p.brand_weight.values().sum());
-    let mut seen: HashMap<&str, [bool; 3]> = HashMap::new();
-    if let Some(p) = profile {
-        for r in &p.recent {
-            let flags = seen.entry(r.item_id.as_str()).or_default();
-            match r.kind {
-                EventKind::View => flags[0] = true,
-                EventKind::Cart => flags[1] = true,
-                EventKind::Purchase => flags[2] = true,
-            }
-        }
-    }
-    let events_log = profile.map_or(0.0, |p| (p.events as f64).ln_1p()) as f32;
+    let user = UserSignals::new(profile);
     let query_has_number = qt.all.iter().any(|t| text::is_number(t));
     let query_idf: f32 = qt
         .content
@@ -357,23 +414,11 @@ pub fn matrix(
     let mut out = Vec::with_capacity(items.len() * COLUMNS.len());
     for (item, pop) in items.iter().zip(popularity) {
         let category = normalize_category(&item.category);
-        let top = top_level(&category);
         let brand = item.brand.to_lowercase();
         let brand_tokens = &analyzed(&brand).tokens;
         let brand_in_query =
             !brand_tokens.is_empty() && query_lc.contains(&format!(" {} ", brand_tokens.join(" ")));
-        let flags = seen.get(item.id.as_str()).copied().unwrap_or_default();
-        let top_affinity: f64 = affinity
-            .iter()
-            .filter(|(c, _)| top_level(c) == top && !top.is_empty())
-            .map(|(_, a)| a)
-            .sum();
-        let brand_affinity = match profile {
-            Some(p) if brand_total > 0.0 => {
-                p.brand_weight.get(&brand).copied().unwrap_or(0.0) / brand_total
-            }
-            _ => 0.0,
-        };
+        let u = user.of(item, &category, &brand);
         let title = analyzed(&item.title);
         let m = title_features(&qt, &scores.idf, &title);
         let row = [
@@ -405,13 +450,13 @@ pub fn matrix(
             item.rating.unwrap_or(0.0) as f32,
             (item.review_count as f64).ln_1p() as f32,
             pop.max(0.0).ln_1p() as f32,
-            affinity.get(&category).copied().unwrap_or(0.0) as f32,
-            top_affinity as f32,
-            brand_affinity as f32,
-            f32::from(u8::from(flags[0])),
-            f32::from(u8::from(flags[1])),
-            f32::from(u8::from(flags[2])),
-            events_log,
+            u[0],
+            u[1],
+            u[2],
+            u[3],
+            u[4],
+            u[5],
+            u[6],
         ];
         debug_assert_eq!(row.len() + RELATIVE.len(), COLUMNS.len());
         out.extend(row.iter().map(|v| if v.is_finite() { *v } else { 0.0 }));

@@ -159,7 +159,9 @@ impl<S: FeatureStore> Features<S> {
         }
     }
 
-    /// Imports a streamed catalog; see the proto for the contract.
+    /// Imports a streamed catalog; see the proto for the contract. The chunks
+    /// feed a parser on a blocking thread; rows are stored only once the whole
+    /// upload has arrived and parsed, so a broken upload imports nothing.
     pub async fn import<E>(
         &self,
         mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin,
@@ -185,49 +187,7 @@ impl<S: FeatureStore> Features<S> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let parser =
             tokio::task::spawn_blocking(move || import::parse(format, ChunkReader::new(rx)));
-        let mut chunk = Some((first.data, first.last));
-        let mut upload_error: Option<RpcError> = None;
-        loop {
-            let mut finished = false;
-            if let Some((data, last)) = chunk.take() {
-                if data.len() > MAX_CHUNK_BYTES {
-                    upload_error = Some(RpcError::ResourceExhausted(format!(
-                        "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
-                        data.len()
-                    )));
-                    let _ = tx.send(Err(())).await;
-                    break;
-                }
-                if !data.is_empty() && tx.send(Ok(data.into())).await.is_err() {
-                    // The parser stopped early (too many rows, bad header); its error wins.
-                    break;
-                }
-                finished = last;
-            }
-            if finished {
-                let _ = tx.send(Ok(bytes::Bytes::new())).await;
-                break;
-            }
-            match stream.next().await {
-                Some(Ok(c)) => chunk = Some((c.data, c.last)),
-                Some(Err(e)) => {
-                    upload_error = Some(RpcError::Aborted(format!(
-                        "upload interrupted: {e}; nothing was imported"
-                    )));
-                    let _ = tx.send(Err(())).await;
-                    break;
-                }
-                None => {
-                    // The stream ended without its `last` chunk: treat it as broken.
-                    upload_error = Some(RpcError::Aborted(
-                        "upload ended without its last chunk; nothing was imported".into(),
-                    ));
-                    let _ = tx.send(Err(())).await;
-                    break;
-                }
-            }
-        }
-        drop(tx);
+        let upload_error = feed_parser(first, &mut stream, tx).await;
         let parsed = parser
             .await
             .map_err(|e| RpcError::Internal(e.to_string()))?;
@@ -240,7 +200,22 @@ impl<S: FeatureStore> Features<S> {
             ImportError::TooManyRows => RpcError::ResourceExhausted(e.to_string()),
             ImportError::Io(m) => RpcError::Internal(m),
         })?;
+        let answer = self.commit(parsed, replace).await?;
+        tracing::info!(
+            imported = answer.imported,
+            rejected = answer.rejected,
+            secs = started.elapsed().as_secs_f64(),
+            "catalog imported"
+        );
+        Ok(answer)
+    }
 
+    /// Stores parsed rows, then brings the lexical index up to date.
+    async fn commit(
+        &self,
+        parsed: import::Parsed,
+        replace: bool,
+    ) -> Result<pb::ImportCatalogResponse, RpcError> {
         let imported = parsed.items.len() as u64;
         let items = Arc::new(parsed.items);
         // Store first: it is the source of truth. If the index update then fails, the
@@ -256,13 +231,6 @@ impl<S: FeatureStore> Features<S> {
             tracing::error!("lexical index update failed after import; rebuilding from the store");
             self.rebuild_lexical().await?;
         }
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(
-            imported,
-            rejected = parsed.rejected,
-            secs,
-            "catalog imported"
-        );
         metrics::counter!("rankmesh_catalog_rows_imported_total").increment(imported);
         Ok(pb::ImportCatalogResponse {
             imported,
@@ -320,6 +288,50 @@ impl<S: FeatureStore> Features<S> {
                 cold_start_user: false,
             },
         })
+    }
+}
+
+/// Hands an upload's chunks to the parser, in order, until its `last` chunk; an
+/// oversized chunk, a broken stream or one that ends early sends the parser an
+/// error instead, and is the answer. `None` when the upload arrived whole (or the
+/// parser stopped early: its own error is the answer then).
+async fn feed_parser<E: std::fmt::Display>(
+    first: pb::ImportCatalogChunk,
+    stream: &mut (impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin),
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, ()>>,
+) -> Option<RpcError> {
+    let mut chunk = Some((first.data, first.last));
+    loop {
+        let mut finished = false;
+        if let Some((data, last)) = chunk.take() {
+            if data.len() > MAX_CHUNK_BYTES {
+                let _ = tx.send(Err(())).await;
+                return Some(RpcError::ResourceExhausted(format!(
+                    "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
+                    data.len()
+                )));
+            }
+            if !data.is_empty() && tx.send(Ok(data.into())).await.is_err() {
+                // The parser stopped early (too many rows, bad header); its error wins.
+                return None;
+            }
+            finished = last;
+        }
+        if finished {
+            let _ = tx.send(Ok(bytes::Bytes::new())).await;
+            return None;
+        }
+        let broken = match stream.next().await {
+            Some(Ok(c)) => {
+                chunk = Some((c.data, c.last));
+                continue;
+            }
+            Some(Err(e)) => format!("upload interrupted: {e}; nothing was imported"),
+            // The stream ended without its `last` chunk: treat it as broken.
+            None => "upload ended without its last chunk; nothing was imported".to_owned(),
+        };
+        let _ = tx.send(Err(())).await;
+        return Some(RpcError::Aborted(broken));
     }
 }
 
