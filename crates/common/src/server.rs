@@ -206,10 +206,7 @@ pub async fn serve(
     let endpoint = endpoint_for(info.name, config, grpc_addr, admin_addr);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    for s in info.grpc_services {
-        health.set_service_status(*s, ServingStatus::Serving).await;
-    }
+    set_health(&health, &info, ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rankmesh_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -262,14 +259,7 @@ pub async fn serve(
         "shutting down: NOT_SERVING, deregistering, draining"
     );
     draining_tx.send_replace(true);
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    for s in info.grpc_services {
-        health
-            .set_service_status(*s, ServingStatus::NotServing)
-            .await;
-    }
+    set_health(&health, &info, ServingStatus::NotServing).await;
     if let Some(reg) = registration
         && let Err(e) = reg.deregister().await
     {
@@ -298,6 +288,18 @@ pub async fn serve(
     }
     tracing::info!(service = info.name, "stopped");
     result
+}
+
+/// The same health status for the whole server ("") and each of its services.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    info: &ServiceInfo,
+    status: ServingStatus,
+) {
+    health.set_service_status("", status).await;
+    for s in info.grpc_services {
+        health.set_service_status(*s, status).await;
+    }
 }
 
 /// The middleware every gRPC request passes through, outermost first.
@@ -361,6 +363,28 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned())
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Milliseconds since the Unix epoch.
@@ -536,6 +560,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_ms(1_795_824_000_000), "2026-11-28 00:00:00");
+        assert_eq!(
+            super::format_ms(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+    }
+
     use super::*;
     use tower::ServiceExt;
     use tower_test::mock;

@@ -43,14 +43,14 @@ const IN_FLIGHT: usize = 64;
 /// What the link does to the bytes through it now. The default passes them as
 /// they come.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Impairment {
-    pub(crate) delay: Duration,
+pub struct Impairment {
+    pub delay: Duration,
     /// Each chunk's delay is `delay` plus or minus up to this much.
-    pub(crate) jitter: Duration,
+    pub jitter: Duration,
     /// Probability (0..=1) that a chunk is lost and retransmitted.
-    pub(crate) loss: f64,
+    pub loss: f64,
     /// A partition: nothing passes.
-    pub(crate) cut: bool,
+    pub cut: bool,
 }
 
 impl Impairment {
@@ -77,7 +77,8 @@ impl Impairment {
 
 /// A running proxy: listens on `addr`, forwards to its upstream, impaired as set.
 /// Dropping it closes the listener and every connection through it.
-pub(crate) struct FaultProxy {
+#[derive(Debug)]
+pub struct FaultProxy {
     addr: SocketAddr,
     state: watch::Sender<Impairment>,
     accept: tokio::task::JoinHandle<()>,
@@ -86,7 +87,7 @@ pub(crate) struct FaultProxy {
 impl FaultProxy {
     /// Listens on `listen` (port 0: any free port) and forwards each connection to
     /// `upstream`.
-    pub(crate) async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<Self> {
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (state, _) = watch::channel(Impairment::default());
@@ -98,17 +99,17 @@ impl FaultProxy {
         })
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Applies `impairment` to every connection, open or new, at once.
-    pub(crate) fn set(&self, impairment: Impairment) {
+    pub fn set(&self, impairment: Impairment) {
         self.state.send_replace(impairment);
     }
 
     /// Back to passing bytes as they come.
-    pub(crate) fn heal(&self) {
+    pub fn heal(&self) {
         self.set(Impairment::default());
     }
 }

@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use rankmesh_loadgen::Report as Load;
 
-use super::scenario::Slo;
+use crate::scenario::Slo;
 
 /// A fault as it happened.
 #[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct Injected {
+pub struct Injected {
     pub at_s: f64,
     pub kind: String,
     pub detail: String,
@@ -35,7 +35,7 @@ pub(crate) struct Injected {
 
 impl Injected {
     /// A fault of `kind` injected at `at_s`, before its details are known.
-    pub(crate) fn new(kind: &str, at_s: f64) -> Self {
+    pub fn new(kind: &str, at_s: f64) -> Self {
         Self {
             at_s,
             kind: kind.to_owned(),
@@ -46,7 +46,7 @@ impl Injected {
 
 /// What a drill's RecordEvent load measured.
 #[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct Events {
+pub struct Events {
     /// Acknowledged during the load.
     pub acked: u64,
     /// Acknowledged ones missing afterwards; None when they could not be read back
@@ -60,7 +60,7 @@ pub(crate) struct Events {
 /// again at its end (a hung or partitioned instance whose lease expired must come
 /// back by itself).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) enum Rejoined {
+pub enum Rejoined {
     /// Every surviving instance is listed; how many.
     All(usize),
     /// Those still missing after the wait.
@@ -71,7 +71,7 @@ pub(crate) enum Rejoined {
 
 /// One SLO line.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub(crate) struct Check {
+pub struct Check {
     pub what: String,
     pub target: String,
     pub measured: String,
@@ -79,7 +79,7 @@ pub(crate) struct Check {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct DrillReport {
+pub struct DrillReport {
     pub name: String,
     pub hypothesis: String,
     pub pass: bool,
@@ -101,7 +101,7 @@ fn clean(s: &rankmesh_loadgen::Second, p99_ms: f64) -> bool {
 }
 
 /// Seconds from `at_s` until every following second (before `until_s`) is clean.
-pub(crate) fn recovery(load: &Load, at_s: f64, until_s: f64, p99_ms: f64) -> Option<f64> {
+pub fn recovery(load: &Load, at_s: f64, until_s: f64, p99_ms: f64) -> Option<f64> {
     let from = at_s.floor() as u64;
     let until = until_s.ceil() as u64;
     let window: Vec<&rankmesh_loadgen::Second> = load
@@ -116,7 +116,9 @@ pub(crate) fn recovery(load: &Load, at_s: f64, until_s: f64, p99_ms: f64) -> Opt
     }
 }
 
-pub(crate) struct Inputs<'a> {
+/// What a run measured and what it was meant to show: the judge's inputs.
+#[derive(Debug)]
+pub struct Inputs<'a> {
     pub name: &'a str,
     pub hypothesis: &'a str,
     pub slo: &'a Slo,
@@ -129,7 +131,7 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// Judges a run against its SLO.
-pub(crate) fn judge(i: Inputs<'_>) -> DrillReport {
+pub fn judge(i: Inputs<'_>) -> DrillReport {
     let Inputs {
         name,
         hypothesis,
@@ -296,7 +298,7 @@ fn canary_checks(f: &Injected, load: &Load, slo: &Slo) -> [Check; 2] {
 }
 
 /// The summary table for the terminal.
-pub(crate) fn summary(r: &DrillReport) -> String {
+pub fn summary(r: &DrillReport) -> String {
     let mut out = format!(
         "drill {}: {}\n",
         r.name,
@@ -410,7 +412,7 @@ fn chart(
 }
 
 /// The self-contained HTML page.
-pub(crate) fn html(r: &DrillReport) -> String {
+pub fn html(r: &DrillReport) -> String {
     let seconds = r.load.duration_s.ceil() as u64;
     let per = |f: &dyn Fn(&rankmesh_loadgen::Second) -> f64| -> Vec<f64> {
         (0..seconds)

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
+
+use crate::error::{DrillError, bail, ensure};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,145 +249,67 @@ pub struct Slo {
 }
 
 impl Scenario {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, DrillError> {
+        let text = std::fs::read_to_string(path).map_err(DrillError::io("read", path))?;
+        Self::parse(&text)
+            .map_err(|e| DrillError::Invalid(format!("scenario {}: {e}", path.display())))
     }
 
     /// Parses and checks a scenario's text. Pure, so the fuzz target
     /// `drill_scenario` runs it on arbitrary files.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let s: Self = toml::from_str(text).context("parse")?;
-        s.validate().context("check")?;
+    pub fn parse(text: &str) -> Result<Self, DrillError> {
+        let s: Self =
+            toml::from_str(text).map_err(|e| DrillError::Invalid(format!("parse: {e}")))?;
+        s.validate()
+            .map_err(|e| DrillError::Invalid(format!("check: {e}")))?;
         Ok(s)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.name.is_empty(), "name: must not be empty");
+    fn validate(&self) -> Result<(), DrillError> {
+        ensure!(!self.name.is_empty(), "name: must not be empty");
         let compose = self.topology.kind == "compose";
-        anyhow::ensure!(
+        ensure!(
             compose || self.topology.kind == "local",
             "topology.kind {:?}: \"local\" or \"compose\"",
             self.topology.kind
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=3).contains(&self.topology.ranking_replicas),
             "topology.ranking_replicas: 1..=3"
         );
-        anyhow::ensure!(
+        ensure!(
             self.topology.etcd_members == 1 || self.topology.etcd_members == 3,
             "topology.etcd_members: 1 or 3"
         );
-        anyhow::ensure!(
+        ensure!(
             self.topology.feature_store == "redb" || self.topology.feature_store == "redis",
             "topology.feature_store: redb or redis"
         );
-        anyhow::ensure!(
+        ensure!(
             self.load.rpc == "search" || self.load.rpc == "recommend",
             "load.rpc: search or recommend"
         );
-        anyhow::ensure!(
+        ensure!(
             self.load.qps > 0.0 && self.load.qps <= 1_000.0,
             "load.qps: within (0, 1000]"
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=3_600).contains(&self.load.duration_s),
             "load.duration_s: 1..=3600"
         );
-        anyhow::ensure!(
+        ensure!(
             (0.0..=100.0).contains(&self.load.events_per_s),
             "load.events_per_s: 0..=100"
         );
         for (i, f) in self.faults.iter().enumerate() {
-            anyhow::ensure!(
-                f.at_s >= 0.0 && f.at_s < self.load.duration_s as f64,
-                "fault[{i}].at_s: within the load's duration"
-            );
-            match f.kind {
-                FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {
-                    anyhow::ensure!(
-                        !f.targets.is_empty(),
-                        "fault[{i}].targets: name at least one"
-                    )
-                }
-                FaultKind::DiskFull => {
-                    anyhow::ensure!(
-                        !f.targets.is_empty()
-                            && f.targets
-                                .iter()
-                                .all(|t| t == "feature-0" || t == "registry-0"),
-                        "fault[{i}].targets: feature-0 and/or registry-0 (the instances with data on disk)"
-                    );
-                    anyhow::ensure!(
-                        (8..=1024).contains(&f.disk_mb),
-                        "fault[{i}].disk_mb: 8..=1024"
-                    );
-                }
-                FaultKind::Canary => anyhow::ensure!(
-                    f.model == "nan" || f.model == "constant",
-                    "fault[{i}].model: nan or constant"
-                ),
-                FaultKind::CorruptArtifact => {}
-                FaultKind::Delay => anyhow::ensure!(
-                    (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
-                    "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"
-                ),
-                FaultKind::Loss => anyhow::ensure!(
-                    f.loss_percent > 0.0 && f.loss_percent < 100.0,
-                    "fault[{i}].loss_percent: within (0, 100)"
-                ),
-                FaultKind::Partition => {}
-            }
-            anyhow::ensure!(
-                f.signal.is_none() || f.kind == FaultKind::Restart,
-                "fault[{i}].signal: only for restart"
-            );
-            // A graceful restart may start again as soon as the instance has exited.
-            let graceful = f.signal == Some(RestartSignal::Term);
-            if f.kind == FaultKind::Restart && graceful {
-                anyhow::ensure!(
-                    f.duration_s >= 0.0,
-                    "fault[{i}].duration_s: >= 0 for a graceful restart"
-                );
-            } else if matches!(
-                f.kind,
-                FaultKind::Stop | FaultKind::Restart | FaultKind::DiskFull
-            ) || f.is_network()
-            {
-                anyhow::ensure!(
-                    f.duration_s > 0.0,
-                    "fault[{i}].duration_s: > 0 for {}",
-                    f.kind.name()
-                );
-            }
-            if f.is_network() {
-                anyhow::ensure!(
-                    !f.targets.is_empty(),
-                    "fault[{i}].targets: name at least one"
-                );
-            }
-            if compose {
-                self.validate_compose(i, f)?;
-            } else if f.is_network() {
-                for t in &f.targets {
-                    // The links are a service instance's: its advertised port and
-                    // its etcd endpoints are what the proxies take over.
-                    let service = t.rsplit_once('-').map_or(t.as_str(), |(s, _)| s);
-                    anyhow::ensure!(
-                        ["ranking", "registry", "feature", "embedding"].contains(&service),
-                        "fault[{i}].targets: {t:?} has no links to impair \
-                         (a ranking, registry, feature or embedding instance)"
-                    );
-                }
-            }
+            self.validate_fault(i, f, compose)?;
         }
-        anyhow::ensure!(
+        ensure!(
             (0.0..=1.0).contains(&self.slo.availability),
             "slo.availability: 0..=1"
         );
         if compose {
-            anyhow::ensure!(
+            ensure!(
                 self.load.events_per_s == 0.0,
                 "load.events_per_s: the compose stack's feature service is not published to the host; run event drills locally"
             );
@@ -394,28 +317,115 @@ impl Scenario {
         Ok(())
     }
 
+    /// One fault of the timeline: its fields for its kind, and what its topology
+    /// can inject.
+    fn validate_fault(&self, i: usize, f: &Fault, compose: bool) -> Result<(), DrillError> {
+        ensure!(
+            f.at_s >= 0.0 && f.at_s < self.load.duration_s as f64,
+            "fault[{i}].at_s: within the load's duration"
+        );
+        match f.kind {
+            FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {
+                ensure!(
+                    !f.targets.is_empty(),
+                    "fault[{i}].targets: name at least one"
+                )
+            }
+            FaultKind::DiskFull => {
+                ensure!(
+                    !f.targets.is_empty()
+                        && f.targets
+                            .iter()
+                            .all(|t| t == "feature-0" || t == "registry-0"),
+                    "fault[{i}].targets: feature-0 and/or registry-0 (the instances with data on disk)"
+                );
+                ensure!(
+                    (8..=1024).contains(&f.disk_mb),
+                    "fault[{i}].disk_mb: 8..=1024"
+                );
+            }
+            FaultKind::Canary => ensure!(
+                f.model == "nan" || f.model == "constant",
+                "fault[{i}].model: nan or constant"
+            ),
+            FaultKind::CorruptArtifact => {}
+            FaultKind::Delay => ensure!(
+                (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
+                "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"
+            ),
+            FaultKind::Loss => ensure!(
+                f.loss_percent > 0.0 && f.loss_percent < 100.0,
+                "fault[{i}].loss_percent: within (0, 100)"
+            ),
+            FaultKind::Partition => {}
+        }
+        ensure!(
+            f.signal.is_none() || f.kind == FaultKind::Restart,
+            "fault[{i}].signal: only for restart"
+        );
+        // A graceful restart may start again as soon as the instance has exited.
+        let graceful = f.signal == Some(RestartSignal::Term);
+        if f.kind == FaultKind::Restart && graceful {
+            ensure!(
+                f.duration_s >= 0.0,
+                "fault[{i}].duration_s: >= 0 for a graceful restart"
+            );
+        } else if matches!(
+            f.kind,
+            FaultKind::Stop | FaultKind::Restart | FaultKind::DiskFull
+        ) || f.is_network()
+        {
+            ensure!(
+                f.duration_s > 0.0,
+                "fault[{i}].duration_s: > 0 for {}",
+                f.kind.name()
+            );
+        }
+        if f.is_network() {
+            ensure!(
+                !f.targets.is_empty(),
+                "fault[{i}].targets: name at least one"
+            );
+        }
+        if compose {
+            self.validate_compose(i, f)?;
+        } else if f.is_network() {
+            for t in &f.targets {
+                // The links are a service instance's: its advertised port and
+                // its etcd endpoints are what the proxies take over.
+                let service = t.rsplit_once('-').map_or(t.as_str(), |(s, _)| s);
+                ensure!(
+                    ["ranking", "registry", "feature", "embedding"].contains(&service),
+                    "fault[{i}].targets: {t:?} has no links to impair \
+                     (a ranking, registry, feature or embedding instance)"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// What a fault may be in the compose stack: Docker reaches whole containers,
     /// and only the ranking replicas are published to the host.
-    fn validate_compose(&self, i: usize, f: &Fault) -> anyhow::Result<()> {
+    fn validate_compose(&self, i: usize, f: &Fault) -> Result<(), DrillError> {
         match f.kind {
-            FaultKind::DiskFull => anyhow::bail!(
+            FaultKind::DiskFull => bail!(
                 "fault[{i}].kind disk-full: mounts a small disk under a local instance's data; a local-topology fault"
             ),
-            FaultKind::Canary | FaultKind::CorruptArtifact => anyhow::bail!(
+            FaultKind::Canary | FaultKind::CorruptArtifact => bail!(
                 "fault[{i}].kind {}: needs the registry from the host; a local-topology fault",
                 f.kind.name()
             ),
-            FaultKind::Partition => anyhow::ensure!(
+            FaultKind::Partition => ensure!(
                 f.links.is_empty() || f.links().len() == 2,
                 "fault[{i}].links: a compose partition (docker network disconnect) cuts every link"
             ),
             FaultKind::Delay | FaultKind::Loss => {
-                anyhow::ensure!(
+                ensure!(
                     f.links() == [Link::Clients],
                     "fault[{i}].links: in the compose stack only `clients` (a proxy before the published port)"
                 );
                 for t in &f.targets {
-                    anyhow::ensure!(
+                    ensure!(
                         ["ranking-1", "ranking-2", "ranking-3"].contains(&t.as_str()),
                         "fault[{i}].targets: {t:?}: delay and loss reach ranking-1..ranking-3 in the compose stack"
                     );
@@ -425,6 +435,21 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Every `*.toml` scenario in `dir`, by file name.
+pub fn catalog(dir: &Path) -> Result<Vec<(PathBuf, Scenario)>, DrillError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(DrillError::io("read", dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| Scenario::load(&p).map(|s| (p, s)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -468,7 +493,7 @@ mod tests {
         assert!(e.to_string().contains("fault[0].at_s"), "{e}");
     }
 
-    fn with_fault(topology: &str, fault: &str) -> anyhow::Result<()> {
+    fn with_fault(topology: &str, fault: &str) -> Result<(), DrillError> {
         let text = format!(
             r#"
             name = "x"
@@ -487,7 +512,9 @@ mod tests {
             recover_within_s = 1
         "#
         );
-        toml::from_str::<Scenario>(&text)?.validate()
+        toml::from_str::<Scenario>(&text)
+            .map_err(|e| DrillError::Invalid(e.to_string()))?
+            .validate()
     }
 
     #[test]

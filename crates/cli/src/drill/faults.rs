@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::netfault::{FaultProxy, Impairment};
-use super::scenario::{Fault, FaultKind, Link};
+use rankmesh_drill::netfault::{FaultProxy, Impairment};
+use rankmesh_drill::scenario::{Fault, FaultKind, Link};
 
 /// The fault proxies on the links a scenario's network faults impair, by instance
 /// and link (one proxy per etcd member on an etcd link).

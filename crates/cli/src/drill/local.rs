@@ -15,9 +15,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::faults::{Links, impair, undo_after};
-use super::netfault::FaultProxy;
-use super::report::{self, Injected};
-use super::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
+use rankmesh_drill::netfault::FaultProxy;
+use rankmesh_drill::report::{self, Injected};
+use rankmesh_drill::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
 use rankmesh_launcher::{self as launcher, MeshState};
 
 pub(super) fn send(pid: u32, sig: Signal) {

@@ -8,10 +8,8 @@
 pub(crate) mod compose;
 pub(crate) mod faults;
 pub(crate) mod local;
-pub(crate) mod netfault;
-pub(crate) mod report;
-pub(crate) mod results;
-pub(crate) use rankmesh_cli::drill::scenario;
+
+use rankmesh_drill::{netfault, report, results, scenario};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +25,7 @@ use rankmesh_common::discovery::Resolver;
 use rankmesh_launcher as launcher;
 use rankmesh_loadgen as loadgen;
 use report::{DrillReport, Injected};
-use scenario::{Fault, FaultKind, Link, Scenario};
+use scenario::{Fault, FaultKind, Link, Scenario, catalog};
 
 /// Disaster-recovery drills: run a scenario (topology, load, fault timeline,
 /// SLO), write its report, exit non-zero when the SLO is missed.
@@ -217,21 +215,6 @@ pub(crate) fn list(dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Every `*.toml` scenario in `dir`, by file name.
-pub(crate) fn catalog(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("read {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| Scenario::load(&p).map(|s| (p, s)))
-        .collect()
 }
 
 /// RecordEvent at `per_s` until `until`; returns the requests that were acked, and

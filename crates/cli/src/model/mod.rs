@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rankmesh_client::{Deadline, RegistryClient, Resolver};
+use rankmesh_common::server::format_ms;
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use crate::args::{StateArgs, TargetArgs, parse_kv, status};
-pub(crate) use show::format_ms;
 use show::{Verifier, show, summaries};
 
 /// Uploads and listings of large models take a while.

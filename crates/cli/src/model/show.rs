@@ -13,6 +13,7 @@ use rankmesh_client::RegistryClient;
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use rankmesh_client::Deadline;
+use rankmesh_common::server::format_ms;
 
 use crate::args::status;
 
@@ -270,39 +271,4 @@ pub(super) async fn summaries(
         .await
         .map_err(status)?;
     Ok(r.models)
-}
-
-/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
-pub(crate) fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_ms(1_795_824_000_000), "2026-11-28 00:00:00");
-        assert_eq!(
-            super::format_ms(951_782_400_000 + 3_723_000),
-            "2000-02-29 01:02:03"
-        );
-    }
 }
