@@ -9,12 +9,24 @@
 //!   `connect` again under its aliases (it loses its callers, etcd, everything);
 //! - delay and loss: a fault proxy between the storefront and a ranking replica's
 //!   published port (the kernel has no netem to do it inside the container).
+//!
+//! [`Stack`] is the Docker side; [`ComposeTopology`] is the drill's view of it,
+//! as `local::LocalTopology` is of the local processes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rankmesh_common::discovery::Resolver;
+use rankmesh_drill::netfault::FaultProxy;
+use rankmesh_drill::report::{DrillReport, Injected, Rejoined};
+use rankmesh_drill::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
 use tokio::process::Command;
+
+use super::drive::{RunOptions, drive};
+use super::faults::{Links, impair, undo_after};
+use super::topology::Topology;
 
 /// Every long-running service of the stack (the bootstrap job runs once).
 pub(crate) const SERVICES: &[&str] = &[
@@ -345,4 +357,232 @@ async fn output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The compose topology: the stack as a project of its own, faults through Docker.
+pub(super) struct ComposeTopology {
+    pub(super) stack: Arc<Stack>,
+    /// Fault proxies in front of published ranking ports.
+    pub(super) links: Links,
+}
+
+impl Topology for ComposeTopology {
+    async fn inject(&self, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
+        inject(&self.stack, &self.links, f, at_s).await
+    }
+
+    /// The compose topology runs no canary faults (they need the registry from the
+    /// host).
+    async fn canary_rolled_back(&self, _: &str, _: i64) -> Option<f64> {
+        None
+    }
+
+    async fn rejoined(&self, killed: &[&str], wait: Duration) -> Rejoined {
+        rejoined(&self.stack, killed, wait).await
+    }
+}
+
+/// The compose topology: bring the stack up as its own project, drive, take it
+/// down with its volumes; every container's log goes to `logs/compose.log`.
+pub(super) async fn run(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    logs: &Path,
+    inputs: Vec<String>,
+) -> anyhow::Result<DrillReport> {
+    let project = format!("rankmesh-drill-{}", scenario.name);
+    let stack = Arc::new(Stack::new(&opts.compose_dir, &project, opts.base_port).await?);
+    eprintln!(
+        "drill {}: starting the compose stack (project {project})",
+        scenario.name
+    );
+    // A stack left by an interrupted run goes first.
+    stack.down().await;
+    let result = async {
+        stack.up().await?;
+        let (links, addrs) = links(scenario, &stack).await?;
+        let ranking = Resolver::fixed("ranking", &addrs);
+        let target = ComposeTopology {
+            stack: stack.clone(),
+            links,
+        };
+        drive(
+            scenario,
+            opts,
+            &target,
+            ranking,
+            None,
+            Path::new(""),
+            inputs,
+        )
+        .await
+    }
+    .await;
+    std::fs::create_dir_all(logs)?;
+    stack.save_logs(&logs.join("compose.log")).await;
+    stack.down().await;
+    result
+}
+
+/// Injects one fault into the compose stack.
+async fn inject(
+    stack: &Arc<Stack>,
+    links: &Links,
+    f: &Fault,
+    at_s: f64,
+) -> anyhow::Result<Injected> {
+    let mut injected = Injected::new(f.kind.name(), at_s);
+    let mut targets = Vec::new();
+    for t in &f.targets {
+        targets.push(if t == "etcd-leader" {
+            stack.etcd_leader().await?
+        } else {
+            t.clone()
+        });
+    }
+    let hold = Duration::from_secs_f64(f.duration_s);
+    match f.kind {
+        FaultKind::Kill => {
+            for t in targets {
+                stack.kill(&t).await?;
+                injected
+                    .detail
+                    .push_str(&format!("docker kill -s KILL {t} "));
+                injected.killed.push(t);
+            }
+        }
+        // Held on whole containers: paused then unpaused, or killed then started.
+        FaultKind::Stop | FaultKind::Restart => {
+            let restart = f.kind == FaultKind::Restart;
+            let graceful = f.signal == Some(RestartSignal::Term);
+            let (done, undone) = match (restart, graceful) {
+                (true, false) => ("docker kill -s KILL", "docker start"),
+                (true, true) => ("docker stop", "docker start"),
+                (false, _) => ("docker pause", "docker unpause"),
+            };
+            for t in &targets {
+                match (restart, graceful) {
+                    (true, false) => stack.kill(t).await?,
+                    (true, true) => stack.stop(t).await?,
+                    (false, _) => stack.pause(t).await?,
+                }
+                injected
+                    .detail
+                    .push_str(&format!("{done} {t}, {undone} after {} s ", f.duration_s));
+            }
+            let stack = stack.clone();
+            undo_after(hold, targets, move |t| {
+                let stack = stack.clone();
+                async move {
+                    let undo = if restart {
+                        stack.start(&t).await
+                    } else {
+                        stack.unpause(&t).await
+                    };
+                    undo.with_context(|| format!("{undone} {t}"))
+                }
+            });
+        }
+        FaultKind::Partition => {
+            let mut detached = Vec::new();
+            for t in &targets {
+                detached.push(stack.disconnect(t).await?);
+                injected.detail.push_str(&format!(
+                    "docker network disconnect {t} for {} s ",
+                    f.duration_s
+                ));
+            }
+            let stack = stack.clone();
+            undo_after(hold, detached, move |d| {
+                let stack = stack.clone();
+                async move { stack.reconnect(&d).await.context("reconnect") }
+            });
+        }
+        FaultKind::Delay | FaultKind::Loss => injected.detail = impair(links, f)?,
+        FaultKind::Canary | FaultKind::CorruptArtifact | FaultKind::DiskFull => {
+            anyhow::bail!("{} is a local-topology fault", f.kind.name())
+        }
+    }
+    injected.detail = injected.detail.trim().to_owned();
+    Ok(injected)
+}
+
+/// Waits up to `wait` for every compose service not killed to be registered again.
+async fn rejoined(stack: &Stack, killed: &[&str], wait: Duration) -> Rejoined {
+    let survivors: Vec<&str> = SERVICES
+        .iter()
+        .copied()
+        .filter(|s| {
+            ["ranking", "registry", "feature", "embedding"]
+                .iter()
+                .any(|svc| s.starts_with(&format!("{svc}-")))
+                && !killed.contains(s)
+        })
+        .collect();
+    if ["etcd-1", "etcd-2", "etcd-3"]
+        .iter()
+        .filter(|m| killed.contains(m))
+        .count()
+        >= 2
+    {
+        // No quorum left to read discovery from.
+        return Rejoined::NotChecked;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut missing = Vec::new();
+        for service in ["ranking", "registry", "feature", "embedding"] {
+            let listed = stack.registered(service).await.unwrap_or_default();
+            missing.extend(
+                survivors
+                    .iter()
+                    .filter(|s| s.starts_with(&format!("{service}-")))
+                    .filter(|s| !listed.iter().any(|l| l == *s))
+                    .map(|s| (*s).to_owned()),
+            );
+        }
+        if missing.is_empty() {
+            return Rejoined::All(survivors.len());
+        }
+        if Instant::now() >= deadline {
+            return Rejoined::Missing(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fault proxies in front of the compose stack's published ranking ports, for the
+/// network faults that name a replica; returns them and the addresses the
+/// storefront calls (a proxy's where there is one).
+async fn links(scenario: &Scenario, stack: &Stack) -> anyhow::Result<(Links, Vec<String>)> {
+    let mut addrs = stack.ranking_addrs();
+    let mut links = Links::new();
+    for f in scenario.faults.iter().filter(|f| f.is_network()) {
+        if f.kind == FaultKind::Partition {
+            continue; // docker network disconnect
+        }
+        for t in &f.targets {
+            let key = (t.clone(), Link::Clients);
+            if links.contains_key(&key) {
+                continue;
+            }
+            let i = replica(t)?;
+            let upstream = addrs[i].parse().with_context(|| addrs[i].clone())?;
+            let p = FaultProxy::start(([127, 0, 0, 1], 0).into(), upstream).await?;
+            addrs[i] = p.addr().to_string();
+            links.insert(key, vec![Arc::new(p)]);
+        }
+    }
+    Ok((links, addrs))
+}
+
+/// `ranking-1`..`ranking-3`: the index of its published port.
+fn replica(name: &str) -> anyhow::Result<usize> {
+    name.strip_prefix("ranking-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=3).contains(n))
+        .map(|n| n - 1)
+        .with_context(|| {
+            format!("{name:?}: delay and loss in the compose stack reach ranking-1..ranking-3")
+        })
 }

@@ -14,9 +14,12 @@ use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::drive::{RunOptions, drive};
 use super::faults::{Links, impair, undo_after};
+use super::topology::Topology;
+use rankmesh_common::discovery::Resolver;
 use rankmesh_drill::netfault::FaultProxy;
-use rankmesh_drill::report::{self, Injected};
+use rankmesh_drill::report::{self, DrillReport, Injected};
 use rankmesh_drill::scenario::{Fault, FaultKind, Link, RestartSignal, Scenario};
 use rankmesh_launcher::{self as launcher, MeshState};
 
@@ -538,4 +541,140 @@ pub(super) async fn rejoined(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The local topology: the drill's mesh as processes on loopback.
+pub(super) struct LocalTopology {
+    pub(super) env: Env,
+    /// The mesh's etcd, for discovery checks.
+    pub(super) etcd: rankmesh_common::etcd::Etcd,
+}
+
+impl Topology for LocalTopology {
+    async fn inject(&self, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
+        inject(&self.env, f, at_s).await
+    }
+
+    async fn canary_rolled_back(&self, forbidden_model: &str, fault_at_ms: i64) -> Option<f64> {
+        canary_rolled_back(&self.env, forbidden_model, fault_at_ms).await
+    }
+
+    async fn rejoined(&self, killed: &[&str], wait: Duration) -> report::Rejoined {
+        rejoined(&self.etcd, &self.env.mesh, killed, wait).await
+    }
+}
+
+/// The local topology: start the mesh, drive, stop it; its logs go to `logs`.
+pub(super) async fn run(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    state_dir: &Path,
+    logs: &Path,
+    catalog: &Path,
+    inputs: Vec<String>,
+) -> anyhow::Result<DrillReport> {
+    eprintln!(
+        "drill {}: starting the mesh in {}",
+        scenario.name,
+        state_dir.display()
+    );
+    let ranker = opts.models.join("ranker");
+    let serve = crate::mesh::Serve {
+        models: opts.models.clone(),
+        ranker: ranker.join("model.onnx").exists().then_some(ranker),
+        catalog: Some(catalog.to_owned()),
+    };
+    let up = up_options(scenario, opts, state_dir, serve.ranker.is_some())?;
+    // Small disks under the data a disk-full fault fills, before anything writes there.
+    // Dropped last, after the mesh has stopped.
+    let _disks = mount_disks(scenario, state_dir)?;
+    // Kept until the mesh has stopped: the instances' etcd links run through them.
+    let (links, instance_env) = start_links(scenario, &up).await?;
+    let up = launcher::UpOptions { instance_env, ..up };
+    let mesh = crate::mesh::up(&up, &serve).await?;
+    let result = async {
+        let env = Env {
+            up: up.clone(),
+            mesh: mesh.clone(),
+            state_dir: state_dir.to_owned(),
+            token: launcher::registry_secrets(state_dir)?.admin_token,
+            models: opts.models.clone(),
+            links: links.clone(),
+        };
+        prepare(&env, &scenario.faults)?;
+        let etcd = rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
+            endpoints: mesh.etcd.split(',').map(str::to_owned).collect(),
+            ..rankmesh_common::config::EtcdConfig::default()
+        })
+        .await?;
+        let ranking = Resolver::watch(etcd.clone(), "ranking");
+        let feature = rankmesh_client::FeatureClient::new(
+            Resolver::watch(etcd.clone(), "feature"),
+            Duration::from_secs(2),
+        );
+        let target = LocalTopology { env, etcd };
+        drive(
+            scenario,
+            opts,
+            &target,
+            ranking,
+            Some(feature),
+            catalog,
+            inputs,
+        )
+        .await
+    }
+    .await;
+    tear_down(&mesh, links, state_dir, logs).await;
+    result
+}
+
+/// How the scenario's local mesh is started: its replicas, ports, etcd members and
+/// feature store, the ranker followed when one is served.
+fn up_options(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    state_dir: &Path,
+    follow_ranker: bool,
+) -> anyhow::Result<launcher::UpOptions> {
+    let topology = &scenario.topology;
+    Ok(launcher::UpOptions {
+        state_dir: state_dir.to_owned(),
+        ranking_replicas: topology.ranking_replicas,
+        etcd_port: opts.etcd_port,
+        base_port: opts.base_port,
+        bin_dir: launcher::own_bin_dir()?,
+        follow_ranker,
+        quantizer: crate::mesh::quantizer(&opts.models),
+        ranking_env: topology
+            .ranking_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        traces: None,
+        etcd_members: topology.etcd_members,
+        // Right after the services' ports (two per instance).
+        redis_port: (topology.feature_store == "redis").then(|| {
+            opts.base_port
+                .saturating_add(2 * (topology.ranking_replicas as u16 + 3))
+        }),
+        instance_env: BTreeMap::new(),
+    })
+}
+
+/// Whatever happened, nothing keeps running: hung processes are continued so they
+/// can be stopped, and cut links healed so they can deregister. The services' logs
+/// are kept beside the report; the mesh's data (registry blobs, etcd, indexes) goes
+/// with the state directory.
+async fn tear_down(mesh: &MeshState, links: Links, state_dir: &Path, logs: &Path) {
+    for p in &mesh.processes {
+        send(p.pid, Signal::SIGCONT);
+    }
+    for p in links.values().flatten() {
+        p.heal();
+    }
+    launcher::stop(mesh, Duration::from_secs(5)).await;
+    drop(links);
+    let _ = launcher::down(state_dir).await;
+    let _ = std::fs::rename(state_dir.join("logs"), logs);
 }
