@@ -205,7 +205,8 @@ pub async fn run(
                     &config.index.feature_addrs,
                 ),
             };
-            // Scanning a large catalog takes a while: far past a serving call's deadline.
+            // Only ScanItems goes through this client, and a scan streams without a
+            // per-call deadline (a large catalog takes a while); the timeout is moot.
             CatalogSource::Feature(rankmesh_client::FeatureClient::new(
                 resolver,
                 std::time::Duration::from_secs(300),

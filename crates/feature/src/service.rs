@@ -304,12 +304,9 @@ async fn feed_parser<E: std::fmt::Display>(
     loop {
         let mut finished = false;
         if let Some((data, last)) = chunk.take() {
-            if data.len() > MAX_CHUNK_BYTES {
+            if let Err(e) = check_chunk(&data) {
                 let _ = tx.send(Err(())).await;
-                return Some(RpcError::ResourceExhausted(format!(
-                    "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
-                    data.len()
-                )));
+                return Some(e);
             }
             if !data.is_empty() && tx.send(Ok(data.into())).await.is_err() {
                 // The parser stopped early (too many rows, bad header); its error wins.
@@ -418,14 +415,20 @@ pub fn validate_scan_items(req: &pb::ScanItemsRequest) -> Result<usize, RpcError
     } as usize)
 }
 
-/// Checks the first chunk of an ImportCatalog upload; answers the format it names.
-pub fn validate_import_header(first: &pb::ImportCatalogChunk) -> Result<Format, RpcError> {
-    if first.data.len() > MAX_CHUNK_BYTES {
+/// Every ImportCatalog chunk's size limit.
+fn check_chunk(data: &[u8]) -> Result<(), RpcError> {
+    if data.len() > MAX_CHUNK_BYTES {
         return Err(RpcError::ResourceExhausted(format!(
             "data: chunk of {} bytes; at most {MAX_CHUNK_BYTES}",
-            first.data.len()
+            data.len()
         )));
     }
+    Ok(())
+}
+
+/// Checks the first chunk of an ImportCatalog upload; answers the format it names.
+pub fn validate_import_header(first: &pb::ImportCatalogChunk) -> Result<Format, RpcError> {
+    check_chunk(&first.data)?;
     match pb::CatalogFormat::try_from(first.format) {
         Ok(pb::CatalogFormat::Jsonl) => Ok(Format::Jsonl),
         Ok(pb::CatalogFormat::Csv) => Ok(Format::Csv),
