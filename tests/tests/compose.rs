@@ -1,6 +1,6 @@
 //! The docker compose stack (deploy/compose) with the images scripts/images builds,
-//! driven as an operator drills it: `meshctl drill run
-//! deploy/drills/compose-failover.toml` brings the stack up as its own project (the
+//! driven through `rankmesh-drill` as `meshctl drill run
+//! deploy/drills/compose-failover.toml` drives it: the drill brings the stack up as its own project (the
 //! bootstrap job publishes the models and loads the catalog, every container turns
 //! healthy), offers searches from the host through the published ranking ports,
 //! kills one ranking container, cuts a second off the network and reconnects it,
@@ -13,12 +13,12 @@
 //! ignored in the summary line. By hand: `scripts/images && cargo test --test compose
 //! -- --ignored`.
 
-use rankmesh_tests::drill;
+use rankmesh_tests::drill::{self, Client};
 
 #[test]
 #[ignore = "needs a Docker engine and scripts/images; scripts/test runs it where Docker is"]
 fn the_compose_stack_survives_a_killed_and_a_partitioned_ranking_container() {
-    let run = drill::run("compose-failover", &[]);
+    let run = drill::run("compose-failover", Client::Shipped);
     let logs = std::fs::read_to_string(run.dir.join("logs/compose.log")).unwrap_or_default();
     let tail: Vec<&str> = logs.lines().rev().take(40).collect();
     assert!(

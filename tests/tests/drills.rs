@@ -1,16 +1,16 @@
-//! Disaster-recovery drills, run as an operator runs them (`meshctl drill run`, from
-//! the repository root): the replica-hang scenario passes its SLO with the SDK as
-//! shipped, and the same scenario with hedging and retries turned off misses it and
-//! exits non-zero; a broken canary drill passes with no answer from the canary; a
-//! replica partitioned from its callers and etcd (through the drill's fault proxies)
-//! costs no search and registers again after the heal. Each writes its JSON and
-//! HTML report.
+//! Disaster-recovery drills, run in this process through `rankmesh-drill` (the
+//! engine behind `meshctl drill run`): the replica-hang scenario passes its SLO with
+//! the SDK as shipped, and the same scenario with hedging and retries turned off
+//! misses it; a broken canary drill passes with no answer from the canary; a
+//! replica partitioned from its callers and etcd (through the drill's fault
+//! proxies) costs no search and registers again after the heal. Each writes its
+//! JSON and HTML report.
 
-use rankmesh_tests::drill;
+use rankmesh_tests::drill::{self, Client};
 
 #[test]
 fn drills_pass_and_a_weakened_client_fails_one() {
-    let hang = drill::run("replica-hang", &[]);
+    let hang = drill::run("replica-hang", Client::Shipped);
     let report = &hang.report;
     assert!(
         hang.ok && report["pass"] == true,
@@ -22,12 +22,12 @@ fn drills_pass_and_a_weakened_client_fails_one() {
     assert_eq!(report["faults"][0]["kind"], "stop");
 
     // The same fault, the SDK without hedging and retries: the SLO is missed and the
-    // drill says so with its exit code. Whether a call reaches the hung replica at
+    // drill says so in its verdict. Whether a call reaches the hung replica at
     // all is up to the balancer's two random choices: a replica that came out of the
     // warm-up slowest may be passed over for the whole hang (a weakened run lost no
     // search once in four full runs here). So it gets a second run before the test
     // concludes that hedging and retries made no difference.
-    let weakened = || drill::run("replica-hang", &["--no-hedge", "--no-retry"]);
+    let weakened = || drill::run("replica-hang", Client::Weakened);
     let mut weak = weakened();
     if weak.ok {
         eprintln!("the weakened run lost nothing; running it once more");
@@ -46,7 +46,7 @@ fn drills_pass_and_a_weakened_client_fails_one() {
 
     // A broken canary never answers. (One test: drills measure latency, so they
     // must not run side by side.)
-    let canary = drill::run("bad-canary", &[]);
+    let canary = drill::run("bad-canary", Client::Shipped);
     let report = &canary.report;
     assert!(canary.ok, "{:?}", canary.failed_checks());
     assert_eq!(report["wrong_version_answers"], 0);
@@ -60,7 +60,7 @@ fn drills_pass_and_a_weakened_client_fails_one() {
 
     // A network partition through the fault proxies: the replica's callers and its
     // etcd link are cut; none fails, and it is back in discovery by the end.
-    let cut = drill::run("replica-partition", &[]);
+    let cut = drill::run("replica-partition", Client::Shipped);
     assert!(cut.ok, "{:?}", cut.failed_checks());
     let detail = cut.report["faults"][0]["detail"].as_str().unwrap_or("");
     assert!(detail.contains("clients and etcd"), "{detail}");

@@ -95,10 +95,15 @@ pub(crate) struct Plan<'a> {
 pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
     let ranker = plan.models.join("ranker");
     let ranker = ranker.join("model.onnx").exists().then_some(ranker);
-    patiently("publishing the default models", || {
-        crate::mesh::publish_defaults(plan.registry, plan.token, plan.models, ranker.as_deref())
+    let registry = rankmesh_provision::registry_at(plan.registry, Some(plan.token));
+    let published = patiently("publishing the default models", || async {
+        let defaults = rankmesh_provision::models::publish_defaults;
+        Ok(defaults(&registry, plan.models, ranker.as_deref()).await?)
     })
     .await?;
+    for m in &published {
+        crate::model::print_published(m);
+    }
     println!(
         "models published: encoder{}",
         if ranker.is_some() { ", ranker" } else { "" }

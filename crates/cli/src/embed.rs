@@ -154,19 +154,15 @@ pub(crate) async fn build_index(addr: &str) -> anyhow::Result<()> {
         Resolver::fixed("embedding", &[addr.to_owned()]),
         BUILD_INDEX_TIMEOUT,
     );
-    let r = client
-        .build_index(
-            pb::BuildIndexRequest {
-                item_ids: Vec::new(),
-            },
-            Deadline::Default,
-        )
-        .await
-        .map_err(|s| crate::status(s).context("BuildIndex"))?;
+    print_indexed(&rankmesh_provision::catalog::build_index(&client).await?);
+    Ok(())
+}
+
+/// What a BuildIndex did, as meshctl says it.
+pub(crate) fn print_indexed(r: &pb::BuildIndexResponse) {
     println!(
         "indexed {} items for dense retrieval in {:.1} s",
         r.indexed,
         r.elapsed_ms as f64 / 1e3
     );
-    Ok(())
 }

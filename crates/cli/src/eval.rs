@@ -11,7 +11,6 @@
 
 use rankmesh_common::relevance::ndcg;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,18 +38,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// query -> item -> grade
 pub(crate) type Labels = BTreeMap<String, HashMap<String, f32>>;
 
-/// Opens a file, transparently gunzipping `*.gz`.
-pub(crate) fn open_maybe_gz(path: &Path) -> anyhow::Result<Box<dyn Read + Send>> {
-    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(
-            std::io::BufReader::new(f),
-        )))
-    } else {
-        Ok(Box::new(std::io::BufReader::new(f)))
-    }
-}
-
 /// Reads judgments `query,item_id,grade` (a header row naming those columns, in
 /// any order; quoted queries allowed; `.gz` read as gzip). Every row is checked
 /// before any is used: a missing column, an empty query or item, or a grade that is
@@ -58,7 +45,7 @@ pub(crate) fn open_maybe_gz(path: &Path) -> anyhow::Result<Box<dyn Read + Send>>
 pub(crate) fn read_labels(path: &Path) -> anyhow::Result<Labels> {
     let mut r = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_reader(open_maybe_gz(path)?);
+        .from_reader(rankmesh_provision::catalog::open_maybe_gz(path)?);
     let header = r
         .headers()
         .with_context(|| format!("{}: header row", path.display()))?

@@ -341,7 +341,7 @@ async fn record_events(feature: &str, file: &Path) -> anyhow::Result<usize> {
         #[serde(default)]
         timestamp_ms: i64,
     }
-    let text = std::io::read_to_string(eval::open_maybe_gz(file)?)?;
+    let text = std::io::read_to_string(rankmesh_provision::catalog::open_maybe_gz(file)?)?;
     let mut events = Vec::new();
     for (i, line) in text
         .lines()
@@ -508,29 +508,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         "--algo {}: expected auto, lambdamart or mlp",
         args.algo
     );
-    let labels = eval::read_labels(&args.judgments)?;
-    let (train_labels, dev_labels) = split(&labels, args.seed, args.dev_share);
-    anyhow::ensure!(
-        !train_labels.is_empty() && !dev_labels.is_empty(),
-        "{} queries cannot be split into train and dev",
-        labels.len()
-    );
-    println!(
-        "{} judgments over {} queries: {} train, {} dev queries (seed {}, dev share {})",
-        labels
-            .values()
-            .map(std::collections::HashMap::len)
-            .sum::<usize>(),
-        labels.len(),
-        train_labels.len(),
-        dev_labels.len(),
-        args.seed,
-        args.dev_share
-    );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    write_judgments(&args.out.join("judgments-train.csv"), &train_labels)?;
-    write_judgments(&args.out.join("judgments-dev.csv"), &dev_labels)?;
-
+    let (train_labels, dev_labels) = split_judgments(&args)?;
     let cwd = std::env::current_dir()?;
     let absolute = |p: &Path| {
         if p.is_absolute() {
@@ -576,21 +554,55 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     launcher::down(&state_dir).await.ok();
     let metrics = result?;
     if args.publish {
-        let token = launcher::admin_token(args.token.as_deref(), &args.state.state_dir)?;
-        let registry =
-            crate::model::registry(args.target.resolver("registry").await?, Some(&token));
-        let metadata = manifest_metadata(&args.judgments, &metrics);
-        let version = publish_ranker(&registry, &args.out.join("model.onnx"), metadata).await?;
-        if args.promote || args.canary.is_some() {
-            crate::model::promote(
-                &registry,
-                launcher::RANKER_MODEL,
-                version,
-                args.canary,
-                &format!("meshctl ranker train on {}", args.judgments.display()),
-            )
-            .await?;
-        }
+        publish_trained(&args, &metrics).await?;
+    }
+    Ok(())
+}
+
+/// Step 1: the judgments split by query into train and dev, written beside the
+/// model (`judgments-train.csv`, `judgments-dev.csv`).
+fn split_judgments(args: &TrainArgs) -> anyhow::Result<(eval::Labels, eval::Labels)> {
+    let labels = eval::read_labels(&args.judgments)?;
+    let (train_labels, dev_labels) = split(&labels, args.seed, args.dev_share);
+    anyhow::ensure!(
+        !train_labels.is_empty() && !dev_labels.is_empty(),
+        "{} queries cannot be split into train and dev",
+        labels.len()
+    );
+    println!(
+        "{} judgments over {} queries: {} train, {} dev queries (seed {}, dev share {})",
+        labels
+            .values()
+            .map(std::collections::HashMap::len)
+            .sum::<usize>(),
+        labels.len(),
+        train_labels.len(),
+        dev_labels.len(),
+        args.seed,
+        args.dev_share
+    );
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    write_judgments(&args.out.join("judgments-train.csv"), &train_labels)?;
+    write_judgments(&args.out.join("judgments-dev.csv"), &dev_labels)?;
+    Ok((train_labels, dev_labels))
+}
+
+/// Step 5: the trained model published to the operator's registry with its
+/// figures, and made production or a canary when asked.
+async fn publish_trained(args: &TrainArgs, metrics: &serde_json::Value) -> anyhow::Result<()> {
+    let token = launcher::admin_token(args.token.as_deref(), &args.state.state_dir)?;
+    let registry = crate::model::registry(args.target.resolver("registry").await?, Some(&token));
+    let metadata = manifest_metadata(&args.judgments, metrics);
+    let version = publish_ranker(&registry, &args.out.join("model.onnx"), metadata).await?;
+    if args.promote || args.canary.is_some() {
+        crate::model::promote(
+            &registry,
+            launcher::RANKER_MODEL,
+            version,
+            args.canary,
+            &format!("meshctl ranker train on {}", args.judgments.display()),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -142,31 +142,63 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
         rejoined,
         client,
     } = i;
-    let end = load.duration_s;
-    let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s).collect();
-    next_at.push(end);
-    for (f, until) in faults.iter_mut().zip(next_at) {
-        // Recovery is judged up to the next fault (or the end).
-        f.recovered_after_s = recovery(&load, f.at_s, until.max(f.at_s + 1.0), slo.p99_ms);
+    mark_recovery(&mut faults, &load, slo.p99_ms);
+    let wrong = wrong_version_answers(&faults, &load);
+    let mut checks = slo_checks(slo, &load, &faults, wrong);
+    for f in faults.iter().filter(|f| f.production_model.is_some()) {
+        checks.extend(canary_checks(f, &load, slo));
     }
+    if let Some(e) = &events {
+        checks.push(events_check(e, slo));
+    }
+    checks.push(rejoined_check(&rejoined));
+    DrillReport {
+        name: name.to_owned(),
+        hypothesis: hypothesis.to_owned(),
+        pass: checks.iter().all(|c| c.pass),
+        checks,
+        faults,
+        requests_lost: load.failed,
+        wrong_version_answers: wrong,
+        events,
+        rejoined,
+        client,
+        load,
+    }
+}
+
+/// When each fault's effect ended: judged up to the next fault (or the end).
+fn mark_recovery(faults: &mut [Injected], load: &Load, p99_ms: f64) {
+    let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s).collect();
+    next_at.push(load.duration_s);
+    for (f, until) in faults.iter_mut().zip(next_at) {
+        f.recovered_after_s = recovery(load, f.at_s, until.max(f.at_s + 1.0), p99_ms);
+    }
+}
+
+/// Answers that came from a model a fault made forbidden.
+fn wrong_version_answers(faults: &[Injected], load: &Load) -> u64 {
     let forbidden: Vec<&str> = faults
         .iter()
         .filter_map(|f| f.forbidden_model.as_deref())
         .collect();
-    let wrong: u64 = load
-        .timeline
+    load.timeline
         .iter()
         .flat_map(|s| s.models.iter())
         .filter(|(m, _)| forbidden.contains(&m.as_str()))
         .map(|(_, n)| n)
-        .sum();
-    let sent = load.sent.max(1);
-    let availability = 1.0 - load.failed as f64 / sent as f64;
+        .sum()
+}
+
+/// The checks every drill has: availability, p99, time to recover, wrong-version
+/// answers.
+fn slo_checks(slo: &Slo, load: &Load, faults: &[Injected], wrong: u64) -> Vec<Check> {
+    let availability = 1.0 - load.failed as f64 / load.sent.max(1) as f64;
     let worst_rto = faults
         .iter()
         .map(|f| f.recovered_after_s.unwrap_or(f64::INFINITY))
         .fold(0.0, f64::max);
-    let mut checks = vec![
+    vec![
         Check {
             what: "availability".into(),
             target: format!(">= {:.3}%", slo.availability * 100.0),
@@ -202,57 +234,45 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
             measured: wrong.to_string(),
             pass: wrong <= slo.wrong_version_answers,
         },
-    ];
-    for f in faults.iter().filter(|f| f.production_model.is_some()) {
-        checks.extend(canary_checks(f, &load, slo));
+    ]
+}
+
+/// Acknowledged events must all be kept; a drill about events proves nothing when
+/// none was acknowledged.
+fn events_check(e: &Events, slo: &Slo) -> Check {
+    let lost = match e.lost {
+        _ if e.acked == 0 => "no event acknowledged".into(),
+        None => "not read back".into(),
+        Some(n) => format!("{n} of {}", e.acked),
+    };
+    let refused: Vec<String> = e
+        .refused
+        .iter()
+        .map(|(code, n)| format!("{n} {code}"))
+        .collect();
+    Check {
+        what: "acknowledged events lost".into(),
+        target: format!("<= {}, of > 0", slo.lost_events),
+        measured: if refused.is_empty() {
+            lost
+        } else {
+            format!("{lost} (refused: {})", refused.join(", "))
+        },
+        pass: e.acked > 0 && e.lost.is_some_and(|n| n <= slo.lost_events),
     }
-    if let Some(e) = &events {
-        // A drill about events proves nothing when none was acknowledged.
-        checks.push(Check {
-            what: "acknowledged events lost".into(),
-            target: format!("<= {}, of > 0", slo.lost_events),
-            measured: {
-                let lost = match e.lost {
-                    _ if e.acked == 0 => "no event acknowledged".into(),
-                    None => "not read back".into(),
-                    Some(n) => format!("{n} of {}", e.acked),
-                };
-                let refused: Vec<String> = e
-                    .refused
-                    .iter()
-                    .map(|(code, n)| format!("{n} {code}"))
-                    .collect();
-                if refused.is_empty() {
-                    lost
-                } else {
-                    format!("{lost} (refused: {})", refused.join(", "))
-                }
-            },
-            pass: e.acked > 0 && e.lost.is_some_and(|n| n <= slo.lost_events),
-        });
-    }
-    checks.push(Check {
+}
+
+/// Every instance not killed must be back in discovery.
+fn rejoined_check(rejoined: &Rejoined) -> Check {
+    Check {
         what: "survivors back in discovery".into(),
         target: "all".into(),
-        measured: match &rejoined {
+        measured: match rejoined {
             Rejoined::All(n) => format!("all {n}"),
             Rejoined::Missing(m) => format!("missing: {}", m.join(", ")),
             Rejoined::NotChecked => "not checked (etcd down)".into(),
         },
         pass: !matches!(rejoined, Rejoined::Missing(_)),
-    });
-    DrillReport {
-        name: name.to_owned(),
-        hypothesis: hypothesis.to_owned(),
-        pass: checks.iter().all(|c| c.pass),
-        checks,
-        faults,
-        requests_lost: load.failed,
-        wrong_version_answers: wrong,
-        events,
-        rejoined,
-        client,
-        load,
     }
 }
 
@@ -411,27 +431,30 @@ fn chart(
     svg
 }
 
-/// The self-contained HTML page.
-pub fn html(r: &DrillReport) -> String {
+/// One value per second of the load, 0 for a second without answers.
+fn per_second(r: &DrillReport, f: impl Fn(&rankmesh_loadgen::Second) -> f64) -> Vec<f64> {
     let seconds = r.load.duration_s.ceil() as u64;
-    let per = |f: &dyn Fn(&rankmesh_loadgen::Second) -> f64| -> Vec<f64> {
-        (0..seconds)
-            .map(|s| {
-                r.load
-                    .timeline
-                    .iter()
-                    .find(|x| x.second == s)
-                    .map_or(0.0, f)
-            })
-            .collect()
-    };
+    (0..seconds)
+        .map(|s| {
+            r.load
+                .timeline
+                .iter()
+                .find(|x| x.second == s)
+                .map_or(0.0, &f)
+        })
+        .collect()
+}
+
+/// The three timelines: requests and errors, latency, answers per model version.
+fn charts(r: &DrillReport) -> String {
+    let seconds = r.load.duration_s.ceil() as u64;
     let throughput = chart(
         "requests and errors per second",
         "per s",
         seconds,
         &[
-            ("requests", "#2a6", per(&|s| s.requests as f64)),
-            ("errors", "#d33", per(&|s| s.errors as f64)),
+            ("requests", "#2a6", per_second(r, |s| s.requests as f64)),
+            ("errors", "#d33", per_second(r, |s| s.errors as f64)),
         ],
         &r.faults,
     );
@@ -440,8 +463,8 @@ pub fn html(r: &DrillReport) -> String {
         "ms",
         seconds,
         &[
-            ("p50", "#36c", per(&|s| s.p50_ms)),
-            ("p99", "#c63", per(&|s| s.p99_ms)),
+            ("p50", "#36c", per_second(r, |s| s.p50_ms)),
+            ("p99", "#c63", per_second(r, |s| s.p99_ms)),
         ],
         &r.faults,
     );
@@ -458,11 +481,8 @@ pub fn html(r: &DrillReport) -> String {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            (
-                m.as_str(),
-                colors[i % colors.len()],
-                per(&|s| s.models.get(*m).copied().unwrap_or(0) as f64),
-            )
+            let answers = per_second(r, |s| s.models.get(*m).copied().unwrap_or(0) as f64);
+            (m.as_str(), colors[i % colors.len()], answers)
         })
         .collect();
     let versions = chart(
@@ -472,6 +492,11 @@ pub fn html(r: &DrillReport) -> String {
         &model_series,
         &r.faults,
     );
+    format!("{throughput}{latency}{versions}")
+}
+
+/// The SLO table's rows.
+fn check_rows(r: &DrillReport) -> String {
     let mut rows = String::new();
     for c in &r.checks {
         let _ = write!(
@@ -484,6 +509,11 @@ pub fn html(r: &DrillReport) -> String {
             if c.pass { "pass" } else { "FAIL" }
         );
     }
+    rows
+}
+
+/// The fault table's rows.
+fn fault_rows(r: &DrillReport) -> String {
     let mut faults = String::new();
     for f in &r.faults {
         let _ = write!(
@@ -496,18 +526,29 @@ pub fn html(r: &DrillReport) -> String {
                 .map_or("never".into(), |s| format!("{s:.1} s"))
         );
     }
+    faults
+}
+
+/// Errors by code, with an example message each; "none" without errors.
+fn error_lines(r: &DrillReport) -> String {
     let errors: Vec<String> = r
         .load
         .errors
         .iter()
         .map(|(code, n)| {
-            format!(
-                "{} {code}: {}",
-                n,
-                escape(r.load.error_examples.get(code).map_or("", String::as_str))
-            )
+            let example = r.load.error_examples.get(code).map_or("", String::as_str);
+            format!("{n} {code}: {}", escape(example))
         })
         .collect();
+    if errors.is_empty() {
+        "none".to_owned()
+    } else {
+        errors.join("<br>")
+    }
+}
+
+/// The self-contained HTML page.
+pub fn html(r: &DrillReport) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>drill {name}: {verdict}</title>
@@ -523,7 +564,7 @@ tr.fail td {{ background: #fee; }} tr.pass td:last-child {{ color: #2a6; }} tr.f
 <p>Load: {rpc} at {qps} qps for {duration} s (open loop), {sent} sent, {failed} failed; client: {client}.</p>
 <h2>SLO</h2><table><tr><th>check</th><th>target</th><th>measured</th><th>result</th></tr>{rows}</table>
 <h2>Faults</h2><table><tr><th>at</th><th>kind</th><th>what</th><th>recovered after</th></tr>{faults}</table>
-<h2>Timelines</h2>{throughput}{latency}{versions}
+<h2>Timelines</h2>{charts}
 <h2>Errors</h2><p>{errors}</p>
 </body></html>
 "#,
@@ -537,11 +578,10 @@ tr.fail td {{ background: #fee; }} tr.pass td:last-child {{ color: #2a6; }} tr.f
         sent = r.load.sent,
         failed = r.load.failed,
         client = escape(&r.client),
-        errors = if errors.is_empty() {
-            "none".to_owned()
-        } else {
-            errors.join("<br>")
-        },
+        rows = check_rows(r),
+        faults = fault_rows(r),
+        charts = charts(r),
+        errors = error_lines(r),
     )
 }
 

@@ -324,41 +324,7 @@ impl Scenario {
             f.at_s >= 0.0 && f.at_s < self.load.duration_s as f64,
             "fault[{i}].at_s: within the load's duration"
         );
-        match f.kind {
-            FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {
-                ensure!(
-                    !f.targets.is_empty(),
-                    "fault[{i}].targets: name at least one"
-                )
-            }
-            FaultKind::DiskFull => {
-                ensure!(
-                    !f.targets.is_empty()
-                        && f.targets
-                            .iter()
-                            .all(|t| t == "feature-0" || t == "registry-0"),
-                    "fault[{i}].targets: feature-0 and/or registry-0 (the instances with data on disk)"
-                );
-                ensure!(
-                    (8..=1024).contains(&f.disk_mb),
-                    "fault[{i}].disk_mb: 8..=1024"
-                );
-            }
-            FaultKind::Canary => ensure!(
-                f.model == "nan" || f.model == "constant",
-                "fault[{i}].model: nan or constant"
-            ),
-            FaultKind::CorruptArtifact => {}
-            FaultKind::Delay => ensure!(
-                (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
-                "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"
-            ),
-            FaultKind::Loss => ensure!(
-                f.loss_percent > 0.0 && f.loss_percent < 100.0,
-                "fault[{i}].loss_percent: within (0, 100)"
-            ),
-            FaultKind::Partition => {}
-        }
+        validate_kind_fields(i, f)?;
         ensure!(
             f.signal.is_none() || f.kind == FaultKind::Restart,
             "fault[{i}].signal: only for restart"
@@ -390,16 +356,7 @@ impl Scenario {
         if compose {
             self.validate_compose(i, f)?;
         } else if f.is_network() {
-            for t in &f.targets {
-                // The links are a service instance's: its advertised port and
-                // its etcd endpoints are what the proxies take over.
-                let service = t.rsplit_once('-').map_or(t.as_str(), |(s, _)| s);
-                ensure!(
-                    ["ranking", "registry", "feature", "embedding"].contains(&service),
-                    "fault[{i}].targets: {t:?} has no links to impair \
-                     (a ranking, registry, feature or embedding instance)"
-                );
-            }
+            validate_local_links(i, f)?;
         }
         Ok(())
     }
@@ -450,6 +407,60 @@ pub fn catalog(dir: &Path) -> Result<Vec<(PathBuf, Scenario)>, DrillError> {
         .into_iter()
         .map(|p| Scenario::load(&p).map(|s| (p, s)))
         .collect()
+}
+
+/// The fields a fault of its kind must have, in range.
+fn validate_kind_fields(i: usize, f: &Fault) -> Result<(), DrillError> {
+    match f.kind {
+        FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {
+            ensure!(
+                !f.targets.is_empty(),
+                "fault[{i}].targets: name at least one"
+            )
+        }
+        FaultKind::DiskFull => {
+            ensure!(
+                !f.targets.is_empty()
+                    && f.targets
+                        .iter()
+                        .all(|t| t == "feature-0" || t == "registry-0"),
+                "fault[{i}].targets: feature-0 and/or registry-0 (the instances with data on disk)"
+            );
+            ensure!(
+                (8..=1024).contains(&f.disk_mb),
+                "fault[{i}].disk_mb: 8..=1024"
+            );
+        }
+        FaultKind::Canary => ensure!(
+            f.model == "nan" || f.model == "constant",
+            "fault[{i}].model: nan or constant"
+        ),
+        FaultKind::CorruptArtifact => {}
+        FaultKind::Delay => ensure!(
+            (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
+            "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"
+        ),
+        FaultKind::Loss => ensure!(
+            f.loss_percent > 0.0 && f.loss_percent < 100.0,
+            "fault[{i}].loss_percent: within (0, 100)"
+        ),
+        FaultKind::Partition => {}
+    }
+    Ok(())
+}
+
+/// A local network fault's targets must have links to impair: a service
+/// instance's advertised port and etcd endpoints are what the proxies take over.
+fn validate_local_links(i: usize, f: &Fault) -> Result<(), DrillError> {
+    for t in &f.targets {
+        let service = t.rsplit_once('-').map_or(t.as_str(), |(s, _)| s);
+        ensure!(
+            ["ranking", "registry", "feature", "embedding"].contains(&service),
+            "fault[{i}].targets: {t:?} has no links to impair \
+             (a ranking, registry, feature or embedding instance)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

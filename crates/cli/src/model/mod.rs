@@ -5,7 +5,7 @@
 
 mod show;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,10 +20,7 @@ use show::{Verifier, show, summaries};
 /// Uploads and listings of large models take a while.
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// An SDK client for the registry replica at `addr`, sending `token` on writes.
-pub(crate) fn registry_at(addr: &str, token: Option<&str>) -> RegistryClient {
-    registry(Resolver::fixed("registry", &[addr.to_owned()]), token)
-}
+pub(crate) use rankmesh_provision::registry_at;
 
 /// An SDK client for the registry replicas in `resolver`.
 pub(crate) fn registry(resolver: Resolver, token: Option<&str>) -> RegistryClient {
@@ -34,77 +31,17 @@ pub(crate) fn registry(resolver: Resolver, token: Option<&str>) -> RegistryClien
     }
 }
 
-/// One artifact to upload.
-#[derive(Debug)]
-pub(crate) struct Upload<'a> {
-    pub name: &'a str,
-    pub file: &'a Path,
-    /// Input and output names the artifact must have (checked by the registry in
-    /// ONNX Runtime).
-    pub inputs: &'a [String],
-    pub outputs: &'a [String],
-    pub metadata: Vec<(String, String)>,
-    /// Extra files (e.g. tokenizer.json), stored encrypted under their file names.
-    pub sidecars: &'a [std::path::PathBuf],
-    /// Have the registry make and check the INT8 variant too.
-    pub quantize_int8: bool,
-}
+pub(crate) use rankmesh_provision::models::Upload;
 
 /// Uploads an artifact (the next version of its name, or with metadata
-/// `variant=int8, parent_version=N` the INT8 variant of version N).
+/// `variant=int8, parent_version=N` the INT8 variant of version N) and says what
+/// the registry stored.
 pub(crate) async fn publish(
     registry: &RegistryClient,
     up: &Upload<'_>,
 ) -> anyhow::Result<pb::ModelManifest> {
-    let bytes = std::fs::read(up.file).with_context(|| format!("read {}", up.file.display()))?;
-    let spec = |names: &[String]| {
-        names
-            .iter()
-            .map(|n| pb::TensorSpec {
-                name: n.clone(),
-                dtype: String::new(),
-                shape: vec![],
-            })
-            .collect()
-    };
-    let mut sidecars = Vec::new();
-    for path in up.sidecars {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("sidecar {}: no file name", path.display()))?
-            .to_owned();
-        let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-        sidecars.push(pb::Sidecar { name, data });
-    }
-    let mut msgs = vec![pb::PublishModelRequest {
-        part: Some(pb::publish_model_request::Part::Header(pb::PublishHeader {
-            name: up.name.to_owned(),
-            signature: Some(pb::ModelSignature {
-                inputs: spec(up.inputs),
-                outputs: spec(up.outputs),
-            }),
-            metadata: up.metadata.iter().cloned().collect(),
-            quantize_int8: up.quantize_int8,
-            sidecar_names: sidecars.iter().map(|s| s.name.clone()).collect(),
-        })),
-    }];
-    msgs.extend(sidecars.into_iter().map(|s| pb::PublishModelRequest {
-        part: Some(pb::publish_model_request::Part::Sidecar(s)),
-    }));
-    msgs.extend(bytes.chunks(1 << 20).map(|c| pb::PublishModelRequest {
-        part: Some(pb::publish_model_request::Part::Chunk(c.to_vec())),
-    }));
-    let m = registry
-        .publish(msgs, Deadline::Default)
-        .await
-        .map_err(status)?
-        .manifest
-        .context("no manifest in the reply")?;
-    println!(
-        "published {} v{} ({}, {} bytes, sha256 {}, key {})",
-        m.name, m.version, m.variant, m.size_bytes, m.sha256_plaintext, m.key_id
-    );
+    let m = rankmesh_provision::models::publish(registry, up).await?;
+    print_published(&m);
     if up.quantize_int8 {
         // The registry made the INT8 variant with it: say what its check measured.
         let req = pb::GetModelRequest {
@@ -128,21 +65,12 @@ pub(crate) async fn publish(
     Ok(m)
 }
 
-/// The production manifest of `name`, if it has one.
-pub(crate) async fn production(
-    registry: &RegistryClient,
-    name: &str,
-) -> anyhow::Result<Option<pb::ModelManifest>> {
-    let req = pb::GetModelRequest {
-        name: name.to_owned(),
-        version: 0,
-        variant: String::new(),
-    };
-    match registry.get_model(req, Deadline::Default).await {
-        Ok(m) => Ok(Some(m)),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(status(s)),
-    }
+/// One published manifest, as meshctl says it.
+pub(crate) fn print_published(m: &pb::ModelManifest) {
+    println!(
+        "published {} v{} ({}, {} bytes, sha256 {}, key {})",
+        m.name, m.version, m.variant, m.size_bytes, m.sha256_plaintext, m.key_id
+    );
 }
 
 async fn list(
@@ -221,27 +149,13 @@ pub(crate) async fn promote(
     canary: Option<u32>,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let (stage, percent) = match canary {
-        Some(p) => (pb::Stage::Canary, p),
-        None => (pb::Stage::Production, 0),
-    };
-    let req = pb::SetStageRequest {
-        name: name.to_owned(),
-        version,
-        stage: stage as i32,
-        percent,
-        reason: reason.to_owned(),
-        expected_revision: 0,
-    };
-    print_stages(name, registry.set_stage(req, Deadline::Default).await)
+    let answer = rankmesh_provision::models::promote(registry, name, version, canary, reason).await;
+    print_stages(name, answer.map_err(anyhow::Error::from))
 }
 
 /// The stages of `name` as the registry stored them after a SetStage or Rollback.
-fn print_stages(
-    name: &str,
-    answer: Result<pb::SetStageResponse, tonic::Status>,
-) -> anyhow::Result<()> {
-    let r = answer.map_err(status)?;
+fn print_stages(name: &str, answer: anyhow::Result<pb::SetStageResponse>) -> anyhow::Result<()> {
+    let r = answer?;
     let canary = match r.canary_version {
         0 => "none".to_owned(),
         v => format!("v{v} at {}%", r.canary_percent),
@@ -263,7 +177,13 @@ pub(crate) async fn rollback(
         reason: reason.to_owned(),
         expected_revision: 0,
     };
-    print_stages(name, registry.rollback(req, Deadline::Default).await)
+    print_stages(
+        name,
+        registry
+            .rollback(req, Deadline::Default)
+            .await
+            .map_err(status),
+    )
 }
 
 pub(crate) async fn rotate(registry: &RegistryClient, key_id: &str) -> anyhow::Result<()> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use rankmesh_drill::netfault::{FaultProxy, Impairment};
-use rankmesh_drill::scenario::{Fault, FaultKind, Link};
+use crate::netfault::{FaultProxy, Impairment};
+use crate::scenario::{Fault, FaultKind, Link};
 
 /// The fault proxies on the links a scenario's network faults impair, by instance
 /// and link (one proxy per etcd member on an etcd link).
@@ -16,7 +16,7 @@ pub(crate) type Links = BTreeMap<(String, Link), Vec<Arc<FaultProxy>>>;
 
 /// Impairs the links a network fault names (their proxies are running) and heals
 /// them after its duration; returns what it did.
-pub(super) fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
+pub(crate) fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
     let impairment = Impairment {
         delay: Duration::from_millis(f.delay_ms),
         jitter: Duration::from_millis(f.jitter_ms),
@@ -57,7 +57,7 @@ pub(super) fn impair(links: &Links, f: &Fault) -> anyhow::Result<String> {
 /// Ends a held fault once `hold` has passed: `undo` runs for each of `held`, in
 /// order; a failure is logged and the rest are still undone (a drill must not leave
 /// the mesh broken because one restore failed).
-pub(super) fn undo_after<T, F, Fut>(hold: Duration, held: Vec<T>, undo: F)
+pub(crate) fn undo_after<T, F, Fut>(hold: Duration, held: Vec<T>, undo: F)
 where
     T: Send + 'static,
     F: Fn(T) -> Fut + Send + 'static,

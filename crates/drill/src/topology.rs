@@ -2,13 +2,23 @@
 //! after the load it says what the faults left behind. The local processes and
 //! the compose stack are its two implementations.
 
+use std::path::Path;
 use std::time::Duration;
 
-use rankmesh_drill::report::{Injected, Rejoined};
-use rankmesh_drill::scenario::Fault;
+use rankmesh_client::{FeatureClient, Resolver};
 
-/// A running mesh a drill can break.
-pub(crate) trait Topology {
+use crate::report::{Injected, Rejoined};
+use crate::scenario::Fault;
+
+/// A running mesh a drill can break; started by its module's `start`.
+pub(crate) trait Topology: Sized {
+    /// The ranking replicas, as a storefront finds them.
+    fn ranking(&self) -> Resolver;
+
+    /// The feature service, where the drill can record events (and read back
+    /// whether they were kept); None where the topology does not reach it.
+    fn feature(&self) -> Option<FeatureClient>;
+
     /// Injects one fault, `at_s` seconds into the load; what it did goes into the
     /// report. Held faults end by themselves after their duration.
     async fn inject(&self, f: &Fault, at_s: f64) -> anyhow::Result<Injected>;
@@ -20,4 +30,8 @@ pub(crate) trait Topology {
     /// Whether every instance not `killed` is registered in discovery again,
     /// waiting up to `wait`.
     async fn rejoined(&self, killed: &[&str], wait: Duration) -> Rejoined;
+
+    /// Stops everything the topology started, whatever state the faults left it
+    /// in; the services' logs go to `logs`.
+    async fn tear_down(self, logs: &Path);
 }
