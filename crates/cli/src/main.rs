@@ -8,6 +8,7 @@ mod args;
 mod bench;
 mod bootstrap;
 mod catalog;
+mod certs;
 mod drill;
 mod embed;
 mod eval;
@@ -91,6 +92,8 @@ enum Command {
     Model(model::ModelArgs),
     /// Import or generate catalogs.
     Catalog(catalog::CatalogArgs),
+    /// The mesh CA and workload certificates (mutual TLS identities).
+    Certs(certs::CertsArgs),
     /// Show which instance leads a role (e.g. rollout).
     Leader(inspect::LeaderArgs),
 }
@@ -129,5 +132,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::command(a).await,
         Command::Model(a) => model::command(a).await,
         Command::Catalog(a) => catalog::command(a).await,
+        Command::Certs(a) => certs::command(a),
     }
 }

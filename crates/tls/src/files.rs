@@ -1,0 +1,89 @@
+//! The three files a workload is configured with: the mesh CA it trusts, its own
+//! certificate, and that certificate's key.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::TlsError;
+use crate::identity::Identity;
+
+/// Where a workload's CA, certificate and key are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsFiles {
+    /// The mesh CA certificate (PEM): peers must chain to it.
+    pub ca: PathBuf,
+    /// This workload's certificate (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM, PKCS#8 or SEC1), readable by the owner only.
+    pub key: PathBuf,
+}
+
+/// The files, read and checked.
+pub struct Loaded {
+    pub roots: Arc<RootCertStore>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Who the certificate says this workload is.
+    pub identity: Identity,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsFiles {
+    /// Reads the three files: the CA as the only root, the certificate chain (its
+    /// leaf must name a mesh identity), and the key.
+    pub fn load(&self) -> Result<Loaded, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for ca in certs(&self.ca)? {
+            roots
+                .add(ca)
+                .map_err(|e| TlsError::pem(&self.ca, format!("not a usable CA: {e}")))?;
+        }
+        let chain = certs(&self.cert)?;
+        let identity =
+            Identity::from_cert(&chain[0]).map_err(|e| TlsError::pem(&self.cert, e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| TlsError::pem(&self.key, format!("no private key: {e}")))?;
+        Ok(Loaded {
+            roots: Arc::new(roots),
+            chain,
+            key,
+            identity,
+        })
+    }
+
+    /// What changes when any of the files is rewritten: modification times and
+    /// sizes. None while one cannot be read.
+    pub(crate) fn stamp(&self) -> Option<Vec<(SystemTime, u64)>> {
+        [&self.ca, &self.cert, &self.key]
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
+    }
+}
+
+/// Every certificate in a PEM file; at least one.
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::pem(path, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::pem(path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::pem(path, "no certificate"));
+    }
+    Ok(certs)
+}
