@@ -114,3 +114,26 @@ pub fn meshctl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Whether the feature service at `grpc_addr` answers a plaintext gRPC call (no
+/// TLS, no certificate) within 5 s: a mesh on mutual TLS must not.
+pub async fn feature_answers_plaintext(grpc_addr: &str) -> bool {
+    use rankmesh_proto::pb::feature::v1::ScanItemsRequest;
+    use rankmesh_proto::pb::feature::v1::feature_service_client::FeatureServiceClient;
+    let call = async {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let req = ScanItemsRequest {
+            after_id: String::new(),
+            page_size: 1,
+        };
+        FeatureServiceClient::new(ch).scan_items(req).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), call).await,
+        Ok(Some(_))
+    )
+}

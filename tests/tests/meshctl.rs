@@ -1,14 +1,20 @@
 //! `meshctl up --detach` brings every service (and the trace collector) up healthy
-//! and registered; `meshctl down` stops every process it started.
+//! and registered, every gRPC hop mutual TLS with certificates from the mesh's own
+//! CA (keys 0600); meshctl calls it as the mesh's operator, a plaintext caller gets
+//! no answer; `meshctl down` stops every process it started.
 
 use std::process::Command;
 use std::time::Duration;
 
 use rankmesh_tests::process::binary;
 
-fn meshctl(args: &[&str]) -> std::process::Output {
+/// meshctl as an operator of the mesh in `state_dir` runs it (`RANKMESH_STATE_DIR`
+/// says which mesh, and so which TLS identity).
+fn meshctl_in(state_dir: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary("meshctl"))
         .args(args)
+        .env("RANKMESH_STATE_DIR", state_dir)
+        .env_remove("RANKMESH_TLS_CA")
         .output()
         .expect("run meshctl")
 }
@@ -24,6 +30,7 @@ fn alive(pid: u64) -> bool {
 async fn up_detach_then_down_leaves_nothing_behind() {
     let state = tempfile::tempdir().expect("state dir");
     let state_dir = state.path().to_str().expect("utf-8 path");
+    let meshctl = |args: &[&str]| meshctl_in(state_dir, args);
     let base = rankmesh_tests::free_port_block(16);
     let etcd_port = base.to_string();
     let svc_port = (base + 2).to_string();
@@ -127,6 +134,41 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 20 items, rejected 0 rows"));
+
+    // Every hop is mutual TLS: a caller without the mesh's identity gets no answer,
+    // and every key is readable by its owner only.
+    let feature = procs
+        .iter()
+        .find(|p| p["service"] == "feature")
+        .and_then(|p| p["grpc"].as_str())
+        .expect("feature address");
+    assert!(
+        !rankmesh_tests::process::feature_answers_plaintext(feature).await,
+        "a plaintext call was answered"
+    );
+    let out = Command::new(binary("meshctl"))
+        .args(["embed", "shoes", "--etcd", &etcd])
+        .env("RANKMESH_STATE_DIR", "/nonexistent")
+        .output()
+        .expect("run meshctl");
+    assert!(
+        !out.status.success(),
+        "meshctl without an identity was answered"
+    );
+    let keys: Vec<std::path::PathBuf> = std::fs::read_dir(state.path().join("tls"))
+        .expect("tls dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert!(
+        keys.len() >= 6,
+        "a key per instance and the operator's: {keys:?}"
+    );
+    for k in keys.iter().chain([&state.path().join("tls/ca/ca.key")]) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(k).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", k.display());
+    }
 
     // A second `up` on the same state dir refuses instead of doubling the mesh.
     let again = meshctl(&[

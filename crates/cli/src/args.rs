@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use rankmesh_common::config::EtcdConfig;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_common::etcd::Etcd;
@@ -43,6 +45,46 @@ impl PythonTool {
             self.script.display()
         )
     }
+}
+
+/// Installs meshctl's client identity (mutual TLS): `RANKMESH_TLS_CA`,
+/// `RANKMESH_TLS_CERT` and `RANKMESH_TLS_KEY` when set, else the operator's of
+/// the local mesh in `state_dir` (by default `$RANKMESH_STATE_DIR`, else
+/// `.rankmesh/run`) when it runs TLS; none (plaintext) otherwise, replacing what
+/// was installed before.
+pub(crate) fn install_identity(state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let var = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    if let (Some(ca), Some(cert), Some(key)) = (
+        var("RANKMESH_TLS_CA"),
+        var("RANKMESH_TLS_CERT"),
+        var("RANKMESH_TLS_KEY"),
+    ) {
+        let files = rankmesh_tls::TlsFiles { ca, cert, key };
+        let tls = rankmesh_tls::client::ClientTls::new(&files)
+            .with_context(|| format!("meshctl's TLS identity ({})", files.cert.display()))?;
+        rankmesh_tls::client::install(tls);
+        return Ok(());
+    }
+    let state = state_dir.map(std::path::Path::to_owned).unwrap_or_else(|| {
+        var("RANKMESH_STATE_DIR").unwrap_or_else(|| PathBuf::from(".rankmesh/run"))
+    });
+    let Some(files) = rankmesh_launcher::read_state(&state)
+        .ok()
+        .flatten()
+        .and_then(|s| s.client_tls)
+    else {
+        rankmesh_tls::client::uninstall();
+        return Ok(());
+    };
+    // A mesh left behind may have lost its files: say so, and go on without.
+    match rankmesh_tls::client::ClientTls::new(&files) {
+        Ok(tls) => rankmesh_tls::client::install(tls),
+        Err(e) => {
+            rankmesh_tls::client::uninstall();
+            eprintln!("warning: the local mesh's TLS identity: {e}; calling in plaintext");
+        }
+    }
+    Ok(())
 }
 
 /// Where the local mesh keeps its data, logs and process list.

@@ -95,7 +95,7 @@ pub(crate) struct Plan<'a> {
 pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
     let ranker = plan.models.join("ranker");
     let ranker = ranker.join("model.onnx").exists().then_some(ranker);
-    let registry = rankmesh_provision::registry_at(plan.registry, Some(plan.token));
+    let registry = rankmesh_provision::registry_at(plan.registry, Some(plan.token), None);
     let published = patiently("publishing the default models", || async {
         let defaults = rankmesh_provision::models::publish_defaults;
         Ok(defaults(&registry, plan.models, ranker.as_deref()).await?)

@@ -110,6 +110,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    args::install_identity(None)?;
     match command {
         Command::Health(a) => inspect::health(a).await,
         Command::Endpoints(a) => inspect::endpoints(a).await,

@@ -529,6 +529,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         bin_dir: launcher::own_bin_dir()?,
         follow_ranker: true,
         quantizer: crate::mesh::quantizer(&absolute(&args.models)),
+        insecure: false,
         ranking_env: vec![],
         traces: None,
         etcd_members: 1,
@@ -542,6 +543,10 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         catalog: Some(absolute(&args.catalog)),
     };
     let mesh = crate::mesh::up(&opts, &serve).await?;
+    // This process calls the private mesh as its operator until it stops.
+    if let Some(tls) = mesh.client_tls()? {
+        rankmesh_tls::client::install(tls);
+    }
     let result = async {
         if let Some(events) = &args.events {
             let n = record_events(&mesh.grpc_of("feature")?, events).await?;
@@ -552,6 +557,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     .await;
     launcher::stop(&mesh, Duration::from_secs(10)).await;
     launcher::down(&state_dir).await.ok();
+    crate::args::install_identity(Some(&args.state.state_dir))?;
     let metrics = result?;
     if args.publish {
         publish_trained(&args, &metrics).await?;
@@ -644,7 +650,7 @@ async fn trained_on_private_mesh(
     let training = train_models(args, &rows)?;
     let secrets = launcher::registry_secrets(state_dir)?;
     let registry =
-        crate::model::registry_at(&mesh.grpc_of("registry")?, Some(&secrets.admin_token));
+        crate::model::registry_at(&mesh.grpc_of("registry")?, Some(&secrets.admin_token), None);
     let version = publish_ranker(&registry, &args.out.join("model.onnx"), vec![]).await?;
     crate::model::promote(
         &registry,

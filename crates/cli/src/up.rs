@@ -57,6 +57,10 @@ pub(crate) struct UpArgs {
     /// etcd members: 1, or 3 (a cluster; member i on --etcd-port + 2i).
     #[arg(long, default_value_t = 1)]
     etcd_members: usize,
+    /// Plaintext gRPC everywhere (no certificates). Without it every hop is
+    /// mutual TLS with identities from the mesh's own CA (`<state dir>/tls`).
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -89,6 +93,7 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         bin_dir,
         follow_ranker: serve.ranker.is_some(),
         quantizer: mesh::quantizer(&serve.models),
+        insecure: a.insecure,
         ranking_env: a.ranking_env,
         etcd_members: a.etcd_members,
         redis_port: None,

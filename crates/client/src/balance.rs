@@ -135,6 +135,30 @@ impl Placement {
     }
 }
 
+/// A lazily connected channel to `uri`: through the TLS connector when there is
+/// one, plaintext otherwise.
+fn channel(
+    uri: &str,
+    config: &BalanceConfig,
+    connector: Option<&Result<rankmesh_tls::Connector, String>>,
+) -> Result<Channel, BoxError> {
+    let endpoint = Endpoint::from_shared(uri.to_owned())?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        // Hedging cancels calls (RST_STREAM); frames the server already sent for
+        // them arrive after. h2 remembers 50 reset streams by default and counts
+        // frames for forgotten ones toward a limit of 1024 "local error resets",
+        // then tears the connection down with GOAWAY(ENHANCE_YOUR_CALM): seen in
+        // `cargo bench --bench stack` at 32 callers. Remember enough to cover a
+        // burst.
+        .http2_max_concurrent_reset_streams(config.remembered_resets);
+    Ok(match connector {
+        None => endpoint.connect_lazy(),
+        Some(Ok(c)) => endpoint.connect_with_connector_lazy(c.clone()),
+        Some(Err(e)) => return Err(format!("TLS: {e}").into()),
+    })
+}
+
 impl std::fmt::Debug for Balanced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balanced")
@@ -149,39 +173,29 @@ impl Balanced {
     pub fn new(service: &'static str, resolver: &Resolver, config: BalanceConfig) -> Self {
         let ejected = Ejected::default();
         let counter = ejected.clone();
+        // The TLS identity to dial with (the resolver's, else the process's): a
+        // server must prove it is a `service` of the mesh CA.
+        let connector = resolver
+            .tls()
+            .map(|tls| tls.connector(service).map_err(|e| e.to_string()));
         let discover = resolver.changes().filter_map(move |c| {
             let counter = counter.clone();
+            let connector = connector.clone();
             async move {
                 match c {
                     Change::Insert(id, ep) => {
                         let uri = crate::uri_of(&ep.grpc);
-                        match Endpoint::from_shared(uri.clone()) {
-                            Ok(e) => {
-                                let channel = e
-                                    .connect_timeout(config.connect_timeout)
-                                    .tcp_nodelay(true)
-                                    // Hedging cancels calls (RST_STREAM); frames the
-                                    // server already sent for them arrive after. h2
-                                    // remembers 50 reset streams by default and counts
-                                    // frames for forgotten ones toward a limit of
-                                    // 1024 "local error resets", then tears the
-                                    // connection down with GOAWAY(ENHANCE_YOUR_CALM):
-                                    // seen in `cargo bench --bench stack` at 32
-                                    // callers. Remember enough to cover a burst.
-                                    .http2_max_concurrent_reset_streams(
-                                        config.remembered_resets,
-                                    )
-                                    .connect_lazy();
-                                Some(Ok::<_, BoxError>(Change::Insert(
-                                    id,
-                                    Ejecting::new(channel, uri, config, counter),
-                                )))
-                            }
+                        let channel = match channel(&uri, &config, connector.as_ref()) {
+                            Ok(channel) => channel,
                             Err(e) => {
-                                tracing::warn!(endpoint = %uri, error = %e, "bad endpoint in discovery; ignored");
-                                None
+                                tracing::warn!(endpoint = %uri, error = %e, "cannot dial this endpoint from discovery; ignored");
+                                return None;
                             }
-                        }
+                        };
+                        Some(Ok::<_, BoxError>(Change::Insert(
+                            id,
+                            Ejecting::new(channel, uri, config, counter),
+                        )))
                     }
                     Change::Remove(id) => Some(Ok(Change::Remove(id))),
                 }

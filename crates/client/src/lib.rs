@@ -78,20 +78,24 @@ pub fn uri_of(addr: &str) -> String {
 }
 
 /// Connects to one endpoint with a connect timeout and a per-request deadline
-/// (sent as `grpc-timeout`, so the server can give up too).
+/// (sent as `grpc-timeout`, so the server can give up too); over TLS with the
+/// process's installed identity when it has one (the server may be of any role of
+/// the mesh: this is for probes of a bare address).
 pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, ClientError> {
     let endpoint = uri_of(addr);
-    Endpoint::from_shared(endpoint.clone())
+    let builder = Endpoint::from_shared(endpoint.clone())
         .map_err(|source| ClientError::InvalidEndpoint {
             endpoint: endpoint.clone(),
             source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect { endpoint, source })
+        .tcp_nodelay(true);
+    let connected = match rankmesh_tls::client::installed() {
+        Some(tls) => builder.connect_with_connector(tls.connector_any()).await,
+        None => builder.connect().await,
+    };
+    connected.map_err(|source| ClientError::Connect { endpoint, source })
 }
 
 /// Asks `addr` for its `grpc.health.v1` status of `service` ("" for the whole server).

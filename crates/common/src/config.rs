@@ -352,6 +352,9 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Instance id in discovery; empty derives one from host name, pid and port.
     pub instance_id: String,
+    /// Mutual TLS: this instance's identity (to serve, and to call other
+    /// services) and the mesh CA.
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -366,6 +369,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 200,
             drain_timeout_ms: 10_000,
             instance_id: String::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -376,6 +380,57 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// This workload's TLS identity: the mesh CA it trusts, its certificate and key
+/// (`meshctl certs issue`), used to serve (clients must present a certificate from
+/// the same CA) and to call other services. Re-read when the files change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The mesh CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This workload's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM; keep it 0600).
+    pub key: PathBuf,
+    /// Serve and call in plaintext. Only for a mesh on a network nobody else
+    /// reaches; logged as a warning at start.
+    pub insecure: bool,
+}
+
+impl TlsConfig {
+    /// The files to use; None for plaintext (`insecure`, or none configured).
+    pub fn files(&self) -> Option<rankmesh_tls::TlsFiles> {
+        let set = [&self.ca, &self.cert, &self.key]
+            .iter()
+            .all(|p| !p.as_os_str().is_empty());
+        (!self.insecure && set).then(|| rankmesh_tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        })
+    }
+
+    /// All three files or none (none serves plaintext, with a warning).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let set: Vec<bool> = [&self.ca, &self.cert, &self.key]
+            .iter()
+            .map(|p| !p.as_os_str().is_empty())
+            .collect();
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return Err(ConfigError::Invalid {
+                key: "server.tls".into(),
+                value: format!(
+                    "ca = {:?}, cert = {:?}, key = {:?}",
+                    self.ca, self.cert, self.key
+                ),
+                origin: "config".into(),
+                message: "set all of server.tls.ca, .cert and .key, or none".into(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -239,6 +239,9 @@ pub type Change = tower::discover::Change<String, Endpoint>;
 pub struct Resolver {
     rx: watch::Receiver<Arc<EndpointMap>>,
     _task: Option<Arc<AbortOnDrop>>,
+    /// The client identity to dial these endpoints with; None: the process's
+    /// installed one, else plaintext.
+    tls: Option<rankmesh_tls::client::ClientTls>,
 }
 
 #[derive(Debug)]
@@ -277,7 +280,11 @@ impl Resolver {
             .collect();
         let (_tx, rx) = watch::channel(Arc::new(map));
         // The sender is dropped: the set never changes, and `changed()` reports closed.
-        Self { rx, _task: None }
+        Self {
+            rx,
+            _task: None,
+            tls: None,
+        }
     }
 
     /// Watches `service` in etcd. The set starts empty and fills after the first sync.
@@ -287,7 +294,21 @@ impl Resolver {
         Self {
             rx,
             _task: Some(Arc::new(AbortOnDrop(task))),
+            tls: None,
         }
+    }
+
+    /// The same endpoints, dialled with `tls` (a client identity of a mesh other
+    /// than this process's own: a drill's, a test's).
+    pub fn with_tls(mut self, tls: rankmesh_tls::client::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The client identity to dial with: this resolver's, else the process's
+    /// installed one; None for plaintext.
+    pub fn tls(&self) -> Option<rankmesh_tls::client::ClientTls> {
+        self.tls.clone().or_else(rankmesh_tls::client::installed)
     }
 
     /// The current set (last known while etcd is unreachable).

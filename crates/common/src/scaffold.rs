@@ -30,6 +30,7 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
 pub fn validate_all<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
     config.etcd().validate()?;
     config.telemetry().validate()?;
+    config.server().tls.validate()?;
     config.validate()
 }
 
@@ -65,6 +66,16 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        // This process's identity for its calls to other services.
+        if let Some(files) = config.server().tls.files() {
+            match rankmesh_tls::client::ClientTls::new(&files) {
+                Ok(tls) => rankmesh_tls::client::install(tls),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the TLS files");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let listeners = match Listeners::bind(config.server()).await {
             Ok(l) => l,
             Err(e) => {

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::routing::get;
+use rankmesh_tls::Acceptor;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_stream::StreamExt;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsConfig};
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
 use crate::observe::RpcTelemetryLayer;
@@ -47,6 +47,8 @@ pub enum ServeError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] rankmesh_tls::TlsError),
 }
 
 /// The bound gRPC and admin listeners. Binding is separate from serving so tests (and
@@ -204,6 +206,7 @@ pub async fn serve(
     let grpc_addr = listeners.grpc_addr()?;
     let admin_addr = listeners.admin_addr()?;
     let endpoint = endpoint_for(info.name, config, grpc_addr, admin_addr);
+    let acceptor = acceptor(info.name, &config.tls)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, &info, ServingStatus::Serving).await;
@@ -229,12 +232,7 @@ pub async fn serve(
 
     // Stop accepting only after steps 1-3 of the shutdown sequence.
     let (stop_accepting_tx, mut stop_accepting) = watch::channel(false);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc).map(|conn| {
-        conn.inspect(|s| {
-            // Small request/response messages: do not wait for Nagle.
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = rankmesh_tls::server::incoming(listeners.grpc, acceptor);
     let server = tonic::transport::Server::builder()
         .layer(stack(config.max_concurrency))
         .add_routes(routes)
@@ -288,6 +286,29 @@ pub async fn serve(
     }
     tracing::info!(service = info.name, "stopped");
     result
+}
+
+/// The TLS acceptor `tls` configures; None (with a warning) for plaintext. The
+/// admin port (metrics, probes) stays plaintext: bind it to loopback or a private
+/// network.
+fn acceptor(service: &str, tls: &TlsConfig) -> Result<Option<Arc<Acceptor>>, ServeError> {
+    let Some(files) = tls.files() else {
+        if tls.insecure {
+            tracing::warn!(
+                service,
+                "server.tls.insecure: serving plaintext gRPC; anyone who reaches the port can call it"
+            );
+        } else {
+            tracing::warn!(
+                service,
+                "no TLS files configured (server.tls.ca, .cert, .key): serving plaintext gRPC"
+            );
+        }
+        return Ok(None);
+    };
+    let acceptor = Acceptor::new(&files)?;
+    tracing::info!(service, identity = %acceptor.identity(), "serving mutual TLS");
+    Ok(Some(Arc::new(acceptor)))
 }
 
 /// The same health status for the whole server ("") and each of its services.

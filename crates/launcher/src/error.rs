@@ -39,6 +39,9 @@ pub enum LaunchError {
     /// A request this mesh cannot satisfy (an unknown instance, a bad key).
     #[error("{0}")]
     Invalid(String),
+    /// A certificate could not be made or read.
+    #[error("TLS: {0}")]
+    Tls(#[from] rankmesh_tls::TlsError),
     /// What the caller does once the registry answers failed.
     #[error("after the registry started: {0}")]
     Hook(#[source] BoxError),

@@ -8,6 +8,8 @@
 //!   ports, and where each keeps its data.
 //! - [`state`]: the state file (`mesh.json`): what runs, with pids and addresses.
 //! - [`secrets`]: the registry's development secrets, created once per state dir.
+//! - [`identity`]: the mesh's CA and the certificates of its instances and of
+//!   its operator (mutual TLS on every gRPC hop, unless `insecure`).
 //! - [`process`]: starting, probing and stopping processes.
 //! - this file: [`up`], [`restart`] and [`down`].
 //!
@@ -17,6 +19,7 @@
 //! Must not import a service crate, the drill engine or the CLI.
 
 pub mod error;
+pub mod identity;
 pub mod plan;
 pub mod process;
 pub mod secrets;
@@ -45,6 +48,8 @@ pub struct RegistryReady {
     pub addr: String,
     /// The token its writes take.
     pub admin_token: String,
+    /// The operator's identity to call it with; None for a plaintext mesh.
+    pub tls: Option<rankmesh_tls::client::ClientTls>,
 }
 
 /// What the caller does once the registry answers and before any other service
@@ -67,9 +72,15 @@ pub async fn up(
     }
     let logs = opts.state_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(LaunchError::io("create", &logs))?;
+    let client_tls = if opts.insecure {
+        None
+    } else {
+        Some(identity::operator_files(&opts.state_dir)?)
+    };
     let mut started = MeshState {
         etcd: String::new(),
         processes: Vec::new(),
+        client_tls,
     };
     match start_all(opts, &logs, on_registry, &mut started).await {
         Ok(()) => {
@@ -111,6 +122,7 @@ async fn start_all(
         let ready = RegistryReady {
             addr: state.grpc_of("registry")?,
             admin_token: secrets.admin_token.clone(),
+            tls: state.client_tls()?,
         };
         hook(ready).await.map_err(LaunchError::Hook)?;
     }

@@ -45,6 +45,8 @@ pub struct UpOptions {
     pub redis_port: Option<u16>,
     /// The registry's INT8 quantizer, if there is one to run.
     pub quantizer: Option<Quantizer>,
+    /// Plaintext gRPC between everything (no certificates); mutual TLS otherwise.
+    pub insecure: bool,
     /// Extra environment for single instances, by name (`ranking-1`), applied last
     /// so it overrides: a drill points an instance's advertised port and etcd
     /// endpoints at its fault proxies.
@@ -162,6 +164,7 @@ mod tests {
             etcd_members,
             redis_port: None,
             quantizer: None,
+            insecure: false,
             instance_env: BTreeMap::new(),
         }
     }

@@ -252,6 +252,14 @@ pub(crate) fn start_service(
             t.sample_ratio.to_string(),
         );
     }
+    if opts.insecure {
+        cmd.env("RANKMESH__SERVER__TLS__INSECURE", "true");
+    } else {
+        let files = crate::identity::issue(&opts.state_dir, inst.service, &inst.name)?;
+        cmd.env("RANKMESH__SERVER__TLS__CA", &files.ca)
+            .env("RANKMESH__SERVER__TLS__CERT", &files.cert)
+            .env("RANKMESH__SERVER__TLS__KEY", &files.key);
+    }
     cmd.env("RANKMESH__SERVER__LISTEN", &inst.grpc)
         .env("RANKMESH__SERVER__ADMIN_LISTEN", &inst.admin)
         .env("RANKMESH__SERVER__INSTANCE_ID", &inst.name)

@@ -13,9 +13,21 @@ pub struct MeshState {
     /// etcd's client URLs, comma-separated.
     pub etcd: String,
     pub processes: Vec<Proc>,
+    /// The operator's TLS identity for this mesh (`admin/meshctl`); None when it
+    /// runs plaintext (`--insecure`).
+    #[serde(default)]
+    pub client_tls: Option<rankmesh_tls::TlsFiles>,
 }
 
 impl MeshState {
+    /// An SDK client identity for this mesh, when it runs TLS.
+    pub fn client_tls(&self) -> Result<Option<rankmesh_tls::client::ClientTls>, LaunchError> {
+        Ok(match &self.client_tls {
+            Some(files) => Some(rankmesh_tls::client::ClientTls::new(files)?),
+            None => None,
+        })
+    }
+
     /// The gRPC address of the first instance of `service`.
     pub fn grpc_of(&self, service: &str) -> Result<String, LaunchError> {
         self.processes
@@ -86,6 +98,7 @@ mod tests {
                 admin: "127.0.0.1:50056".into(),
                 log: dir.path().join("logs/feature-0.log"),
             }],
+            client_tls: None,
         };
         write_state(dir.path(), &state).expect("write");
         let back = read_state(dir.path()).expect("read").expect("a mesh");

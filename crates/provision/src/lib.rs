@@ -25,6 +25,7 @@ use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient, Resolver};
 use rankmesh_launcher::{MeshState, Quantizer, RegistryHook, RegistryReady, UpOptions};
 use rankmesh_proto::pb::embedding::v1 as emb;
 use rankmesh_proto::pb::registry::v1 as reg;
+use rankmesh_tls::client::ClientTls;
 
 pub use catalog::Imported;
 pub use error::ProvisionError;
@@ -62,12 +63,11 @@ pub struct Loaded {
     pub indexed: emb::BuildIndexResponse,
 }
 
-/// An SDK client for the registry replica at `addr`, sending `token` on writes.
-pub fn registry_at(addr: &str, token: Option<&str>) -> RegistryClient {
-    let client = RegistryClient::new(
-        Resolver::fixed("registry", &[addr.to_owned()]),
-        REGISTRY_TIMEOUT,
-    );
+/// An SDK client for the registry replica at `addr`, sending `token` on writes,
+/// dialling with `tls` (else the process's installed identity, else plaintext).
+pub fn registry_at(addr: &str, token: Option<&str>, tls: Option<ClientTls>) -> RegistryClient {
+    let resolver = with_tls(Resolver::fixed("registry", &[addr.to_owned()]), tls);
+    let client = RegistryClient::new(resolver, REGISTRY_TIMEOUT);
     match token {
         Some(t) => client.with_token(t),
         None => client,
@@ -84,7 +84,7 @@ pub async fn up(opts: &UpOptions, serve: &Serve) -> Result<Served, ProvisionErro
     let sink = published.clone();
     let publish: RegistryHook = Box::new(move |r: RegistryReady| {
         Box::pin(async move {
-            let registry = registry_at(&r.addr, Some(&r.admin_token));
+            let registry = registry_at(&r.addr, Some(&r.admin_token), r.tls);
             let p = models::publish_defaults(&registry, &models, ranker.as_deref()).await?;
             sink.lock().unwrap_or_else(|e| e.into_inner()).extend(p);
             Ok(())
@@ -113,18 +113,33 @@ pub async fn up(opts: &UpOptions, serve: &Serve) -> Result<Served, ProvisionErro
 /// Imports `file` into the mesh's feature service (features, lexical search) and
 /// rebuilds the embedding index from it.
 pub async fn load_catalog(mesh: &MeshState, file: &Path) -> Result<Loaded, ProvisionError> {
+    let tls = mesh.client_tls()?;
     let feature = FeatureClient::new(
-        Resolver::fixed("feature", &[mesh.grpc_of("feature")?]),
+        with_tls(
+            Resolver::fixed("feature", &[mesh.grpc_of("feature")?]),
+            tls.clone(),
+        ),
         CATALOG_TIMEOUT,
     );
     let format = catalog::format_of(file, None)?;
     let imported = catalog::import_file(&feature, file, format, true).await?;
     let embedding = EmbeddingClient::new(
-        Resolver::fixed("embedding", &[mesh.grpc_of("embedding")?]),
+        with_tls(
+            Resolver::fixed("embedding", &[mesh.grpc_of("embedding")?]),
+            tls,
+        ),
         CATALOG_TIMEOUT,
     );
     let indexed = catalog::build_index(&embedding).await?;
     Ok(Loaded { imported, indexed })
+}
+
+/// `resolver`, dialled with `tls` when there is one.
+pub fn with_tls(resolver: Resolver, tls: Option<ClientTls>) -> Resolver {
+    match tls {
+        Some(t) => resolver.with_tls(t),
+        None => resolver,
+    }
 }
 
 /// The registry's INT8 quantizer: the venv's Python (`$RANKMESH_VENV`, else

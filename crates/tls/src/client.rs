@@ -11,23 +11,119 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::DigitallySignedStruct;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
 use crate::error::TlsError;
 use crate::files::{Loaded, TlsFiles};
-use crate::identity::Identity;
+use crate::identity::{Identity, TRUST_DOMAIN};
 use crate::reload::{POLL, Reloading};
+
+/// The server name a connector sends when it may reach a server of any role
+/// (`meshctl health ADDR`): the server's certificate is then checked against the
+/// name of its own role.
+const ANY_ROLE: &str = TRUST_DOMAIN;
 
 /// The rustls config of a client: TLS 1.3 only, h2, the mesh CA as the only root,
 /// this workload's certificate for client authentication.
 pub fn client_config(loaded: Loaded) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
+    let provider = crate::provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(loaded.roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Identity(format!("server verifier: {e}")))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(crate::VERSIONS)?
-        .with_root_certificates(loaded.roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier { webpki }))
         .with_client_auth_cert(loaded.chain, loaded.key)?;
     config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// The web PKI check (chain to the mesh CA, validity, usage, name), where the name
+/// is the role the client meant (`ranking.rankmesh`); for a connector to any role,
+/// the name of the role the certificate itself names.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let any = matches!(server_name, ServerName::DnsName(n) if n.as_ref() == ANY_ROLE);
+        if !any {
+            return self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        let identity = Identity::from_cert(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        let own = ServerName::try_from(Identity::server_name(&identity.role)).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, &own, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// This process's client identity, for the SDK's channels that were given none.
+static INSTALLED: std::sync::RwLock<Option<ClientTls>> = std::sync::RwLock::new(None);
+
+/// Makes `tls` this process's client identity (a service's own, at start; an
+/// operator's, in meshctl): the SDK dials through it wherever a resolver carries
+/// none. Replaces an earlier one.
+pub fn install(tls: ClientTls) {
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+}
+
+/// Forgets the installed identity: channels made from now on dial plaintext
+/// unless their resolver carries one.
+pub fn uninstall() {
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// The identity [`install`] set, if any.
+pub fn installed() -> Option<ClientTls> {
+    INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// This workload's client TLS, shared by all its channels; re-read when its files
@@ -56,6 +152,15 @@ impl ClientTls {
     /// Who this client is.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// A connector to a server of whatever role its certificate names (for probes
+    /// of a bare address): still a server of this mesh CA.
+    pub fn connector_any(&self) -> Connector {
+        Connector {
+            config: self.config.clone(),
+            server_name: ServerName::try_from(ANY_ROLE).expect("a valid DNS name"),
+        }
     }
 
     /// A connector to servers of `role` (`ranking`, `registry`, ...).

@@ -48,11 +48,15 @@ async fn echo_server(acceptor: Acceptor) -> String {
     addr
 }
 
-/// Says hello as `client` to the `role` server at `addr`; what it answered, or
-/// the error.
+/// Says hello as `client` to the `role` server at `addr` (`*`: whatever role the
+/// server's certificate names); what it answered, or the error.
 async fn call(client: &TlsFiles, role: &str, addr: &str) -> Result<(String, Vec<u8>), String> {
     let tls = ClientTls::new(client).map_err(|e| e.to_string())?;
-    let mut connector = tls.connector(role).map_err(|e| e.to_string())?;
+    let mut connector = if role == "*" {
+        tls.connector_any()
+    } else {
+        tls.connector(role).map_err(|e| e.to_string())?
+    };
     let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
     let io = connector.call(uri).await.map_err(|e| e.to_string())?;
     let mut stream = io.into_inner();
@@ -70,6 +74,12 @@ async fn call(client: &TlsFiles, role: &str, addr: &str) -> Result<(String, Vec<
         return Err("closed without an answer".into());
     }
     Ok((answer, server_cert))
+}
+
+/// The certificate file of a CA other than the mesh's.
+fn other_ca_cert(dir: &Path) -> std::path::PathBuf {
+    Ca::init(dir).expect("another ca");
+    dir.join(rankmesh_tls::ca::CA_CERT)
 }
 
 #[tokio::test]
@@ -116,6 +126,16 @@ async fn mutual_tls_names_the_caller_and_refuses_strangers() {
     assert!(
         call(&expired, "ranking", &addr).await.is_err(),
         "an expired client is refused"
+    );
+
+    // A probe of a bare address takes a server of any role, of this mesh only.
+    let (who, _) = call(&web, "*", &addr).await.expect("any role of the mesh");
+    assert_eq!(who, "spiffe://rankmesh/storefront/web");
+    let mut distrustful = web.clone();
+    distrustful.ca = other_ca_cert(&dir.path().join("third-ca"));
+    assert!(
+        call(&distrustful, "*", &addr).await.is_err(),
+        "a server of another CA is refused"
     );
 
     // The server is a ranking replica, not the registry the client meant.

@@ -284,6 +284,8 @@ enum ModelCommand {
 }
 
 pub(crate) async fn command(a: ModelArgs) -> anyhow::Result<ExitCode> {
+    // The mesh whose token a write takes is the one whose identity it calls with.
+    crate::args::install_identity(Some(&a.state.state_dir))?;
     let resolver = a.target.resolver("registry").await?;
     // Reads need no token; a write without one fails here, before any upload.
     let writes = !matches!(

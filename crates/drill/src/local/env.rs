@@ -19,12 +19,19 @@ pub(crate) struct Env {
     pub(crate) python: PathBuf,
     pub(crate) bad_ranker: PathBuf,
     pub(crate) links: Links,
+    /// The operator's identity on this mesh; None when it runs plaintext.
+    pub(crate) tls: Option<rankmesh_tls::client::ClientTls>,
 }
 
 impl Env {
     /// An SDK client for the drill mesh's registry, with the admin token.
     pub(crate) fn registry(&self) -> anyhow::Result<rankmesh_client::RegistryClient> {
         let addr = self.mesh.grpc_of("registry")?;
-        Ok(rankmesh_provision::registry_at(&addr, Some(&self.token)))
+        let tls = self.tls.clone();
+        Ok(rankmesh_provision::registry_at(
+            &addr,
+            Some(&self.token),
+            tls,
+        ))
     }
 }

@@ -105,11 +105,13 @@ pub(crate) struct LocalTopology {
 
 impl Topology for LocalTopology {
     fn ranking(&self) -> Resolver {
-        Resolver::watch(self.etcd.clone(), "ranking")
+        let resolver = Resolver::watch(self.etcd.clone(), "ranking");
+        rankmesh_provision::with_tls(resolver, self.env.tls.clone())
     }
 
     fn feature(&self) -> Option<rankmesh_client::FeatureClient> {
         let resolver = Resolver::watch(self.etcd.clone(), "feature");
+        let resolver = rankmesh_provision::with_tls(resolver, self.env.tls.clone());
         Some(rankmesh_client::FeatureClient::new(
             resolver,
             Duration::from_secs(2),
@@ -162,6 +164,7 @@ pub(crate) async fn start(
     let (links, instance_env) = links::start_links(scenario, &up).await?;
     let up = launcher::UpOptions { instance_env, ..up };
     let mesh = rankmesh_provision::up(&up, &serve).await?.mesh;
+    let tls = mesh.client_tls();
     let mut env = Env {
         up,
         mesh,
@@ -171,9 +174,11 @@ pub(crate) async fn start(
         python: opts.python.clone(),
         bad_ranker: opts.bad_ranker.clone(),
         links,
+        tls: None,
     };
     // What the faults need before the load starts.
     let ready = async {
+        env.tls = tls?;
         env.token = launcher::registry_secrets(state_dir)?.admin_token;
         models::prepare(&env, &scenario.faults)?;
         let config = rankmesh_common::config::EtcdConfig {
@@ -209,6 +214,7 @@ fn up_options(
         bin_dir: opts.bin_dir.clone(),
         follow_ranker,
         quantizer: opts.quantizer.clone(),
+        insecure: false,
         ranking_env: topology
             .ranking_env
             .iter()
