@@ -1,7 +1,9 @@
 //! Mutual TLS between real processes: a feature service started with its mesh
 //! certificate (`server.tls.ca`, `.cert`, `.key`) answers an SDK client holding a
-//! certificate from the same CA, over TLS 1.3; a plaintext client, a client from
-//! another CA and a client without a certificate get no answer.
+//! certificate from the same CA, over TLS 1.3; a plaintext client and a client from
+//! another CA get no answer. Certificates reissued over the same files, server's
+//! and client's, under load: no call fails, and new connections are shown the
+//! new certificate without a restart.
 
 use std::time::Duration;
 
@@ -48,8 +50,9 @@ async fn a_service_answers_mesh_clients_over_mutual_tls_and_no_one_else() {
         ],
     );
 
-    // A storefront of this mesh: answered (the empty catalog, once it is up).
-    let web = issue(&ca, "storefront", "web", &dir.path().join("web"));
+    // An operator of this mesh (ScanItems is an operator's and the embedding
+    // service's read): answered (the empty catalog, once it is up).
+    let web = issue(&ca, "operator", "web", &dir.path().join("web"));
     let shop = client(&feature.grpc_addr, &web);
     let items = eventually(Duration::from_secs(30), "a TLS answer", || {
         let shop = shop.clone();
@@ -66,11 +69,117 @@ async fn a_service_answers_mesh_clients_over_mutual_tls_and_no_one_else() {
 
     // A certificate from another CA (that trusts this mesh's CA).
     let other = Ca::init(&dir.path().join("other-ca")).expect("other ca");
-    let mut stranger = issue(&other, "storefront", "web", &dir.path().join("stranger"));
+    let mut stranger = issue(&other, "operator", "web", &dir.path().join("stranger"));
     stranger.ca = server.ca.clone();
     let err = client(&feature.grpc_addr, &stranger)
         .scan_all_items(100)
         .await
         .expect_err("a foreign CA's client is refused");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+}
+
+/// The server certificate a fresh TLS connection to `addr` is shown.
+async fn served_cert(client: &TlsFiles, addr: &str) -> Vec<u8> {
+    let tls = ClientTls::new(client).expect("client tls");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let stream = tls
+        .connector("feature")
+        .expect("connector")
+        .handshake(tcp)
+        .await
+        .expect("handshake");
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("certificates")[0]
+        .to_vec()
+}
+
+/// The DER of the (first) certificate in a PEM file.
+fn cert_der(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .expect("certificate")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_load_without_a_failed_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::init(&dir.path().join("ca")).expect("ca");
+    let server_dir = dir.path().join("feature");
+    let server = issue(&ca, "feature", "feature-0", &server_dir);
+    let store = dir.path().join("f.redb").display().to_string();
+    let (ca_path, cert, key) = (
+        server.ca.display().to_string(),
+        server.cert.display().to_string(),
+        server.key.display().to_string(),
+    );
+    let feature = ServiceProcess::spawn(
+        "rankmesh-feature",
+        "feature-0",
+        &[],
+        &[
+            ("RANKMESH__STORE__PATH", &store),
+            ("RANKMESH__SERVER__TLS__CA", &ca_path),
+            ("RANKMESH__SERVER__TLS__CERT", &cert),
+            ("RANKMESH__SERVER__TLS__KEY", &key),
+        ],
+    );
+    let web_dir = dir.path().join("web");
+    let web = issue(&ca, "operator", "web", &web_dir);
+    let shop = client(&feature.grpc_addr, &web);
+    eventually(Duration::from_secs(30), "a TLS answer", || {
+        let shop = shop.clone();
+        async move { shop.scan_all_items(10).await.ok() }
+    })
+    .await;
+    let first = served_cert(&web, &feature.grpc_addr).await;
+
+    // Calls back to back while the server's certificate is reissued twice and the
+    // client's once, over the same files.
+    let load = tokio::spawn({
+        let shop = shop.clone();
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let until = std::time::Instant::now() + Duration::from_secs(6);
+            while std::time::Instant::now() < until {
+                match shop.scan_all_items(10).await {
+                    Ok(_) => ok += 1,
+                    Err(s) => failed.push(s.to_string()),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    issue(&ca, "feature", "feature-0", &server_dir);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    issue(&ca, "operator", "web", &web_dir);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let last = issue(&ca, "feature", "feature-0", &server_dir);
+    let (ok, failed) = load.await.expect("load task");
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50, "only {ok} calls in 6 s");
+    eprintln!("{ok} calls in 6 s across three reissues, none failed");
+
+    // New connections are shown the newest certificate, with no restart.
+    let newest = cert_der(&last.cert);
+    assert_ne!(newest, first);
+    eventually(
+        Duration::from_secs(5),
+        "the rotated certificate served",
+        || {
+            let (web, addr, newest) = (&web, &feature.grpc_addr, &newest);
+            async move { (served_cert(web, addr).await == *newest).then_some(()) }
+        },
+    )
+    .await;
 }

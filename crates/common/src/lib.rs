@@ -23,6 +23,7 @@
 //! Owns what every process shares and nothing service-specific. Must not import
 //! the SDK, the artifact crate or any service crate.
 
+pub mod authz;
 pub mod batcher;
 pub mod blocking;
 pub mod catalog;

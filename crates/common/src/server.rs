@@ -25,6 +25,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::{Layer, Service, ServiceBuilder};
 
+use crate::authz::AuthorizeLayer;
 use crate::config::{ServerConfig, TlsConfig};
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
@@ -296,12 +297,12 @@ fn acceptor(service: &str, tls: &TlsConfig) -> Result<Option<Arc<Acceptor>>, Ser
         if tls.insecure {
             tracing::warn!(
                 service,
-                "server.tls.insecure: serving plaintext gRPC; anyone who reaches the port can call it"
+                "server.tls.insecure: serving plaintext gRPC; anyone who reaches the port can call any RPC (no identities, no authorization)"
             );
         } else {
             tracing::warn!(
                 service,
-                "no TLS files configured (server.tls.ca, .cert, .key): serving plaintext gRPC"
+                "no TLS files configured (server.tls.ca, .cert, .key): serving plaintext gRPC, no authorization"
             );
         }
         return Ok(None);
@@ -324,18 +325,22 @@ async fn set_health(
 }
 
 /// The middleware every gRPC request passes through, outermost first.
-fn stack(
-    max_concurrency: usize,
-) -> ServiceBuilder<
+/// The layers every service's RPCs pass, outermost first.
+type Stack = tower::layer::util::Stack<
+    OverloadLayer,
     tower::layer::util::Stack<
-        OverloadLayer,
+        AuthorizeLayer,
         tower::layer::util::Stack<RpcTelemetryLayer, tower::layer::util::Identity>,
     >,
-> {
+>;
+
+fn stack(max_concurrency: usize) -> ServiceBuilder<Stack> {
     ServiceBuilder::new()
         // A span per RPC, child of the caller's traceparent, and per-RPC metrics;
-        // outermost, so shed requests are counted and traced too.
+        // outermost, so refused and shed requests are counted and traced too.
         .layer(RpcTelemetryLayer)
+        // Who may call what (over mutual TLS), before any work is admitted.
+        .layer(AuthorizeLayer)
         // Bound in-flight work across all connections; answer RESOURCE_EXHAUSTED at once
         // when full, so overload sheds load instead of queueing it.
         .layer(OverloadLayer::new(max_concurrency))

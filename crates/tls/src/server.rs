@@ -80,6 +80,7 @@ impl Acceptor {
             stream: Box::new(tls),
             peer: PeerInfo {
                 remote_addr,
+                secure: true,
                 identity,
             },
         })
@@ -91,6 +92,8 @@ impl Acceptor {
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
+    /// Whether the connection is TLS (with a verified client certificate).
+    pub secure: bool,
     /// The identity in the client's certificate; None on a plaintext connection.
     pub identity: Option<Identity>,
 }
@@ -224,6 +227,7 @@ pub fn incoming(
             let Some(acceptor) = acceptor.clone() else {
                 let peer = PeerInfo {
                     remote_addr: Some(remote),
+                    secure: false,
                     identity: None,
                 };
                 if tx
