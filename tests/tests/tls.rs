@@ -27,28 +27,30 @@ fn client(addr: &str, files: &TlsFiles) -> FeatureClient {
     FeatureClient::new(resolver, Duration::from_secs(2))
 }
 
-#[tokio::test]
-async fn a_service_answers_mesh_clients_over_mutual_tls_and_no_one_else() {
-    let dir = tempfile::tempdir().expect("dir");
-    let ca = Ca::init(&dir.path().join("ca")).expect("ca");
-    let server = issue(&ca, "feature", "feature-0", &dir.path().join("feature"));
-    let store = dir.path().join("f.redb").display().to_string();
-    let (ca_path, cert, key) = (
-        server.ca.display().to_string(),
-        server.cert.display().to_string(),
-        server.key.display().to_string(),
-    );
-    let feature = ServiceProcess::spawn(
+/// A feature service serving with `server`'s files, its store under `dir`.
+fn spawn_feature(server: &TlsFiles, dir: &std::path::Path) -> ServiceProcess {
+    let store = dir.join("f.redb").display().to_string();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&server.ca), path(&server.cert), path(&server.key));
+    ServiceProcess::spawn(
         "rankmesh-feature",
         "feature-0",
         &[],
         &[
             ("RANKMESH__STORE__PATH", &store),
-            ("RANKMESH__SERVER__TLS__CA", &ca_path),
+            ("RANKMESH__SERVER__TLS__CA", &ca),
             ("RANKMESH__SERVER__TLS__CERT", &cert),
             ("RANKMESH__SERVER__TLS__KEY", &key),
         ],
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_service_answers_mesh_clients_over_mutual_tls_and_no_one_else() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::init(&dir.path().join("ca")).expect("ca");
+    let server = issue(&ca, "feature", "feature-0", &dir.path().join("feature"));
+    let feature = spawn_feature(&server, dir.path());
 
     // An operator of this mesh (ScanItems is an operator's and the embedding
     // service's read): answered (the empty catalog, once it is up).
@@ -110,23 +112,7 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
     let ca = Ca::init(&dir.path().join("ca")).expect("ca");
     let server_dir = dir.path().join("feature");
     let server = issue(&ca, "feature", "feature-0", &server_dir);
-    let store = dir.path().join("f.redb").display().to_string();
-    let (ca_path, cert, key) = (
-        server.ca.display().to_string(),
-        server.cert.display().to_string(),
-        server.key.display().to_string(),
-    );
-    let feature = ServiceProcess::spawn(
-        "rankmesh-feature",
-        "feature-0",
-        &[],
-        &[
-            ("RANKMESH__STORE__PATH", &store),
-            ("RANKMESH__SERVER__TLS__CA", &ca_path),
-            ("RANKMESH__SERVER__TLS__CERT", &cert),
-            ("RANKMESH__SERVER__TLS__KEY", &key),
-        ],
-    );
+    let feature = spawn_feature(&server, dir.path());
     let web_dir = dir.path().join("web");
     let web = issue(&ca, "operator", "web", &web_dir);
     let shop = client(&feature.grpc_addr, &web);
