@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rankmesh_artifact::envelope::{self, MasterKeys, Sealed};
-use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
+use rankmesh_artifact::fetch::{Fetcher, FollowError, RegistrySource};
 use rankmesh_client::RegistryClient;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_proto::pb::registry::v1 as pb;
@@ -649,6 +649,19 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
         .expect("a variant for GPU")
         .clone();
     assert_eq!(gpu.variant, "fp32", "FP32 on GPU");
+
+    // A validly signed manifest replayed under another listing (v1's FP32 manifest
+    // served as its INT8 variant) is refused before anything is fetched.
+    let mut replayed = cpu.clone();
+    replayed.signed_manifest = gpu.signed_manifest.clone();
+    replayed.signature_ed25519 = gpu.signature_ed25519.clone();
+    let Err(err) = f.fetch(&replayed).await else {
+        panic!("a replayed manifest was accepted");
+    };
+    assert!(
+        matches!(&err, FollowError::Verify(m) if m.contains("replayed manifest")),
+        "{err}"
+    );
 
     // Fetch the FP32 artifact; kill the registry part way through.
     let task = {

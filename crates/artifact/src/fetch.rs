@@ -265,9 +265,18 @@ impl Fetcher {
         }
     }
 
-    /// Verifies the manifest's signature and fetches every ciphertext it names.
+    /// Verifies the manifest's signature, and that it is the manifest of the
+    /// version and variant the registry lists it as (a validly signed manifest of
+    /// another version, replayed, is refused), then fetches every ciphertext it
+    /// names.
     pub async fn fetch(&self, m: &pb::ModelManifest) -> Result<Sealed, FollowError> {
         let manifest = self.verify(&m.signed_manifest, &m.signature_ed25519)?;
+        if (manifest.version, manifest.variant.as_str()) != (m.version, m.variant.as_str()) {
+            return Err(FollowError::Verify(format!(
+                "replayed manifest: signed for v{} ({}), listed as v{} ({})",
+                manifest.version, manifest.variant, m.version, m.variant
+            )));
+        }
         let model = self.fetch_blob(&manifest, "").await?;
         let mut sidecars = BTreeMap::new();
         for s in &manifest.sidecars {
