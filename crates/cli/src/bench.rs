@@ -11,7 +11,8 @@ use rankmesh_loadgen::{Options, Report, Rpc, read_inputs, run};
 /// by code, a per-second timeline (errors, p50/p99, model versions) with --json.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// `search` (inputs are queries) or `recommend` (inputs are user ids).
+    /// `search` (inputs are queries), `recommend` (inputs are user ids) or
+    /// `embed` (inputs are texts, one per call, to the embedding service).
     #[arg(long, default_value = "search")]
     rpc: Rpc,
     #[arg(long, default_value_t = 50.0)]
@@ -37,7 +38,7 @@ pub(crate) struct BenchArgs {
 }
 
 pub(crate) async fn command(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    let replicas = a.target.resolver("ranking").await?;
+    let replicas = a.target.resolver(a.rpc.service()).await?;
     let mut upstream = UpstreamConfig::default();
     if a.no_hedge {
         upstream.hedge_percentile = 0.0;

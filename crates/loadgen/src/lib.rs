@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rankmesh_client::upstream::UpstreamConfig;
-use rankmesh_client::{Deadline, RankingClient};
+use rankmesh_client::{Deadline, EmbeddingClient, RankingClient};
 use rankmesh_common::discovery::Resolver;
+use rankmesh_proto::pb::embedding::v1 as emb;
 use rankmesh_proto::pb::ranking::v1 as pb;
 
 use report::{Acc, Answer};
@@ -54,6 +55,19 @@ pub enum LoadError {
 pub enum Rpc {
     Search,
     Recommend,
+    /// The embedding service's Embed, one text per call (the query path's
+    /// first hop).
+    Embed,
+}
+
+impl Rpc {
+    /// The service that answers it.
+    pub fn service(self) -> &'static str {
+        match self {
+            Self::Search | Self::Recommend => "ranking",
+            Self::Embed => "embedding",
+        }
+    }
 }
 
 impl std::str::FromStr for Rpc {
@@ -62,7 +76,8 @@ impl std::str::FromStr for Rpc {
         match s {
             "search" => Ok(Self::Search),
             "recommend" => Ok(Self::Recommend),
-            _ => Err(format!("--rpc {s}: expected search or recommend")),
+            "embed" => Ok(Self::Embed),
+            _ => Err(format!("--rpc {s}: expected search, recommend or embed")),
         }
     }
 }
@@ -111,7 +126,48 @@ pub fn read_inputs(path: &Path) -> Result<Vec<String>, LoadError> {
         .collect())
 }
 
-/// Runs the load against the replicas in `replicas` and reports.
+/// The SDK client the load calls through.
+#[derive(Clone)]
+enum Target {
+    Ranking(RankingClient),
+    Embedding(EmbeddingClient),
+}
+
+/// One call of `rpc` with `input`; what the reply said.
+async fn call(target: &Target, rpc: Rpc, input: String) -> Result<Answer, tonic::Status> {
+    match (target, rpc) {
+        (Target::Ranking(c), Rpc::Search) => {
+            let req = pb::SearchRequest {
+                query: input,
+                k: 10,
+                ..Default::default()
+            };
+            let r = c.search(req, Deadline::Default).await?;
+            Ok(Answer::new(&r.models, r.degraded, r.stage_ms))
+        }
+        (Target::Ranking(c), Rpc::Recommend) => {
+            let req = pb::RecommendRequest {
+                user_id: input,
+                k: 10,
+                ..Default::default()
+            };
+            let r = c.recommend(req, Deadline::Default).await?;
+            Ok(Answer::new(&r.models, r.degraded, r.stage_ms))
+        }
+        (Target::Embedding(c), _) => {
+            let req = emb::EmbedRequest { texts: vec![input] };
+            let r = c.embed(req, Deadline::Default).await?;
+            let models: Vec<_> = r.model.into_iter().collect();
+            Ok(Answer::new(&models, Vec::new(), Default::default()))
+        }
+        (Target::Ranking(_), Rpc::Embed) => {
+            Err(tonic::Status::internal("embed needs the embedding service"))
+        }
+    }
+}
+
+/// Runs the load against the replicas in `replicas` (of [`Rpc::service`]) and
+/// reports.
 pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError> {
     opts.validate()?;
     // The SDK a storefront uses: every replica, balanced, retried, hedged.
@@ -119,7 +175,18 @@ pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError
     tokio::time::timeout(wait, replicas.wait_for(|set| !set.is_empty()))
         .await
         .map_err(|_| LoadError::NoReplica(wait))?;
-    let client = RankingClient::with_config(replicas, opts.timeout, opts.upstream);
+    let client = match opts.rpc.service() {
+        "embedding" => Target::Embedding(EmbeddingClient::with_config(
+            replicas,
+            opts.timeout,
+            opts.upstream,
+        )),
+        _ => Target::Ranking(RankingClient::with_config(
+            replicas,
+            opts.timeout,
+            opts.upstream,
+        )),
+    };
     let acc = Arc::new(Mutex::new(Acc::new()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let interval = Duration::from_secs_f64(1.0 / opts.qps);
@@ -138,30 +205,7 @@ pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError
         let (client, acc, rpc) = (client.clone(), Arc::clone(&acc), opts.rpc);
         let input = opts.inputs[i as usize % opts.inputs.len()].clone();
         tasks.spawn(async move {
-            let outcome = match rpc {
-                Rpc::Search => client
-                    .search(
-                        pb::SearchRequest {
-                            query: input,
-                            k: 10,
-                            ..Default::default()
-                        },
-                        Deadline::Default,
-                    )
-                    .await
-                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
-                Rpc::Recommend => client
-                    .recommend(
-                        pb::RecommendRequest {
-                            user_id: input,
-                            k: 10,
-                            ..Default::default()
-                        },
-                        Deadline::Default,
-                    )
-                    .await
-                    .map(|r| Answer::new(&r.models, r.degraded, r.stage_ms)),
-            };
+            let outcome = call(&client, rpc, input).await;
             let latency = scheduled.elapsed();
             let second = scheduled.duration_since(start).as_secs();
             acc.lock()
@@ -199,6 +243,19 @@ pub(crate) mod tests {
             inputs: vec!["q".into()],
             upstream: UpstreamConfig::default(),
         }
+    }
+
+    #[test]
+    fn each_rpc_is_named_and_goes_to_its_service() {
+        for (name, rpc, service) in [
+            ("search", Rpc::Search, "ranking"),
+            ("recommend", Rpc::Recommend, "ranking"),
+            ("embed", Rpc::Embed, "embedding"),
+        ] {
+            assert_eq!(name.parse::<Rpc>(), Ok(rpc));
+            assert_eq!(rpc.service(), service);
+        }
+        assert!("retrieve".parse::<Rpc>().is_err());
     }
 
     #[test]
