@@ -128,11 +128,6 @@ pub fn markdown() -> String {
     out
 }
 
-/// Health checks and reflection: any identity of the mesh.
-fn open_to_the_mesh(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
 /// Why a call is refused, if it is: `peer` (None: no connection info, as in a
 /// unit test's bare service, which is let through like plaintext) calling `path`.
 pub fn refusal(peer: Option<&PeerInfo>, path: &str) -> Option<tonic::Status> {
@@ -142,7 +137,7 @@ pub fn refusal(peer: Option<&PeerInfo>, path: &str) -> Option<tonic::Status> {
             "the client certificate names no spiffe://rankmesh/<role>/<name> identity",
         ));
     };
-    if open_to_the_mesh(path) {
+    if crate::rpc::is_health_or_reflection(path) {
         return None;
     }
     match RULES.iter().find(|r| r.method == path) {

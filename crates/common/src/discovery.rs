@@ -299,9 +299,10 @@ impl Resolver {
     }
 
     /// The same endpoints, dialled with `tls` (a client identity of a mesh other
-    /// than this process's own: a drill's, a test's).
-    pub fn with_tls(mut self, tls: rankmesh_tls::client::ClientTls) -> Self {
-        self.tls = Some(tls);
+    /// than this process's own: a drill's, a test's); `None` leaves the process's
+    /// installed one.
+    pub fn with_tls(mut self, tls: impl Into<Option<rankmesh_tls::client::ClientTls>>) -> Self {
+        self.tls = tls.into();
         self
     }
 

@@ -8,6 +8,12 @@
 
 use tonic::Status;
 
+/// Whether `path` is a health check or reflection call: the infrastructure every
+/// server answers whatever its load, and to any identity of the mesh.
+pub fn is_health_or_reflection(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
 use crate::batcher::BatchError;
 
 /// A failed RPC, by the gRPC code it answers with.

@@ -325,7 +325,6 @@ async fn set_health(
 }
 
 /// The middleware every gRPC request passes through, outermost first.
-/// The layers every service's RPCs pass, outermost first.
 type Stack = tower::layer::util::Stack<
     OverloadLayer,
     tower::layer::util::Stack<
@@ -488,12 +487,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Paths never subject to the overload guard: health probes must answer under
-/// overload, or orchestrators would restart a busy-but-healthy replica.
-fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
 /// Limits in-flight requests across all connections and rejects the excess at once
 /// with RESOURCE_EXHAUSTED.
 ///
@@ -558,7 +551,9 @@ where
         // Standard tower dance: use the clone we polled ready, leave a fresh one behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if exempt(req.uri().path()) {
+        // Never shed: health probes must answer under overload, or orchestrators
+        // would restart a busy-but-healthy replica.
+        if crate::rpc::is_health_or_reflection(req.uri().path()) {
             return Box::pin(inner.call(req));
         }
         match Arc::clone(&self.permits).try_acquire_owned() {

@@ -36,14 +36,10 @@ pub fn issue(state_dir: &Path, role: &str, name: &str) -> Result<TlsFiles, Launc
 /// The operator's identity for this mesh (`admin/meshctl`): the files, issued when
 /// missing.
 pub fn operator_files(state_dir: &Path) -> Result<TlsFiles, LaunchError> {
-    let dir = tls_dir(state_dir);
-    let files = TlsFiles {
-        ca: dir.join(rankmesh_tls::ca::CA_CERT),
-        cert: dir.join("admin-meshctl.pem"),
-        key: dir.join("admin-meshctl.key"),
-    };
+    let operator = Identity::new("admin", "meshctl")?;
+    let files = TlsFiles::in_dir(&tls_dir(state_dir), &operator);
     if files.load().is_ok() {
         return Ok(files);
     }
-    issue(state_dir, "admin", "meshctl")
+    issue(state_dir, &operator.role, &operator.name)
 }

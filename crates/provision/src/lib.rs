@@ -66,7 +66,15 @@ pub struct Loaded {
 /// An SDK client for the registry replica at `addr`, sending `token` on writes,
 /// dialling with `tls` (else the process's installed identity, else plaintext).
 pub fn registry_at(addr: &str, token: Option<&str>, tls: Option<ClientTls>) -> RegistryClient {
-    let resolver = with_tls(Resolver::fixed("registry", &[addr.to_owned()]), tls);
+    registry(
+        Resolver::fixed("registry", &[addr.to_owned()]).with_tls(tls),
+        token,
+    )
+}
+
+/// An SDK client for the registry replicas in `resolver`, sending `token` on
+/// writes.
+pub fn registry(resolver: Resolver, token: Option<&str>) -> RegistryClient {
     let client = RegistryClient::new(resolver, REGISTRY_TIMEOUT);
     match token {
         Some(t) => client.with_token(t),
@@ -115,31 +123,17 @@ pub async fn up(opts: &UpOptions, serve: &Serve) -> Result<Served, ProvisionErro
 pub async fn load_catalog(mesh: &MeshState, file: &Path) -> Result<Loaded, ProvisionError> {
     let tls = mesh.client_tls()?;
     let feature = FeatureClient::new(
-        with_tls(
-            Resolver::fixed("feature", &[mesh.grpc_of("feature")?]),
-            tls.clone(),
-        ),
+        Resolver::fixed("feature", &[mesh.grpc_of("feature")?]).with_tls(tls.clone()),
         CATALOG_TIMEOUT,
     );
     let format = catalog::format_of(file, None)?;
     let imported = catalog::import_file(&feature, file, format, true).await?;
     let embedding = EmbeddingClient::new(
-        with_tls(
-            Resolver::fixed("embedding", &[mesh.grpc_of("embedding")?]),
-            tls,
-        ),
+        Resolver::fixed("embedding", &[mesh.grpc_of("embedding")?]).with_tls(tls),
         CATALOG_TIMEOUT,
     );
     let indexed = catalog::build_index(&embedding).await?;
     Ok(Loaded { imported, indexed })
-}
-
-/// `resolver`, dialled with `tls` when there is one.
-pub fn with_tls(resolver: Resolver, tls: Option<ClientTls>) -> Resolver {
-    match tls {
-        Some(t) => resolver.with_tls(t),
-        None => resolver,
-    }
 }
 
 /// The registry's INT8 quantizer: the venv's Python (`$RANKMESH_VENV`, else

@@ -14,8 +14,7 @@ use crate::error::TlsError;
 use crate::files::TlsFiles;
 use crate::identity::Identity;
 
-/// The CA certificate's file name in a CA folder.
-pub const CA_CERT: &str = "ca.pem";
+pub use crate::files::CA_CERT;
 /// The CA key's file name (0600).
 pub const CA_KEY: &str = "ca.key";
 
@@ -165,12 +164,7 @@ impl Ca {
     ) -> Result<TlsFiles, TlsError> {
         let issued = self.issue(identity, validity)?;
         std::fs::create_dir_all(dir).map_err(TlsError::io("create", dir))?;
-        let stem = format!("{}-{}", identity.role, identity.name);
-        let files = TlsFiles {
-            ca: dir.join(CA_CERT),
-            cert: dir.join(format!("{stem}.pem")),
-            key: dir.join(format!("{stem}.key")),
-        };
+        let files = TlsFiles::in_dir(dir, identity);
         if !files.ca.exists()
             || std::fs::read_to_string(&files.ca).ok().as_deref() != Some(self.cert_pem())
         {

@@ -12,6 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::error::TlsError;
 use crate::identity::Identity;
 
+/// The CA certificate's file name, in a CA folder and beside issued certificates.
+pub const CA_CERT: &str = "ca.pem";
+
 /// Where a workload's CA, certificate and key are.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsFiles {
@@ -41,6 +44,17 @@ impl std::fmt::Debug for Loaded {
 }
 
 impl TlsFiles {
+    /// Where [`crate::Ca::issue_to`] writes `identity`'s files in `dir`: the CA
+    /// as `ca.pem`, the certificate and key as `<role>-<name>.pem` and `.key`.
+    pub fn in_dir(dir: &Path, identity: &Identity) -> Self {
+        let stem = format!("{}-{}", identity.role, identity.name);
+        Self {
+            ca: dir.join(CA_CERT),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
+        }
+    }
+
     /// Reads the three files: the CA as the only root, the certificate chain (its
     /// leaf must name a mesh identity), and the key.
     pub fn load(&self) -> Result<Loaded, TlsError> {

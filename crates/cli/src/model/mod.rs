@@ -7,29 +7,16 @@ mod show;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use rankmesh_client::{Deadline, RegistryClient, Resolver};
+use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_common::server::format_ms;
 use rankmesh_proto::pb::registry::v1 as pb;
 
 use crate::args::{StateArgs, TargetArgs, parse_kv, status};
 use show::{Verifier, show, summaries};
 
-/// Uploads and listings of large models take a while.
-const CALL_TIMEOUT: Duration = Duration::from_secs(600);
-
-pub(crate) use rankmesh_provision::registry_at;
-
-/// An SDK client for the registry replicas in `resolver`.
-pub(crate) fn registry(resolver: Resolver, token: Option<&str>) -> RegistryClient {
-    let client = RegistryClient::new(resolver, CALL_TIMEOUT);
-    match token {
-        Some(t) => client.with_token(t),
-        None => client,
-    }
-}
+pub(crate) use rankmesh_provision::{registry, registry_at};
 
 pub(crate) use rankmesh_provision::models::Upload;
 
@@ -149,13 +136,13 @@ pub(crate) async fn promote(
     canary: Option<u32>,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let answer = rankmesh_provision::models::promote(registry, name, version, canary, reason).await;
-    print_stages(name, answer.map_err(anyhow::Error::from))
+    let r = rankmesh_provision::models::promote(registry, name, version, canary, reason).await?;
+    print_stages(name, &r);
+    Ok(())
 }
 
 /// The stages of `name` as the registry stored them after a SetStage or Rollback.
-fn print_stages(name: &str, answer: anyhow::Result<pb::SetStageResponse>) -> anyhow::Result<()> {
-    let r = answer?;
+fn print_stages(name: &str, r: &pb::SetStageResponse) {
     let canary = match r.canary_version {
         0 => "none".to_owned(),
         v => format!("v{v} at {}%", r.canary_percent),
@@ -164,7 +151,6 @@ fn print_stages(name: &str, answer: anyhow::Result<pb::SetStageResponse>) -> any
         "{name}: production v{}, canary {canary}",
         r.production_version
     );
-    Ok(())
 }
 
 pub(crate) async fn rollback(
@@ -177,13 +163,12 @@ pub(crate) async fn rollback(
         reason: reason.to_owned(),
         expected_revision: 0,
     };
-    print_stages(
-        name,
-        registry
-            .rollback(req, Deadline::Default)
-            .await
-            .map_err(status),
-    )
+    let r = registry
+        .rollback(req, Deadline::Default)
+        .await
+        .map_err(status)?;
+    print_stages(name, &r);
+    Ok(())
 }
 
 pub(crate) async fn rotate(registry: &RegistryClient, key_id: &str) -> anyhow::Result<()> {

@@ -106,12 +106,12 @@ pub(crate) struct LocalTopology {
 impl Topology for LocalTopology {
     fn ranking(&self) -> Resolver {
         let resolver = Resolver::watch(self.etcd.clone(), "ranking");
-        rankmesh_provision::with_tls(resolver, self.env.tls.clone())
+        resolver.with_tls(self.env.tls.clone())
     }
 
     fn feature(&self) -> Option<rankmesh_client::FeatureClient> {
         let resolver = Resolver::watch(self.etcd.clone(), "feature");
-        let resolver = rankmesh_provision::with_tls(resolver, self.env.tls.clone());
+        let resolver = resolver.with_tls(self.env.tls.clone());
         Some(rankmesh_client::FeatureClient::new(
             resolver,
             Duration::from_secs(2),
