@@ -66,14 +66,23 @@ fn demo_store() -> &'static Path {
 /// Runs `deploy/drills/<scenario>.toml` through `client`: etcd on the first port of
 /// a free block, services (or the compose stack's published ports) from the third.
 pub fn run(scenario: &str, client: Client) -> DrillRun {
+    run_in(
+        &tempfile::tempdir().expect("report dir").keep(),
+        scenario,
+        client,
+    )
+}
+
+/// [`run`] with its report (and, while it runs, its mesh's state) in
+/// `<reports>/<scenario>/`.
+pub fn run_in(reports: &Path, scenario: &str, client: Client) -> DrillRun {
     let repo = repo();
-    let reports = tempfile::tempdir().expect("report dir").keep();
     let base = crate::free_port_block(16);
     let models = crate::catalog::models_dir();
     let venv = std::env::var_os("RANKMESH_VENV").map_or(repo.join(".venv"), PathBuf::from);
     let demo = demo_store();
     let opts = rankmesh_drill::RunOptions {
-        report_dir: reports.clone(),
+        report_dir: reports.to_owned(),
         no_hedge: client == Client::Weakened,
         no_retry: client == Client::Weakened,
         etcd_port: base,

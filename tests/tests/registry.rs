@@ -24,6 +24,17 @@ const K1: &str = "11111111111111111111111111111111111111111111111111111111111111
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const SEED: &str = "0707070707070707070707070707070707070707070707070707070707070707";
 
+/// Writes the test's secrets as owner-only files under `dir/secrets` (token, k1,
+/// k2, seed), the way services read them, and returns that folder.
+fn secret_files(dir: &std::path::Path) -> std::path::PathBuf {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets dir");
+    for (name, value) in [("token", TOKEN), ("k1", K1), ("k2", K2), ("seed", SEED)] {
+        rankmesh_tls::ca::write_private(&secrets.join(name), value.as_bytes()).expect("secret");
+    }
+    secrets
+}
+
 fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
@@ -115,16 +126,18 @@ async fn publish_fetch_stage_rollback_rotate() {
     let etcd = EtcdCluster::single().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let blobs = dir.path().join("blobs");
+    let secrets = secret_files(dir.path());
+    let file = |name: &str| secrets.join(name).display().to_string();
     let proc = ServiceProcess::spawn(
         "rankmesh-model-registry",
         "registry-test",
         &etcd.endpoints(),
         &[
-            ("RANKMESH__REGISTRY__ADMIN_TOKEN", TOKEN),
-            ("RANKMESH__REGISTRY__MASTER_KEYS__K1", K1),
-            ("RANKMESH__REGISTRY__MASTER_KEYS__K2", K2),
+            ("RANKMESH__REGISTRY__ADMIN_TOKEN_FILE", &file("token")),
+            ("RANKMESH__REGISTRY__MASTER_KEY_FILES__K1", &file("k1")),
+            ("RANKMESH__REGISTRY__MASTER_KEY_FILES__K2", &file("k2")),
             ("RANKMESH__REGISTRY__CURRENT_KEY", "k1"),
-            ("RANKMESH__REGISTRY__SIGNING_KEY", SEED),
+            ("RANKMESH__REGISTRY__SIGNING_KEY_FILE", &file("seed")),
             (
                 "RANKMESH__REGISTRY__BLOB_DIR",
                 blobs.to_str().expect("utf-8"),
@@ -353,8 +366,8 @@ async fn publish_fetch_stage_rollback_rotate() {
             "ranker".to_owned(),
         ),
         (
-            "RANKMESH__RANKER__REGISTRY__MASTER_KEYS__K2".to_owned(),
-            K2.to_owned(),
+            "RANKMESH__RANKER__REGISTRY__MASTER_KEY_FILES__K2".to_owned(),
+            file("k2"),
         ),
         (
             "RANKMESH__RANKER__REGISTRY__VERIFY_KEY".to_owned(),
@@ -463,25 +476,34 @@ async fn wait_version(ranking: &ServiceProcess, want: f64) {
     .await;
 }
 
+/// A registry's environment: its secrets as files beside `blobs` (see
+/// [`secret_files`]), `blobs` as its store, and `extra` on top.
 fn registry_env(
     blobs: &std::path::Path,
     extra: &[(&'static str, &'static str)],
 ) -> Vec<(String, String)> {
+    let secrets = secret_files(blobs.parent().expect("blobs inside a test dir"));
+    let file = |name: &str| secrets.join(name).display().to_string();
     let mut env: Vec<(String, String)> = [
-        ("RANKMESH__REGISTRY__ADMIN_TOKEN", TOKEN),
-        ("RANKMESH__REGISTRY__MASTER_KEYS__K1", K1),
         ("RANKMESH__REGISTRY__CURRENT_KEY", "k1"),
-        ("RANKMESH__REGISTRY__SIGNING_KEY", SEED),
         ("RANKMESH__ETCD__LEASE_TTL_S", "2"),
     ]
     .iter()
     .chain(extra)
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    env.push((
-        "RANKMESH__REGISTRY__BLOB_DIR".into(),
-        blobs.display().to_string(),
-    ));
+    env.extend([
+        ("RANKMESH__REGISTRY__ADMIN_TOKEN_FILE".into(), file("token")),
+        (
+            "RANKMESH__REGISTRY__MASTER_KEY_FILES__K1".into(),
+            file("k1"),
+        ),
+        ("RANKMESH__REGISTRY__SIGNING_KEY_FILE".into(), file("seed")),
+        (
+            "RANKMESH__REGISTRY__BLOB_DIR".into(),
+            blobs.display().to_string(),
+        ),
+    ]);
     env
 }
 
@@ -542,12 +564,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn fetcher(etcd: &rankmesh_common::etcd::Etcd, model: &str) -> Fetcher {
+/// A replica's fetcher holding k1 from `secrets` (see [`secret_files`]).
+fn fetcher(etcd: &rankmesh_common::etcd::Etcd, model: &str, secrets: &std::path::Path) -> Fetcher {
     let vk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
     Fetcher::new(
         RegistrySource {
             model: model.into(),
-            master_keys: [("k1".to_owned(), K1.to_owned())].into(),
+            master_key_files: [("k1".to_owned(), secrets.join("k1"))].into(),
             verify_key: hex(&vk.to_bytes()),
             ..RegistrySource::default()
         },
@@ -636,7 +659,7 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
     );
 
     let client = etcd_client(&etcd).await;
-    let f = std::sync::Arc::new(fetcher(&client, "encoder"));
+    let f = std::sync::Arc::new(fetcher(&client, "encoder", &secret_files(dir.path())));
     let summary = eventually(Duration::from_secs(10), "the registry in discovery", || {
         let f = std::sync::Arc::clone(&f);
         async move { f.summary().await.ok().flatten() }
@@ -703,7 +726,8 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
     let wrong = Fetcher::new(
         RegistrySource {
             model: "encoder".into(),
-            master_keys: [("k1".to_owned(), K2.to_owned())].into(),
+            // k2's file under k1's name: the wrong key for what k1 wrapped.
+            master_key_files: [("k1".to_owned(), secret_files(dir.path()).join("k2"))].into(),
             verify_key: hex(&ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
                 .verifying_key()
                 .to_bytes()),
@@ -1286,4 +1310,93 @@ async fn versions_of(c: &mut ModelRegistryClient<Channel>, name: &str) -> Vec<pb
         .next()
         .map(|m| m.versions)
         .unwrap_or_default()
+}
+
+/// Key rotation is durable and shared: RotateKey on one registry records the new
+/// key id in etcd (the id only, no key material anywhere in etcd), the second
+/// registry and a restarted first one seal under it, and a registry that lacks the
+/// recorded key refuses to start rather than publish under a stale one.
+#[tokio::test]
+async fn key_rotation_is_recorded_in_etcd_and_used_by_every_registry() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs");
+    let only_k1 = registry_env(&blobs, &[]);
+    let mut both = only_k1.clone();
+    both.push((
+        "RANKMESH__REGISTRY__MASTER_KEY_FILES__K2".into(),
+        dir.path().join("secrets/k2").display().to_string(),
+    ));
+    let mut a = spawn_registry(&etcd, "registry-a", &both);
+    let b = spawn_registry(&etcd, "registry-b", &both);
+    let (mut ca, mut cb) = (connect(&a).await, connect(&b).await);
+    let model = std::fs::read(models_dir().join("ranker/model.onnx")).expect("default ranker");
+
+    let v1 = publish(&mut ca, "ranker", &model, &[], &[])
+        .await
+        .expect("v1");
+    assert_eq!(
+        v1.key_id, "k1",
+        "the configured current key before any rotation"
+    );
+    let r = ca
+        .rotate_key(authed(
+            pb::RotateKeyRequest {
+                new_key_id: "k2".into(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("rotate on a")
+        .into_inner();
+    assert_eq!(r.rewrapped, 1);
+
+    // b was configured with k1 current and never rotated itself.
+    let v2 = publish(&mut cb, "ranker", &model, &[], &[])
+        .await
+        .expect("v2 on b");
+    assert_eq!(
+        v2.key_id, "k2",
+        "b seals under the key a's rotation recorded"
+    );
+
+    // etcd holds the id, and no key material at all.
+    let mut client = etcd_client(&etcd).await.client();
+    let all = client
+        .get("/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("read etcd");
+    let mut recorded = None;
+    for kv in all.kvs() {
+        let value = String::from_utf8_lossy(kv.value());
+        for secret in [K1, K2, SEED, TOKEN] {
+            assert!(
+                !value.contains(secret),
+                "a secret in etcd at {}",
+                String::from_utf8_lossy(kv.key())
+            );
+        }
+        if kv.key() == b"/rankmesh/registry/current_key" {
+            recorded = Some(value.into_owned());
+        }
+    }
+    assert_eq!(recorded.as_deref(), Some("k2"));
+
+    // A restarted a still seals under k2 (its config says k1).
+    a.kill();
+    let a = spawn_registry(&etcd, "registry-a2", &both);
+    let v3 = publish(&mut connect(&a).await, "ranker", &model, &[], &[])
+        .await
+        .expect("v3 on the restarted a");
+    assert_eq!(v3.key_id, "k2");
+
+    // A registry without k2 cannot seal under it: it refuses to start.
+    let mut stale = spawn_registry(&etcd, "registry-stale", &only_k1);
+    let code = tokio::task::spawn_blocking(move || stale.wait())
+        .await
+        .expect("wait");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "a registry lacking the recorded key exits non-zero, got {code:?}"
+    );
 }

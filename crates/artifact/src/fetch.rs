@@ -27,8 +27,9 @@ use crate::manifest::Manifest;
 pub struct RegistrySource {
     /// Model name in the registry; empty: do not follow the registry.
     pub model: String,
-    /// Master keys (id -> 64 hex) able to unwrap the data keys.
-    pub master_keys: BTreeMap<String, String>,
+    /// Files of the master keys (id -> owner-only file of 64 hex characters)
+    /// able to unwrap the data keys; see [`crate::secret`].
+    pub master_key_files: BTreeMap<String, PathBuf>,
     /// The registry's ed25519 public key, 64 hex; manifests must verify against it.
     pub verify_key: String,
     /// Encrypted local cache of the last fetched artifacts.
@@ -157,13 +158,13 @@ impl Fetcher {
     /// Checks keys and the verify key; errors name the config field.
     pub fn new(source: RegistrySource, registry: RegistryClient) -> Result<Self, String> {
         let first = source
-            .master_keys
+            .master_key_files
             .keys()
             .next()
             .cloned()
             .unwrap_or_default();
-        let keys = MasterKeys::from_hex(&source.master_keys, &first)
-            .map_err(|e| format!("master_keys: {e}"))?;
+        let keys = crate::secret::master_keys(&source.master_key_files, &first)
+            .map_err(|e| format!("master_key_files: {e}"))?;
         let verify_key = verify_key(&source.verify_key).map_err(|e| format!("verify_key: {e}"))?;
         Ok(Self {
             registry,

@@ -4,9 +4,6 @@
 //! embedding replica's index. Each step waits for its service to answer, so it can
 //! run as soon as the containers are created. Re-running it changes nothing that is
 //! already in place.
-//!
-//! Also `meshctl dev-secrets`: fresh development secrets for a registry, as
-//! environment lines.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,12 +74,6 @@ pub(crate) async fn command(a: BootstrapArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `meshctl dev-secrets`.
-pub(crate) fn print_dev_secrets() -> anyhow::Result<ExitCode> {
-    print!("{}", dev_secrets()?);
-    Ok(ExitCode::SUCCESS)
-}
-
 pub(crate) struct Plan<'a> {
     pub registry: &'a str,
     pub token: &'a str,
@@ -126,16 +117,4 @@ pub(crate) async fn run(plan: &Plan<'_>) -> anyhow::Result<()> {
     }
     println!("bootstrap done");
     Ok(())
-}
-
-/// Environment lines with fresh development secrets for a registry and its
-/// replicas: admin token, master key, signing seed and its verify key.
-pub(crate) fn dev_secrets() -> anyhow::Result<String> {
-    let signing = rankmesh_launcher::hex32();
-    Ok(format!(
-        "RANKMESH_ADMIN_TOKEN={}\nRANKMESH_MASTER_KEY={}\nRANKMESH_SIGNING_KEY={signing}\nRANKMESH_VERIFY_KEY={}\n",
-        rankmesh_launcher::hex32(),
-        rankmesh_launcher::hex32(),
-        rankmesh_launcher::verify_key_hex(&signing)?,
-    ))
 }

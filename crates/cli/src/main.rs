@@ -19,6 +19,7 @@ mod model;
 mod progress;
 mod ranker;
 mod search;
+mod secrets;
 mod trace;
 mod up;
 
@@ -58,6 +59,10 @@ enum Command {
     /// Print fresh development secrets for a registry as KEY=VALUE lines.
     #[command(hide = true)]
     DevSecrets,
+    /// Write RANKMESH_ADMIN_TOKEN, RANKMESH_MASTER_KEY and RANKMESH_SIGNING_KEY
+    /// from the environment into owner-only files that services read.
+    #[command(hide = true)]
+    WriteSecrets(secrets::WriteSecretsArgs),
     /// Exit 0 when the admin port at ADDR answers /ready with 200, else 1.
     #[command(hide = true)]
     Ready(inspect::ReadyArgs),
@@ -121,7 +126,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Trace(a) => trace::trace(a).await,
         Command::Collector(a) => trace::collector(a).await,
         Command::Bootstrap(a) => bootstrap::command(a).await,
-        Command::DevSecrets => bootstrap::print_dev_secrets(),
+        Command::DevSecrets => secrets::print(),
+        Command::WriteSecrets(a) => secrets::write(a),
         Command::Drill(a) => drill::command(a).await,
         Command::Embed(a) => embed::embed(a).await,
         Command::Retrieve(a) => embed::retrieve(a).await,

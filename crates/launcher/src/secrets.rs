@@ -2,7 +2,7 @@
 //! signing key), created once per state directory, readable by the owner only, so
 //! a restarted mesh still decrypts and verifies what was published.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,38 @@ pub fn registry_secrets(state_dir: &Path) -> Result<RegistrySecrets, LaunchError
     Ok(secrets)
 }
 
+/// Where a local mesh's services read the registry secrets: one owner-only file
+/// each under `<state>/secrets/`, named by path in their config, so no secret is
+/// on a command line or in a service's environment.
+#[derive(Debug, Clone)]
+pub struct SecretFiles {
+    pub admin_token: PathBuf,
+    pub master_key: PathBuf,
+    pub signing_key: PathBuf,
+}
+
+impl RegistrySecrets {
+    /// Writes each secret to its own file under `state_dir` (0600, replaced
+    /// whole) and returns their paths.
+    pub fn files(&self, state_dir: &Path) -> Result<SecretFiles, LaunchError> {
+        let dir = state_dir.join("secrets");
+        std::fs::create_dir_all(&dir).map_err(LaunchError::io("create", &dir))?;
+        let files = SecretFiles {
+            admin_token: dir.join("admin-token"),
+            master_key: dir.join("master-key-local1"),
+            signing_key: dir.join("signing-key"),
+        };
+        for (path, value) in [
+            (&files.admin_token, &self.admin_token),
+            (&files.master_key, &self.master_key),
+            (&files.signing_key, &self.signing_key),
+        ] {
+            rankmesh_tls::ca::write_private(path, value.as_bytes())?;
+        }
+        Ok(files)
+    }
+}
+
 /// The registry's public key (hex) for a signing seed (hex): what replicas verify
 /// manifests with.
 pub fn verify_key_hex(signing_seed: &str) -> Result<String, LaunchError> {
@@ -120,6 +152,16 @@ mod tests {
             made.admin_token
         );
         assert_eq!(admin_token(Some("t"), dir.path()).expect("given"), "t");
+        let files = made.files(dir.path()).expect("files");
+        for (path, value) in [
+            (&files.admin_token, &made.admin_token),
+            (&files.master_key, &made.master_key),
+            (&files.signing_key, &made.signing_key),
+        ] {
+            assert_eq!(&std::fs::read_to_string(path).expect("read"), value);
+            let mode = std::fs::metadata(path).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
     }
 
     #[test]

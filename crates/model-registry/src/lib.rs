@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use rankmesh_artifact::secret;
 use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::election::{Candidate, lead_forever};
 use rankmesh_common::onnx::OnnxConfig;
@@ -68,15 +69,17 @@ pub struct RegistryConfig {
     pub blob_dir: PathBuf,
     /// The S3-compatible bucket when `store = "s3"`.
     pub s3: S3Config,
-    /// Bearer token for writes (Publish, SetStage, Rollback, RotateKey); empty
-    /// disables writes. Never logged.
-    pub admin_token: String,
-    /// Master keys by id, 64 hex characters each.
-    pub master_keys: BTreeMap<String, String>,
-    /// The key id that wraps new data keys.
+    /// File holding the bearer token for writes (Publish, SetStage, Rollback,
+    /// RotateKey); none disables writes. Secrets come from owner-only files,
+    /// never from config values or the environment (`rankmesh_artifact::secret`).
+    pub admin_token_file: PathBuf,
+    /// Files of the master keys by id, 64 hex characters each.
+    pub master_key_files: BTreeMap<String, PathBuf>,
+    /// The key id that wraps new data keys until a RotateKey records another one
+    /// in etcd, which every registry then uses.
     pub current_key: String,
-    /// ed25519 signing seed, 64 hex characters.
-    pub signing_key: String,
+    /// File holding the ed25519 signing seed, 64 hex characters.
+    pub signing_key_file: PathBuf,
     /// Largest artifact accepted, bytes.
     pub max_artifact_bytes: u64,
     /// Cap on each FetchModel stream, bytes per second (0: none), so a fleet of
@@ -107,10 +110,10 @@ impl Default for RegistryConfig {
             store: "local".into(),
             s3: S3Config::default(),
             blob_dir: PathBuf::from(".rankmesh/registry/blobs"),
-            admin_token: String::new(),
-            master_keys: BTreeMap::new(),
+            admin_token_file: PathBuf::new(),
+            master_key_files: BTreeMap::new(),
             current_key: String::new(),
-            signing_key: String::new(),
+            signing_key_file: PathBuf::new(),
             max_artifact_bytes: 2 << 30,
             fetch_bytes_per_s: 0,
             retention: RetentionConfig::default(),
@@ -148,17 +151,14 @@ impl Config {
                 ));
             }
         }
-        if r.master_keys.is_empty() {
+        if r.master_key_files.is_empty() {
             return Err(invalid(
-                "registry.master_keys",
+                "registry.master_key_files",
                 "{}",
                 "at least one master key is required",
             ));
         }
-        MasterKeys::from_hex(&r.master_keys, &r.current_key)
-            .map_err(|e| invalid("registry.master_keys", "(not shown)", &e.to_string()))?;
-        signing_key(&r.signing_key)
-            .map_err(|m| invalid("registry.signing_key", "(not shown)", &m))?;
+        r.secrets()?;
         let q = &r.quantizer;
         if !(q.min_cosine > 0.0 && q.min_cosine <= 1.0) {
             return Err(invalid(
@@ -200,6 +200,45 @@ impl Config {
     }
 }
 
+/// What the registry's secret files hold, read and checked.
+struct Secrets {
+    admin_token: String,
+    keys: MasterKeys,
+    signing: SigningKey,
+}
+
+impl RegistryConfig {
+    /// Reads the secret files; errors name the field and the file, never a value.
+    fn secrets(&self) -> Result<Secrets, ConfigError> {
+        let file = |field: &str, path: &std::path::Path, e: String| {
+            invalid(field, path.display().to_string(), &e)
+        };
+        let keys = secret::master_keys(&self.master_key_files, &self.current_key)
+            .map_err(|e| invalid("registry.master_key_files", "(not shown)", &e))?;
+        let seed = secret::read(&self.signing_key_file).map_err(|e| {
+            file(
+                "registry.signing_key_file",
+                &self.signing_key_file,
+                e.to_string(),
+            )
+        })?;
+        let signing = signing_key(&seed)
+            .map_err(|e| file("registry.signing_key_file", &self.signing_key_file, e))?;
+        let admin_token = secret::read_optional(&self.admin_token_file).map_err(|e| {
+            file(
+                "registry.admin_token_file",
+                &self.admin_token_file,
+                e.to_string(),
+            )
+        })?;
+        Ok(Secrets {
+            admin_token,
+            keys,
+            signing,
+        })
+    }
+}
+
 fn signing_key(hex: &str) -> Result<SigningKey, String> {
     let seed: [u8; 32] = envelope::decode_hex(hex)?
         .try_into()
@@ -225,8 +264,7 @@ pub async fn run(
         .await?
         .ok_or_else(|| Error::Setup("etcd is required".into()))?;
     let r = &config.registry;
-    let keys = MasterKeys::from_hex(&r.master_keys, &r.current_key)
-        .map_err(|e| Error::Setup(e.to_string()))?;
+    let secrets = r.secrets().map_err(|e| Error::Setup(e.to_string()))?;
     let blobs = match r.store.as_str() {
         "s3" => Blobs::s3(&r.s3.bucket, &r.s3.endpoint, &r.s3.region, r.s3.allow_http),
         _ => Blobs::local(&r.blob_dir),
@@ -235,14 +273,21 @@ pub async fn run(
     let registry = Arc::new(Registry {
         db: ModelDb::new(etcd.clone()),
         blobs: blobs.clone(),
-        keys: std::sync::RwLock::new(keys),
-        signing: signing_key(&r.signing_key).map_err(Error::Setup)?,
-        admin_token: r.admin_token.clone(),
+        keys: secrets.keys,
+        signing: secrets.signing,
+        admin_token: secrets.admin_token,
         max_artifact_bytes: r.max_artifact_bytes,
         fetch_bytes_per_s: r.fetch_bytes_per_s,
         onnx: config.onnx.clone(),
         quantizer: r.quantizer.clone(),
     });
+    // A rotation recorded a key this replica lacks: it could not seal, so it
+    // says so now rather than at the first publish.
+    let sealing = registry
+        .sealing_keys()
+        .await
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    tracing::info!(current_key = sealing.current_id(), "master keys loaded");
     // Artifacts move in chunks, so no message is larger than one chunk and its header.
     let routes = rankmesh_common::limited_routes!(
         ModelRegistryServer::new(RegistryApi::new(registry)),

@@ -24,7 +24,10 @@ const FETCH_CHUNK: usize = 1 << 20;
 pub struct Registry {
     pub db: ModelDb,
     pub blobs: Blobs,
-    pub keys: std::sync::RwLock<MasterKeys>,
+    /// The configured master keys; which one wraps new data keys is the id a
+    /// RotateKey recorded in etcd (shared by every registry, kept across
+    /// restarts), else the configured `current_key`.
+    pub keys: MasterKeys,
     pub signing: SigningKey,
     /// Bearer token for writes; never logged.
     pub admin_token: String,
@@ -355,11 +358,7 @@ impl Registry {
             Some(p) => p.version,
             None => self.db.next_version(&plan.name).await?,
         };
-        let keys = self
-            .keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let keys = self.sealing_keys().await?;
         let mut manifest = Manifest {
             name: plan.name,
             version,
@@ -604,28 +603,39 @@ impl Registry {
         .await
     }
 
-    /// Re-wraps every data key under `new_key_id` (blobs untouched), re-signing the
-    /// manifests.
+    /// The master keys with the current one as etcd records it, so a registry
+    /// wraps under the key the last rotation chose even if another registry ran
+    /// it, or ran it before this one restarted.
+    pub async fn sealing_keys(&self) -> Result<MasterKeys, RegistryError> {
+        let mut keys = self.keys.clone();
+        if let Some(id) = self.db.current_key().await? {
+            keys.set_current(&id).map_err(|_| {
+                RegistryError::Precondition(format!(
+                    "the current master key {id:?} (recorded by a rotation) is not configured on this replica"
+                ))
+            })?;
+        }
+        Ok(keys)
+    }
+
+    /// Records `new_key_id` as the current master key in etcd (every registry
+    /// seals under it from then on), then re-wraps every data key under it (blobs
+    /// untouched), re-signing the manifests.
     pub async fn rotate(
         &self,
         req: pb::RotateKeyRequest,
     ) -> Result<pb::RotateKeyResponse, RegistryError> {
         crate::requests::validate_rotate_key(&req)?;
         let new_key_id = req.new_key_id.as_str();
-        let keys = {
-            let mut k = self
-                .keys
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut next = k.clone();
-            next.set_current(new_key_id).map_err(|_| {
-                RegistryError::Precondition(format!(
-                    "new_key_id: {new_key_id:?} is not configured on this replica"
-                ))
-            })?;
-            *k = next.clone();
-            next
-        };
+        let mut keys = self.keys.clone();
+        keys.set_current(new_key_id).map_err(|_| {
+            RegistryError::Precondition(format!(
+                "new_key_id: {new_key_id:?} is not configured on this replica"
+            ))
+        })?;
+        // Recorded first, so a publish on another registry during the re-wrap
+        // already seals under the new key; a re-run re-wraps what it missed.
+        self.db.set_current_key(new_key_id).await?;
         let mut n = 0;
         for m in self.db.list("").await? {
             if m.sealed.key_id == new_key_id {

@@ -7,7 +7,9 @@
 //! - `/rankmesh/models/<name>/versions/<version:020>/<variant>`: the signed manifest
 //!   (create-only: a published version never changes);
 //! - `/rankmesh/models/<name>/stage`: production, canary + percent, the previous
-//!   production versions (for rollback) and the history of why stages changed.
+//!   production versions (for rollback) and the history of why stages changed;
+//! - `/rankmesh/registry/current_key`: the master key id new data keys are
+//!   wrapped under, once a RotateKey recorded it (the id, never the key).
 
 use std::sync::Arc;
 
@@ -22,6 +24,9 @@ pub use rankmesh_artifact::manifest::{Manifest, SidecarEntry, Tensor};
 
 /// Root of the model keyspace.
 pub const MODELS_PREFIX: &str = "/rankmesh/models/";
+
+/// The id of the master key that wraps new data keys, once a rotation set it.
+pub const CURRENT_KEY: &str = "/rankmesh/registry/current_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -237,6 +242,32 @@ impl ModelDb {
         } else {
             Err(StoreError::Conflict(conflict()))
         }
+    }
+
+    /// The master key id recorded by the last RotateKey, which every registry
+    /// wraps new data keys under (the id only: key material never enters etcd);
+    /// `None` before the first rotation, when the configured `current_key` holds.
+    pub async fn current_key(&self) -> Result<Option<String>, StoreError> {
+        let mut client = self.etcd.client();
+        let resp = self.etcd.timed(client.get(CURRENT_KEY, None)).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                std::str::from_utf8(kv.value())
+                    .map(str::to_owned)
+                    .map_err(|_| StoreError::Corrupt {
+                        key: CURRENT_KEY.into(),
+                        message: "not UTF-8".into(),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Records `id` as the current master key id for every registry.
+    pub async fn set_current_key(&self, id: &str) -> Result<(), StoreError> {
+        let mut client = self.etcd.client();
+        self.etcd.timed(client.put(CURRENT_KEY, id, None)).await?;
+        Ok(())
     }
 
     /// Replaces a manifest (key rotation re-wraps its data key), only if it still is

@@ -46,6 +46,7 @@ use crate::rollout::{Controller, RolloutPolicy};
 use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
 use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
+use rankmesh_artifact::secret;
 use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
 
 /// Its name in discovery and metrics, and the gRPC service it serves.
@@ -118,6 +119,14 @@ impl Config {
                 "must be within 1..=1000",
             ));
         }
+        let token = &self.rollout.admin_token_file;
+        secret::read_optional(token).map_err(|e| {
+            rankmesh_common::config::invalid(
+                "rollout.admin_token_file",
+                token.display().to_string(),
+                &e.to_string(),
+            )
+        })?;
         Ok(())
     }
 }
@@ -220,6 +229,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leading_tx, _leading_rx) = watch::channel(false);
     let model = config.ranker.registry.model.clone();
+    let admin_token = secret::read_optional(&config.rollout.admin_token_file)
+        .map_err(|e| Error::Follow(format!("rollout.admin_token_file: {e}")))?;
     let controller = (config.ranker.registry.enabled())
         .then_some(etcd.as_ref())
         .flatten()
@@ -229,6 +240,7 @@ pub async fn run(
                 etcd: etcd.clone(),
                 model: model.clone(),
                 policy: config.rollout.clone(),
+                admin_token: admin_token.clone(),
             })
         });
     let reporter = match (&etcd, &controller) {

@@ -16,6 +16,7 @@
 //! recorded in the stage history that `meshctl model list` shows.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -214,8 +215,10 @@ pub async fn report_forever(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutPolicy {
-    /// Admin token for the registry writes; empty: the controller only watches.
-    pub admin_token: String,
+    /// File holding the registry's admin token, for the rollback and promotion
+    /// writes; none: the controller only watches. (A file, never a value: see
+    /// `rankmesh_artifact::secret`.)
+    pub admin_token_file: PathBuf,
     /// How long a canary runs before it is judged, milliseconds.
     pub window_ms: u64,
     /// Canary requests needed before it is judged on errors and latency.
@@ -235,7 +238,7 @@ pub struct RolloutPolicy {
 impl Default for RolloutPolicy {
     fn default() -> Self {
         Self {
-            admin_token: String::new(),
+            admin_token_file: PathBuf::new(),
             window_ms: 60_000,
             min_requests: 100,
             max_error_rate_increase: 0.01,
@@ -312,6 +315,9 @@ pub struct Controller {
     pub etcd: Etcd,
     pub model: String,
     pub policy: RolloutPolicy,
+    /// The registry admin token read from `policy.admin_token_file`; empty: the
+    /// controller only watches.
+    pub admin_token: String,
 }
 
 impl std::fmt::Debug for Controller {
@@ -366,11 +372,11 @@ impl Controller {
             .await?;
         let elapsed = now_ms() - summary.canary_since_ms;
         let verdict = judge(&self.policy, &canary, &production, elapsed);
-        if matches!(verdict, Verdict::Wait(_)) || self.policy.admin_token.is_empty() {
+        if matches!(verdict, Verdict::Wait(_)) || self.admin_token.is_empty() {
             return Ok(Some(verdict));
         }
         let v = summary.canary_version;
-        let registry = self.registry.clone().with_token(&self.policy.admin_token);
+        let registry = self.registry.clone().with_token(&self.admin_token);
         let revision = summary.stage_revision;
         // Both writes are compare-and-sets on the stage record judged.
         let result = match &verdict {
