@@ -158,6 +158,7 @@ async fn typed_client_keeps_last_known_replicas_while_etcd_is_down() {
         lease_ttl_s: 2,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
+        ..Default::default()
     })
     .await
     .expect("etcd client");

@@ -30,6 +30,7 @@ fn etcd_config_with_ttl(endpoints: Vec<String>, lease_ttl_s: u64) -> EtcdConfig 
         lease_ttl_s,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
+        ..Default::default()
     }
 }
 

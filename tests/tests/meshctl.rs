@@ -83,8 +83,13 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         .map(|p| p["pid"].as_u64().expect("pid"))
         .collect();
 
+    // etcd is mutual TLS too: callers without a certificate of the mesh CA are
+    // refused, the operator's is answered.
+    let etcd = format!("https://127.0.0.1:{etcd_port}");
+    etcd_refuses_callers_without_a_mesh_certificate(&etcd, state.path()).await;
+
     // Every service is registered in etcd, and one ranking replica leads.
-    let etcd = format!("http://127.0.0.1:{etcd_port}");
+    assert_eq!(mesh["etcd"], etcd.as_str());
     let eps = meshctl(&["endpoints", "--json", "--etcd", &etcd]);
     assert!(eps.status.success());
     let eps: serde_json::Value = serde_json::from_slice(&eps.stdout).expect("json");
@@ -109,7 +114,8 @@ async fn up_detach_then_down_leaves_nothing_behind() {
     assert!(leader == "ranking-0" || leader == "ranking-1");
 
     // The embedding service answers through discovery.
-    let out = meshctl(&["embed", "red running shoes", "--json", "--etcd", &etcd]);
+    // meshctl finds the local mesh's etcd (and calls it with its identity).
+    let out = meshctl(&["embed", "red running shoes", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -188,4 +194,68 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         async move { pids.iter().all(|p| !alive(*p)).then_some(()) }
     })
     .await;
+}
+
+/// Whether a plain etcd client with `options` gets a status answer within 3 s.
+async fn etcd_answers(url: &str, options: Option<etcd_client::ConnectOptions>) -> bool {
+    let call = async {
+        let mut c = etcd_client::Client::connect([url], options).await.ok()?;
+        c.status().await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), call).await,
+        Ok(Some(_))
+    )
+}
+
+/// etcd (`--client-cert-auth`) answers the operator's certificate and refuses a
+/// plaintext client, a TLS client without a certificate, and one whose
+/// certificate comes from another CA.
+async fn etcd_refuses_callers_without_a_mesh_certificate(etcd: &str, state: &std::path::Path) {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let tls = state.join("tls");
+    let read = |p: std::path::PathBuf| std::fs::read(&p).expect("tls file");
+    let ca = Certificate::from_pem(read(tls.join("ca.pem")));
+    let with = |identity: Option<Identity>| {
+        let mut t = TlsOptions::new()
+            .ca_certificate(ca.clone())
+            .domain_name("etcd.rankmesh");
+        if let Some(id) = identity {
+            t = t.identity(id);
+        }
+        Some(ConnectOptions::new().with_tls(t))
+    };
+    let operator = Identity::from_pem(
+        read(tls.join("admin-meshctl.pem")),
+        read(tls.join("admin-meshctl.key")),
+    );
+    assert!(
+        etcd_answers(etcd, with(Some(operator))).await,
+        "the operator's certificate is answered"
+    );
+    let plain = etcd.replace("https://", "http://");
+    assert!(
+        !etcd_answers(&plain, None).await,
+        "a plaintext client was answered"
+    );
+    assert!(
+        !etcd_answers(etcd, with(None)).await,
+        "a client without a certificate was answered"
+    );
+    let foreign_dir = tempfile::tempdir().expect("foreign CA");
+    let foreign = rankmesh_tls::Ca::init(&foreign_dir.path().join("ca")).expect("foreign CA");
+    let id = rankmesh_tls::Identity::new("admin", "intruder").expect("identity");
+    let files = foreign
+        .issue_to(
+            &id,
+            rankmesh_tls::Validity::from_now(Duration::from_secs(3600)),
+            &[],
+            foreign_dir.path(),
+        )
+        .expect("issue");
+    let intruder = Identity::from_pem(read(files.cert), read(files.key));
+    assert!(
+        !etcd_answers(etcd, with(Some(intruder))).await,
+        "a certificate of another CA was answered"
+    );
 }

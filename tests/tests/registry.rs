@@ -588,6 +588,7 @@ async fn etcd_client(etcd: &EtcdCluster) -> rankmesh_common::etcd::Etcd {
         lease_ttl_s: 2,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
+        ..Default::default()
     })
     .await
     .expect("etcd")

@@ -17,7 +17,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn issue(ca: &Ca, role: &str, name: &str, dir: &std::path::Path) -> TlsFiles {
     let id = Identity::new(role, name).expect("identity");
-    ca.issue_to(&id, Validity::from_now(HOUR), dir)
+    ca.issue_to(&id, Validity::from_now(HOUR), &[], dir)
         .expect("issue")
 }
 

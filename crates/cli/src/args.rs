@@ -52,8 +52,16 @@ impl PythonTool {
 /// the local mesh in `state_dir` (by default `$RANKMESH_STATE_DIR`, else
 /// `.rankmesh/run`) when it runs TLS; none (plaintext) otherwise, replacing what
 /// was installed before.
+///
+/// The same identity is meshctl's client certificate towards etcd, and the local
+/// mesh's etcd is where `--etcd` points when it is not given.
 pub(crate) fn install_identity(state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let var = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let state = state_dir.map(std::path::Path::to_owned).unwrap_or_else(|| {
+        var("RANKMESH_STATE_DIR").unwrap_or_else(|| PathBuf::from(".rankmesh/run"))
+    });
+    let mesh = rankmesh_launcher::read_state(&state).ok().flatten();
+    let local_etcd = mesh.as_ref().map(|m| m.etcd.clone());
     if let (Some(ca), Some(cert), Some(key)) = (
         var("RANKMESH_TLS_CA"),
         var("RANKMESH_TLS_CERT"),
@@ -63,28 +71,53 @@ pub(crate) fn install_identity(state_dir: Option<&std::path::Path>) -> anyhow::R
         let tls = rankmesh_tls::client::ClientTls::new(&files)
             .with_context(|| format!("meshctl's TLS identity ({})", files.cert.display()))?;
         rankmesh_tls::client::install(tls);
+        remember(Some(files), local_etcd);
         return Ok(());
     }
-    let state = state_dir.map(std::path::Path::to_owned).unwrap_or_else(|| {
-        var("RANKMESH_STATE_DIR").unwrap_or_else(|| PathBuf::from(".rankmesh/run"))
-    });
-    let Some(files) = rankmesh_launcher::read_state(&state)
-        .ok()
-        .flatten()
-        .and_then(|s| s.client_tls)
-    else {
+    let Some(files) = mesh.and_then(|s| s.client_tls) else {
         rankmesh_tls::client::uninstall();
+        remember(None, local_etcd);
         return Ok(());
     };
     // A mesh left behind may have lost its files: say so, and go on without.
     match rankmesh_tls::client::ClientTls::new(&files) {
-        Ok(tls) => rankmesh_tls::client::install(tls),
+        Ok(tls) => {
+            rankmesh_tls::client::install(tls);
+            remember(Some(files), local_etcd);
+        }
         Err(e) => {
             rankmesh_tls::client::uninstall();
+            remember(None, local_etcd);
             eprintln!("warning: the local mesh's TLS identity: {e}; calling in plaintext");
         }
     }
     Ok(())
+}
+
+/// What [`install_identity`] found: the identity's files (for etcd, which takes
+/// files, not a built config) and the local mesh's etcd endpoints.
+#[derive(Debug, Clone, Default)]
+struct Installed {
+    files: Option<rankmesh_tls::TlsFiles>,
+    local_etcd: Option<String>,
+}
+
+static INSTALLED: std::sync::Mutex<Installed> = std::sync::Mutex::new(Installed {
+    files: None,
+    local_etcd: None,
+});
+
+fn remember(files: Option<rankmesh_tls::TlsFiles>, local_etcd: Option<String>) {
+    *INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Installed { files, local_etcd };
+}
+
+fn installed() -> Installed {
+    INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Where the local mesh keeps its data, logs and process list.
@@ -126,7 +159,7 @@ impl TargetArgs {
         set.into_values().next().map(|e| e.grpc).ok_or_else(|| {
             anyhow::anyhow!(
                 "no {service} instance registered in etcd ({:?}); is the mesh up?",
-                self.etcd.etcd
+                self.etcd.endpoints()
             )
         })
     }
@@ -134,13 +167,10 @@ impl TargetArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct EtcdArgs {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "RANKMESH_ETCD",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
-    )]
+    /// etcd endpoints, comma-separated; default: the local mesh's (in
+    /// RANKMESH_STATE_DIR, else .rankmesh/run), else http://127.0.0.1:2379.
+    /// `https://` endpoints are called with meshctl's TLS identity.
+    #[arg(long, env = "RANKMESH_ETCD", value_delimiter = ',')]
     pub(crate) etcd: Vec<String>,
 }
 
@@ -156,19 +186,46 @@ impl EtcdArgs {
             .map_err(|_| {
                 anyhow::anyhow!(
                     "no {service} instance registered in etcd ({:?}) within {DISCOVERY_WAIT:?}; is the mesh up?",
-                    self.etcd
+                    self.endpoints()
                 )
             })?;
         Ok(resolver)
     }
 
     pub(crate) async fn connect(&self) -> anyhow::Result<Etcd> {
-        let config = EtcdConfig {
-            endpoints: self.etcd.clone(),
-            ..EtcdConfig::default()
-        };
+        let config = self.config();
         config.validate()?;
         Ok(Etcd::connect(&config).await?)
+    }
+
+    /// The endpoints (see `--etcd`), and for `https://` ones meshctl's identity.
+    fn config(&self) -> EtcdConfig {
+        let installed = installed();
+        let endpoints = match (&self.etcd[..], installed.local_etcd) {
+            ([], Some(local)) => local.split(',').map(str::to_owned).collect(),
+            ([], None) => vec!["http://127.0.0.1:2379".to_owned()],
+            (given, _) => given.to_vec(),
+        };
+        let mut config = EtcdConfig {
+            endpoints,
+            ..EtcdConfig::default()
+        };
+        if let Some(files) = installed.files
+            && config.endpoints.iter().all(|e| e.starts_with("https://"))
+        {
+            config.tls = rankmesh_common::config::EtcdTlsConfig {
+                ca: files.ca,
+                cert: files.cert,
+                key: files.key,
+                server_name: String::new(),
+            };
+        }
+        config
+    }
+
+    /// The endpoints this command talks to, for messages.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        self.config().endpoints
     }
 }
 

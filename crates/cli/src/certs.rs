@@ -36,6 +36,10 @@ enum CertsCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 30)]
         days: u64,
+        /// Also name this host (IP address or DNS name) in the certificate
+        /// (repeatable): etcd members check the address they dial of each other.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
     },
 }
 
@@ -53,12 +57,17 @@ pub(crate) fn command(a: CertsArgs) -> anyhow::Result<ExitCode> {
             ca_dir,
             out,
             days,
+            hosts,
         } => {
             anyhow::ensure!((1..=825).contains(&days), "--days: 1..=825");
             let identity = Identity::new(&role, &name)?;
             let lifetime = Duration::from_secs(days * 24 * 3600);
-            let files =
-                Ca::load(&ca_dir)?.issue_to(&identity, Validity::from_now(lifetime), &out)?;
+            let files = Ca::load(&ca_dir)?.issue_to(
+                &identity,
+                Validity::from_now(lifetime),
+                &hosts,
+                &out,
+            )?;
             println!(
                 "issued {identity} for {days} days\n  ca   {}\n  cert {}\n  key  {} (0600)",
                 files.ca.display(),

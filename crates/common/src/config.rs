@@ -391,22 +391,50 @@ impl TlsConfig {
 
     /// All three files or none (none serves plaintext, with a warning).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let set: Vec<bool> = [&self.ca, &self.cert, &self.key]
-            .iter()
-            .map(|p| !p.as_os_str().is_empty())
-            .collect();
-        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
-            return Err(ConfigError::Invalid {
-                key: "server.tls".into(),
-                value: format!(
-                    "ca = {:?}, cert = {:?}, key = {:?}",
-                    self.ca, self.cert, self.key
-                ),
-                origin: "config".into(),
-                message: "set all of server.tls.ca, .cert and .key, or none".into(),
-            });
-        }
-        Ok(())
+        all_or_none("server.tls", [&self.ca, &self.cert, &self.key])
+    }
+}
+
+/// A CA, a certificate and a key: all three set, or none.
+fn all_or_none(section: &str, files: [&PathBuf; 3]) -> Result<(), ConfigError> {
+    let set: Vec<bool> = files.iter().map(|p| !p.as_os_str().is_empty()).collect();
+    if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+        let [ca, cert, key] = files;
+        return Err(ConfigError::Invalid {
+            key: section.into(),
+            value: format!("ca = {ca:?}, cert = {cert:?}, key = {key:?}"),
+            origin: "config".into(),
+            message: format!("set all of {section}.ca, .cert and .key, or none"),
+        });
+    }
+    Ok(())
+}
+
+/// TLS towards etcd, for `https://` endpoints: the CA that signed the members'
+/// certificates and this workload's client certificate (etcd runs with
+/// `--client-cert-auth`). A mesh uses its workload identity for both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// The CA certificate the members' certificates chain to (PEM).
+    pub ca: PathBuf,
+    /// This workload's client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM; keep it 0600).
+    pub key: PathBuf,
+    /// The name the members' certificates must carry, whatever address is
+    /// dialled; empty: `etcd.rankmesh`, the name of the mesh CA's members.
+    pub server_name: String,
+}
+
+impl EtcdTlsConfig {
+    /// The files; None when TLS is not configured.
+    pub fn files(&self) -> Option<rankmesh_tls::TlsFiles> {
+        (!self.ca.as_os_str().is_empty()).then(|| rankmesh_tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        })
     }
 }
 
@@ -423,6 +451,8 @@ pub struct EtcdConfig {
     pub health_check_interval_ms: u64,
     /// Timeout of one unary etcd request, milliseconds.
     pub request_timeout_ms: u64,
+    /// TLS and the client certificate for `https://` endpoints.
+    pub tls: EtcdTlsConfig,
 }
 
 impl Default for EtcdConfig {
@@ -432,6 +462,7 @@ impl Default for EtcdConfig {
             lease_ttl_s: 5,
             health_check_interval_ms: 1_000,
             request_timeout_ms: 2_000,
+            tls: EtcdTlsConfig::default(),
         }
     }
 }
@@ -467,6 +498,33 @@ impl EtcdConfig {
                     "must start with http:// or https://",
                 ));
             }
+        }
+        let t = &self.tls;
+        all_or_none("etcd.tls", [&t.ca, &t.cert, &t.key])?;
+        let https = self.endpoints.iter().filter(|e| e.starts_with("https://"));
+        match (https.count(), t.files().is_some()) {
+            (0, true) => {
+                return Err(invalid(
+                    "etcd.tls",
+                    "(set)",
+                    "TLS towards etcd needs https:// endpoints",
+                ));
+            }
+            (n, false) if n > 0 => {
+                return Err(invalid(
+                    "etcd.tls",
+                    "(not set)",
+                    "https:// endpoints need etcd.tls.ca, .cert and .key",
+                ));
+            }
+            (n, true) if n < self.endpoints.len() => {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    self.endpoints.join(","),
+                    "all https:// or all http://",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

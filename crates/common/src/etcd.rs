@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
@@ -30,6 +30,8 @@ pub enum EtcdError {
     Client(#[from] etcd_client::Error),
     #[error("etcd request timed out after {0:?}")]
     Timeout(Duration),
+    #[error("etcd TLS: {0}")]
+    Tls(String),
 }
 
 /// A shared etcd client plus the task that keeps its member set healthy. Cheap to
@@ -61,10 +63,29 @@ impl Drop for HealthTask {
     }
 }
 
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
+/// Connection options; with `config.tls`, TLS 1.3 with the workload's client
+/// certificate, the members checked against the configured CA and name. The
+/// files are read here, at connect time: a rotated client certificate is used
+/// from the next connect (the services' own gRPC identities reload live).
+fn options(config: &EtcdConfig) -> Result<ConnectOptions, EtcdError> {
+    let options = ConnectOptions::new()
         .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
-        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_connect_timeout(CONNECT_TIMEOUT);
+    let Some(files) = config.tls.files() else {
+        return Ok(options);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| EtcdError::Tls(format!("{}: {e}", path.display())))
+    };
+    let name = match config.tls.server_name.as_str() {
+        "" => rankmesh_tls::Identity::server_name("etcd"),
+        name => name.to_owned(),
+    };
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+        .domain_name(name);
+    Ok(options.with_tls(tls))
 }
 
 impl Etcd {
@@ -74,7 +95,7 @@ impl Etcd {
         if config.endpoints.is_empty() {
             return Err(EtcdError::NotConfigured);
         }
-        let client = Client::connect(&config.endpoints, Some(options())).await?;
+        let client = Client::connect(&config.endpoints, Some(options(config)?)).await?;
         let healthy = Arc::new(Mutex::new(
             config
                 .endpoints
@@ -155,11 +176,15 @@ async fn health_loop(
         let mut results = BTreeMap::new();
         for ep in &config.endpoints {
             if !probes.contains_key(ep) {
-                match Client::connect([ep.as_str()], Some(options())).await {
-                    Ok(c) => {
+                let connected = match options(&config) {
+                    Ok(o) => Client::connect([ep.as_str()], Some(o)).await.ok(),
+                    Err(_) => None,
+                };
+                match connected {
+                    Some(c) => {
                         probes.insert(ep.clone(), c);
                     }
-                    Err(_) => {
+                    None => {
                         results.insert(ep.clone(), false);
                         continue;
                     }

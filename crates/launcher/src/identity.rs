@@ -25,10 +25,21 @@ pub fn mesh_ca(state_dir: &Path) -> Result<Ca, LaunchError> {
 
 /// A fresh certificate for `role`/`name` from the mesh's CA.
 pub fn issue(state_dir: &Path, role: &str, name: &str) -> Result<TlsFiles, LaunchError> {
+    issue_for_hosts(state_dir, role, name, &[])
+}
+
+/// [`issue`], naming `hosts` too (etcd members check the address they dial).
+pub fn issue_for_hosts(
+    state_dir: &Path,
+    role: &str,
+    name: &str,
+    hosts: &[String],
+) -> Result<TlsFiles, LaunchError> {
     let identity = Identity::new(role, name)?;
     Ok(mesh_ca(state_dir)?.issue_to(
         &identity,
         Validity::from_now(LIFETIME),
+        hosts,
         &tls_dir(state_dir),
     )?)
 }

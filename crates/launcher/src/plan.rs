@@ -117,7 +117,8 @@ pub fn etcd_client_urls(opts: &UpOptions) -> Vec<String> {
 /// Member `i`'s client (or peer) URL.
 pub(crate) fn etcd_url(opts: &UpOptions, i: usize, peer: bool) -> String {
     let port = opts.etcd_port as usize + 2 * i + usize::from(peer);
-    format!("http://127.0.0.1:{port}")
+    let scheme = if opts.insecure { "http" } else { "https" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 /// Member `i`'s name: `etcd` alone, `etcd-0`.. in a cluster.
@@ -191,17 +192,22 @@ mod tests {
 
     #[test]
     fn etcd_members_take_a_client_and_a_peer_port_each() {
-        assert_eq!(etcd_client_urls(&opts(1, 1)), ["http://127.0.0.1:2379"]);
+        assert_eq!(etcd_client_urls(&opts(1, 1)), ["https://127.0.0.1:2379"]);
         let three = opts(1, 3);
         assert_eq!(
             etcd_client_urls(&three),
             [
-                "http://127.0.0.1:2379",
-                "http://127.0.0.1:2381",
-                "http://127.0.0.1:2383"
+                "https://127.0.0.1:2379",
+                "https://127.0.0.1:2381",
+                "https://127.0.0.1:2383"
             ]
         );
-        assert_eq!(etcd_url(&three, 1, true), "http://127.0.0.1:2382");
+        assert_eq!(etcd_url(&three, 1, true), "https://127.0.0.1:2382");
+        let plaintext = UpOptions {
+            insecure: true,
+            ..opts(1, 1)
+        };
+        assert_eq!(etcd_client_urls(&plaintext), ["http://127.0.0.1:2379"]);
         assert_eq!(etcd_name(&three, 2), "etcd-2");
         assert_eq!(etcd_name(&opts(1, 1), 0), "etcd");
     }

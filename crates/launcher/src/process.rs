@@ -147,6 +147,9 @@ pub(crate) async fn start_etcd(
             ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--logger", "zap", "--log-level", "warn"]);
+        if !opts.insecure {
+            etcd_tls(&mut cmd, &opts.state_dir, &name)?;
+        }
         let pid = launch(&mut cmd, &log, false, "run scripts/setup to install etcd")?;
         state.processes.push(Proc {
             name,
@@ -159,16 +162,45 @@ pub(crate) async fn start_etcd(
         clients.push(client);
     }
     for c in &clients {
-        wait_etcd(c, Duration::from_secs(20)).await?;
+        let mut config = state.etcd_config();
+        config.endpoints = vec![c.clone()];
+        wait_etcd(&config, Duration::from_secs(20)).await?;
     }
     Ok(clients)
 }
 
-async fn wait_etcd(url: &str, timeout: Duration) -> Result<(), LaunchError> {
+/// Mutual TLS for etcd member `name`, clients and peers alike: a certificate from
+/// the mesh CA naming `etcd.rankmesh` and the loopback address members dial each
+/// other at; clients must present a certificate of the mesh CA
+/// (`--client-cert-auth`), and peers one naming `etcd.rankmesh`, so no service's
+/// certificate can join the cluster.
+fn etcd_tls(cmd: &mut Command, state_dir: &Path, name: &str) -> Result<(), LaunchError> {
+    let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let files = crate::identity::issue_for_hosts(state_dir, "etcd", name, &hosts)?;
+    let member_name = rankmesh_tls::Identity::server_name("etcd");
+    for prefix in ["--", "--peer-"] {
+        cmd.arg(format!("{prefix}cert-file"))
+            .arg(&files.cert)
+            .arg(format!("{prefix}key-file"))
+            .arg(&files.key)
+            .arg(format!("{prefix}trusted-ca-file"))
+            .arg(&files.ca)
+            .arg(format!("{prefix}client-cert-auth"));
+    }
+    cmd.args(["--peer-cert-allowed-hostname", &member_name]);
+    Ok(())
+}
+
+async fn wait_etcd(
+    config: &rankmesh_common::config::EtcdConfig,
+    timeout: Duration,
+) -> Result<(), LaunchError> {
+    let url = config.endpoints.join(",");
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(mut c) = etcd_client::Client::connect([url], None).await
-            && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await
+        if let Ok(etcd) = rankmesh_common::etcd::Etcd::connect(config).await
+            && let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(1), etcd.client().status()).await
         {
             return Ok(());
         }
@@ -256,9 +288,14 @@ pub(crate) fn start_service(
         cmd.env("RANKMESH__SERVER__TLS__INSECURE", "true");
     } else {
         let files = crate::identity::issue(&opts.state_dir, inst.service, &inst.name)?;
+        // One identity for the mesh's gRPC and for etcd, which requires a client
+        // certificate of the mesh CA.
         cmd.env("RANKMESH__SERVER__TLS__CA", &files.ca)
             .env("RANKMESH__SERVER__TLS__CERT", &files.cert)
-            .env("RANKMESH__SERVER__TLS__KEY", &files.key);
+            .env("RANKMESH__SERVER__TLS__KEY", &files.key)
+            .env("RANKMESH__ETCD__TLS__CA", &files.ca)
+            .env("RANKMESH__ETCD__TLS__CERT", &files.cert)
+            .env("RANKMESH__ETCD__TLS__KEY", &files.key);
     }
     cmd.env("RANKMESH__SERVER__LISTEN", &inst.grpc)
         .env("RANKMESH__SERVER__ADMIN_LISTEN", &inst.admin)

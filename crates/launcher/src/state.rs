@@ -28,6 +28,24 @@ impl MeshState {
         })
     }
 
+    /// How a client reaches this mesh's etcd: its members, and on a TLS mesh the
+    /// operator's identity as the client certificate etcd requires.
+    pub fn etcd_config(&self) -> rankmesh_common::config::EtcdConfig {
+        let mut config = rankmesh_common::config::EtcdConfig {
+            endpoints: self.etcd.split(',').map(str::to_owned).collect(),
+            ..Default::default()
+        };
+        if let Some(files) = &self.client_tls {
+            config.tls = rankmesh_common::config::EtcdTlsConfig {
+                ca: files.ca.clone(),
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                server_name: String::new(),
+            };
+        }
+        config
+    }
+
     /// The gRPC address of the first instance of `service`.
     pub fn grpc_of(&self, service: &str) -> Result<String, LaunchError> {
         self.processes

@@ -116,8 +116,14 @@ impl Ca {
 
     /// A certificate for `identity`, with a new key: its URI SAN is the identity,
     /// its DNS SAN `<role>.rankmesh` (the name clients check), usable to serve and
-    /// to call.
-    pub fn issue(&self, identity: &Identity, validity: Validity) -> Result<Issued, TlsError> {
+    /// to call. `hosts` (IP addresses or DNS names) are added as SANs for peers
+    /// that check the address they dialled, as etcd members do of each other.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        validity: Validity,
+        hosts: &[String],
+    ) -> Result<Issued, TlsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
@@ -136,6 +142,16 @@ impl Ca {
                     .map_err(|e: rcgen::Error| TlsError::Identity(e.to_string()))?,
             ),
         ];
+        for host in hosts {
+            params.subject_alt_names.push(match host.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    host.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| TlsError::Identity(format!("{host}: {e}")))?,
+                ),
+            });
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -153,16 +169,18 @@ impl Ca {
     }
 
     /// Issues a certificate for `identity` and writes it to `dir` as
-    /// `<role>-<name>.pem` and `.key` (0600), beside a copy of the CA certificate;
+    /// `<role>-<name>.pem` and `.key` (0600), beside a copy of the CA certificate
+    /// (`hosts` as in [`Ca::issue`]);
     /// returns the files a workload is configured with. Rewrites them in place (each
     /// file replaced whole), so a running workload picks them up.
     pub fn issue_to(
         &self,
         identity: &Identity,
         validity: Validity,
+        hosts: &[String],
         dir: &Path,
     ) -> Result<TlsFiles, TlsError> {
-        let issued = self.issue(identity, validity)?;
+        let issued = self.issue(identity, validity, hosts)?;
         std::fs::create_dir_all(dir).map_err(TlsError::io("create", dir))?;
         let files = TlsFiles::in_dir(dir, identity);
         if !files.ca.exists()
@@ -224,7 +242,12 @@ mod tests {
         let id = Identity::new("ranking", "ranking-1").expect("id");
         let out = dir.path().join("issued");
         let files = again
-            .issue_to(&id, Validity::from_now(Duration::from_secs(3600)), &out)
+            .issue_to(
+                &id,
+                Validity::from_now(Duration::from_secs(3600)),
+                &[],
+                &out,
+            )
             .expect("issue");
         assert_eq!(mode(&files.key), 0o600);
         let loaded = files.load().expect("load");

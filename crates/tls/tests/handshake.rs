@@ -18,7 +18,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn issue(ca: &Ca, role: &str, name: &str, validity: Validity, dir: &Path) -> TlsFiles {
     let id = Identity::new(role, name).expect("identity");
-    ca.issue_to(&id, validity, dir).expect("issue")
+    ca.issue_to(&id, validity, &[], dir).expect("issue")
 }
 
 /// A server that answers each connection with the caller's identity (or "none").

@@ -19,9 +19,12 @@ pub(super) async fn start_links(
     up: &launcher::UpOptions,
 ) -> anyhow::Result<(Links, BTreeMap<String, Vec<(String, String)>>)> {
     let instances = launcher::instances(up);
+    // The proxies pass bytes through, TLS included: an instance dials its proxy
+    // with the scheme etcd has, and checks etcd's certificate by name.
+    let scheme = if up.insecure { "http://" } else { "https://" };
     let etcd: Vec<String> = launcher::etcd_client_urls(up)
         .iter()
-        .map(|u| u.trim_start_matches("http://").to_owned())
+        .map(|u| u.trim_start_matches(scheme).to_owned())
         .collect();
     let mut links = Links::new();
     let mut env: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -62,7 +65,7 @@ pub(super) async fn start_links(
                         "RANKMESH__ETCD__ENDPOINTS".to_owned(),
                         proxies
                             .iter()
-                            .map(|p| format!("http://{}", p.addr()))
+                            .map(|p| format!("{scheme}{}", p.addr()))
                             .collect::<Vec<_>>()
                             .join(","),
                     ),

@@ -181,11 +181,7 @@ pub(crate) async fn start(
         env.tls = tls?;
         env.token = launcher::registry_secrets(state_dir)?.admin_token;
         models::prepare(&env, &scenario.faults)?;
-        let config = rankmesh_common::config::EtcdConfig {
-            endpoints: env.mesh.etcd.split(',').map(str::to_owned).collect(),
-            ..rankmesh_common::config::EtcdConfig::default()
-        };
-        anyhow::Ok(rankmesh_common::etcd::Etcd::connect(&config).await?)
+        anyhow::Ok(rankmesh_common::etcd::Etcd::connect(&env.mesh.etcd_config()).await?)
     }
     .await;
     match ready {

@@ -84,10 +84,13 @@ pub(super) fn send(pid: u32, sig: Signal) {
 /// The etcd member that leads the raft group now (asked of each member).
 async fn etcd_leader(mesh: &MeshState) -> anyhow::Result<String> {
     for p in mesh.processes.iter().filter(|p| p.service == "etcd") {
-        let Ok(mut c) = etcd_client::Client::connect([p.grpc.as_str()], None).await else {
+        let mut config = mesh.etcd_config();
+        config.endpoints = vec![p.grpc.clone()];
+        let Ok(etcd) = rankmesh_common::etcd::Etcd::connect(&config).await else {
             continue;
         };
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(2), etcd.client().status()).await
             && s.header().is_some_and(|h| h.member_id() == s.leader())
         {
             return Ok(p.name.clone());
