@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod mesh;
 pub mod process;
 pub mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

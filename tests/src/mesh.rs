@@ -1,6 +1,8 @@
 //! A local mesh started the way users start one: `meshctl up --detach` with the
-//! demo catalog, in a temp state directory on a free block of loopback ports.
-//! `meshctl down` stops it on drop.
+//! demo catalog, in a temp state directory on a free block of loopback ports,
+//! every hop (etcd included) on mutual TLS from the kit's CA ([`crate::tls`]), so
+//! the test's own SDK clients and [`crate::tls::channel`] reach it, and meshctl
+//! calls it as the mesh's operator. `meshctl down` stops it on drop.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +42,7 @@ impl LocalMesh {
             "the port block holds 3 ranking replicas"
         );
         let state = tempfile::tempdir().expect("state dir");
+        crate::tls::kit().seed(state.path());
         let base = crate::free_port_block(16);
         let out = Command::new(binary("meshctl"))
             .args(["up", "--detach", "--ranking-replicas"])
@@ -55,10 +58,6 @@ impl LocalMesh {
             .arg(models_dir())
             .arg("--catalog")
             .arg(catalog)
-            // These tests reach the services with plain tonic clients too; mutual
-            // TLS is proven by meshctl.rs, tls.rs and the drills (issue 19 moves
-            // them all to TLS).
-            .arg("--insecure")
             .args(extra)
             .output()
             .expect("run meshctl up");
@@ -71,7 +70,7 @@ impl LocalMesh {
         }
         Self {
             state,
-            etcd: format!("http://127.0.0.1:{base}"),
+            etcd: format!("https://127.0.0.1:{base}"),
             trace_ui: format!("127.0.0.1:{}", base + 15),
         }
     }
@@ -121,15 +120,44 @@ impl LocalMesh {
             .expect("VmRSS")
     }
 
-    /// Runs `meshctl ARGS` and returns its stdout; panics with stderr when it fails.
+    /// Runs `meshctl ARGS` as this mesh's operator and returns its stdout;
+    /// panics with stderr when it fails.
     pub fn meshctl(&self, args: &[&str]) -> String {
-        crate::process::meshctl(args)
+        let out = self
+            .meshctl_command()
+            .args(args)
+            .output()
+            .expect("run meshctl");
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// meshctl as this mesh's operator (its identity, and its etcd by default).
+    pub fn meshctl_command(&self) -> Command {
+        let mut cmd = Command::new(binary("meshctl"));
+        cmd.env("RANKMESH_STATE_DIR", self.state.path())
+            .env_remove("RANKMESH_TLS_CA")
+            .env_remove("RANKMESH_ETCD");
+        cmd
+    }
+
+    /// How an in-process client reaches this mesh's etcd (the operator's
+    /// certificate; etcd requires one).
+    pub fn etcd_config(&self) -> rankmesh_common::config::EtcdConfig {
+        rankmesh_launcher::read_state(self.state.path())
+            .expect("mesh.json")
+            .expect("a mesh state")
+            .etcd_config()
     }
 
     /// Starts `meshctl bench` at the mesh (through etcd discovery) with `args`;
     /// [`bench_report`] waits for its JSON report.
     pub fn bench(&self, args: &[&str]) -> std::process::Child {
-        Command::new(binary("meshctl"))
+        self.meshctl_command()
             .arg("bench")
             .args(args)
             .args(["--json", "--etcd", &self.etcd])

@@ -33,12 +33,28 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `bin` on fresh loopback ports with `env` overrides (RANKMESH__...).
+    /// Starts `bin` on fresh loopback ports with `env` overrides (RANKMESH__...),
+    /// on mutual TLS with a certificate of the kit's CA ([`crate::tls`]) naming
+    /// `spiffe://rankmesh/<service>/<instance>`, unless `env` sets
+    /// `RANKMESH__SERVER__TLS__INSECURE`. Reach it with [`crate::tls::channel`]
+    /// or the SDK.
     pub fn spawn(bin: &str, instance: &str, etcd: &[String], env: &[(&str, &str)]) -> Self {
         let grpc_addr = format!("127.0.0.1:{}", crate::free_port());
         let admin_addr = format!("127.0.0.1:{}", crate::free_port());
         let cwd = tempfile::tempdir().expect("working dir for the service");
         let mut cmd = Command::new(binary(bin));
+        if !env
+            .iter()
+            .any(|(k, _)| *k == "RANKMESH__SERVER__TLS__INSECURE")
+        {
+            let role = bin
+                .trim_start_matches("rankmesh-")
+                .trim_start_matches("model-");
+            let files = crate::tls::kit().issue(role, instance, &[], &cwd.path().join("tls"));
+            cmd.env("RANKMESH__SERVER__TLS__CA", &files.ca)
+                .env("RANKMESH__SERVER__TLS__CERT", &files.cert)
+                .env("RANKMESH__SERVER__TLS__KEY", &files.key);
+        }
         cmd.current_dir(cwd.path())
             .env("RANKMESH__SERVER__LISTEN", &grpc_addr)
             .env("RANKMESH__SERVER__ADMIN_LISTEN", &admin_addr)
@@ -101,12 +117,22 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// Runs `meshctl ARGS` and returns its stdout; panics with stderr when it fails.
+/// meshctl with the kit's operator identity ([`crate::tls`]), to call the
+/// processes this kit started.
+pub fn meshctl_command() -> Command {
+    let operator = crate::tls::kit().operator();
+    let mut cmd = Command::new(binary("meshctl"));
+    cmd.env("RANKMESH_TLS_CA", &operator.ca)
+        .env("RANKMESH_TLS_CERT", &operator.cert)
+        .env("RANKMESH_TLS_KEY", &operator.key);
+    cmd
+}
+
+/// Runs `meshctl ARGS` with the kit's operator identity ([`crate::tls`]), for
+/// processes this kit started; returns its stdout; panics with stderr when it
+/// fails.
 pub fn meshctl(args: &[&str]) -> String {
-    let out = std::process::Command::new(binary("meshctl"))
-        .args(args)
-        .output()
-        .expect("run meshctl");
+    let out = meshctl_command().args(args).output().expect("run meshctl");
     assert!(
         out.status.success(),
         "meshctl {args:?}: {}",

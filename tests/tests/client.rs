@@ -36,11 +36,7 @@ async fn check(b: &Balanced) -> Result<(), tonic::Status> {
 }
 
 async fn direct_ok(addr: &str) -> Option<()> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
+    let ch = rankmesh_tests::tls::channel(addr).await?;
     HealthClient::new(ch)
         .check(HealthCheckRequest {
             service: String::new(),

@@ -35,7 +35,7 @@ async fn client(p: &ServiceProcess) -> EmbeddingServiceClient<Channel> {
         "embedding service to accept connections",
         || {
             let addr = addr.clone();
-            async move { Channel::from_shared(addr).ok()?.connect().await.ok() }
+            async move { rankmesh_tests::tls::channel(&addr).await }
         },
     )
     .await;

@@ -18,13 +18,7 @@ fn up() -> LocalMesh {
 }
 
 async fn client(addr: &str) -> RankingServiceClient<Channel> {
-    RankingServiceClient::new(
-        Channel::from_shared(addr.to_owned())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect"),
-    )
+    RankingServiceClient::new(rankmesh_tests::tls::channel(addr).await.expect("connect"))
 }
 
 fn search(q: &str, user: &str, k: u32, filters: Option<Filters>) -> pb::SearchRequest {
@@ -127,9 +121,7 @@ async fn search_recommend_bad_input_and_degradation() {
     );
     assert_eq!(r.items.len(), 3);
     let mut fc = feat::feature_service_client::FeatureServiceClient::new(
-        Channel::from_shared(mesh.grpc("feature"))
-            .expect("uri")
-            .connect()
+        rankmesh_tests::tls::channel(&mesh.grpc("feature"))
             .await
             .expect("connect"),
     );

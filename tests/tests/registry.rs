@@ -147,7 +147,7 @@ async fn publish_fetch_stage_rollback_rotate() {
     let addr = format!("http://{}", proc.grpc_addr);
     let ch = eventually(std::time::Duration::from_secs(20), "registry up", || {
         let addr = addr.clone();
-        async move { Channel::from_shared(addr).ok()?.connect().await.ok() }
+        async move { rankmesh_tests::tls::channel(&addr).await }
     })
     .await;
     let mut c = ModelRegistryClient::new(ch).max_decoding_message_size(8 << 20);
@@ -516,7 +516,7 @@ async fn connect(proc: &ServiceProcess) -> ModelRegistryClient<Channel> {
     let addr = format!("http://{}", proc.grpc_addr);
     let ch = eventually(Duration::from_secs(20), "registry up", || {
         let addr = addr.clone();
-        async move { Channel::from_shared(addr).ok()?.connect().await.ok() }
+        async move { rankmesh_tests::tls::channel(&addr).await }
     })
     .await;
     ModelRegistryClient::new(ch).max_decoding_message_size(8 << 20)
@@ -975,7 +975,7 @@ async fn meshctl_model_show_checks_the_signature_and_prints_the_manifest() {
     assert_eq!(versions[0]["cipher"], "AES-256-GCM");
 
     // A version that is not there is an error naming it.
-    let out = std::process::Command::new(rankmesh_tests::process::binary("meshctl"))
+    let out = rankmesh_tests::process::meshctl_command()
         .args([
             "model",
             "--etcd",
@@ -1202,7 +1202,7 @@ async fn publish_quantize_int8_checks_against_fp32_before_storing() {
     let mut c = connect(&normal).await;
     let _ = (connect(&strict).await, connect(&bare).await);
     let meshctl = |registry: &ServiceProcess, args: &[&str]| {
-        std::process::Command::new(rankmesh_tests::process::binary("meshctl"))
+        rankmesh_tests::process::meshctl_command()
             .args(["model", "--addr", &registry.grpc_addr, "--token", TOKEN])
             .args(args)
             .output()

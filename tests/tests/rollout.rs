@@ -20,8 +20,6 @@ use rankmesh_proto::pb::ranking::v1::ranking_service_client::RankingServiceClien
 use rankmesh_tests::catalog::models_dir;
 use rankmesh_tests::eventually;
 use rankmesh_tests::mesh::LocalMesh;
-use rankmesh_tests::process::binary;
-use tonic::transport::Channel;
 
 /// The mesh under test, and `meshctl model` against it.
 struct Mesh(LocalMesh);
@@ -67,18 +65,10 @@ impl Mesh {
 
     /// Runs `meshctl model ARGS` against this mesh; returns stdout.
     fn model(&self, args: &[&str]) -> String {
-        let out = Command::new(binary("meshctl"))
-            .args(["model", "--etcd", &self.etcd, "--state-dir"])
-            .arg(self.state.path())
-            .args(args)
-            .output()
-            .expect("run meshctl model");
-        assert!(
-            out.status.success(),
-            "meshctl model {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let state = self.state.path().to_str().expect("utf-8 path");
+        let mut all = vec!["model", "--etcd", &self.etcd, "--state-dir", state];
+        all.extend_from_slice(args);
+        self.meshctl(&all)
     }
 
     fn publish(&self, file: &Path) -> u64 {
@@ -170,11 +160,7 @@ impl Load {
         let versions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let mut tasks = Vec::new();
         for (w, addr) in addrs.iter().enumerate() {
-            let ch = Channel::from_shared(addr.clone())
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
+            let ch = rankmesh_tests::tls::channel(addr).await.expect("connect");
             let (stop, ok, failed, versions) = (
                 Arc::clone(&stop),
                 Arc::clone(&ok),
