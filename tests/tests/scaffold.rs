@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rankmesh_common::config::ServerConfig;
+use rankmesh_common::config::{ServerConfig, TlsConfig};
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, serve};
 use rankmesh_proto::pb::ranking::v1 as ranking;
 use rankmesh_tests::http_get;
@@ -54,6 +54,9 @@ async fn overload_health_readiness_and_graceful_drain() {
         max_concurrency: 2,
         shutdown_grace_ms: 300,
         drain_timeout_ms: 5_000,
+        // The scaffold's behaviour, not TLS, is under test here (tls.rs and
+        // authz.rs test that); plaintext must be asked for.
+        tls: TlsConfig::insecure(),
         ..ServerConfig::default()
     };
     let listeners = Listeners::bind(&config).await.expect("bind");
@@ -240,4 +243,52 @@ fn bad_value_in_file_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("etcd.lease_ttl_s"), "{err}");
+}
+
+/// Fail closed: a service given no TLS identity and not told to serve plaintext
+/// refuses to start (exit 64, naming what to set) instead of serving plaintext;
+/// with `server.tls.insecure` it starts, and with both it refuses again.
+#[test]
+fn a_service_without_a_tls_identity_refuses_to_start() {
+    let start = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(binary("rankmesh-feature"));
+        cmd.env("RANKMESH__SERVER__LISTEN", "127.0.0.1:0")
+            .env("RANKMESH__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env_remove("RANKMESH__SERVER__TLS__INSECURE")
+            .envs(env.iter().copied());
+        cmd
+    };
+    let out = start(&[]).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.tls") && err.contains("no TLS identity") && err.contains("insecure"),
+        "{err}"
+    );
+    let both = start(&[
+        ("RANKMESH__SERVER__TLS__INSECURE", "true"),
+        ("RANKMESH__SERVER__TLS__CA", "/ca.pem"),
+        ("RANKMESH__SERVER__TLS__CERT", "/c.pem"),
+        ("RANKMESH__SERVER__TLS__KEY", "/c.key"),
+    ])
+    .output()
+    .expect("run");
+    assert_eq!(both.status.code(), Some(64));
+    // Plaintext on purpose: it starts (and is stopped here).
+    let dir = tempfile::tempdir().expect("cwd");
+    let mut child = start(&[("RANKMESH__SERVER__TLS__INSECURE", "true")])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    let running = child.try_wait().expect("poll").is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        running,
+        "an insecure service starts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serving plaintext gRPC"));
 }

@@ -389,9 +389,35 @@ impl TlsConfig {
         })
     }
 
-    /// All three files or none (none serves plaintext, with a warning).
+    /// All three files, or none with `insecure`: a service without an identity
+    /// refuses to start rather than serve plaintext by accident (fail closed).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        all_or_none("server.tls", [&self.ca, &self.cert, &self.key])
+        all_or_none("server.tls", [&self.ca, &self.cert, &self.key])?;
+        match (self.ca.as_os_str().is_empty(), self.insecure) {
+            (true, false) => Err(invalid("server.tls", "(not set)", NO_IDENTITY)),
+            (false, true) => Err(invalid(
+                "server.tls.insecure",
+                "true",
+                "TLS files are set too: choose mutual TLS or plaintext",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a service without TLS files does not start.
+pub const NO_IDENTITY: &str = "no TLS identity: set server.tls.ca, .cert and .key \
+     (meshctl certs issue), or server.tls.insecure = true to serve plaintext \
+     (anyone who reaches the port can then call any RPC)";
+
+impl TlsConfig {
+    /// Plaintext on purpose: what in-process test servers and a trusted network
+    /// use.
+    pub fn insecure() -> Self {
+        Self {
+            insecure: true,
+            ..Self::default()
+        }
     }
 }
 

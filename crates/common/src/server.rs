@@ -50,6 +50,8 @@ pub enum ServeError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] rankmesh_tls::TlsError),
+    #[error("{}", crate::config::NO_IDENTITY)]
+    NoIdentity,
 }
 
 /// The bound gRPC and admin listeners. Binding is separate from serving so tests (and
@@ -289,22 +291,19 @@ pub async fn serve(
     result
 }
 
-/// The TLS acceptor `tls` configures; None (with a warning) for plaintext. The
+/// The TLS acceptor `tls` configures; None (with a warning) for plaintext, which
+/// must be asked for (`insecure`): without files a service does not serve. The
 /// admin port (metrics, probes) stays plaintext: bind it to loopback or a private
 /// network.
 fn acceptor(service: &str, tls: &TlsConfig) -> Result<Option<Arc<Acceptor>>, ServeError> {
     let Some(files) = tls.files() else {
-        if tls.insecure {
-            tracing::warn!(
-                service,
-                "server.tls.insecure: serving plaintext gRPC; anyone who reaches the port can call any RPC (no identities, no authorization)"
-            );
-        } else {
-            tracing::warn!(
-                service,
-                "no TLS files configured (server.tls.ca, .cert, .key): serving plaintext gRPC, no authorization"
-            );
+        if !tls.insecure {
+            return Err(ServeError::NoIdentity);
         }
+        tracing::warn!(
+            service,
+            "server.tls.insecure: serving plaintext gRPC; anyone who reaches the port can call any RPC (no identities, no authorization)"
+        );
         return Ok(None);
     };
     let acceptor = Acceptor::new(&files)?;
