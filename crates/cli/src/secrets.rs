@@ -2,7 +2,8 @@
 //! under the state dir): `meshctl dev-secrets` prints fresh ones as environment
 //! lines (scripts/images keeps them in the compose stack's owner-only `.env`),
 //! and `meshctl write-secrets` turns those variables into the owner-only files
-//! the services read (the compose stack's one-shot `secrets` job). Services
+//! the services read, with the stack's certificates and keys beside them (the
+//! compose stack's one-shot `secrets` job). Services
 //! never take a secret from their environment; only these short-lived commands
 //! do.
 
@@ -19,6 +20,21 @@ pub(crate) struct WriteSecretsArgs {
     /// signing-key), mode 0600.
     #[arg(long)]
     dir: PathBuf,
+    /// Also copy the certificates (`*.pem`, 0644) and keys (`*.key`, 0600) in
+    /// this folder to `DIR/tls/`; its subfolders (the CA's own key) are not
+    /// copied.
+    #[arg(long)]
+    tls_from: Option<PathBuf>,
+    /// UID:GID to give every file written (run as root), so a service running
+    /// as that user can read its keys while nobody else can.
+    #[arg(long, value_parser = parse_owner)]
+    owner: Option<(u32, u32)>,
+}
+
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or("UID:GID")?;
+    let n = |v: &str| v.parse::<u32>().map_err(|e| format!("{v}: {e}"));
+    Ok((n(u)?, n(g)?))
 }
 
 /// `meshctl dev-secrets`.
@@ -45,14 +61,70 @@ pub(crate) fn write(a: WriteSecretsArgs) -> anyhow::Result<ExitCode> {
     // The signing seed is checked here, so a bad .env fails this job with a clear
     // message rather than every registry at start.
     rankmesh_launcher::verify_key_hex(&secrets.signing_key)?;
-    let files = secrets.files(&a.dir)?;
-    println!(
-        "wrote the registry secrets to {}",
-        files
-            .admin_token
-            .parent()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default()
-    );
+    secrets.files(&a.dir)?;
+    let mut written = vec![a.dir.join("secrets")];
+    if let Some(from) = &a.tls_from {
+        written.push(copy_tls(from, &a.dir.join("tls"))?);
+    }
+    if let Some((uid, gid)) = a.owner {
+        for dir in &written {
+            for path in std::iter::once(dir.clone()).chain(files_in(dir)?) {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {}", path.display()))?;
+            }
+        }
+    }
+    for dir in &written {
+        println!("wrote {}", dir.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The plain files directly in `dir`.
+fn files_in(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Copies the certificates and keys directly in `from` into `to` (keys 0600,
+/// written whole); returns `to`.
+fn copy_tls(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    let mut copied = 0;
+    for path in files_in(from)? {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let dest = to.join(name);
+        match ext {
+            "key" => rankmesh_tls::ca::write_private(&dest, &bytes)?,
+            "pem" => {
+                std::fs::write(&dest, &bytes)
+                    .with_context(|| format!("write {}", dest.display()))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+            }
+            _ => continue,
+        }
+        copied += 1;
+    }
+    anyhow::ensure!(
+        copied > 0,
+        "no certificate in {}: run scripts/images",
+        from.display()
+    );
+    Ok(to.to_owned())
 }

@@ -39,11 +39,14 @@ pub(crate) struct ComposeTopology {
     /// The ranking replicas as the storefront calls them (a proxy's address where
     /// one is in front).
     ranking: Vec<String>,
+    /// The stack's operator identity (`admin/meshctl` in `deploy/compose/tls`),
+    /// which the storefront load calls with: the stack is mutual TLS.
+    tls: rankmesh_tls::client::ClientTls,
 }
 
 impl Topology for ComposeTopology {
     fn ranking(&self) -> Resolver {
-        Resolver::fixed("ranking", &self.ranking)
+        Resolver::fixed("ranking", &self.ranking).with_tls(self.tls.clone())
     }
 
     /// The stack's feature service is not published to the host.
@@ -82,6 +85,7 @@ pub(crate) async fn start(
 ) -> anyhow::Result<ComposeTopology> {
     let project = format!("rankmesh-drill-{}", scenario.name);
     let stack = Arc::new(Stack::new(&opts.compose_dir, &project, opts.base_port).await?);
+    let tls = stack.operator_tls()?;
     eprintln!(
         "drill {}: starting the compose stack (project {project})",
         scenario.name
@@ -97,6 +101,7 @@ pub(crate) async fn start(
             stack,
             links,
             ranking,
+            tls,
         }),
         Err(e) => {
             save_logs_and_down(&stack, logs).await;

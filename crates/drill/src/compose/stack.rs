@@ -48,6 +48,11 @@ impl Stack {
             "{} is missing: run scripts/images first (it builds the images and writes it)",
             dir.join(".env").display()
         );
+        anyhow::ensure!(
+            dir.join("tls/ca.pem").exists(),
+            "{} is missing: run scripts/images first (it issues the stack's certificates)",
+            dir.join("tls/ca.pem").display()
+        );
         // `docker compose` (v2) where there is one, else `docker-compose` (v1).
         let v2 = Command::new("docker")
             .args(["compose", "version"])
@@ -88,6 +93,19 @@ impl Stack {
             &format!("compose {}", args.join(" ")),
         )
         .await
+    }
+
+    /// The operator identity scripts/images issued for calling the stack from
+    /// the host.
+    pub(crate) fn operator_tls(&self) -> anyhow::Result<rankmesh_tls::client::ClientTls> {
+        let tls = self.dir.join("tls");
+        let files = rankmesh_tls::TlsFiles {
+            ca: tls.join(rankmesh_tls::files::CA_CERT),
+            cert: tls.join("admin-meshctl.pem"),
+            key: tls.join("admin-meshctl.key"),
+        };
+        rankmesh_tls::client::ClientTls::new(&files)
+            .with_context(|| format!("the stack's operator identity in {}", tls.display()))
     }
 
     /// The ranking replicas as the host reaches them.
@@ -250,7 +268,6 @@ impl Stack {
                 "exec",
                 id.as_str(),
                 "/usr/local/bin/etcdctl",
-                "--endpoints=http://127.0.0.1:2379",
                 "--command-timeout=3s",
             ];
             argv.extend_from_slice(args);
@@ -273,7 +290,6 @@ impl Stack {
                     "exec",
                     &id,
                     "/usr/local/bin/etcdctl",
-                    "--endpoints=http://127.0.0.1:2379",
                     "endpoint",
                     "status",
                     "-w",
