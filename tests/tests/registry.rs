@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rankmesh_artifact::envelope::{self, MasterKeys, Sealed};
-use rankmesh_artifact::fetch::{Fetcher, FollowError, RegistrySource};
+use rankmesh_artifact::fetch::{Fetcher, FollowError, Refusal, RegistrySource};
+use rankmesh_artifact::manifest::Manifest;
 use rankmesh_client::RegistryClient;
 use rankmesh_common::discovery::Resolver;
 use rankmesh_proto::pb::registry::v1 as pb;
@@ -422,7 +423,7 @@ async fn publish_fetch_stage_rollback_rotate() {
             async move {
                 let (_, body) = rankmesh_tests::http_get(&admin, "/metrics").await.ok()?;
                 body.contains(
-                    r#"rankmesh_model_swap_failures_total{model="ranker",reason="verify"}"#,
+                    r#"rankmesh_model_swap_failures_total{model="ranker",reason="ciphertext_hash"}"#,
                 )
                 .then_some(())
             }
@@ -683,7 +684,7 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
         panic!("a replayed manifest was accepted");
     };
     assert!(
-        matches!(&err, FollowError::Verify(m) if m.contains("replayed manifest")),
+        matches!(&err, FollowError::Verify(Refusal::Replayed, m) if m.contains("replayed manifest")),
         "{err}"
     );
 
@@ -741,7 +742,7 @@ async fn fetch_resumes_across_a_registry_restart_and_variants_and_sidecars() {
     )
     .expect("fetcher");
     let e = wrong.open(&sealed).expect_err("wrong master key");
-    assert!(e.to_string().contains("wrong master key"), "{e}");
+    assert!(e.to_string().contains("does not unwrap"), "{e}");
 }
 
 /// An S3-compatible server (moto's, installed into the venv by scripts/test) on a
@@ -1400,4 +1401,154 @@ async fn key_rotation_is_recorded_in_etcd_and_used_by_every_registry() {
         matches!(code, Some(c) if c != 0),
         "a registry lacking the recorded key exits non-zero, got {code:?}"
     );
+}
+
+/// The tamper and replay matrix against a live ranking replica following the
+/// registry: each case is a new version, published, then tampered with in the
+/// registry's store (the blob, or the manifest record in etcd), then promoted.
+/// The replica refuses each for its own reason (a distinct label of
+/// `rankmesh_model_swap_failures_total`, the reason in its log) and keeps serving
+/// v1 throughout. Cases that need a validly signed manifest (a corrupt wrapped
+/// key, an unknown key id) are signed with the registry's own seed, as a
+/// registry with a bug or a stolen key would; "another key" signs with another.
+#[tokio::test]
+async fn every_tampered_or_replayed_artifact_is_refused_for_its_own_reason() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs");
+    let registry = spawn_registry(&etcd, "registry-tamper", &registry_env(&blobs, &[]));
+    let mut c = connect(&registry).await;
+    let model = std::fs::read(models_dir().join("ranker/model.onnx")).expect("default ranker");
+    let seed = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let v1 = publish(&mut c, "ranker", &model, &[], &[])
+        .await
+        .expect("v1");
+    promote(&mut c, v1.version).await;
+    let secrets = dir.path().join("secrets");
+    let env = [
+        ("RANKMESH__RANKER__REGISTRY__MODEL", "ranker".to_owned()),
+        (
+            "RANKMESH__RANKER__REGISTRY__MASTER_KEY_FILES__K1",
+            secrets.join("k1").display().to_string(),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__VERIFY_KEY",
+            hex(seed.verifying_key().as_bytes()),
+        ),
+        (
+            "RANKMESH__RANKER__REGISTRY__CACHE_DIR",
+            dir.path().join("cache").display().to_string(),
+        ),
+        ("RANKMESH__RANKER__REGISTRY__POLL_MS", "200".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ranking = ServiceProcess::spawn(
+        "rankmesh-ranking",
+        "ranking-tamper",
+        &etcd.endpoints(),
+        &env,
+    );
+    wait_version(&ranking, 1.0).await;
+
+    let mut kv = etcd_client(&etcd).await.client();
+    let key = |v: u64| format!("/rankmesh/models/ranker/versions/{v:020}/fp32");
+    let v1_record = kv.get(key(1), None).await.expect("v1 record").kvs()[0]
+        .value()
+        .to_vec();
+    type Tamper = Box<dyn Fn(u64, &mut serde_json::Value) -> Option<Vec<u8>>>;
+    let resign = |edit: fn(&mut Manifest), by: ed25519_dalek::SigningKey| -> Tamper {
+        Box::new(move |_, record| {
+            let mut m: Manifest = serde_json::from_value(record.clone()).expect("manifest");
+            edit(&mut m);
+            m.sign(&by);
+            Some(serde_json::to_vec(&m).expect("json"))
+        })
+    };
+    let cases: Vec<(&str, Tamper)> = vec![
+        ("ciphertext_hash", {
+            let blobs = blobs.clone();
+            Box::new(move |v, _| {
+                let path = blobs.join(format!("models/ranker/{v}/fp32.bin"));
+                let mut bytes = std::fs::read(&path).expect("blob");
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                std::fs::write(&path, bytes).expect("flip a bit in the blob");
+                None
+            })
+        }),
+        (
+            "manifest_altered",
+            Box::new(|_, record| {
+                let t = record["created_ms"].as_i64().expect("created_ms");
+                record["created_ms"] = (t ^ 1).into();
+                Some(serde_json::to_vec(record).expect("json"))
+            }),
+        ),
+        (
+            "signature",
+            Box::new(|_, record| {
+                let sig = record["signature"].as_str().expect("signature");
+                record["signature"] = flip_hex(sig, 10).into();
+                Some(serde_json::to_vec(record).expect("json"))
+            }),
+        ),
+        (
+            "data_key",
+            resign(
+                |m| m.sealed.wrapped_key = flip_hex(&m.sealed.wrapped_key, 40),
+                seed.clone(),
+            ),
+        ),
+        (
+            "unknown_key",
+            resign(|m| m.sealed.key_id = "k9".into(), seed.clone()),
+        ),
+        (
+            "foreign_signer",
+            resign(|_| {}, ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])),
+        ),
+        ("replayed", {
+            let v1_record = v1_record.clone();
+            Box::new(move |_, _| Some(v1_record.clone()))
+        }),
+    ];
+    for (reason, tamper) in &cases {
+        let v = publish(&mut c, "ranker", &model, &[], &[])
+            .await
+            .expect("publish")
+            .version;
+        let got = kv.get(key(v), None).await.expect("record");
+        let mut record: serde_json::Value =
+            serde_json::from_slice(got.kvs()[0].value()).expect("record JSON");
+        if let Some(bytes) = tamper(v, &mut record) {
+            kv.put(key(v), bytes, None).await.expect("tamper");
+        }
+        promote(&mut c, v).await;
+        let metric =
+            format!(r#"rankmesh_model_swap_failures_total{{model="ranker",reason="{reason}"}}"#);
+        eventually(
+            Duration::from_secs(20),
+            &format!("v{v} refused as {reason}"),
+            || {
+                let (admin, metric) = (ranking.admin_addr.clone(), metric.clone());
+                async move {
+                    let (_, body) = rankmesh_tests::http_get(&admin, "/metrics").await.ok()?;
+                    body.contains(&metric).then_some(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            serving(&ranking).await,
+            Some(1.0),
+            "v1 keeps serving after v{v} was refused as {reason}"
+        );
+    }
+}
+
+/// `s` with the hex digit at `i` changed (one to four bits flipped).
+fn flip_hex(s: &str, i: usize) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    chars[i] = if chars[i] == '0' { '1' } else { '0' };
+    chars.into_iter().collect()
 }

@@ -35,8 +35,12 @@ pub enum EnvelopeError {
     CiphertextHash,
     #[error("plaintext SHA-256 mismatch after decryption")]
     PlaintextHash,
-    #[error("decryption failed: wrong master key, or the artifact or its key was tampered with")]
+    #[error("decryption failed: the artifact does not open under its data key (tampered with)")]
     Decrypt,
+    #[error(
+        "the data key does not unwrap under master key {0:?}: a wrong key of that id, or the wrapped key was tampered with"
+    )]
+    DataKey(String),
     #[error("malformed envelope: {0}")]
     Malformed(String),
     #[error("manifest signature invalid: {0}")]
@@ -184,7 +188,8 @@ pub fn open(
     }
     let master = keys.get(&sealed.key_id)?;
     let wrapped = decode_hex(&sealed.wrapped_key).map_err(EnvelopeError::Malformed)?;
-    let dek: [u8; 32] = open_with(master, &wrapped, sealed.key_id.as_bytes())?
+    let dek: [u8; 32] = open_with(master, &wrapped, sealed.key_id.as_bytes())
+        .map_err(|_| EnvelopeError::DataKey(sealed.key_id.clone()))?
         .try_into()
         .map_err(|_| EnvelopeError::Malformed("data key is not 32 bytes".into()))?;
     let plaintext = open_with(&dek, ciphertext, context.as_bytes())?;
@@ -198,7 +203,8 @@ pub fn open(
 pub fn rewrap(keys: &MasterKeys, sealed: &Sealed) -> Result<Sealed, EnvelopeError> {
     let old = keys.get(&sealed.key_id)?;
     let wrapped = decode_hex(&sealed.wrapped_key).map_err(EnvelopeError::Malformed)?;
-    let dek = open_with(old, &wrapped, sealed.key_id.as_bytes())?;
+    let dek = open_with(old, &wrapped, sealed.key_id.as_bytes())
+        .map_err(|_| EnvelopeError::DataKey(sealed.key_id.clone()))?;
     let master = keys.get(&keys.current)?;
     Ok(Sealed {
         key_id: keys.current.clone(),
@@ -224,7 +230,8 @@ pub fn verify(
         .map_err(|_| EnvelopeError::Signature("does not match the manifest".into()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -310,7 +317,18 @@ mod tests {
         let wrong = MasterKeys::from_hex(&other, "k1").expect("keys");
         assert_eq!(
             open(&wrong, "m/1/fp32", &s, &ct),
-            Err(EnvelopeError::Decrypt)
+            Err(EnvelopeError::DataKey("k1".into()))
+        );
+        // A flipped bit in the wrapped data key: it no longer unwraps.
+        let mut wrapped = decode_hex(&s.wrapped_key).expect("hex");
+        wrapped[NONCE_LEN] ^= 1;
+        let tampered = Sealed {
+            wrapped_key: hex(&wrapped),
+            ..s.clone()
+        };
+        assert_eq!(
+            open(&keys("k1"), "m/1/fp32", &tampered, &ct),
+            Err(EnvelopeError::DataKey("k1".into()))
         );
         assert_eq!(
             open(&keys("k1"), "m/2/fp32", &s, &ct),

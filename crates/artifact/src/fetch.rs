@@ -18,7 +18,7 @@ use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_proto::pb::registry::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{self, MasterKeys};
+use crate::envelope::{self, EnvelopeError, MasterKeys};
 use crate::manifest::Manifest;
 
 /// Where a replica's model comes from when the registry manages it.
@@ -52,9 +52,10 @@ pub enum FollowError {
     /// The registry could not be reached or answered an error; retried later.
     #[error("registry: {0}")]
     Registry(String),
-    /// Signature, hash or decryption failed: this version is refused.
-    #[error("verification: {0}")]
-    Verify(String),
+    /// Signature, hash or decryption failed: this version is refused, for the
+    /// reason given.
+    #[error("verification ({reason}): {1}", reason = .0.label())]
+    Verify(Refusal, String),
     /// The artifact verified but the service could not load or warm it up.
     #[error("load: {0}")]
     Load(String),
@@ -64,12 +65,82 @@ pub enum FollowError {
     Swap(String),
 }
 
+/// Why a replica refused an artifact: each its own label of
+/// `rankmesh_model_swap_failures_total`, so an operator sees what was tampered
+/// with, not only that something was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The signed bytes are not what the registry hashed when it signed them:
+    /// the manifest was altered after signing.
+    ManifestAltered,
+    /// The signature does not verify over bytes that are as signed: the
+    /// signature itself was altered (or the manifest carries no record of them).
+    Signature,
+    /// Signed by a key that is not the registry's this replica trusts.
+    ForeignSigner,
+    /// A validly signed manifest of another name.
+    WrongModel,
+    /// A validly signed manifest of another version or variant than it is
+    /// listed as.
+    Replayed,
+    /// Wrapped under a master key id this replica does not have.
+    UnknownKey,
+    /// The wrapped data key does not unwrap under its master key.
+    DataKey,
+    /// The ciphertext is not the one the manifest names (a flipped bit in the
+    /// blob, a truncated download).
+    CiphertextHash,
+    /// The ciphertext does not decrypt under its data key.
+    Decrypt,
+    /// The plaintext is not the one the manifest names.
+    PlaintextHash,
+    /// Something the manifest names is missing or malformed.
+    Malformed,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ManifestAltered => "manifest_altered",
+            Self::Signature => "signature",
+            Self::ForeignSigner => "foreign_signer",
+            Self::WrongModel => "wrong_model",
+            Self::Replayed => "replayed",
+            Self::UnknownKey => "unknown_key",
+            Self::DataKey => "data_key",
+            Self::CiphertextHash => "ciphertext_hash",
+            Self::Decrypt => "decrypt",
+            Self::PlaintextHash => "plaintext_hash",
+            Self::Malformed => "malformed",
+        }
+    }
+
+    /// The refusal an envelope error means.
+    pub fn of(e: &EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::UnknownKey(_) => Self::UnknownKey,
+            EnvelopeError::CiphertextHash => Self::CiphertextHash,
+            EnvelopeError::PlaintextHash => Self::PlaintextHash,
+            EnvelopeError::Decrypt => Self::Decrypt,
+            EnvelopeError::DataKey(_) => Self::DataKey,
+            EnvelopeError::Malformed(_) => Self::Malformed,
+            EnvelopeError::Signature(_) => Self::Signature,
+        }
+    }
+}
+
 impl FollowError {
-    /// Label for `rankmesh_model_swap_failures_total`.
+    /// An artifact refused for `e`.
+    fn envelope(e: &EnvelopeError, what: &str) -> Self {
+        Self::Verify(Refusal::of(e), format!("{what}{e}"))
+    }
+
+    /// Label for `rankmesh_model_swap_failures_total`: `registry`, `load`,
+    /// `swap`, or why verification refused it ([`Refusal::label`]).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Registry(_) => "registry",
-            Self::Verify(_) => "verify",
+            Self::Verify(r, _) => r.label(),
             Self::Load(_) => "load",
             Self::Swap(_) => "swap",
         }
@@ -258,7 +329,7 @@ impl Fetcher {
         .await;
         match result {
             Ok(ok) => Ok(Some(ok)),
-            Err(e @ (FollowError::Verify(_) | FollowError::Load(_))) => {
+            Err(e @ (FollowError::Verify(..) | FollowError::Load(_))) => {
                 refused().insert(key);
                 Err(e)
             }
@@ -271,12 +342,15 @@ impl Fetcher {
     /// another version, replayed, is refused), then fetches every ciphertext it
     /// names.
     pub async fn fetch(&self, m: &pb::ModelManifest) -> Result<Sealed, FollowError> {
-        let manifest = self.verify(&m.signed_manifest, &m.signature_ed25519)?;
+        let manifest = self.verify(m)?;
         if (manifest.version, manifest.variant.as_str()) != (m.version, m.variant.as_str()) {
-            return Err(FollowError::Verify(format!(
-                "replayed manifest: signed for v{} ({}), listed as v{} ({})",
-                manifest.version, manifest.variant, m.version, m.variant
-            )));
+            return Err(FollowError::Verify(
+                Refusal::Replayed,
+                format!(
+                    "replayed manifest: signed for v{} ({}), listed as v{} ({})",
+                    manifest.version, manifest.variant, m.version, m.variant
+                ),
+            ));
         }
         let model = self.fetch_blob(&manifest, "").await?;
         let mut sidecars = BTreeMap::new();
@@ -296,15 +370,14 @@ impl Fetcher {
     pub fn open(&self, sealed: &Sealed) -> Result<Opened, FollowError> {
         let m = &sealed.manifest;
         let model = envelope::open(&self.keys, &m.context(None), &m.sealed, &sealed.model)
-            .map_err(|e| FollowError::Verify(e.to_string()))?;
+            .map_err(|e| FollowError::envelope(&e, ""))?;
         let mut sidecars = BTreeMap::new();
         for s in &m.sidecars {
-            let ct = sealed
-                .sidecars
-                .get(&s.name)
-                .ok_or_else(|| FollowError::Verify(format!("sidecar {:?} missing", s.name)))?;
+            let ct = sealed.sidecars.get(&s.name).ok_or_else(|| {
+                FollowError::Verify(Refusal::Malformed, format!("sidecar {:?} missing", s.name))
+            })?;
             let pt = envelope::open(&self.keys, &m.context(Some(&s.name)), &s.sealed, ct)
-                .map_err(|e| FollowError::Verify(format!("sidecar {:?}: {e}", s.name)))?;
+                .map_err(|e| FollowError::envelope(&e, &format!("sidecar {:?}: ", s.name)))?;
             sidecars.insert(s.name.clone(), pt);
         }
         Ok(Opened {
@@ -314,14 +387,41 @@ impl Fetcher {
         })
     }
 
-    fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<Manifest, FollowError> {
-        let m =
-            verify_manifest(&self.verify_key, signed, signature).map_err(FollowError::Verify)?;
+    /// Checks the listed manifest's signature and names why it refuses one: a
+    /// signer other than the registry's key, bytes altered since they were
+    /// signed, a bad signature, another model's manifest.
+    fn verify(&self, listed: &pb::ModelManifest) -> Result<Manifest, FollowError> {
+        use sha2::Digest;
+        let ours = hex(self.verify_key.as_bytes());
+        if !listed.signer.is_empty() && listed.signer != ours {
+            return Err(FollowError::Verify(
+                Refusal::ForeignSigner,
+                format!("signed by key {}, not the registry's {ours}", listed.signer),
+            ));
+        }
+        let m = verify_manifest(
+            &self.verify_key,
+            &listed.signed_manifest,
+            &listed.signature_ed25519,
+        )
+        .map_err(|e| {
+            let digest = hex(&sha2::Sha256::digest(&listed.signed_manifest));
+            let altered = !listed.signed_manifest_sha256.is_empty()
+                && listed.signed_manifest_sha256 != digest;
+            if altered {
+                FollowError::Verify(
+                    Refusal::ManifestAltered,
+                    format!("the manifest changed after it was signed ({e})"),
+                )
+            } else {
+                FollowError::Verify(Refusal::Signature, e)
+            }
+        })?;
         if m.name != self.source.model {
-            return Err(FollowError::Verify(format!(
-                "manifest is for {:?}, not {:?}",
-                m.name, self.source.model
-            )));
+            return Err(FollowError::Verify(
+                Refusal::WrongModel,
+                format!("manifest is for {:?}, not {:?}", m.name, self.source.model),
+            ));
         }
         Ok(m)
     }
@@ -447,7 +547,12 @@ impl Fetcher {
         };
         let signed = read(Path::new("manifest.json"))?;
         let signature = read(Path::new("manifest.sig"))?;
-        let manifest = self.verify(&signed, &signature)?;
+        // The cache keeps the signed bytes and the signature only.
+        let manifest = self.verify(&pb::ModelManifest {
+            signed_manifest: signed.clone(),
+            signature_ed25519: signature.clone(),
+            ..pb::ModelManifest::default()
+        })?;
         let model = read(Path::new("model.bin"))?;
         let mut sidecars = BTreeMap::new();
         for s in &manifest.sidecars {

@@ -39,6 +39,19 @@ pub struct Manifest {
     /// Hex ed25519 signature over [`Manifest::canonical`].
     #[serde(default)]
     pub signature: String,
+    /// Hex SHA-256 of the canonical bytes when signed, and the hex public key
+    /// that signed them: not signed themselves (they sit beside the signature),
+    /// they let a replica say why it refuses a manifest. Omitted when empty, so
+    /// manifests signed before they existed keep their canonical bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signed_sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signer: String,
+    /// Where the registry found this manifest (version, variant), when that is
+    /// not what it says of itself: a manifest copied under another version's key
+    /// is listed there, and the replica refuses it as replayed. Never stored.
+    #[serde(skip)]
+    pub listed_as: Option<(u64, String)>,
 }
 
 /// One sealed sidecar file of a manifest.
@@ -65,9 +78,28 @@ impl Manifest {
     pub fn canonical(&self) -> Vec<u8> {
         let unsigned = Self {
             signature: String::new(),
+            signed_sha256: String::new(),
+            signer: String::new(),
             ..self.clone()
         };
         serde_json::to_vec(&unsigned)
             .expect("a Manifest always serialises: plain fields and string-keyed maps")
+    }
+
+    /// Signs the canonical bytes with `key`, recording their hash and the signer.
+    pub fn sign(&mut self, key: &ed25519_dalek::SigningKey) {
+        use sha2::Digest;
+        let canonical = self.canonical();
+        self.signature = crate::envelope::sign(key, &canonical);
+        self.signed_sha256 = crate::envelope::hex(&sha2::Sha256::digest(&canonical));
+        self.signer = crate::envelope::hex(key.verifying_key().as_bytes());
+    }
+
+    /// The (version, variant) it is listed under: where the registry found it.
+    pub fn listing(&self) -> (u64, &str) {
+        match &self.listed_as {
+            Some((v, variant)) => (*v, variant.as_str()),
+            None => (self.version, self.variant.as_str()),
+        }
     }
 }

@@ -248,6 +248,9 @@ mod tests {
             created_ms: 1,
             sidecars: vec![],
             signature: String::new(),
+            signed_sha256: String::new(),
+            signer: String::new(),
+            listed_as: None,
         }
     }
 

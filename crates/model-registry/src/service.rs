@@ -99,10 +99,12 @@ fn stage_response(s: &crate::store::Stages, revision: i64) -> pb::SetStageRespon
 
 /// The proto form of a manifest, with its current stage.
 pub fn to_proto(m: &Manifest, stage: &str) -> pb::ModelManifest {
+    // Listed where it was found; the signed bytes say what it really is.
+    let (version, variant) = m.listing();
     pb::ModelManifest {
         name: m.name.clone(),
-        version: m.version,
-        variant: m.variant.clone(),
+        version,
+        variant: variant.to_owned(),
         parent_version: m.parent_version,
         signature: Some(pb::ModelSignature {
             inputs: to_specs(&m.inputs),
@@ -118,6 +120,8 @@ pub fn to_proto(m: &Manifest, stage: &str) -> pb::ModelManifest {
         stage: stage.to_owned(),
         wrapped_key: m.sealed.wrapped_key.clone(),
         signed_manifest: m.canonical(),
+        signed_manifest_sha256: m.signed_sha256.clone(),
+        signer: m.signer.clone(),
     }
 }
 
@@ -372,6 +376,9 @@ impl Registry {
             created_ms: rankmesh_common::server::now_ms(),
             sidecars: Vec::new(),
             signature: String::new(),
+            signed_sha256: String::new(),
+            signer: String::new(),
+            listed_as: None,
         };
         let (sealed, blob) = self.seal_and_put(&keys, &manifest, None, model).await?;
         (manifest.sealed, manifest.blob) = (sealed, blob);
@@ -385,7 +392,7 @@ impl Registry {
                 sealed,
             });
         }
-        manifest.signature = envelope::sign(&self.signing, &manifest.canonical());
+        manifest.sign(&self.signing);
         Ok(manifest)
     }
 
@@ -638,7 +645,9 @@ impl Registry {
         self.db.set_current_key(new_key_id).await?;
         let mut n = 0;
         for m in self.db.list("").await? {
-            if m.sealed.key_id == new_key_id {
+            // A manifest under another version's key was copied there: it is
+            // not re-signed as if it belonged (replicas refuse it as it is).
+            if m.sealed.key_id == new_key_id || m.listed_as.is_some() {
                 continue;
             }
             let rewrap = |sealed: &envelope::Sealed| envelope::rewrap(&keys, sealed);
@@ -649,7 +658,7 @@ impl Registry {
             for s in &mut updated.sidecars {
                 s.sealed = rewrap(&s.sealed)?;
             }
-            updated.signature = envelope::sign(&self.signing, &updated.canonical());
+            updated.sign(&self.signing);
             self.db.replace_manifest(&m, &updated).await?;
             n += 1;
         }

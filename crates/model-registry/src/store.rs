@@ -163,6 +163,32 @@ pub(crate) fn stage_key(name: &str) -> String {
     model_key(name, "stage")
 }
 
+/// The manifest stored at `key`. One that names another version or variant than
+/// its key (copied there) is listed under its key, where a stage points, so a
+/// replica sees the mismatch and refuses it as replayed.
+fn parse_manifest(key: &str, value: &[u8]) -> Result<Manifest, StoreError> {
+    let mut m: Manifest = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    let listed = key
+        .rsplit_once("/versions/")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(v, variant)| Some((v.parse::<u64>().ok()?, variant.to_owned())));
+    if let Some((version, variant)) = listed
+        && (version, variant.as_str()) != (m.version, m.variant.as_str())
+    {
+        tracing::warn!(
+            key,
+            signed_version = m.version,
+            signed_variant = %m.variant,
+            "a manifest is stored under another version's key"
+        );
+        m.listed_as = Some((version, variant));
+    }
+    Ok(m)
+}
+
 /// Versions and stages in etcd.
 #[derive(Debug, Clone)]
 pub struct ModelDb {
@@ -294,12 +320,7 @@ impl ModelDb {
         let resp = self.etcd.timed(client.get(key.as_str(), None)).await?;
         resp.kvs()
             .first()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
-                    key: key.clone(),
-                    message: e.to_string(),
-                })
-            })
+            .map(|kv| parse_manifest(&key, kv.value()))
             .transpose()
     }
 
@@ -321,12 +342,7 @@ impl ModelDb {
             if !key.contains("/versions/") {
                 continue;
             }
-            out.push(
-                serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
-                    key,
-                    message: e.to_string(),
-                })?,
-            );
+            out.push(parse_manifest(&key, kv.value())?);
         }
         Ok(out)
     }
@@ -605,6 +621,9 @@ mod tests {
             created_ms: 1,
             sidecars: vec![],
             signature: String::new(),
+            signed_sha256: String::new(),
+            signer: String::new(),
+            listed_as: None,
         }
     }
 
