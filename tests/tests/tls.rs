@@ -169,3 +169,90 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
     )
     .await;
 }
+
+/// A storefront that cannot hold a certificate calls over TLS without one and
+/// presents a bearer token the server holds (`server.tls.storefront_token_files`):
+/// it is `storefront/web`, with the storefront's rights (GetItems) and no others
+/// (GetFeatures: PERMISSION_DENIED); no token, or another, is UNAUTHENTICATED;
+/// callers with certificates are served as before.
+#[tokio::test]
+async fn a_storefront_without_a_certificate_calls_with_a_bearer_token() {
+    use rankmesh_proto::pb::feature::v1 as pb;
+    let dir = tempfile::tempdir().expect("dir");
+    let token = "0f3c9a7e51d24b8e9f06c1a2b3d4e5f6";
+    let token_file = dir.path().join("web-token");
+    rankmesh_tls::ca::write_private(&token_file, token.as_bytes()).expect("token file");
+    let token_path = token_file.display().to_string();
+    let feature = ServiceProcess::spawn(
+        "rankmesh-feature",
+        "feature-tokens",
+        &[],
+        &[(
+            "RANKMESH__SERVER__TLS__STOREFRONT_TOKEN_FILES__WEB",
+            &token_path,
+        )],
+    );
+    let kit_ca = rankmesh_tests::tls::kit().operator().ca.clone();
+    let no_cert = ClientTls::server_only(&kit_ca).expect("CA only");
+    let storefront = |token: Option<&str>| {
+        let resolver = Resolver::fixed("feature", std::slice::from_ref(&feature.grpc_addr))
+            .with_tls(no_cert.clone());
+        let c = FeatureClient::new(resolver, Duration::from_secs(2));
+        token.map_or(c.clone(), |t| c.with_token(t))
+    };
+    let items = || pb::GetItemsRequest {
+        ids: vec!["no-such-item".into()],
+    };
+    let with_token = storefront(Some(token));
+    let found = eventually(Duration::from_secs(30), "a token caller answered", || {
+        let c = with_token.clone();
+        async move { c.get_items(items(), Duration::from_secs(2)).await.ok() }
+    })
+    .await;
+    assert!(found.items.is_empty());
+
+    let refused = |r: Result<pb::GetItemsResponse, tonic::Status>| r.expect_err("refused").code();
+    assert_eq!(
+        refused(
+            storefront(None)
+                .get_items(items(), Duration::from_secs(2))
+                .await
+        ),
+        tonic::Code::Unauthenticated,
+        "no certificate and no token"
+    );
+    assert_eq!(
+        refused(
+            storefront(Some("not-the-token"))
+                .get_items(items(), Duration::from_secs(2))
+                .await
+        ),
+        tonic::Code::Unauthenticated,
+        "a token the server does not hold"
+    );
+    let features = with_token
+        .get_features(pb::GetFeaturesRequest::default(), Duration::from_secs(2))
+        .await
+        .expect_err("a storefront may not read feature rows");
+    assert_eq!(features.code(), tonic::Code::PermissionDenied, "{features}");
+    assert!(features.message().contains("storefront/web"), "{features}");
+
+    // A caller with a certificate (the kit's operator, installed) as before.
+    let operator = FeatureClient::new(
+        Resolver::fixed("feature", std::slice::from_ref(&feature.grpc_addr)),
+        Duration::from_secs(2),
+    );
+    operator
+        .get_items(items(), Duration::from_secs(2))
+        .await
+        .expect("a certificate holder is served");
+
+    // Each refusal is counted under the caller's role.
+    let (_, metrics) = rankmesh_tests::http_get(&feature.admin_addr, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains(r#"role="storefront""#) && metrics.contains(r#"role="none""#),
+        "{metrics}"
+    );
+}

@@ -86,6 +86,23 @@ impl MasterKeys {
         })
     }
 
+    /// Master keys from owner-only files (id -> file of 64 hex characters; see
+    /// `rankmesh_common::secret`), `current` wrapping new data keys. Errors name
+    /// the file or the key id, never the key.
+    pub fn from_files(
+        files: &BTreeMap<String, std::path::PathBuf>,
+        current: &str,
+    ) -> Result<Self, String> {
+        let mut hex = BTreeMap::new();
+        for (id, path) in files {
+            hex.insert(
+                id.clone(),
+                rankmesh_common::secret::read(path).map_err(|e| e.to_string())?,
+            );
+        }
+        Self::from_hex(&hex, current).map_err(|e| e.to_string())
+    }
+
     pub fn current_id(&self) -> &str {
         &self.current
     }
@@ -308,6 +325,28 @@ mod tests {
             open(&k, "m/1/fp32", &forged, &ct),
             Err(EnvelopeError::Decrypt)
         );
+    }
+
+    #[test]
+    fn master_keys_come_from_files_and_errors_do_not_show_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, v: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, v).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            p
+        };
+        let (k1, bad) = (
+            write("k1", &"ab".repeat(32)),
+            write("bad", "not-hex-secret"),
+        );
+        let keys =
+            MasterKeys::from_files(&[("k1".to_owned(), k1.clone())].into(), "k1").expect("keys");
+        assert_eq!(keys.current_id(), "k1");
+        let e = MasterKeys::from_files(&[("k1".to_owned(), bad)].into(), "k1").expect_err("hex");
+        assert!(!e.contains("not-hex-secret"), "{e}");
+        assert!(MasterKeys::from_files(&[("k1".to_owned(), k1)].into(), "k2").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct RegistrySource {
     /// Model name in the registry; empty: do not follow the registry.
     pub model: String,
     /// Files of the master keys (id -> owner-only file of 64 hex characters)
-    /// able to unwrap the data keys; see [`crate::secret`].
+    /// able to unwrap the data keys; see `rankmesh_common::secret`.
     pub master_key_files: BTreeMap<String, PathBuf>,
     /// The registry's ed25519 public key, 64 hex; manifests must verify against it.
     pub verify_key: String,
@@ -234,7 +234,7 @@ impl Fetcher {
             .next()
             .cloned()
             .unwrap_or_default();
-        let keys = crate::secret::master_keys(&source.master_key_files, &first)
+        let keys = MasterKeys::from_files(&source.master_key_files, &first)
             .map_err(|e| format!("master_key_files: {e}"))?;
         let verify_key = verify_key(&source.verify_key).map_err(|e| format!("verify_key: {e}"))?;
         Ok(Self {

@@ -8,9 +8,7 @@
 //!   registry over the SDK (resuming broken streams), verifies and decrypts them in
 //!   memory, and caches ciphertexts (never plaintext) on disk;
 //! - [`follow`]: the one follow loop embedding and ranking replicas run to keep
-//!   what they serve in line with the registry's stages;
-//! - [`secret`]: master keys and tokens read from owner-only files, never from
-//!   config values (which the environment can set).
+//!   what they serve in line with the registry's stages.
 //!
 //! Must not import: the registry server (`rankmesh-model-registry`), its stores
 //! (object_store, etcd) or any service crate. The registry depends on this crate
@@ -20,4 +18,3 @@ pub mod envelope;
 pub mod fetch;
 pub mod follow;
 pub mod manifest;
-pub mod secret;

@@ -55,6 +55,15 @@ impl RankingClient {
         }
     }
 
+    /// Sends `token` as `authorization: Bearer <token>` with every call: a
+    /// storefront without a client certificate calls over TLS
+    /// (`ClientTls::server_only`) with a token the servers hold.
+    pub fn with_token(self, token: &str) -> Self {
+        Self {
+            core: self.core.with_bearer(token),
+        }
+    }
+
     pub fn core(&self) -> &Core {
         &self.core
     }

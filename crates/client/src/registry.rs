@@ -48,7 +48,7 @@ impl RegistryClient {
     /// <token>` with every call.
     pub fn with_token(self, token: &str) -> Self {
         Self {
-            core: self.core.with_token(&format!("Bearer {token}")),
+            core: self.core.with_bearer(token),
         }
     }
 

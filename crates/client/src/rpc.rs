@@ -56,7 +56,8 @@ pub enum Kind {
 pub struct Core {
     upstream: Arc<Upstream>,
     timeout: Duration,
-    /// Sent as `authorization` on every call, when set (the registry's writes).
+    /// Sent as `authorization` on every call, when set (the registry's writes, a
+    /// storefront's bearer token).
     token: Option<Arc<str>>,
 }
 
@@ -78,6 +79,11 @@ impl Core {
     pub fn with_token(mut self, value: &str) -> Self {
         self.token = Some(Arc::from(value));
         self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn with_bearer(self, token: &str) -> Self {
+        self.with_token(&format!("Bearer {token}"))
     }
 
     /// The timeout of calls made without an explicit deadline.

@@ -5,14 +5,24 @@
 //! certificate names no mesh identity with UNAUTHENTICATED, a role not in the
 //! rule (or an RPC without one) with PERMISSION_DENIED. Each refusal is logged
 //! with the caller and counted in `rankmesh_rpc_refused_total{method, role, code}`.
-//! A plaintext server (`server.tls.insecure`, or no TLS files) has no identities
-//! to check and authorizes nothing: it says so at start.
+//! A plaintext server (`server.tls.insecure`) has no identities to check and
+//! authorizes nothing: it says so at start.
+//!
+//! A storefront that cannot hold a certificate calls over TLS without one and
+//! presents `authorization: Bearer <token>` ([`StorefrontTokens`]): a token the
+//! server holds makes it `spiffe://rankmesh/storefront/<name>`, with the
+//! storefront role's rights and no others; no token, or another, is
+//! UNAUTHENTICATED.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use rankmesh_tls::PeerInfo;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rankmesh_tls::{Identity, PeerInfo};
 use tower::{Layer, Service};
 
 /// Storefront backends: search, recommend, embed, record what shoppers do.
@@ -128,13 +138,80 @@ pub fn markdown() -> String {
     out
 }
 
+/// The storefront bearer tokens a server accepts from callers without a
+/// certificate (`server.tls.storefront_token_files`), read at start.
+#[derive(Clone, Default)]
+pub struct StorefrontTokens {
+    tokens: Arc<Vec<(Identity, String)>>,
+}
+
+impl std::fmt::Debug for StorefrontTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The names, never the tokens.
+        let names: Vec<String> = self.tokens.iter().map(|(i, _)| i.to_string()).collect();
+        f.debug_struct("StorefrontTokens")
+            .field("callers", &names)
+            .finish()
+    }
+}
+
+impl StorefrontTokens {
+    /// Reads each token file (owner-only; see [`crate::secret`]).
+    pub fn load(files: &BTreeMap<String, PathBuf>) -> Result<Self, String> {
+        let mut tokens = Vec::new();
+        for (name, path) in files {
+            let identity = Identity::new(STOREFRONT, name).map_err(|e| e.to_string())?;
+            let token = crate::secret::read(path).map_err(|e| e.to_string())?;
+            tokens.push((identity, token));
+        }
+        Ok(Self {
+            tokens: Arc::new(tokens),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The storefront whose token `authorization` (`Bearer <token>`) presents.
+    /// Every token is compared in full, in constant time, so the answer's timing
+    /// says nothing about how much of a guess was right.
+    fn caller(&self, authorization: Option<&http::HeaderValue>) -> Option<Identity> {
+        let presented = authorization?.to_str().ok()?.strip_prefix("Bearer ")?;
+        let mut found = None;
+        for (identity, token) in self.tokens.iter() {
+            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                found = Some(identity.clone());
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Why a call is refused, if it is: `peer` (None: no connection info, as in a
 /// unit test's bare service, which is let through like plaintext) calling `path`.
 pub fn refusal(peer: Option<&PeerInfo>, path: &str) -> Option<tonic::Status> {
+    refusal_of(peer, None, path)
+}
+
+/// [`refusal`] for a caller whose identity is `peer`'s certificate, else the
+/// storefront a bearer token named (`by_token`).
+fn refusal_of(
+    peer: Option<&PeerInfo>,
+    by_token: Option<&Identity>,
+    path: &str,
+) -> Option<tonic::Status> {
     let peer = peer.filter(|p| p.secure)?;
-    let Some(identity) = &peer.identity else {
+    let Some(identity) = peer.identity.as_ref().or(by_token) else {
         return Some(tonic::Status::unauthenticated(
-            "the client certificate names no spiffe://rankmesh/<role>/<name> identity",
+            "no mesh identity: present a client certificate naming spiffe://rankmesh/<role>/<name>, or a storefront bearer token",
         ));
     };
     if crate::rpc::is_health_or_reflection(path) {
@@ -153,20 +230,33 @@ pub fn refusal(peer: Option<&PeerInfo>, path: &str) -> Option<tonic::Status> {
 }
 
 /// Refuses calls [`RULES`] does not allow, before they reach the service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AuthorizeLayer;
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeLayer {
+    tokens: StorefrontTokens,
+}
+
+impl AuthorizeLayer {
+    /// Callers with a certificate, and storefronts with one of `tokens`.
+    pub fn new(tokens: StorefrontTokens) -> Self {
+        Self { tokens }
+    }
+}
 
 impl<S> Layer<S> for AuthorizeLayer {
     type Service = Authorize<S>;
 
     fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize { inner }
+        Authorize {
+            inner,
+            tokens: self.tokens.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
+    tokens: StorefrontTokens,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -188,15 +278,16 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
         let peer = req.extensions().get::<PeerInfo>();
-        let Some(status) = refusal(peer, path) else {
+        // A token counts only where no certificate names the caller.
+        let by_token = peer
+            .filter(|p| p.secure && p.identity.is_none())
+            .and_then(|_| self.tokens.caller(req.headers().get("authorization")));
+        let Some(status) = refusal_of(peer, by_token.as_ref(), path) else {
             return Box::pin(self.inner.call(req));
         };
-        let role = peer
-            .and_then(|p| p.identity.as_ref())
-            .map_or_else(|| "none".to_owned(), |i| i.role.clone());
-        let caller = peer
-            .and_then(|p| p.identity.as_ref())
-            .map_or_else(|| "unnamed".to_owned(), ToString::to_string);
+        let identity = peer.and_then(|p| p.identity.as_ref()).or(by_token.as_ref());
+        let role = identity.map_or_else(|| "none".to_owned(), |i| i.role.clone());
+        let caller = identity.map_or_else(|| "unnamed".to_owned(), ToString::to_string);
         let remote = peer
             .and_then(|p| p.remote_addr)
             .map_or_else(String::new, |a| a.to_string());
@@ -271,6 +362,35 @@ mod tests {
                 "/rankmesh.registry.v1.ModelRegistry/RotateKey"
             )
             .is_none()
+        );
+    }
+
+    #[test]
+    fn a_bearer_token_names_its_storefront_only_when_it_matches_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("web");
+        std::fs::write(&path, "s3cret-token\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let tokens = StorefrontTokens::load(&[("web".to_owned(), path)].into()).expect("tokens");
+        let header = |v: &str| http::HeaderValue::from_str(v).expect("header");
+        let web = tokens.caller(Some(&header("Bearer s3cret-token")));
+        assert_eq!(
+            web.map(|i| i.to_string()).as_deref(),
+            Some("spiffe://rankmesh/storefront/web")
+        );
+        for wrong in [
+            "Bearer s3cret-toke",
+            "Bearer s3cret-token2",
+            "s3cret-token",
+            "Basic s3cret-token",
+        ] {
+            assert!(tokens.caller(Some(&header(wrong))).is_none(), "{wrong}");
+        }
+        assert!(tokens.caller(None).is_none());
+        assert!(
+            !format!("{tokens:?}").contains("s3cret"),
+            "Debug hides tokens"
         );
     }
 

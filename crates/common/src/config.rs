@@ -374,6 +374,12 @@ pub struct TlsConfig {
     /// Serve and call in plaintext. Only for a mesh on a network nobody else
     /// reaches; logged as a warning at start.
     pub insecure: bool,
+    /// Bearer tokens for storefronts that cannot hold a client certificate: name
+    /// -> owner-only file holding the token. A call over TLS without a client
+    /// certificate that presents `authorization: Bearer <token>` is the caller
+    /// `spiffe://rankmesh/storefront/<name>` (the storefront role, no other).
+    /// With any set, client certificates become optional on this server.
+    pub storefront_token_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl TlsConfig {
@@ -393,6 +399,19 @@ impl TlsConfig {
     /// refuses to start rather than serve plaintext by accident (fail closed).
     pub fn validate(&self) -> Result<(), ConfigError> {
         all_or_none("server.tls", [&self.ca, &self.cert, &self.key])?;
+        for (name, path) in &self.storefront_token_files {
+            let key = format!("server.tls.storefront_token_files.{name}");
+            rankmesh_tls::Identity::new(crate::authz::STOREFRONT, name)
+                .map_err(|e| invalid(&key, name, &e.to_string()))?;
+            crate::secret::read(path).map_err(|e| invalid(&key, path.display(), &e.to_string()))?;
+        }
+        if self.insecure && !self.storefront_token_files.is_empty() {
+            return Err(invalid(
+                "server.tls.storefront_token_files",
+                "(set)",
+                "bearer tokens travel over TLS only, and server.tls.insecure is set",
+            ));
+        }
         match (self.ca.as_os_str().is_empty(), self.insecure) {
             (true, false) => Err(invalid("server.tls", "(not set)", NO_IDENTITY)),
             (false, true) => Err(invalid(

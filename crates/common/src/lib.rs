@@ -4,6 +4,7 @@
 //! - [`batcher`]: dynamic batching of model calls across concurrent requests.
 //! - `onnx` (feature `onnx`): ONNX Runtime loading, sessions and session pools.
 //! - [`config`]: typed, layered configuration (defaults, TOML file, `RANKMESH__*` env).
+//! - [`secret`]: keys and tokens read from owner-only files the config names.
 //! - [`telemetry`]: logs, OTLP traces and the Prometheus recorder.
 //! - [`observe`]: per-RPC spans and metrics on servers, trace-context propagation.
 //! - [`rpc`]: the error handlers answer with, one mapping onto gRPC codes.
@@ -38,5 +39,6 @@ pub mod onnx;
 pub mod relevance;
 pub mod rpc;
 pub mod scaffold;
+pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::routing::get;
-use rankmesh_tls::Acceptor;
+use rankmesh_tls::{Acceptor, ClientCerts};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::authz::AuthorizeLayer;
+use crate::authz::{AuthorizeLayer, StorefrontTokens};
 use crate::config::{ServerConfig, TlsConfig};
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
@@ -52,6 +52,8 @@ pub enum ServeError {
     Tls(#[from] rankmesh_tls::TlsError),
     #[error("{}", crate::config::NO_IDENTITY)]
     NoIdentity,
+    #[error("server.tls.storefront_token_files: {0}")]
+    Tokens(String),
 }
 
 /// The bound gRPC and admin listeners. Binding is separate from serving so tests (and
@@ -210,6 +212,8 @@ pub async fn serve(
     let admin_addr = listeners.admin_addr()?;
     let endpoint = endpoint_for(info.name, config, grpc_addr, admin_addr);
     let acceptor = acceptor(info.name, &config.tls)?;
+    let tokens =
+        StorefrontTokens::load(&config.tls.storefront_token_files).map_err(ServeError::Tokens)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, &info, ServingStatus::Serving).await;
@@ -237,7 +241,7 @@ pub async fn serve(
     let (stop_accepting_tx, mut stop_accepting) = watch::channel(false);
     let incoming = rankmesh_tls::server::incoming(listeners.grpc, acceptor);
     let server = tonic::transport::Server::builder()
-        .layer(stack(config.max_concurrency))
+        .layer(stack(config.max_concurrency, tokens))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)
@@ -306,8 +310,14 @@ fn acceptor(service: &str, tls: &TlsConfig) -> Result<Option<Arc<Acceptor>>, Ser
         );
         return Ok(None);
     };
-    let acceptor = Acceptor::new(&files)?;
-    tracing::info!(service, identity = %acceptor.identity(), "serving mutual TLS");
+    // Storefronts with a bearer token come without a certificate.
+    let client_certs = if tls.storefront_token_files.is_empty() {
+        ClientCerts::Required
+    } else {
+        ClientCerts::Optional
+    };
+    let acceptor = Acceptor::with_poll(&files, client_certs, rankmesh_tls::reload::POLL)?;
+    tracing::info!(service, identity = %acceptor.identity(), ?client_certs, "serving mutual TLS");
     Ok(Some(Arc::new(acceptor)))
 }
 
@@ -332,13 +342,13 @@ type Stack = tower::layer::util::Stack<
     >,
 >;
 
-fn stack(max_concurrency: usize) -> ServiceBuilder<Stack> {
+fn stack(max_concurrency: usize, tokens: StorefrontTokens) -> ServiceBuilder<Stack> {
     ServiceBuilder::new()
         // A span per RPC, child of the caller's traceparent, and per-RPC metrics;
         // outermost, so refused and shed requests are counted and traced too.
         .layer(RpcTelemetryLayer)
         // Who may call what (over mutual TLS), before any work is admitted.
-        .layer(AuthorizeLayer)
+        .layer(AuthorizeLayer::new(tokens))
         // Bound in-flight work across all connections; answer RESOURCE_EXHAUSTED at once
         // when full, so overload sheds load instead of queueing it.
         .layer(OverloadLayer::new(max_concurrency))

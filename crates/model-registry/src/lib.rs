@@ -30,11 +30,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use rankmesh_artifact::secret;
 use rankmesh_common::config::{ConfigError, invalid};
 use rankmesh_common::election::{Candidate, lead_forever};
 use rankmesh_common::onnx::OnnxConfig;
 use rankmesh_common::scaffold::{ScaffoldError, connect_etcd};
+use rankmesh_common::secret;
 use rankmesh_common::server::{Listeners, Readiness, ServiceInfo, instance_id, serve};
 use rankmesh_proto::pb::registry::v1::model_registry_server::ModelRegistryServer;
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub struct RegistryConfig {
     pub s3: S3Config,
     /// File holding the bearer token for writes (Publish, SetStage, Rollback,
     /// RotateKey); none disables writes. Secrets come from owner-only files,
-    /// never from config values or the environment (`rankmesh_artifact::secret`).
+    /// never from config values or the environment (`rankmesh_common::secret`).
     pub admin_token_file: PathBuf,
     /// Files of the master keys by id, 64 hex characters each.
     pub master_key_files: BTreeMap<String, PathBuf>,
@@ -213,7 +213,7 @@ impl RegistryConfig {
         let file = |field: &str, path: &std::path::Path, e: String| {
             invalid(field, path.display().to_string(), &e)
         };
-        let keys = secret::master_keys(&self.master_key_files, &self.current_key)
+        let keys = MasterKeys::from_files(&self.master_key_files, &self.current_key)
             .map_err(|e| invalid("registry.master_key_files", "(not shown)", &e))?;
         let seed = secret::read(&self.signing_key_file).map_err(|e| {
             file(

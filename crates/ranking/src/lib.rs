@@ -46,8 +46,8 @@ use crate::rollout::{Controller, RolloutPolicy};
 use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
 use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
-use rankmesh_artifact::secret;
 use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
+use rankmesh_common::secret;
 
 /// Its name in discovery and metrics, and the gRPC service it serves.
 pub const INFO: ServiceInfo = ServiceInfo::new("ranking", &["rankmesh.ranking.v1.RankingService"]);

@@ -217,7 +217,7 @@ pub async fn report_forever(
 pub struct RolloutPolicy {
     /// File holding the registry's admin token, for the rollback and promotion
     /// writes; none: the controller only watches. (A file, never a value: see
-    /// `rankmesh_artifact::secret`.)
+    /// `rankmesh_common::secret`.)
     pub admin_token_file: PathBuf,
     /// How long a canary runs before it is judged, milliseconds.
     pub window_ms: u64,

@@ -30,17 +30,24 @@ const ANY_ROLE: &str = TRUST_DOMAIN;
 /// The rustls config of a client: TLS 1.3 only, h2, the mesh CA as the only root,
 /// this workload's certificate for client authentication.
 pub fn client_config(loaded: Loaded) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = crate::provider();
-    let webpki = WebPkiServerVerifier::builder_with_provider(loaded.roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Identity(format!("server verifier: {e}")))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(crate::VERSIONS)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier { webpki }))
-        .with_client_auth_cert(loaded.chain, loaded.key)?;
+    let mut config = verifying(loaded.roots)?.with_client_auth_cert(loaded.chain, loaded.key)?;
     config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// The config builder up to the server check: TLS 1.3, servers of the mesh CA.
+fn verifying(
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let provider = crate::provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Identity(format!("server verifier: {e}")))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(crate::VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier { webpki })))
 }
 
 /// The web PKI check (chain to the mesh CA, validity, usage, name), where the name
@@ -131,7 +138,8 @@ pub fn installed() -> Option<ClientTls> {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     config: Arc<Reloading<rustls::ClientConfig>>,
-    identity: Identity,
+    /// None for a client without a certificate ([`ClientTls::server_only`]).
+    identity: Option<Identity>,
 }
 
 impl ClientTls {
@@ -145,13 +153,26 @@ impl ClientTls {
         let config = Reloading::start(files.clone(), "client", poll, |f| client_config(f.load()?))?;
         Ok(Self {
             config: Arc::new(config),
-            identity,
+            identity: Some(identity),
         })
     }
 
-    /// Who this client is.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// TLS 1.3 to servers of the mesh CA in `ca`, without a client certificate:
+    /// for a storefront that authenticates each call with a bearer token
+    /// (`with_token` on the SDK's clients) where it cannot hold a certificate.
+    pub fn server_only(ca: &std::path::Path) -> Result<Self, TlsError> {
+        let roots = Arc::new(crate::files::roots(ca)?);
+        let mut config = verifying(roots)?.with_no_client_auth();
+        config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
+        Ok(Self {
+            config: Arc::new(Reloading::fixed(config)),
+            identity: None,
+        })
+    }
+
+    /// Who this client is; None for a client without a certificate.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// A connector to a server of whatever role its certificate names (for probes

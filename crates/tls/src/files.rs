@@ -58,12 +58,7 @@ impl TlsFiles {
     /// Reads the three files: the CA as the only root, the certificate chain (its
     /// leaf must name a mesh identity), and the key.
     pub fn load(&self) -> Result<Loaded, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for ca in certs(&self.ca)? {
-            roots
-                .add(ca)
-                .map_err(|e| TlsError::pem(&self.ca, format!("not a usable CA: {e}")))?;
-        }
+        let roots = roots(&self.ca)?;
         let chain = certs(&self.cert)?;
         let identity =
             Identity::from_cert(&chain[0]).map_err(|e| TlsError::pem(&self.cert, e.to_string()))?;
@@ -91,7 +86,18 @@ impl TlsFiles {
 }
 
 /// Every certificate in a PEM file; at least one.
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The CA certificates in `ca`, as the roots to verify peers against.
+pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::pem(ca, format!("not a usable CA: {e}")))?;
+    }
+    Ok(roots)
+}
+
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::pem(path, e.to_string()))?
         .collect::<Result<Vec<_>, _>>()

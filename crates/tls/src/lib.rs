@@ -31,7 +31,7 @@ pub use client::Connector;
 pub use error::TlsError;
 pub use files::TlsFiles;
 pub use identity::Identity;
-pub use server::{Acceptor, MeshIo, PeerInfo};
+pub use server::{Acceptor, ClientCerts, MeshIo, PeerInfo};
 
 /// The crypto every config here is built with (aws-lc-rs, TLS 1.3 suites).
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

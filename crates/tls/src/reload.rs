@@ -59,6 +59,15 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         Ok(Self { current, task })
     }
 
+    /// A value that is never rebuilt (built from files nobody rotates in place,
+    /// such as a storefront's copy of the mesh CA).
+    pub fn fixed(value: T) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(value)),
+            task: None,
+        }
+    }
+
     /// The value as of the last good set of files.
     pub fn current(&self) -> Arc<T> {
         self.current.load_full()

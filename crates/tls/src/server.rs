@@ -22,13 +22,30 @@ use crate::reload::{POLL, Reloading};
 /// Longest a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The rustls config of a server: TLS 1.3 only, h2, a client certificate that
-/// chains to the mesh CA required.
-pub fn server_config(loaded: Loaded) -> Result<rustls::ServerConfig, TlsError> {
+/// Whether a client must present a certificate of the mesh CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Every client: a connection without one fails its handshake.
+    Required,
+    /// Checked when presented, else the connection is made without an identity
+    /// (a storefront that authenticates each call with a bearer token instead);
+    /// a certificate that does not chain to the mesh CA still fails.
+    Optional,
+}
+
+/// The rustls config of a server: TLS 1.3 only, h2, client certificates that
+/// chain to the mesh CA, required or optional.
+pub fn server_config(
+    loaded: Loaded,
+    client_certs: ClientCerts,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = crate::provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(loaded.roots.clone(), provider.clone())
-            .build()?;
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(loaded.roots.clone(), provider.clone());
+    let verifier = match client_certs {
+        ClientCerts::Required => builder.build()?,
+        ClientCerts::Optional => builder.allow_unauthenticated().build()?,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(crate::VERSIONS)?
         .with_client_cert_verifier(verifier)
@@ -46,15 +63,23 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// An acceptor for `files`, re-read when they change.
+    /// An acceptor for `files` that requires client certificates, re-read when
+    /// the files change.
     pub fn new(files: &TlsFiles) -> Result<Self, TlsError> {
-        Self::with_poll(files, POLL)
+        Self::with_poll(files, ClientCerts::Required, POLL)
     }
 
-    /// As [`Acceptor::new`], looking at the files every `poll`.
-    pub fn with_poll(files: &TlsFiles, poll: Duration) -> Result<Self, TlsError> {
+    /// As [`Acceptor::new`], with `client_certs`, looking at the files every
+    /// `poll`.
+    pub fn with_poll(
+        files: &TlsFiles,
+        client_certs: ClientCerts,
+        poll: Duration,
+    ) -> Result<Self, TlsError> {
         let identity = files.load()?.identity;
-        let config = Reloading::start(files.clone(), "server", poll, |f| server_config(f.load()?))?;
+        let config = Reloading::start(files.clone(), "server", poll, move |f| {
+            server_config(f.load()?, client_certs)
+        })?;
         Ok(Self { config, identity })
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use rankmesh_tls::client::ClientTls;
-use rankmesh_tls::{Acceptor, Ca, Identity, MeshIo, TlsFiles, Validity, server};
+use rankmesh_tls::{Acceptor, Ca, ClientCerts, Identity, MeshIo, TlsFiles, Validity, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Service;
 
@@ -155,7 +155,8 @@ async fn a_rotated_server_certificate_is_served_without_a_restart() {
     let valid = Validity::from_now(HOUR);
     let server_dir = dir.path().join("server");
     let server = issue(&ca, "ranking", "ranking-1", valid, &server_dir);
-    let acceptor = Acceptor::with_poll(&server, Duration::from_millis(50)).expect("acceptor");
+    let acceptor = Acceptor::with_poll(&server, ClientCerts::Required, Duration::from_millis(50))
+        .expect("acceptor");
     let addr = echo_server(acceptor).await;
     let web = issue(&ca, "storefront", "web", valid, &dir.path().join("web"));
     let (_, first) = call(&web, "ranking", &addr).await.expect("first call");

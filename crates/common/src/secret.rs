@@ -1,5 +1,5 @@
-//! Secrets (master keys, the admin token, the signing seed) read from files that
-//! the configuration names.
+//! Secrets (master keys, admin and storefront tokens, the signing seed) read
+//! from files that the configuration names.
 //!
 //! A secret never travels as a config value: config values can be set from the
 //! environment, and a long-lived process's environment and command line are
@@ -9,11 +9,8 @@
 //! its contents are never logged: errors name the path, not the value. Writers
 //! use `rankmesh_tls::ca::write_private` (0600 from creation, replaced whole).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-use crate::envelope::MasterKeys;
 
 /// Largest secret file read; a key or token is far smaller, so anything larger
 /// is the wrong file.
@@ -80,17 +77,6 @@ pub fn read_optional(path: &Path) -> Result<String, SecretError> {
     }
 }
 
-/// Master keys from files (id -> file holding 64 hex characters), `current`
-/// wrapping new data keys.
-pub fn master_keys(files: &BTreeMap<String, PathBuf>, current: &str) -> Result<MasterKeys, String> {
-    let mut hex = BTreeMap::new();
-    for (id, path) in files {
-        hex.insert(id.clone(), read(path).map_err(|e| e.to_string())?);
-    }
-    // The envelope's error names the key id, never its bytes.
-    MasterKeys::from_hex(&hex, current).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,18 +118,5 @@ mod tests {
         assert!(read(&dir.path().join("missing")).is_err());
         assert!(read(dir.path()).is_err(), "a directory");
         assert_eq!(read_optional(Path::new("")).expect("none"), "");
-    }
-
-    #[test]
-    fn master_keys_come_from_files_and_errors_do_not_show_them() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (k1, bad) = (dir.path().join("k1"), dir.path().join("bad"));
-        write(&k1, &"ab".repeat(32)).expect("write");
-        write(&bad, "not-hex-secret").expect("write");
-        let keys = master_keys(&[("k1".to_owned(), k1.clone())].into(), "k1").expect("keys");
-        assert_eq!(keys.current_id(), "k1");
-        let e = master_keys(&[("k1".to_owned(), bad)].into(), "k1").expect_err("bad hex");
-        assert!(!e.contains("not-hex-secret"), "{e}");
-        assert!(master_keys(&[("k1".to_owned(), k1)].into(), "k2").is_err());
     }
 }
