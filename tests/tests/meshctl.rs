@@ -259,3 +259,30 @@ async fn etcd_refuses_callers_without_a_mesh_certificate(etcd: &str, state: &std
         "a certificate of another CA was answered"
     );
 }
+
+/// `meshctl ... | head`: when the reader has gone, meshctl ends at its next
+/// write, quietly (SIGPIPE, as Unix tools do), instead of panicking with a
+/// backtrace. The pipe's read end is closed before meshctl starts, so its first
+/// write meets it.
+#[test]
+fn a_closed_pipe_ends_meshctl_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(binary("meshctl"))
+        .arg("dev-secrets")
+        .stdout(writer)
+        .output()
+        .expect("run meshctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?} {err}",
+        out.status
+    );
+}

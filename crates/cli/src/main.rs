@@ -105,6 +105,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     match run(Cli::parse().command).await {
         Ok(code) => code,
         Err(e) => {
@@ -112,6 +113,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `meshctl search ... | head` ends quietly, as Unix tools do, instead of
+/// panicking on the next write: Rust ignores SIGPIPE so a write to a closed pipe
+/// is an error, which `println!` turns into a panic. With the default action
+/// back, the process ends at that write, silently.
+fn quiet_on_closed_pipe() {
+    // The one unsafe call lives in the `sigpipe` crate (the workspace forbids
+    // unsafe code); it restores SIG_DFL at the start of main.
+    sigpipe::reset();
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
