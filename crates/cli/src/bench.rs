@@ -66,8 +66,8 @@ pub(crate) async fn command(a: BenchArgs) -> anyhow::Result<std::process::ExitCo
 /// Prints a report for a person.
 fn print(r: &Report) {
     println!(
-        "{} at {} qps for {:.0} s: {} sent, {} failed, {} dropped ({:.1} qps achieved)",
-        r.rpc, r.qps, r.duration_s, r.sent, r.failed, r.dropped, r.achieved_qps
+        "{} at {} qps for {:.0} s: {} sent, {} failed, {} dropped ({:.1} qps achieved, goodput {:.1} answered/s)",
+        r.rpc, r.qps, r.duration_s, r.sent, r.failed, r.dropped, r.achieved_qps, r.goodput_qps
     );
     let l = &r.latency_ms;
     println!(

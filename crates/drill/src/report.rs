@@ -616,6 +616,7 @@ mod tests {
             errors: BTreeMap::new(),
             error_examples: BTreeMap::new(),
             achieved_qps: 10.0,
+            goodput_qps: 10.0 - failed as f64 / timeline.len() as f64,
             latency_ms: Latency {
                 p50: 10.0,
                 p90: 15.0,

@@ -81,7 +81,12 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// The first message seen per error code (what went wrong, not just how often).
     pub error_examples: BTreeMap<String, String>,
+    /// Calls sent per second.
     pub achieved_qps: f64,
+    /// Calls answered successfully per second: what the mesh delivered, which
+    /// past saturation is what counts (refusals are fast, not useful).
+    #[serde(default)]
+    pub goodput_qps: f64,
     /// From scheduled send time, successes and failures alike.
     pub latency_ms: Latency,
     /// The same per outcome: "Ok" or an error code (how fast each kind of answer
@@ -180,16 +185,19 @@ impl Acc {
 
     pub(crate) fn report(self, opts: &Options, elapsed: Duration) -> Report {
         let sent = self.latency.len();
+        let failed: u64 = self.errors.values().sum();
+        let per_s = |n: u64| n as f64 / elapsed.as_secs_f64().max(1e-9);
         Report {
             rpc: format!("{:?}", opts.rpc).to_lowercase(),
             qps: opts.qps,
             duration_s: opts.duration.as_secs_f64(),
             sent,
             dropped: self.dropped,
-            failed: self.errors.values().sum(),
+            failed,
             errors: self.errors,
             error_examples: self.error_examples,
-            achieved_qps: sent as f64 / elapsed.as_secs_f64().max(1e-9),
+            achieved_qps: per_s(sent),
+            goodput_qps: per_s(sent - failed),
             latency_ms: Latency::of(&self.latency),
             latency_by_outcome_ms: self
                 .by_outcome
@@ -270,6 +278,7 @@ mod tests {
         }
         let r = acc.report(&opts(), Duration::from_secs(2));
         assert_eq!((r.sent, r.failed), (100, 10));
+        assert!((r.achieved_qps - 50.0).abs() < 1e-9 && (r.goodput_qps - 45.0).abs() < 1e-9);
         assert_eq!(r.errors["Unavailable"], 10);
         assert!(r.latency_by_outcome_ms["Unavailable"].max <= 91.1);
         assert!(r.latency_by_outcome_ms["Ok"].max > 99.0);
