@@ -123,17 +123,7 @@ impl LocalMesh {
     /// Runs `meshctl ARGS` as this mesh's operator and returns its stdout;
     /// panics with stderr when it fails.
     pub fn meshctl(&self, args: &[&str]) -> String {
-        let out = self
-            .meshctl_command()
-            .args(args)
-            .output()
-            .expect("run meshctl");
-        assert!(
-            out.status.success(),
-            "meshctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::process::stdout_of(self.meshctl_command(), args)
     }
 
     /// meshctl as this mesh's operator (its identity, and its etcd by default).
@@ -143,15 +133,6 @@ impl LocalMesh {
             .env_remove("RANKMESH_TLS_CA")
             .env_remove("RANKMESH_ETCD");
         cmd
-    }
-
-    /// How an in-process client reaches this mesh's etcd (the operator's
-    /// certificate; etcd requires one).
-    pub fn etcd_config(&self) -> rankmesh_common::config::EtcdConfig {
-        rankmesh_launcher::read_state(self.state.path())
-            .expect("mesh.json")
-            .expect("a mesh state")
-            .etcd_config()
     }
 
     /// Starts `meshctl bench` at the mesh (through etcd discovery) with `args`;

@@ -132,7 +132,13 @@ pub fn meshctl_command() -> Command {
 /// processes this kit started; returns its stdout; panics with stderr when it
 /// fails.
 pub fn meshctl(args: &[&str]) -> String {
-    let out = meshctl_command().args(args).output().expect("run meshctl");
+    stdout_of(meshctl_command(), args)
+}
+
+/// Runs the meshctl `cmd` with `args`; its stdout, or a panic with its stderr
+/// when it fails.
+pub fn stdout_of(mut cmd: Command, args: &[&str]) -> String {
+    let out = cmd.args(args).output().expect("run meshctl");
     assert!(
         out.status.success(),
         "meshctl {args:?}: {}",

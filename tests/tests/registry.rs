@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rankmesh_artifact::envelope::{self, MasterKeys, Sealed};
+use rankmesh_artifact::envelope::{self, MasterKeys, Sealed, hex};
 use rankmesh_artifact::fetch::{Fetcher, FollowError, Refusal, RegistrySource};
 use rankmesh_artifact::manifest::Manifest;
 use rankmesh_client::RegistryClient;
@@ -360,7 +360,7 @@ async fn publish_fetch_stage_rollback_rotate() {
 
     // A ranking replica follows production: v1 now (after the rollback).
     let cache = dir.path().join("ranker-cache");
-    let vk_hex: String = vk.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let vk_hex = hex(&vk.to_bytes());
     let env = [
         (
             "RANKMESH__RANKER__REGISTRY__MODEL".to_owned(),
@@ -559,10 +559,6 @@ async fn publish(
         .into_inner()
         .manifest
         .expect("manifest"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A replica's fetcher holding k1 from `secrets` (see [`secret_files`]).

@@ -18,7 +18,7 @@ use rankmesh_client::{Deadline, RegistryClient};
 use rankmesh_proto::pb::registry::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{self, EnvelopeError, MasterKeys};
+use crate::envelope::{self, EnvelopeError, MasterKeys, hex};
 use crate::manifest::Manifest;
 
 /// Where a replica's model comes from when the registry manages it.
@@ -215,10 +215,6 @@ pub fn verify_manifest(
 ) -> Result<Manifest, String> {
     envelope::verify(key, signed, &hex(signature)).map_err(|e| e.to_string())?;
     serde_json::from_slice(signed).map_err(|e| format!("manifest: {e}"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How long one artifact is retried (resuming each time) before giving up until

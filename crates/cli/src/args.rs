@@ -213,12 +213,7 @@ impl EtcdArgs {
         if let Some(files) = installed.files
             && config.endpoints.iter().all(|e| e.starts_with("https://"))
         {
-            config.tls = rankmesh_common::config::EtcdTlsConfig {
-                ca: files.ca,
-                cert: files.cert,
-                key: files.key,
-                server_name: String::new(),
-            };
+            config.tls = rankmesh_common::config::EtcdTlsConfig::with_identity(files);
         }
         config
     }

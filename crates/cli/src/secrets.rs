@@ -112,11 +112,7 @@ fn copy_tls(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<Path
         let dest = to.join(name);
         match ext {
             "key" => rankmesh_tls::ca::write_private(&dest, &bytes)?,
-            "pem" => {
-                std::fs::write(&dest, &bytes)
-                    .with_context(|| format!("write {}", dest.display()))?;
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
-            }
+            "pem" => rankmesh_tls::ca::write_public(&dest, &bytes)?,
             _ => continue,
         }
         copied += 1;

@@ -14,13 +14,12 @@
 //! storefront role's rights and no others; no token, or another, is
 //! UNAUTHENTICATED.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rankmesh_tls::{Identity, PeerInfo};
 use tower::{Layer, Service};
@@ -160,17 +159,13 @@ impl StorefrontTokens {
     pub fn load(files: &BTreeMap<String, PathBuf>) -> Result<Self, String> {
         let mut tokens = Vec::new();
         for (name, path) in files {
-            let identity = Identity::new(STOREFRONT, name).map_err(|e| e.to_string())?;
-            let token = crate::secret::read(path).map_err(|e| e.to_string())?;
+            let identity = Identity::new(STOREFRONT, name).map_err(|e| format!("{name}: {e}"))?;
+            let token = crate::secret::read(path).map_err(|e| format!("{name}: {e}"))?;
             tokens.push((identity, token));
         }
         Ok(Self {
             tokens: Arc::new(tokens),
         })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
     }
 
     /// The storefront whose token `authorization` (`Bearer <token>`) presents.

@@ -399,12 +399,10 @@ impl TlsConfig {
     /// refuses to start rather than serve plaintext by accident (fail closed).
     pub fn validate(&self) -> Result<(), ConfigError> {
         all_or_none("server.tls", [&self.ca, &self.cert, &self.key])?;
-        for (name, path) in &self.storefront_token_files {
-            let key = format!("server.tls.storefront_token_files.{name}");
-            rankmesh_tls::Identity::new(crate::authz::STOREFRONT, name)
-                .map_err(|e| invalid(&key, name, &e.to_string()))?;
-            crate::secret::read(path).map_err(|e| invalid(&key, path.display(), &e.to_string()))?;
-        }
+        // The same reading serve() does, so a bad name or file stops the
+        // service before it binds anything.
+        crate::authz::StorefrontTokens::load(&self.storefront_token_files)
+            .map_err(|e| invalid("server.tls.storefront_token_files", "(not shown)", &e))?;
         if self.insecure && !self.storefront_token_files.is_empty() {
             return Err(invalid(
                 "server.tls.storefront_token_files",
@@ -473,6 +471,17 @@ pub struct EtcdTlsConfig {
 }
 
 impl EtcdTlsConfig {
+    /// A workload's identity files as its etcd client certificate, the members
+    /// checked under the default name (`etcd.rankmesh`).
+    pub fn with_identity(files: rankmesh_tls::TlsFiles) -> Self {
+        Self {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+            server_name: String::new(),
+        }
+    }
+
     /// The files; None when TLS is not configured.
     pub fn files(&self) -> Option<rankmesh_tls::TlsFiles> {
         (!self.ca.as_os_str().is_empty()).then(|| rankmesh_tls::TlsFiles {

@@ -36,12 +36,7 @@ impl MeshState {
             ..Default::default()
         };
         if let Some(files) = &self.client_tls {
-            config.tls = rankmesh_common::config::EtcdTlsConfig {
-                ca: files.ca.clone(),
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                server_name: String::new(),
-            };
+            config.tls = rankmesh_common::config::EtcdTlsConfig::with_identity(files.clone());
         }
         config
     }

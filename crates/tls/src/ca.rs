@@ -201,7 +201,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     write_atomic(path, bytes, 0o600)
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Writes `bytes` to `path` readable by all (0644: a certificate), replacing it
+/// whole.
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     write_atomic(path, bytes, 0o644)
 }
 

@@ -99,11 +99,8 @@ impl Stack {
     /// the host.
     pub(crate) fn operator_tls(&self) -> anyhow::Result<rankmesh_tls::client::ClientTls> {
         let tls = self.dir.join("tls");
-        let files = rankmesh_tls::TlsFiles {
-            ca: tls.join(rankmesh_tls::files::CA_CERT),
-            cert: tls.join("admin-meshctl.pem"),
-            key: tls.join("admin-meshctl.key"),
-        };
+        let operator = rankmesh_tls::Identity::new("admin", "meshctl")?;
+        let files = rankmesh_tls::TlsFiles::in_dir(&tls, &operator);
         rankmesh_tls::client::ClientTls::new(&files)
             .with_context(|| format!("the stack's operator identity in {}", tls.display()))
     }
