@@ -1,10 +1,14 @@
-//! A real etcd (Debian's `etcd-server`) on free loopback ports, for tests.
+//! A real etcd (Debian's `etcd-server`) on free loopback ports, for tests, on
+//! mutual TLS as in a deployed mesh: each member holds a certificate of the test
+//! binary's CA ([`crate::tls`]) and requires one of every client and peer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use etcd_client::Client;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use rankmesh_common::config::{EtcdConfig, EtcdTlsConfig};
+use rankmesh_tls::TlsFiles;
 
 /// One etcd process of a test cluster.
 #[derive(Debug)]
@@ -12,6 +16,7 @@ pub struct Member {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
+    tls: TlsFiles,
     child: Option<Child>,
 }
 
@@ -49,12 +54,18 @@ impl EtcdCluster {
             bin.display()
         );
         let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
         let mut members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", crate::free_port()),
-                peer_url: format!("http://127.0.0.1:{}", crate::free_port()),
-                child: None,
+            .map(|i| {
+                let name = format!("m{i}");
+                let tls = crate::tls::kit().issue("etcd", &name, &hosts, &dir.path().join("tls"));
+                Member {
+                    client_url: format!("https://127.0.0.1:{}", crate::free_port()),
+                    peer_url: format!("https://127.0.0.1:{}", crate::free_port()),
+                    name,
+                    tls,
+                    child: None,
+                }
             })
             .collect();
         let initial_cluster = members
@@ -84,9 +95,20 @@ impl EtcdCluster {
         self.dir.path()
     }
 
-    /// A client connected to every member.
+    /// How a workload of the mesh reaches this cluster: every member, with the
+    /// test binary's operator identity as its client certificate. Tests set the
+    /// timings they need on top.
+    pub fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.endpoints(),
+            tls: EtcdTlsConfig::with_identity(crate::tls::kit().operator().clone()),
+            ..EtcdConfig::default()
+        }
+    }
+
+    /// A raw etcd client connected to every member.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), None)
+        connect(&self.endpoints())
             .await
             .expect("etcd client (connects lazily)")
     }
@@ -125,7 +147,7 @@ impl EtcdCluster {
             if !m.is_running() {
                 continue;
             }
-            let Ok(mut c) = Client::connect([m.client_url.as_str()], None).await else {
+            let Ok(mut c) = connect(std::slice::from_ref(&m.client_url)).await else {
                 continue;
             };
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
@@ -149,7 +171,7 @@ impl EtcdCluster {
             let endpoints = endpoints.clone();
             async move {
                 for ep in &endpoints {
-                    let mut c = Client::connect([ep.as_str()], None).await.ok()?;
+                    let mut c = connect(std::slice::from_ref(ep)).await.ok()?;
                     let s = tokio::time::timeout(Duration::from_secs(1), c.status())
                         .await
                         .ok()?
@@ -163,6 +185,17 @@ impl EtcdCluster {
         })
         .await;
     }
+}
+
+/// A raw client of `endpoints` on mutual TLS with the operator identity.
+async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let files = crate::tls::kit().operator();
+    let read = |p: &Path| std::fs::read(p).expect("kit TLS file");
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(&files.ca)))
+        .identity(Identity::from_pem(read(&files.cert), read(&files.key)))
+        .domain_name(rankmesh_tls::Identity::server_name("etcd"));
+    Client::connect(endpoints, Some(ConnectOptions::new().with_tls(tls))).await
 }
 
 fn spawn_member(bin: &Path, dir: &Path, m: &Member, initial_cluster: &str) -> Child {
@@ -182,6 +215,12 @@ fn spawn_member(bin: &Path, dir: &Path, m: &Member, initial_cluster: &str) -> Ch
         .args(["--initial-cluster", initial_cluster])
         .args(["--initial-cluster-state", "new"])
         .args(["--initial-cluster-token", "rankmesh-test"])
+        // Mutual TLS for clients and peers, as `meshctl up` runs its members.
+        .args(tls_flags(&m.tls))
+        .args([
+            "--peer-cert-allowed-hostname",
+            &rankmesh_tls::Identity::server_name("etcd"),
+        ])
         // Fast raft timing: a lost member leader is replaced in about a second.
         .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
         .args(["--logger", "zap", "--log-level", "warn"])
@@ -190,6 +229,22 @@ fn spawn_member(bin: &Path, dir: &Path, m: &Member, initial_cluster: &str) -> Ch
         .stderr(log)
         .spawn()
         .expect("spawn etcd")
+}
+
+fn tls_flags(files: &TlsFiles) -> Vec<std::ffi::OsString> {
+    let mut flags = Vec::new();
+    for prefix in ["--", "--peer-"] {
+        for (flag, path) in [
+            ("cert-file", &files.cert),
+            ("key-file", &files.key),
+            ("trusted-ca-file", &files.ca),
+        ] {
+            flags.push(format!("{prefix}{flag}").into());
+            flags.push(path.into());
+        }
+        flags.push(format!("{prefix}client-cert-auth").into());
+    }
+    flags
 }
 
 impl Drop for EtcdCluster {

@@ -36,24 +36,32 @@ impl ServiceProcess {
     /// Starts `bin` on fresh loopback ports with `env` overrides (RANKMESH__...),
     /// on mutual TLS with a certificate of the kit's CA ([`crate::tls`]) naming
     /// `spiffe://rankmesh/<service>/<instance>`, unless `env` sets
-    /// `RANKMESH__SERVER__TLS__INSECURE`. Reach it with [`crate::tls::channel`]
+    /// `RANKMESH__SERVER__TLS__INSECURE`; the same certificate is its etcd client
+    /// identity where `etcd` is on https. Reach it with [`crate::tls::channel`]
     /// or the SDK.
     pub fn spawn(bin: &str, instance: &str, etcd: &[String], env: &[(&str, &str)]) -> Self {
         let grpc_addr = format!("127.0.0.1:{}", crate::free_port());
         let admin_addr = format!("127.0.0.1:{}", crate::free_port());
         let cwd = tempfile::tempdir().expect("working dir for the service");
         let mut cmd = Command::new(binary(bin));
+        let role = bin
+            .trim_start_matches("rankmesh-")
+            .trim_start_matches("model-");
+        let files = crate::tls::kit().issue(role, instance, &[], &cwd.path().join("tls"));
         if !env
             .iter()
             .any(|(k, _)| *k == "RANKMESH__SERVER__TLS__INSECURE")
         {
-            let role = bin
-                .trim_start_matches("rankmesh-")
-                .trim_start_matches("model-");
-            let files = crate::tls::kit().issue(role, instance, &[], &cwd.path().join("tls"));
             cmd.env("RANKMESH__SERVER__TLS__CA", &files.ca)
                 .env("RANKMESH__SERVER__TLS__CERT", &files.cert)
                 .env("RANKMESH__SERVER__TLS__KEY", &files.key);
+        }
+        // The workload's identity is also its etcd client certificate, as under
+        // `meshctl up`.
+        if etcd.iter().any(|e| e.starts_with("https://")) {
+            cmd.env("RANKMESH__ETCD__TLS__CA", &files.ca)
+                .env("RANKMESH__ETCD__TLS__CERT", &files.cert)
+                .env("RANKMESH__ETCD__TLS__KEY", &files.key);
         }
         cmd.current_dir(cwd.path())
             .env("RANKMESH__SERVER__LISTEN", &grpc_addr)

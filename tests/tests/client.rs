@@ -150,11 +150,10 @@ async fn typed_client_keeps_last_known_replicas_while_etcd_is_down() {
     let mut a = spawn("feature-a");
     let mut b = spawn("feature-b");
     let client = Etcd::connect(&EtcdConfig {
-        endpoints: endpoints.clone(),
         lease_ttl_s: 2,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
-        ..Default::default()
+        ..etcd.config()
     })
     .await
     .expect("etcd client");

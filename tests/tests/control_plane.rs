@@ -20,17 +20,16 @@ const STARTUP: Duration = Duration::from_secs(20);
 /// lease runs out. At the 2 s minimum that race was lost once in a full run here.
 const MEMBER_LOSS_TTL_S: u64 = 5;
 
-fn etcd_config(endpoints: Vec<String>) -> EtcdConfig {
-    etcd_config_with_ttl(endpoints, TTL_S)
+fn etcd_config(etcd: &EtcdCluster) -> EtcdConfig {
+    etcd_config_with_ttl(etcd, TTL_S)
 }
 
-fn etcd_config_with_ttl(endpoints: Vec<String>, lease_ttl_s: u64) -> EtcdConfig {
+fn etcd_config_with_ttl(etcd: &EtcdCluster, lease_ttl_s: u64) -> EtcdConfig {
     EtcdConfig {
-        endpoints,
         lease_ttl_s,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
-        ..Default::default()
+        ..etcd.config()
     }
 }
 
@@ -44,7 +43,7 @@ fn ttl_env() -> [(&'static str, &'static str); 2] {
 #[tokio::test]
 async fn registration_appears_and_expires_when_the_process_is_killed() {
     let etcd = EtcdCluster::single().await;
-    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+    let client = Etcd::connect(&etcd_config(&etcd))
         .await
         .expect("etcd client");
     let watcher = Resolver::watch(client.clone(), "feature");
@@ -91,7 +90,7 @@ async fn registration_appears_and_expires_when_the_process_is_killed() {
 #[tokio::test]
 async fn sigterm_deregisters_before_exiting() {
     let etcd = EtcdCluster::single().await;
-    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+    let client = Etcd::connect(&etcd_config(&etcd))
         .await
         .expect("etcd client");
     let watcher = Resolver::watch(client, "feature");
@@ -136,7 +135,7 @@ async fn leaders(procs: &[ServiceProcess]) -> Vec<String> {
 #[tokio::test]
 async fn one_leader_among_three_and_failover_within_ttl_plus_one_second() {
     let etcd = EtcdCluster::single().await;
-    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+    let client = Etcd::connect(&etcd_config(&etcd))
         .await
         .expect("etcd client");
     let observer = Candidate::new(client, "rollout", "observer");
@@ -215,7 +214,7 @@ async fn one_leader_among_three_and_failover_within_ttl_plus_one_second() {
 #[tokio::test]
 async fn a_deposed_leader_cannot_write() {
     let etcd = EtcdCluster::single().await;
-    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+    let client = Etcd::connect(&etcd_config(&etcd))
         .await
         .expect("etcd client");
     let a = Candidate::new(client.clone(), "gc", "a");
@@ -260,7 +259,7 @@ async fn a_deposed_leader_cannot_write() {
 #[tokio::test]
 async fn losing_an_etcd_member_breaks_neither_discovery_nor_election() {
     let mut etcd = EtcdCluster::start(3).await;
-    let client = Etcd::connect(&etcd_config_with_ttl(etcd.endpoints(), MEMBER_LOSS_TTL_S))
+    let client = Etcd::connect(&etcd_config_with_ttl(&etcd, MEMBER_LOSS_TTL_S))
         .await
         .expect("etcd client");
     let ep = |id: &str| Endpoint {
@@ -335,7 +334,7 @@ async fn losing_an_etcd_member_breaks_neither_discovery_nor_election() {
 #[tokio::test]
 async fn etcd_down_keeps_last_known_endpoints_and_discovery_resumes() {
     let mut etcd = EtcdCluster::single().await;
-    let client = Etcd::connect(&etcd_config(etcd.endpoints()))
+    let client = Etcd::connect(&etcd_config(&etcd))
         .await
         .expect("etcd client");
     let ep = |id: &str| Endpoint {

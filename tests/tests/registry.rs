@@ -581,11 +581,10 @@ fn fetcher(etcd: &rankmesh_common::etcd::Etcd, model: &str, secrets: &std::path:
 
 async fn etcd_client(etcd: &EtcdCluster) -> rankmesh_common::etcd::Etcd {
     rankmesh_common::etcd::Etcd::connect(&rankmesh_common::config::EtcdConfig {
-        endpoints: etcd.endpoints(),
         lease_ttl_s: 2,
         health_check_interval_ms: 200,
         request_timeout_ms: 1_000,
-        ..Default::default()
+        ..etcd.config()
     })
     .await
     .expect("etcd")
