@@ -269,9 +269,8 @@ mod tests {
     async fn only_the_current_leader_collects() {
         let cluster = EtcdCluster::single().await;
         let etcd = Etcd::connect(&EtcdConfig {
-            endpoints: cluster.endpoints(),
             lease_ttl_s: 2,
-            ..EtcdConfig::default()
+            ..cluster.config()
         })
         .await
         .expect("etcd");

@@ -553,7 +553,6 @@ mod tests {
 
     use super::*;
     use rankmesh_artifact::envelope::Sealed;
-    use rankmesh_common::config::EtcdConfig;
     use rankmesh_tests::etcd::EtcdCluster;
 
     #[test]
@@ -594,11 +593,7 @@ mod tests {
     }
 
     async fn db(cluster: &EtcdCluster) -> ModelDb {
-        let cfg = EtcdConfig {
-            endpoints: cluster.endpoints(),
-            ..EtcdConfig::default()
-        };
-        ModelDb::new(Etcd::connect(&cfg).await.expect("etcd"))
+        ModelDb::new(Etcd::connect(&cluster.config()).await.expect("etcd"))
     }
 
     fn manifest(name: &str, version: u64) -> Manifest {
