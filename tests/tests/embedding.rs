@@ -1,6 +1,6 @@
 //! The embedding service as a real process: Embed and Retrieve answers, every bad
 //! input gets a clear error (and the service keeps serving), and a restart loads the
-//! index snapshot instead of re-embedding.
+//! index snapshot instead of re-embedding, and a rebuild embeds only what changed.
 
 use std::time::Duration;
 
@@ -242,4 +242,68 @@ async fn embed_retrieve_filters_errors_and_snapshot_restart() {
         .expect("retrieve after restart")
         .into_inner());
     assert!(hits.iter().all(|h| h.starts_with("rs-")), "{hits:?}");
+}
+
+/// A full BuildIndex embeds only what changed: nothing over the catalog it was
+/// built from (the index is kept), one item when one title changes, and still
+/// nothing after a restart from the snapshot (the text fingerprints are kept with
+/// it). Listed ids are embedded whether or not their text changed.
+#[tokio::test]
+async fn a_rebuild_embeds_only_the_items_whose_text_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("catalog.jsonl");
+    let original = std::fs::read_to_string(demo_catalog()).expect("demo catalog");
+    std::fs::write(&catalog, &original).expect("write catalog");
+    let snapshot = dir.path().join("index");
+    let paths = (
+        catalog.to_str().expect("utf-8"),
+        snapshot.to_str().expect("utf-8"),
+    );
+    let n = original.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    let build = |c: &EmbeddingServiceClient<Channel>, ids: &[&str]| {
+        let mut c = c.clone();
+        let item_ids = ids.iter().map(|i| (*i).to_owned()).collect();
+        async move {
+            let r = c
+                .build_index(pb::BuildIndexRequest { item_ids })
+                .await
+                .expect("build index")
+                .into_inner();
+            (r.indexed, r.embedded)
+        }
+    };
+
+    let mut proc = spawn(paths.0, paths.1);
+    let mut c = client(&proc).await;
+    wait_for_index(&mut c).await;
+    assert_eq!(build(&c, &[]).await, (n, 0), "unchanged catalog");
+
+    // One title changes: that item alone is embedded, and found by its new text.
+    let edited = original.replace(
+        "Wireless noise cancelling over-ear headphones",
+        "Cast iron dutch oven with enamel lid",
+    );
+    assert_ne!(edited, original);
+    std::fs::write(&catalog, &edited).expect("edit catalog");
+    assert_eq!(build(&c, &[]).await, (n, 1), "one title changed");
+    let hits = c
+        .retrieve(text_req("cast iron dutch oven with enamel lid", 1, None))
+        .await
+        .expect("retrieve")
+        .into_inner();
+    assert_eq!(hits.items[0].item_id, "hp-1", "{hits:?}");
+
+    // A restart loads the snapshot: still nothing to embed.
+    proc.signal("TERM");
+    assert_eq!(proc.wait(), Some(0));
+    let proc = spawn(paths.0, paths.1);
+    let c = client(&proc).await;
+    eventually(Duration::from_secs(60), "the snapshot to load", || {
+        let mut c = c.clone();
+        async move { c.retrieve(text_req("anything", 1, None)).await.ok() }
+    })
+    .await;
+    assert_eq!(build(&c, &[]).await, (n, 0), "after a restart");
+    // Listed ids are re-embedded on request.
+    assert_eq!(build(&c, &["hp-2"]).await, (n, 1), "one listed id");
 }

@@ -160,9 +160,11 @@ pub(crate) async fn build_index(addr: &str) -> anyhow::Result<()> {
 
 /// What a BuildIndex did, as meshctl says it.
 pub(crate) fn print_indexed(r: &pb::BuildIndexResponse) {
+    let kept = r.indexed.saturating_sub(r.embedded);
     println!(
-        "indexed {} items for dense retrieval in {:.1} s",
+        "indexed {} items for dense retrieval in {:.1} s ({} embedded, {kept} unchanged)",
         r.indexed,
-        r.elapsed_ms as f64 / 1e3
+        r.elapsed_ms as f64 / 1e3,
+        r.embedded,
     );
 }

@@ -377,6 +377,7 @@ fn catalog_vectors(enc: &Encoder, n: usize, real: usize) -> Vec<(ItemMeta, Vec<f
                     category: rankmesh_embedding::index::normalize_category(cat),
                     brand: BRANDS[(i / 29) % BRANDS.len()].to_lowercase(),
                     price: Some((i % 1000) as f64),
+                    text_hash: 0,
                 },
                 v,
             )

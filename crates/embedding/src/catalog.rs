@@ -38,14 +38,28 @@ pub fn text(item: &CatalogItem) -> String {
     t
 }
 
-/// What the index keeps of an item for filtering.
-pub fn meta(item: &CatalogItem) -> ItemMeta {
+/// What the index keeps of an item: its filter fields, and the fingerprint of
+/// `text`, the text its vector is embedded from.
+pub fn meta(item: &CatalogItem, text: &str) -> ItemMeta {
     ItemMeta {
         id: item.id.clone(),
         category: normalize_category(&item.category),
         brand: item.brand.trim().to_lowercase(),
         price: item.price.filter(|p| p.is_finite()),
+        text_hash: text_hash(text),
     }
+}
+
+/// A fingerprint of an item's text, stable across builds, versions and machines
+/// (FNV-1a, 64 bits; never 0, which means "unknown"). Kept in the index and its
+/// snapshot so an unchanged text is not embedded again.
+pub fn text_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +125,12 @@ mod tests {
         .expect("write");
         let items = read_jsonl(&path).expect("valid");
         assert_eq!(items.len(), 2);
-        assert_eq!(meta(&items[0]).category, "shoes > running");
-        assert_eq!(text(&items[0]), "Red shoe. Shoes>Running");
+        let t = text(&items[0]);
+        assert_eq!(t, "Red shoe. Shoes>Running");
+        let m = meta(&items[0], &t);
+        assert_eq!(m.category, "shoes > running");
+        assert_eq!(m.text_hash, text_hash("Red shoe. Shoes>Running"));
+        assert_ne!(m.text_hash, text_hash("Red shoe. Shoes>Trail"));
         std::fs::write(&path, "{\"id\":\"a\",\"title\":\"x\"}\n{\"id\":\"b\"\n").expect("write");
         let err = read_jsonl(&path).expect_err("bad line").to_string();
         assert!(err.contains(":2:"), "{err}");

@@ -51,6 +51,12 @@ pub struct ItemMeta {
     /// Lower-cased brand.
     pub brand: String,
     pub price: Option<f64>,
+    /// Fingerprint of the text its vector was embedded from
+    /// ([`crate::catalog::text_hash`]): a rebuild by the same encoder keeps the
+    /// vector of an item whose text has not changed. 0 (snapshots written before
+    /// it was kept): unknown, always re-embedded.
+    #[serde(default)]
+    pub text_hash: u64,
 }
 
 pub use rankmesh_common::filters::{Filter, normalize_category};
@@ -622,6 +628,7 @@ mod tests {
                 "other".into()
             },
             price: Some((i % 500) as f64),
+            text_hash: 0,
         }
     }
 

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::catalog::{self, CatalogItem};
 use crate::encoder::{Embedded, Encoder};
-use crate::index::{Filter, IndexParams, VectorIndex};
+use crate::index::{Filter, IndexParams, ItemMeta, VectorIndex};
 
 /// Texts embedded per batcher submission while building the index.
 const BUILD_CHUNK: usize = 256;
@@ -168,6 +168,13 @@ struct Generation {
     index: Option<Arc<VectorIndex>>,
 }
 
+/// What a build made: the new index, None when the current one is already up to
+/// date; and how many items it embedded.
+struct Built {
+    index: Option<VectorIndex>,
+    embedded: usize,
+}
+
 /// Shared state behind the gRPC handlers.
 #[derive(Debug)]
 pub struct Embedder {
@@ -216,7 +223,8 @@ impl Embedder {
         let next = Arc::new(next);
         let had_index = self.index().is_some();
         let index = if self.source.is_configured() {
-            Some(Arc::new(self.build_with(&next, &[], None).await?))
+            let built = self.build_with(&next, &[], None).await?;
+            built.index.map(Arc::new)
         } else if had_index {
             return Err(RpcError::Internal(
                 "the index cannot be re-embedded without a catalog source; keeping the current encoder".into(),
@@ -342,8 +350,11 @@ impl Embedder {
         })
     }
 
-    /// Embeds the catalog (or only `ids`, keeping the other items' vectors) and swaps
-    /// in the new index, then snapshots it.
+    /// Brings the index up to date with the catalog and swaps it in, then snapshots
+    /// it. Only what changed is embedded: every item with `ids`, else an item whose
+    /// text differs from the one its vector was made from (or that the index lacks);
+    /// when nothing changed at all, the current index is kept as it is (a restart
+    /// over an unchanged catalog costs a catalog scan, not an embedding pass).
     pub async fn build_index(
         &self,
         req: pb::BuildIndexRequest,
@@ -356,52 +367,84 @@ impl Embedder {
             .map_err(|_| RpcError::Aborted("an index build is already running".into()))?;
         let started = Instant::now();
         let generation = self.current.load_full();
-        let index = self
+        let built = self
             .build_with(&generation.encoder, &ids, generation.index.as_deref())
             .await?;
-        let indexed = index.len() as u64;
-        self.set_index(index)?;
+        let embedded = built.embedded as u64;
+        let indexed = match built.index {
+            Some(index) => {
+                let n = index.len() as u64;
+                self.set_index(index)?;
+                n
+            }
+            None => generation.index.as_ref().map_or(0, |i| i.len() as u64),
+        };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(pb::BuildIndexResponse {
             indexed,
             elapsed_ms,
+            embedded,
         })
     }
 
-    /// Embeds the catalog with `encoder` (only `ids` when given, reusing the other
-    /// items' vectors from `current` when it was built by the same encoder), builds
-    /// the index and snapshots it.
+    /// Embeds the catalog with `encoder` and builds the index, then snapshots it.
+    /// With `current` built by the same encoder, its vectors are kept for the items
+    /// whose text is unchanged (with `ids`: for every item not listed), and when
+    /// that is every item and nothing else changed, no index is built
+    /// ([`Built::index`] is None).
     async fn build_with(
         &self,
         encoder: &LoadedEncoder,
         ids: &[String],
         current: Option<&VectorIndex>,
-    ) -> Result<VectorIndex, RpcError> {
+    ) -> Result<Built, RpcError> {
         let started = Instant::now();
         let items = self.source.items().await?;
         let tag = encoder.tag();
         let current = current.filter(|i| i.model() == tag);
         let only: std::collections::HashSet<&String> = ids.iter().collect();
         let mut entries = Vec::with_capacity(items.len());
-        let mut to_embed: Vec<&CatalogItem> = Vec::new();
+        let mut to_embed: Vec<(ItemMeta, String)> = Vec::new();
+        // Whether `entries` says exactly what `current` holds, so far.
+        let mut same = current.is_some_and(|c| c.len() == items.len());
         for item in &items {
-            let reuse = if only.is_empty() || only.contains(&item.id) {
-                None
-            } else {
-                current.and_then(|idx| idx.get(&item.id))
+            let text = catalog::text(item);
+            let meta = catalog::meta(item, &text);
+            let kept = match current.and_then(|idx| idx.get(&item.id)) {
+                Some((old, v)) if only.is_empty() => {
+                    (old.text_hash == meta.text_hash && meta.text_hash != 0).then_some((old, v))
+                }
+                Some((old, v)) if !only.contains(&item.id) => Some((old, v)),
+                _ => None,
             };
-            match reuse {
-                Some((_, v)) => entries.push((catalog::meta(item), v)),
-                None => to_embed.push(item),
+            match kept {
+                Some((old, v)) => {
+                    same &= old == meta;
+                    entries.push((meta, v));
+                }
+                None => to_embed.push((meta, text)),
             }
         }
+        if same && to_embed.is_empty() {
+            tracing::info!(
+                indexed = entries.len(),
+                encoder = %tag,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "vector index unchanged: catalog and encoder as indexed"
+            );
+            return Ok(Built {
+                index: None,
+                embedded: 0,
+            });
+        }
+        let embedded = to_embed.len();
         for chunk in to_embed.chunks(BUILD_CHUNK) {
-            let texts: Vec<String> = chunk.iter().map(|i| catalog::text(i)).collect();
+            let texts: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
             let vectors = encoder.batcher.submit(texts).await?;
             entries.extend(
                 chunk
                     .iter()
-                    .map(|i| catalog::meta(i))
+                    .map(|(m, _)| m.clone())
                     .zip(vectors.into_iter().map(|e| e.vector)),
             );
         }
@@ -419,12 +462,15 @@ impl Embedder {
         .await?;
         tracing::info!(
             indexed = index.len(),
-            embedded = to_embed.len(),
+            embedded,
             encoder = %encoder.tag(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "vector index built"
         );
-        Ok(index)
+        Ok(Built {
+            index: Some(index),
+            embedded,
+        })
     }
 }
 

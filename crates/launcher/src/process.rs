@@ -359,10 +359,12 @@ fn service_env(
         }
         "embedding" => {
             follow(cmd, "MODEL", ENCODER_MODEL)?;
-            // The embedding index follows the feature service's catalog.
+            // The embedding index follows the feature service's catalog; each
+            // replica snapshots its own, so the next `meshctl up` over the same
+            // catalog and encoder embeds nothing again.
             cmd.env(
                 "RANKMESH__INDEX__SNAPSHOT_DIR",
-                opts.state_dir.join("embedding-index"),
+                opts.state_dir.join("embedding-index").join(&inst.name),
             )
             .env("RANKMESH__INDEX__FROM_FEATURE", "true");
         }
