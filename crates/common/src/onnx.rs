@@ -27,8 +27,11 @@ pub struct OnnxConfig {
     pub device: Device,
     /// Sessions kept per model: model calls that can run at once.
     pub sessions: usize,
-    /// Threads each session uses inside one operator. Keep sessions x threads at or
-    /// below the cores available, or sessions fight over them.
+    /// Threads each session uses inside one operator. 0 (the default): the CPUs
+    /// this process may use, divided among its sessions ([`Self::threads`]), so a
+    /// container limited to `--cpus 2` runs 2 threads however many cores the host
+    /// has. Keep sessions x threads at or below the cores available, or sessions
+    /// fight over them.
     pub intra_threads: usize,
     /// Whether ONNX Runtime's pool threads busy-wait for work between runs. Off by
     /// default: a spinning thread holds a core while the model is idle, and the
@@ -46,10 +49,17 @@ impl Default for OnnxConfig {
             library: String::new(),
             device: Device::Auto,
             sessions: 1,
-            intra_threads: 2,
+            intra_threads: 0,
             spin: false,
         }
     }
+}
+
+/// The CPUs this process may run on: the scheduler affinity mask and the cgroup's
+/// CPU quota (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), as the standard library
+/// reads them; 1 when they cannot be read.
+pub fn cpu_budget() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 impl OnnxConfig {
@@ -61,14 +71,16 @@ impl OnnxConfig {
                 "must be >= 1",
             ));
         }
-        if self.intra_threads == 0 {
-            return Err(crate::config::invalid(
-                &format!("{section}.intra_threads"),
-                0,
-                "must be >= 1",
-            ));
-        }
         Ok(())
+    }
+
+    /// Intra-op threads per session: `intra_threads`, or when 0 the CPU budget
+    /// ([`cpu_budget`]) shared among the sessions, at least 1.
+    pub fn threads(&self) -> usize {
+        match self.intra_threads {
+            0 => (cpu_budget() / self.sessions.max(1)).max(1),
+            n => n,
+        }
     }
 }
 
@@ -175,7 +187,7 @@ pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Prov
 }
 
 /// A session builder with what every provider shares: full graph optimisation,
-/// `intra_threads`, and whether pool threads spin.
+/// [`OnnxConfig::threads`], and whether pool threads spin.
 fn builder(
     env: &Environment,
     config: &OnnxConfig,
@@ -185,10 +197,7 @@ fn builder(
             b.with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(Into::into)
         })
-        .and_then(|b| {
-            b.with_intra_threads(config.intra_threads)
-                .map_err(Into::into)
-        })
+        .and_then(|b| b.with_intra_threads(config.threads()).map_err(Into::into))
         .and_then(|b| b.with_intra_op_spinning(config.spin).map_err(Into::into))
         .and_then(|b| b.with_inter_op_spinning(config.spin).map_err(Into::into))
 }
@@ -317,5 +326,27 @@ mod tests {
         assert!(c.spin);
         assert_eq!(c.intra_threads, 1);
         assert!(toml::from_str::<OnnxConfig>("spinning = true").is_err());
+    }
+
+    /// Threads follow the CPU budget unless set: shared among sessions, never 0.
+    #[test]
+    fn intra_threads_default_to_the_cpu_budget_per_session() {
+        let budget = cpu_budget();
+        assert_eq!(OnnxConfig::default().threads(), budget);
+        let two = OnnxConfig {
+            sessions: 2,
+            ..OnnxConfig::default()
+        };
+        assert_eq!(two.threads(), (budget / 2).max(1));
+        let many = OnnxConfig {
+            sessions: budget + 1,
+            ..OnnxConfig::default()
+        };
+        assert_eq!(many.threads(), 1);
+        let set = OnnxConfig {
+            intra_threads: 3,
+            ..OnnxConfig::default()
+        };
+        assert_eq!(set.threads(), 3);
     }
 }

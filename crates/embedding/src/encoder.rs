@@ -134,7 +134,7 @@ impl Encoder {
             variant = ?variant,
             provider = pool.provider().as_str(),
             sessions = pool.size(),
-            intra_threads = onnx.intra_threads,
+            intra_threads = onnx.threads(),
             dim,
             "encoder loaded"
         );
