@@ -195,13 +195,14 @@ async fn suite(backend: Backend) {
     }
 
     // Features: cold start, unknown ids, schema.
-    let feats = |user: &str| pb::GetFeaturesRequest {
+    let feats = |user: &str, with_display: bool| pb::GetFeaturesRequest {
         user_id: user.into(),
         query: "running shoes".into(),
         candidate_ids: vec!["rs-1".into(), "nope".into(), "fp-1".into(), "rs-1".into()],
+        with_display,
     };
     let f = c
-        .get_features(feats("u1"))
+        .get_features(feats("u1", true))
         .await
         .expect("features")
         .into_inner();
@@ -211,6 +212,22 @@ async fn suite(backend: Backend) {
     assert_eq!(f.unknown_item_ids, vec!["nope"]);
     assert!(f.cold_start_user);
     assert_eq!(f.values.len(), 2 * schema.columns.len());
+    // Display fields, asked for: one per row, in row order.
+    let display: Vec<(&str, &str, Option<f64>)> = f
+        .display
+        .iter()
+        .map(|d| (d.title.as_str(), d.brand.as_str(), d.price))
+        .collect();
+    assert_eq!(display.len(), 2, "{display:?}");
+    assert_eq!(
+        display[0],
+        (
+            "Men's running shoes, lightweight mesh",
+            "Stride",
+            Some(119.0)
+        )
+    );
+    assert_eq!(f.display[0].category, "Sports > Footwear > Running");
     let col = |name: &str| {
         schema
             .columns
@@ -238,11 +255,12 @@ async fn suite(backend: Backend) {
         .into_inner();
     assert!(r.duplicate, "a retried event is counted once");
     let f = c
-        .get_features(feats("u1"))
+        .get_features(feats("u1", false))
         .await
         .expect("features")
         .into_inner();
     assert!(!f.cold_start_user);
+    assert!(f.display.is_empty(), "display fields only when asked");
     assert_eq!(f.values[col("user_bought")], 1.0);
     assert_eq!(f.values[col("user_category_affinity")], 1.0);
     assert_eq!(f.values[n + col("user_bought")], 0.0);

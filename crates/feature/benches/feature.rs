@@ -130,6 +130,8 @@ async fn run<S: FeatureStore + Clone>(name: &str, store: S, data: &[u8], n: usiz
             user_id: format!("u{}", q % 500),
             query: format!("{} {}", ADJ[q % ADJ.len()], NOUNS[q % NOUNS.len()]),
             candidate_ids: ids,
+            // As Search asks: rows and display fields in one call.
+            with_display: true,
         };
         let t = Instant::now();
         let r = f.get_features(req).await.expect("features");

@@ -89,7 +89,12 @@ impl<S: FeatureStore> Features<S> {
         req: pb::GetFeaturesRequest,
     ) -> Result<pb::GetFeaturesResponse, RpcError> {
         let ids = validate_get_features(&req)?;
-        let pb::GetFeaturesRequest { user_id, query, .. } = req;
+        let pb::GetFeaturesRequest {
+            user_id,
+            query,
+            with_display: req_display,
+            ..
+        } = req;
 
         let (items, profile) = tokio::try_join!(self.store.get_items(&ids), async {
             if user_id.is_empty() {
@@ -114,12 +119,18 @@ impl<S: FeatureStore> Features<S> {
         let scores =
             rankmesh_common::rpc::blocking(move || lexical.scores_for(&q, &ids_for_bm25)).await?;
         let values = features::matrix(&query, &known, &scores, &popularity, profile.as_ref());
+        let display = if req_display {
+            known.iter().map(display_of).collect()
+        } else {
+            Vec::new()
+        };
         Ok(pb::GetFeaturesResponse {
             schema: Some(schema()),
             item_ids: known_ids,
             values,
             unknown_item_ids: unknown,
             cold_start_user: profile.is_none(),
+            display,
         })
     }
 
@@ -329,6 +340,16 @@ async fn feed_parser<E: std::fmt::Display>(
         };
         let _ = tx.send(Err(())).await;
         return Some(RpcError::Aborted(broken));
+    }
+}
+
+/// What a result list shows of an item.
+fn display_of(item: &Item) -> pb::ItemDisplay {
+    pb::ItemDisplay {
+        title: item.title.clone(),
+        category: item.category.clone(),
+        brand: item.brand.clone(),
+        price: item.price,
     }
 }
 

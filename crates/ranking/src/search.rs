@@ -253,12 +253,14 @@ fn trace_id() -> String {
     }
 }
 
-/// The ranker's input for a request: rows in candidate order.
+/// The ranker's input for a request: rows in candidate order; and, when asked
+/// for, each candidate's display fields, read with its features.
 #[derive(Debug)]
 struct Featurized {
     schema: feat::FeatureSchema,
     values: Vec<f32>,
     width: usize,
+    display: HashMap<String, feat::ItemDisplay>,
 }
 
 /// The full ranker schema: the feature service's columns, then ranking's own.
@@ -371,7 +373,14 @@ impl Orchestrator {
         let (mut candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
         let f = self
-            .features(&query, &req.user_id, &mut candidates, &stats, deadline)
+            .features(
+                &query,
+                &req.user_id,
+                &mut candidates,
+                &stats,
+                deadline,
+                false,
+            )
             .await
             .map_err(|e| RpcError::Unavailable(format!("features: {e}")))?;
         tracing::Span::current().record("candidates", candidates.len());
@@ -690,11 +699,18 @@ impl Orchestrator {
     ) -> Result<pb::SearchResponse, RpcError> {
         let t = Instant::now();
         let features = self
-            .features(&req.query, &req.user_id, &mut candidates, &stats, deadline)
+            .features(
+                &req.query,
+                &req.user_id,
+                &mut candidates,
+                &stats,
+                deadline,
+                true,
+            )
             .await;
         trace.time("features", t);
         let t = Instant::now();
-        let rows = match features {
+        let mut rows = match features {
             Err(s) => {
                 trace.degrade("features", &s);
                 trace.degrade("ranker", &"no features");
@@ -712,21 +728,11 @@ impl Orchestrator {
                 Some(f)
             }
         };
-        // Explained rows follow the candidates through the sort.
-        let mut explained: Vec<(Candidate, Vec<f32>)> = match (&rows, req.explain) {
-            (Some(f), true) => candidates
-                .into_iter()
-                .zip(f.values.chunks(f.width).map(<[f32]>::to_vec))
-                .collect(),
-            _ => candidates.into_iter().map(|c| (c, Vec::new())).collect(),
-        };
-        explained.sort_by(|(a, _), (b, _)| match (a.score, b.score) {
-            (Some(x), Some(y)) => y.total_cmp(&x),
-            _ => b.rrf.total_cmp(&a.rrf),
-        });
-        explained.truncate(req.k);
+        let explained = rows.as_ref().filter(|_| req.explain);
+        let top = top_k(candidates, explained, req.k);
         trace.time("rank", t);
-        let items = self.present(explained, deadline, &mut trace).await;
+        let display = rows.as_mut().map(|f| std::mem::take(&mut f.display));
+        let items = self.present(top, display, deadline, &mut trace).await;
         if Instant::now() > deadline && items.is_empty() {
             return Err(RpcError::DeadlineExceeded(
                 "deadline exceeded during ranking".into(),
@@ -750,7 +756,9 @@ impl Orchestrator {
 
     /// The ranker's input: the feature service's rows for the candidates, with the
     /// retrieval columns appended; candidates the catalog no longer knows are
-    /// dropped (they cannot be shown).
+    /// dropped (they cannot be shown). With `display`, the same call answers
+    /// what the reply shows of each candidate: one round trip to the feature
+    /// service after retrieval, not two.
     async fn features(
         &self,
         query: &str,
@@ -758,6 +766,7 @@ impl Orchestrator {
         candidates: &mut Vec<Candidate>,
         stats: &ListStats,
         deadline: Instant,
+        display: bool,
     ) -> Result<Featurized, StageError> {
         let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         let f = self
@@ -767,6 +776,7 @@ impl Orchestrator {
                     user_id: user_id.to_owned(),
                     query: query.to_owned(),
                     candidate_ids: ids,
+                    with_display: display,
                 },
                 share(deadline, 0.5),
             )
@@ -782,6 +792,7 @@ impl Orchestrator {
             width: schema.columns.len().max(1),
             schema,
             values,
+            display: f.item_ids.into_iter().zip(f.display).collect(),
         })
     }
 
@@ -850,32 +861,20 @@ impl Orchestrator {
         }
     }
 
-    /// Display fields for the top k (ids and scores only when they cannot be had).
+    /// The top k with their display fields: those read with the features, else
+    /// (no features) fetched now; ids and scores only when they cannot be had.
     async fn present(
         &self,
         ranked: Vec<(Candidate, Vec<f32>)>,
+        display: Option<HashMap<String, feat::ItemDisplay>>,
         deadline: Instant,
         trace: &mut Trace,
     ) -> Vec<pb::RankedItem> {
         let t = Instant::now();
-        let top: Vec<String> = ranked.iter().map(|(c, _)| c.id.clone()).collect();
-        let display = if top.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            self.feature
-                .get_items(feat::GetItemsRequest { ids: top }, deadline)
-                .await
-                .map(|r| {
-                    r.items
-                        .into_iter()
-                        .map(|i| (i.id.clone(), i))
-                        .collect::<HashMap<_, _>>()
-                })
+        let display = match display {
+            Some(d) if ranked.iter().all(|(c, _)| d.contains_key(&c.id)) => d,
+            _ => self.fetch_display(&ranked, deadline, trace).await,
         };
-        let display = display.unwrap_or_else(|s| {
-            trace.degrade("items", &s);
-            HashMap::new()
-        });
         trace.time("items", t);
         ranked
             .into_iter()
@@ -894,6 +893,43 @@ impl Orchestrator {
             })
             .collect()
     }
+
+    /// Display fields of the ranked items by GetItems, for an answer that has
+    /// none from the features call; empty (and "items" degraded) when it fails.
+    async fn fetch_display(
+        &self,
+        ranked: &[(Candidate, Vec<f32>)],
+        deadline: Instant,
+        trace: &mut Trace,
+    ) -> HashMap<String, feat::ItemDisplay> {
+        let ids: Vec<String> = ranked.iter().map(|(c, _)| c.id.clone()).collect();
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        match self
+            .feature
+            .get_items(feat::GetItemsRequest { ids }, deadline)
+            .await
+        {
+            Ok(r) => r
+                .items
+                .into_iter()
+                .map(|i| {
+                    let shown = feat::ItemDisplay {
+                        title: i.title,
+                        category: i.category,
+                        brand: i.brand,
+                        price: i.price,
+                    };
+                    (i.id, shown)
+                })
+                .collect(),
+            Err(s) => {
+                trace.degrade("items", &s);
+                HashMap::new()
+            }
+        }
+    }
 }
 
 /// What `finish` needs to know of the request.
@@ -905,6 +941,29 @@ struct Finish {
     k: usize,
     explain: bool,
     recommend: bool,
+}
+
+/// The best `k` candidates, by ranker score when every candidate has one, else by
+/// fused retrieval rank; each with its feature row when `explained` (the rows
+/// follow their candidates through the sort), else an empty one.
+fn top_k(
+    candidates: Vec<Candidate>,
+    explained: Option<&Featurized>,
+    k: usize,
+) -> Vec<(Candidate, Vec<f32>)> {
+    let mut ranked: Vec<(Candidate, Vec<f32>)> = match explained {
+        Some(f) => candidates
+            .into_iter()
+            .zip(f.values.chunks(f.width).map(<[f32]>::to_vec))
+            .collect(),
+        None => candidates.into_iter().map(|c| (c, Vec::new())).collect(),
+    };
+    ranked.sort_by(|(a, _), (b, _)| match (a.score, b.score) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        _ => b.rrf.total_cmp(&a.rrf),
+    });
+    ranked.truncate(k);
+    ranked
 }
 
 /// Recommendation order: the user's affinity for the item's category and brand,
