@@ -2,7 +2,7 @@
 //! reported as a ratio (this machine is small and noisy: absolute numbers drift,
 //! ratios much less).
 //!
-//!   cargo bench -p rankmesh-embedding --bench embedding -- [encoder] [service] [retrieve]
+//!   cargo bench -p rankmesh-embedding --bench embedding -- [encoder] [service] [retrieve] [bulk]
 //!
 //! - encoder: texts/s at concurrency 16 through the dynamic batcher vs one text per
 //!   model call, for INT8 and FP32; and INT8 vs FP32.
@@ -11,6 +11,12 @@
 //! - retrieve: Retrieve p50/p99 and recall@10 against exact search at 50k and 500k
 //!   items (`RANKMESH_BENCH_ITEMS=50000,500000`), on real embeddings of generated
 //!   product titles (`RANKMESH_BENCH_REAL` of them; the rest are near-duplicates).
+//!
+//! - bulk: catalog texts of mixed length (a title, or a title and a description),
+//!   embedded as BuildIndex does (sorted by length, batches of 32, each in length
+//!   groups) vs as it did before (arrival order, each batch padded to its
+//!   longest), and vs Python onnxruntime on the same texts (`bench/peer/
+//!   bulk_embed.py`, run with the venv's python when there is one).
 //!
 //! Needs `ORT_DYLIB_PATH` and the exported models (`scripts/setup`).
 
@@ -461,6 +467,131 @@ fn bench_retrieve() {
     }
 }
 
+/// `n` catalog texts as `catalog::text` makes them: a title, brand and category,
+/// and for most items a description of 10 to 120 words.
+fn catalog_texts(n: usize) -> Vec<String> {
+    const WORDS: &[&str] = &[
+        "durable",
+        "design",
+        "with",
+        "easy",
+        "to",
+        "clean",
+        "surface",
+        "and",
+        "a",
+        "comfortable",
+        "grip",
+        "for",
+        "everyday",
+        "use",
+        "made",
+        "from",
+        "recycled",
+        "materials",
+        "tested",
+        "quality",
+        "fits",
+        "most",
+        "standard",
+        "sizes",
+        "includes",
+        "warranty",
+    ];
+    (0..n)
+        .map(|i| {
+            let (title, cat) = product(i);
+            let brand = BRANDS[(i / 29) % BRANDS.len()];
+            let words = if i % 5 == 0 { 0 } else { 10 + (i * 37) % 111 };
+            let desc: Vec<&str> = (0..words)
+                .map(|w| WORDS[(i + w * 7) % WORDS.len()])
+                .collect();
+            let mut t = format!("{title}. {brand}. {cat}");
+            if !desc.is_empty() {
+                t.push_str(". ");
+                t.push_str(&desc.join(" "));
+            }
+            t
+        })
+        .collect()
+}
+
+fn bench_bulk() {
+    let n: usize = std::env::var("RANKMESH_BENCH_BULK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    println!("\n== bulk indexing, {n} catalog texts, int8, batches of 32, 2 intra-op threads");
+    let enc = Encoder::load(&models(), Variant::Int8, 256, &onnx()).expect("load encoder");
+    let texts = catalog_texts(n);
+    enc.encode(&texts[..32]).expect("warm-up");
+    let rate = |f: &dyn Fn() -> usize| {
+        let start = Instant::now();
+        let done = f();
+        done as f64 / start.elapsed().as_secs_f64()
+    };
+    let before = rate(&|| {
+        texts
+            .chunks(32)
+            .map(|c| enc.encode_as_one_batch(c).expect("encode").len())
+            .sum()
+    });
+    let now = rate(&|| {
+        let mut sorted: Vec<&String> = texts.iter().collect();
+        sorted.sort_by_key(|t| t.len());
+        let sorted: Vec<String> = sorted.into_iter().cloned().collect();
+        sorted
+            .chunks(32)
+            .map(|c| enc.encode(c).expect("encode").len())
+            .sum()
+    });
+    println!(
+        "{:<46} {:>10.1} texts/s",
+        "arrival order, padded to each batch's longest", before
+    );
+    println!(
+        "{:<46} {:>10.1} texts/s  ({:.2}x)",
+        "sorted by length, length groups (BuildIndex)",
+        now,
+        now / before
+    );
+    let venv = std::env::var_os("RANKMESH_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        println!("python peer: not run ({} missing)", python.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, texts.join("\n")).expect("write texts");
+    let peer = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/peer/bulk_embed.py");
+    let out = std::process::Command::new(python)
+        .arg(peer)
+        .arg("--model")
+        .arg(models().join("int8/model.onnx"))
+        .arg("--tokenizer")
+        .arg(models().join("int8/tokenizer.json"))
+        .arg("--texts")
+        .arg(&file)
+        .output()
+        .expect("run the python peer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let peer: serde_json::Value = serde_json::from_str(line.trim()).expect("peer JSON");
+    let py = peer["texts_per_s"].as_f64().expect("texts_per_s");
+    println!(
+        "{:<46} {:>10.1} texts/s",
+        "python onnxruntime, sorted by length", py
+    );
+    println!("rust (BuildIndex) / python: {:.2}x", now / py);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -476,5 +607,8 @@ fn main() {
     }
     if want("retrieve") {
         bench_retrieve();
+    }
+    if want("bulk") {
+        bench_bulk();
     }
 }

@@ -2,15 +2,16 @@
 //! is already mean-pooled and L2-normalised (see `scripts/export-encoder`).
 //!
 //! The shipped tokenizer.json pads every input to 128 tokens and truncates at 128;
-//! here padding is to the longest text of each batch (short queries stay cheap) and
-//! truncation is at `max_tokens` (256), reported per text.
+//! here truncation is at `max_tokens` (256), reported per text, and a batch runs
+//! in groups of similar length, each padded to its longest text (short queries
+//! stay cheap, and a long text does not make its batch pay for it).
 
 use std::path::{Path, PathBuf};
 
 use ort::value::Tensor;
 use rankmesh_common::onnx::{OnnxConfig, OnnxError, Provider, SessionPool};
 use serde::{Deserialize, Serialize};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 /// The graph's output name.
 pub const OUTPUT: &str = "sentence_embedding";
@@ -160,11 +161,35 @@ impl Encoder {
         self.pool.provider()
     }
 
-    /// Embeds a batch. Blocking: call from a blocking thread.
+    /// Embeds texts, in the order given. Blocking: call from a blocking thread.
+    ///
+    /// The texts run in groups of similar token length ([`length_groups`]): a
+    /// model call pads every row to its longest, so a batch mixing a 10-token
+    /// query with a 200-token description would pay 200 for both.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Embedded>, EncoderError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
+        let encodings = self.tokenizer.encodings(texts)?;
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut out: Vec<Option<Embedded>> = (0..texts.len()).map(|_| None).collect();
+        for group in length_groups(&lengths, TOKEN_BUDGET) {
+            let rows: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
+            let embedded = self.run(self.tokenizer.pad(&rows))?;
+            for (i, e) in group.into_iter().zip(embedded) {
+                out[i] = Some(e);
+            }
         }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| EncoderError::Inference("a text got no vector".into())))
+            .collect()
+    }
+
+    /// Embeds texts as one batch padded to the longest, in the order given: what
+    /// [`Self::encode`] does without length groups (the benchmark's baseline).
+    pub fn encode_as_one_batch(&self, texts: &[String]) -> Result<Vec<Embedded>, EncoderError> {
+        self.run(self.tokenizer.batch(texts)?)
+    }
+
+    /// Runs one padded batch through the model.
+    fn run(&self, batch: TokenBatch) -> Result<Vec<Embedded>, EncoderError> {
         let TokenBatch {
             ids,
             mask,
@@ -172,7 +197,10 @@ impl Encoder {
             batch,
             seq,
             truncated,
-        } = self.tokenizer.batch(texts)?;
+        } = batch;
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
         let shape = [batch as i64, seq as i64];
         let tensor = |data: Vec<i64>| {
             Tensor::from_array((shape, data)).map_err(|e| EncoderError::Inference(e.to_string()))
@@ -211,12 +239,54 @@ impl Encoder {
     }
 }
 
-/// The encoder's tokenizer: the HF tokenizer.json, padded to the longest text of a
-/// batch and truncated at `max_tokens`. Apart from the ONNX session, so the fuzz
+/// Most padded tokens (rows x longest row) in one model call: a batch of long
+/// texts runs as several calls rather than one large tensor (a 256-token text is
+/// 32 rows of it).
+pub const TOKEN_BUDGET: usize = 8192;
+/// A length group is cut when padding would make it more than 1.5 times its real
+/// tokens (a padded token costs the model as much as a real one; another call
+/// costs about as much as a few padded tokens)...
+const MAX_PADDED_HALVES: usize = 3;
+/// ...and it already has this many rows (fewer: another model call would cost
+/// more than the padding it saves).
+const MIN_GROUP_ROWS: usize = 4;
+
+/// The texts of a batch in groups to run as one model call each, by index:
+/// shortest first, a group cut where the next text would make it pad to more than
+/// 1.5x its real tokens (once it has [`MIN_GROUP_ROWS`]) or exceed
+/// `budget` padded tokens. Every index is in exactly one group.
+pub fn length_groups(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut groups = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut real = 0;
+    for i in order {
+        // Sorted: the newcomer is the group's longest, the width it would pad to.
+        let len = lengths[i].max(1);
+        let padded = (group.len() + 1) * len;
+        let wasteful =
+            group.len() >= MIN_GROUP_ROWS && 2 * padded > MAX_PADDED_HALVES * (real + len);
+        if !group.is_empty() && (padded > budget || wasteful) {
+            groups.push(std::mem::take(&mut group));
+            real = 0;
+        }
+        real += len;
+        group.push(i);
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
+}
+
+/// The encoder's tokenizer: the HF tokenizer.json, truncated at `max_tokens`, each
+/// batch padded to its longest text. Apart from the ONNX session, so the fuzz
 /// target `tokenizer` runs exactly what every Embed and Search text goes through.
 #[derive(Debug)]
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
+    pad_id: i64,
 }
 
 /// A tokenized batch: `[batch, seq]` row-major tensors, the encoder's inputs.
@@ -232,31 +302,39 @@ pub struct TokenBatch {
 }
 
 impl TextTokenizer {
-    /// Parses a tokenizer.json and sets padding and truncation.
+    /// Parses a tokenizer.json and sets truncation; padding is done per batch
+    /// ([`Self::pad`]), its own padding turned off.
     pub fn from_bytes(tokenizer_json: &[u8], max_tokens: usize) -> Result<Self, String> {
         let mut tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(|e| e.to_string())?;
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id,
-            pad_token: "[PAD]".into(),
-            ..PaddingParams::default()
-        }));
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
                 ..TruncationParams::default()
             }))
             .map_err(|e| e.to_string())?;
-        Ok(Self { tokenizer })
+        Ok(Self {
+            tokenizer,
+            pad_id: i64::from(pad_id),
+        })
     }
 
-    /// Tokenizes a non-empty batch into rectangular tensors.
-    pub fn batch(&self, texts: &[String]) -> Result<TokenBatch, EncoderError> {
-        let encodings = self
-            .tokenizer
+    /// Each text's tokens, unpadded.
+    pub fn encodings(&self, texts: &[String]) -> Result<Vec<Encoding>, EncoderError> {
+        self.tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+            .map_err(|e| EncoderError::Tokenize(e.to_string()))
+    }
+
+    /// Tokenizes a batch into rectangular tensors, padded to its longest text.
+    pub fn batch(&self, texts: &[String]) -> Result<TokenBatch, EncoderError> {
+        let encodings = self.encodings(texts)?;
+        Ok(self.pad(&encodings.iter().collect::<Vec<_>>()))
+    }
+
+    /// Rectangular tensors of `encodings`, each row padded to the longest.
+    pub fn pad(&self, encodings: &[&Encoding]) -> TokenBatch {
         let batch = encodings.len();
         let seq = encodings
             .iter()
@@ -267,12 +345,10 @@ impl TextTokenizer {
         let mut ids = Vec::with_capacity(batch * seq);
         let mut mask = Vec::with_capacity(batch * seq);
         let mut types = Vec::with_capacity(batch * seq);
-        for e in &encodings {
-            // Padding makes every row `seq` long; guard anyway so a tokenizer change
-            // cannot produce a ragged tensor.
+        for e in encodings {
             let pad = seq - e.get_ids().len();
             ids.extend(e.get_ids().iter().map(|&v| i64::from(v)));
-            ids.extend(std::iter::repeat_n(0, pad));
+            ids.extend(std::iter::repeat_n(self.pad_id, pad));
             mask.extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
             mask.extend(std::iter::repeat_n(0, pad));
             types.extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
@@ -282,14 +358,14 @@ impl TextTokenizer {
             .iter()
             .map(|e| !e.get_overflowing().is_empty())
             .collect();
-        Ok(TokenBatch {
+        TokenBatch {
             ids,
             mask,
             types,
             batch,
             seq,
             truncated,
-        })
+        }
     }
 }
 
@@ -319,4 +395,52 @@ fn check_signature(session: &mut ort::session::Session) -> Result<usize, Encoder
     usize::try_from(dim).ok().filter(|d| *d > 0).ok_or_else(|| {
         EncoderError::Signature(format!("{OUTPUT} has no fixed last dimension ({dim})"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn padded(lengths: &[usize], groups: &[Vec<usize>]) -> usize {
+        groups
+            .iter()
+            .map(|g| g.len() * g.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn length_groups_cover_every_text_once_and_cut_padding() {
+        // Eight short queries, eight medium titles, sixteen long descriptions,
+        // interleaved as a batch arrives.
+        let lengths: Vec<usize> = (0..32)
+            .map(|i| match i % 4 {
+                0 => 10,
+                1 => 50,
+                _ => 120,
+            })
+            .collect();
+        let groups = length_groups(&lengths, TOKEN_BUDGET);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        for g in &groups {
+            let lens: Vec<usize> = g.iter().map(|&i| lengths[i]).collect();
+            assert!(
+                lens.iter().all(|&l| l == lens[0]),
+                "one length per group: {lens:?}"
+            );
+        }
+        // One batch padded to 120 would be 3,840 tokens; the groups pad to 2,400.
+        assert_eq!(padded(&lengths, &groups), 8 * 10 + 8 * 50 + 16 * 120);
+
+        // Similar lengths stay one call; so do fewer rows than a group's minimum.
+        assert_eq!(length_groups(&[7, 8, 9, 8, 7, 9], TOKEN_BUDGET).len(), 1);
+        assert_eq!(length_groups(&[5, 200, 5], TOKEN_BUDGET).len(), 1);
+        // The budget splits long texts however alike they are.
+        let long = vec![256; 64];
+        let groups = length_groups(&long, TOKEN_BUDGET);
+        assert_eq!(groups.len(), 2);
+        assert!(groups.iter().all(|g| g.len() * 256 <= TOKEN_BUDGET));
+        assert!(length_groups(&[], TOKEN_BUDGET).is_empty());
+    }
 }

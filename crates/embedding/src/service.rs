@@ -438,6 +438,9 @@ impl Embedder {
             });
         }
         let embedded = to_embed.len();
+        // Texts of similar length batch together: a model call pads every row to
+        // its longest (the order items are indexed in does not matter).
+        to_embed.sort_by_key(|(_, t)| t.len());
         for chunk in to_embed.chunks(BUILD_CHUNK) {
             let texts: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
             let vectors = encoder.batcher.submit(texts).await?;
