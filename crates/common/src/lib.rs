@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`batcher`]: dynamic batching of model calls across concurrent requests.
+//! - [`admission`]: a concurrency limit that follows latency, for a service's edge.
 //! - `onnx` (feature `onnx`): ONNX Runtime loading, sessions and session pools.
 //! - [`config`]: typed, layered configuration (defaults, TOML file, `RANKMESH__*` env).
 //! - [`secret`]: keys and tokens read from owner-only files the config names.
@@ -24,6 +25,7 @@
 //! Owns what every process shares and nothing service-specific. Must not import
 //! the SDK, the artifact crate or any service crate.
 
+pub mod admission;
 pub mod authz;
 pub mod batcher;
 pub mod blocking;

@@ -47,6 +47,7 @@ use crate::search::{LoadedRanker, Orchestrator, Rankers, SearchConfig};
 use crate::service::RankingApi;
 use rankmesh_artifact::fetch::{Fetcher, RegistrySource};
 use rankmesh_client::{EmbeddingClient, FeatureClient, RegistryClient};
+use rankmesh_common::admission::{Admission, AdmissionConfig};
 use rankmesh_common::secret;
 
 /// Its name in discovery and metrics, and the gRPC service it serves.
@@ -71,6 +72,10 @@ rankmesh_common::service_config! {
         pub batch: BatchConfig,
         /// When the rollout leader promotes or rolls back a canary ranker.
         pub rollout: RolloutPolicy,
+        /// Admission of Search, Recommend and Featurize calls: a concurrency limit
+        /// that follows latency, so past saturation the excess is refused at once
+        /// here, at the edge, before any work is spent downstream.
+        pub admission: AdmissionConfig,
     }
 }
 
@@ -112,6 +117,7 @@ impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
         self.onnx.validate("onnx")?;
         self.batch.validate("batch")?;
+        self.admission.validate("admission")?;
         if !(1..=rankmesh_proto::limits::MAX_CANDIDATES).contains(&self.search.candidates) {
             return Err(rankmesh_common::config::invalid(
                 "search.candidates",
@@ -224,6 +230,7 @@ pub async fn run(
         ),
         rankers: Arc::clone(&rankers),
         config: config.search.clone(),
+        admission: Admission::new(config.admission),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

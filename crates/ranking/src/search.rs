@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use rankmesh_common::admission::{Admission, Outcome as Admitted};
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
 use rankmesh_common::rpc::{Blank, RpcError, check_count, check_text, invalid};
@@ -159,6 +160,8 @@ pub struct Orchestrator {
     /// The rankers in use; each swapped atomically when a new version is installed.
     pub rankers: Arc<Rankers>,
     pub config: SearchConfig,
+    /// Which calls are admitted (see [`rankmesh_common::admission`]).
+    pub admission: Arc<Admission>,
 }
 
 /// Every value an answer's `degraded` can hold (the proto's comment on
@@ -333,8 +336,18 @@ impl Orchestrator {
         req: pb::SearchRequest,
         deadline: Instant,
     ) -> Result<pb::SearchResponse, RpcError> {
+        let valid = validate_search(&req)?;
+        self.admitted(self.search_valid(req, valid, deadline)).await
+    }
+
+    async fn search_valid(
+        &self,
+        req: pb::SearchRequest,
+        valid: ValidSearch,
+        deadline: Instant,
+    ) -> Result<pb::SearchResponse, RpcError> {
         let started = Instant::now();
-        let ValidSearch { query, k, .. } = validate_search(&req)?;
+        let ValidSearch { query, k, .. } = valid;
         let mut trace = Trace::default();
         let (candidates, stats) =
             Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
@@ -361,6 +374,26 @@ impl Orchestrator {
         Ok(answer)
     }
 
+    /// Runs a validated call if admission lets it in (RESOURCE_EXHAUSTED at once
+    /// if not), and tells admission how it went: its latency when answered, a
+    /// timeout (or a caller that went away: the permit is dropped) as overload.
+    async fn admitted<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        let permit = self
+            .admission
+            .admit()
+            .map_err(|r| RpcError::ResourceExhausted(r.to_string()))?;
+        let result = Box::pin(work).await;
+        permit.finish(match &result {
+            Ok(_) => Admitted::Answered,
+            Err(RpcError::DeadlineExceeded(_)) => Admitted::TimedOut,
+            Err(_) => Admitted::Failed,
+        });
+        result
+    }
+
     /// The ranker's input for every candidate of a query, as Search computes it.
     #[tracing::instrument(name = "featurize", skip_all, fields(candidates))]
     pub async fn featurize(
@@ -369,28 +402,31 @@ impl Orchestrator {
         deadline: Instant,
     ) -> Result<pb::FeaturizeResponse, RpcError> {
         let (query, _) = validate_featurize(&req)?;
-        let mut trace = Trace::default();
-        let (mut candidates, stats) =
-            Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
-        let f = self
-            .features(
-                &query,
-                &req.user_id,
-                &mut candidates,
-                &stats,
-                deadline,
-                false,
-            )
-            .await
-            .map_err(|e| RpcError::Unavailable(format!("features: {e}")))?;
-        tracing::Span::current().record("candidates", candidates.len());
-        Ok(pb::FeaturizeResponse {
-            schema: Some(f.schema),
-            item_ids: candidates.into_iter().map(|c| c.id).collect(),
-            values: f.values,
-            models: trace.models,
-            degraded: trace.degraded,
+        self.admitted(async move {
+            let mut trace = Trace::default();
+            let (mut candidates, stats) =
+                Box::pin(self.retrieve(&query, req.filters.clone(), deadline, &mut trace)).await?;
+            let f = self
+                .features(
+                    &query,
+                    &req.user_id,
+                    &mut candidates,
+                    &stats,
+                    deadline,
+                    false,
+                )
+                .await
+                .map_err(|e| RpcError::Unavailable(format!("features: {e}")))?;
+            tracing::Span::current().record("candidates", candidates.len());
+            Ok(pb::FeaturizeResponse {
+                schema: Some(f.schema),
+                item_ids: candidates.into_iter().map(|c| c.id).collect(),
+                values: f.values,
+                models: trace.models,
+                degraded: trace.degraded,
+            })
         })
+        .await
     }
 
     /// Dense and lexical candidates in parallel, fused.
@@ -486,45 +522,49 @@ impl Orchestrator {
     ) -> Result<pb::RecommendResponse, RpcError> {
         let started = Instant::now();
         let k = validate_recommend(&req)?;
-        let pb::RecommendRequest {
-            user_id,
-            filters,
-            routing_key,
-            ..
-        } = req;
-        let mut trace = Trace::default();
-        let (candidates, stats) =
-            Box::pin(self.recommend_candidates(&user_id, filters, deadline, &mut trace)).await?;
-        // Sticky canary assignment: the caller's key, else the user.
-        let routing_key = if routing_key.is_empty() {
-            user_id.clone()
-        } else {
-            routing_key
-        };
-        let request = Finish {
-            query: String::new(),
-            user_id,
-            routing_key,
-            k,
-            explain: false,
-            recommend: true,
-        };
-        // Recommendations answer what a search does, less the (query) feature schema.
-        let pb::SearchResponse {
-            items,
-            models,
-            trace_id,
-            degraded,
-            stage_ms,
-            feature_schema: _,
-        } = Box::pin(self.finish(request, candidates, stats, deadline, trace, started)).await?;
-        Ok(pb::RecommendResponse {
-            items,
-            models,
-            trace_id,
-            degraded,
-            stage_ms,
+        self.admitted(async move {
+            let pb::RecommendRequest {
+                user_id,
+                filters,
+                routing_key,
+                ..
+            } = req;
+            let mut trace = Trace::default();
+            let (candidates, stats) =
+                Box::pin(self.recommend_candidates(&user_id, filters, deadline, &mut trace))
+                    .await?;
+            // Sticky canary assignment: the caller's key, else the user.
+            let routing_key = if routing_key.is_empty() {
+                user_id.clone()
+            } else {
+                routing_key
+            };
+            let request = Finish {
+                query: String::new(),
+                user_id,
+                routing_key,
+                k,
+                explain: false,
+                recommend: true,
+            };
+            // Recommendations answer what a search does, less the (query) feature schema.
+            let pb::SearchResponse {
+                items,
+                models,
+                trace_id,
+                degraded,
+                stage_ms,
+                feature_schema: _,
+            } = Box::pin(self.finish(request, candidates, stats, deadline, trace, started)).await?;
+            Ok(pb::RecommendResponse {
+                items,
+                models,
+                trace_id,
+                degraded,
+                stage_ms,
+            })
         })
+        .await
     }
 
     /// Recommend's candidates, as [`Self::retrieve`] is Search's: for a user with
