@@ -1,5 +1,5 @@
-//! Overload seen from a storefront: a ranking replica with its default admission
-//! (a concurrency limit that follows latency), offered far more than it can serve
+//! Overload seen from a storefront: a ranking replica whose admission (a
+//! concurrency limit that follows latency) is capped low, offered far more than it can serve
 //! by `meshctl bench` (open loop), refuses the excess with RESOURCE_EXHAUSTED in
 //! milliseconds instead of letting calls queue into their deadlines, its memory
 //! stays bounded, and it serves again once the flood is over. (Its own test
@@ -10,7 +10,20 @@ use rankmesh_tests::mesh::{LocalMesh, bench_report, number, search_load, summary
 
 #[tokio::test]
 async fn overload_is_refused_in_milliseconds_with_bounded_memory() {
-    let mesh = LocalMesh::up(1, &[]);
+    // Admission as it comes, its limit capped at 4 so that the flood exceeds it
+    // on any machine (the adaptive rule itself is unit-tested in
+    // rankmesh_common::admission; scripts/bench measures it at full size).
+    let mesh = LocalMesh::up(
+        1,
+        &[
+            "--ranking-env",
+            "RANKMESH__ADMISSION__MAX_LIMIT=4",
+            "--ranking-env",
+            "RANKMESH__ADMISSION__INITIAL_LIMIT=4",
+            "--ranking-env",
+            "RANKMESH__ADMISSION__MIN_LIMIT=2",
+        ],
+    );
     let queries = mesh.queries_file();
     bench_report(mesh.bench(&search_load(&queries, "20", "2")));
     let before = mesh.rss_kib("ranking-0");

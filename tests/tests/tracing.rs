@@ -105,12 +105,13 @@ async fn a_search_is_one_trace_across_ranking_embedding_and_feature() {
                     .values()
                     .filter(|s| s.name.contains("Service/"))
                     .count();
-                // ranking's Search plus at least Retrieve, LexicalCandidates,
-                // GetFeatures and GetItems on the other two.
+                // ranking's Search plus at least Retrieve, LexicalCandidates and
+                // GetFeatures (which also answers the display fields) on the
+                // other two.
                 (["embedding", "feature", "ranking"]
                     .iter()
                     .all(|s| services.contains(s))
-                    && servers >= 5)
+                    && servers >= 4)
                     .then_some(doc)
             }
         },
@@ -138,7 +139,7 @@ async fn a_search_is_one_trace_across_ranking_embedding_and_feature() {
         .values()
         .filter(|s| s.service != "ranking" && s.name.contains("Service/"))
         .collect();
-    assert!(downstream.len() >= 4, "embedding and feature RPCs traced");
+    assert!(downstream.len() >= 3, "embedding and feature RPCs traced");
     for s in &downstream {
         let parent = &spans[s.parent.as_ref().expect("has a parent")];
         assert!(
