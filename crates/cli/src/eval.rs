@@ -212,14 +212,39 @@ struct Answers {
     ranked: bool,
 }
 
+/// Calls `f` again, after a backoff that doubles from 20 ms to 1 s, while the
+/// ranking service refuses it as overloaded (RESOURCE_EXHAUSTED: its admission
+/// turned the call away before doing any work), at most 10 times: a batch job
+/// may run more calls at once than a small mesh admits, and should wait rather
+/// than fail.
+pub(crate) async fn when_admitted<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..10 {
+        match f().await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+    f().await
+}
+
 async fn answers(t: &Targets, q: &str) -> anyhow::Result<Answers> {
     let (lex, den, cands, full) = tokio::join!(
         lexical(t, q),
         dense(t, q),
-        t.ranking
-            .featurize(search_request(q, DEPTH as u32), Deadline::Default),
-        t.ranking
-            .search(search_request(q, DEPTH as u32), Deadline::Default),
+        when_admitted(|| t
+            .ranking
+            .featurize(search_request(q, DEPTH as u32), Deadline::Default)),
+        when_admitted(|| t
+            .ranking
+            .search(search_request(q, DEPTH as u32), Deadline::Default)),
     );
     let full = full.with_context(|| format!("search {q:?}"))?;
     Ok(Answers {

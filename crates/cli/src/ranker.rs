@@ -279,10 +279,11 @@ pub(crate) async fn featurize(
         let progress = crate::progress::Progress::new(&format!("featurizing {name}"), labels.len());
         let mut stream = futures::stream::iter(labels.iter())
             .map(|(q, l)| async move {
-                let r = ranking
-                    .featurize(eval::search_request(q, 1), Duration::from_secs(30))
-                    .await
-                    .map_err(|s| anyhow::anyhow!("featurize {q:?}: {}: {}", s.code(), s.message()));
+                let r = eval::when_admitted(|| {
+                    ranking.featurize(eval::search_request(q, 1), Duration::from_secs(30))
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("featurize {q:?}: {}: {}", s.code(), s.message()));
                 r.map(|r| (q, l, r))
             })
             .buffered(CONCURRENCY);
