@@ -51,11 +51,7 @@ pub fn homedepot_slice(dir: &std::path::Path, queries: usize, items: usize) -> (
         std::io::BufReader::new(flate2::read::MultiGzDecoder::new(f))
     };
     // Queries picked by a hash of their text: the same slice everywhere.
-    let hash = |s: &str| {
-        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    };
+    let hash = |s: &str| rankmesh_common::fnv::fnv1a(s.as_bytes());
     let mut by_query: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut reader = csv::Reader::from_reader(open("judgments.csv.gz"));
     for rec in reader.records() {

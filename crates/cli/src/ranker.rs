@@ -177,11 +177,8 @@ pub(crate) struct TrainArgs {
 
 /// FNV-1a of the seed and the query: the same split on every machine.
 fn is_dev(query: &str, seed: u64, share: f64) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in query.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    use rankmesh_common::fnv::{OFFSET, fnv1a_from};
+    let h = fnv1a_from(OFFSET ^ seed, query.as_bytes());
     (h % 1_000_000) as f64 / 1e6 < share
 }
 

@@ -7,8 +7,9 @@
 //! RPCs: with `min_rtt` the latency of a call that did not queue and `rtt` the
 //! latency of the last one, `limit * (1 - min_rtt / rtt)` calls are queued
 //! somewhere (Little's law). Here `min_rtt` is stretched by a tolerance (2x):
-//! search calls vary in cost, and the fastest is not what a typical one takes. Few queued: the limit grows (there is room); many:
-//! it shrinks; a call that failed by running out of time shrinks it at once.
+//! search calls vary in cost, and the fastest is not what a typical one takes.
+//! Few queued: the limit grows (there is room); many: it shrinks; a call that
+//! failed by running out of time shrinks it at once.
 //! The limit only moves while it is being used (at least half of it in flight
 //! when the call started): a quiet service neither drifts to a limit it never
 //! tested nor shrinks its limit over one slow call that queued behind nothing.
@@ -115,7 +116,7 @@ struct State {
 /// How a finished call went, as far as the limit is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Answered (even with an error of its own): its latency counts.
+    /// Answered: its latency counts.
     Answered,
     /// Ran out of time or was given up by its caller: a sign of overload.
     TimedOut,
@@ -156,7 +157,7 @@ impl Admission {
             admission: Arc::clone(self),
             started: Instant::now(),
             in_flight: s.in_flight,
-            outcome: Some(Outcome::TimedOut),
+            outcome: Outcome::TimedOut,
         })
     }
 
@@ -185,12 +186,8 @@ impl Admission {
         if outcome == Outcome::Answered {
             s.min_rtt = Some(s.min_rtt.map_or(rtt, |m| m.min(rtt)));
         }
-        let min_rtt = match (s.min_rtt, s.previous_min_rtt) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(m) => m,
-                None => return,
-            },
+        let Some(min_rtt) = s.min_rtt.into_iter().chain(s.previous_min_rtt).min() else {
+            return;
         };
         let limit = s.limit;
         let log = limit.log10().max(1.0);
@@ -226,21 +223,21 @@ pub struct Permit {
     admission: Arc<Admission>,
     started: Instant,
     in_flight: usize,
-    outcome: Option<Outcome>,
+    /// What the drop records: timed out, unless `finish` said otherwise.
+    outcome: Outcome,
 }
 
 impl Permit {
     /// Records how the call went; its latency is measured to now.
     pub fn finish(mut self, outcome: Outcome) {
-        self.outcome = Some(outcome);
+        self.outcome = outcome;
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let outcome = self.outcome.unwrap_or(Outcome::TimedOut);
         self.admission
-            .finish(self.started.elapsed(), self.in_flight, outcome);
+            .finish(self.started.elapsed(), self.in_flight, self.outcome);
     }
 }
 
@@ -258,23 +255,19 @@ mod tests {
         })
     }
 
-    /// Runs `n` rounds of `limit` concurrent calls, each taking `rtt`.
+    /// Runs `n` rounds of `limit` concurrent calls, each answered after `rtt`
+    /// (given the calls in flight): started that long ago, as tests do not sleep.
     fn rounds(a: &Arc<Admission>, n: usize, rtt: impl Fn(usize) -> Duration) {
         for _ in 0..n {
             let permits: Vec<Permit> = (0..a.limit()).filter_map(|_| a.admit().ok()).collect();
             let in_flight = permits.len();
-            for p in permits {
-                let started = p.started;
-                std::mem::forget(p);
-                a.finish_at(started, rtt(in_flight), in_flight);
+            for mut p in permits {
+                p.in_flight = in_flight;
+                p.started = Instant::now()
+                    .checked_sub(rtt(in_flight))
+                    .expect("an instant that long ago");
+                p.finish(Outcome::Answered);
             }
-        }
-    }
-
-    impl Admission {
-        /// `finish` as if the call had taken `rtt` (tests do not sleep).
-        fn finish_at(&self, _started: Instant, rtt: Duration, in_flight: usize) {
-            self.finish(rtt, in_flight, Outcome::Answered);
         }
     }
 

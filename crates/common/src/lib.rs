@@ -13,6 +13,7 @@
 //! - [`catalog`]: the catalog item, its limits and validation.
 //! - [`relevance`]: NDCG over graded judgments (one definition for every report).
 //! - [`filters`]: validated catalog filters (category, price, brand).
+//! - [`fnv`]: FNV-1a, a hash that is the same on every machine and run.
 //! - [`etcd`]: the shared etcd client and member health-checking.
 //! - [`discovery`]: registering instances on a lease and following a service's
 //!   endpoints (etcd watch, or a static list).
@@ -35,6 +36,7 @@ pub mod discovery;
 pub mod election;
 pub mod etcd;
 pub mod filters;
+pub mod fnv;
 pub mod observe;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -54,12 +54,7 @@ pub fn meta(item: &CatalogItem, text: &str) -> ItemMeta {
 /// (FNV-1a, 64 bits; never 0, which means "unknown"). Kept in the index and its
 /// snapshot so an unchanged text is not embedded again.
 pub fn text_hash(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h.max(1)
+    rankmesh_common::fnv::fnv1a(text.as_bytes()).max(1)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -144,12 +144,7 @@ impl Rankers {
 /// A stable bucket in 0..100 for a routing key (FNV-1a: same key, same bucket, on
 /// every replica and across restarts).
 pub fn bucket(key: &str) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % 100) as u32
+    (rankmesh_common::fnv::fnv1a(key.as_bytes()) % 100) as u32
 }
 
 /// The orchestrator behind Search and Recommend.
