@@ -125,4 +125,20 @@ async fn every_rule_admits_its_roles_and_refuses_the_others() {
         RULES.len()
     );
     assert!(!refused.iter().any(|(r, _)| r == "admin"));
+    // Every refusal is in the refusing service's log, with the caller's identity.
+    let logs: String = std::fs::read_dir(state.path().join("logs"))
+        .expect("logs dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    let unlogged: Vec<String> = refused
+        .iter()
+        .filter(|(role, method)| {
+            let caller = format!("spiffe://rankmesh/{role}/authz-test");
+            !logs
+                .lines()
+                .any(|l| l.contains("call refused") && l.contains(*method) && l.contains(&caller))
+        })
+        .map(|(role, method)| format!("{role} -> {method}"))
+        .collect();
+    assert!(unlogged.is_empty(), "refused but not logged: {unlogged:?}");
 }
