@@ -167,9 +167,11 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
     }
 }
 
-/// When each fault's effect ended: judged up to the next fault (or the end).
+/// When each fault's effect ended: judged up to the next fault (or the end). The
+/// second in which the next fault starts is the next fault's: a fault injected
+/// at 10.001 s must not charge its first errors to the one before.
 fn mark_recovery(faults: &mut [Injected], load: &Load, p99_ms: f64) {
-    let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s).collect();
+    let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s.floor()).collect();
     next_at.push(load.duration_s);
     for (f, until) in faults.iter_mut().zip(next_at) {
         f.recovered_after_s = recovery(load, f.at_s, until.max(f.at_s + 1.0), p99_ms);
@@ -644,6 +646,34 @@ mod tests {
         assert_eq!(recovery(&l, 4.0, 6.0, 100.0), Some(0.0));
         let never = load(vec![second(0, 0, 20.0), second(1, 1, 20.0)]);
         assert_eq!(recovery(&never, 0.5, 2.0, 100.0), None);
+    }
+
+    /// A fault injected a hair after a whole second (as a drill's scheduler does)
+    /// owns that second: the errors it causes there are not the previous fault's.
+    #[test]
+    fn the_second_a_fault_starts_in_is_that_faults() {
+        let l = load(vec![
+            second(0, 0, 20.0),
+            second(1, 0, 20.0),
+            second(2, 0, 20.0),
+            second(3, 1, 20.0),
+            second(4, 0, 20.0),
+            second(5, 0, 20.0),
+        ]);
+        let mut faults = vec![
+            Injected::new("kill", 1.0),
+            Injected::new("partition", 3.001),
+        ];
+        mark_recovery(&mut faults, &l, 100.0);
+        assert_eq!(
+            faults[0].recovered_after_s,
+            Some(0.0),
+            "the kill's seconds were clean"
+        );
+        let partition = faults[1]
+            .recovered_after_s
+            .expect("the partition recovered");
+        assert!((partition - 0.999).abs() < 1e-9, "{partition}");
     }
 
     #[test]
