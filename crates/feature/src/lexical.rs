@@ -17,14 +17,17 @@ use std::sync::Mutex;
 use rankmesh_common::filters::{Filter, category_prefixes, normalize_category};
 use tantivy::collector::TopDocs;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, Occur, Query, RangeQuery,
-    TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, EnableScoring, Occur, Query,
+    RangeQuery, Scorer, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
     TextOptions, Value,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
+use tantivy::{
+    DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
+    TantivyDocument, Term, doc,
+};
 
 use crate::domain::Item;
 use crate::text;
@@ -326,27 +329,23 @@ impl LexicalIndex {
 
     /// BM25 scores of `query` for each of `ids`, by part (words, trigrams), and the
     /// title idf of the query's tokens.
+    ///
+    /// Only the candidates are scored: each is found by its id term, and each
+    /// part's scorer seeks from one candidate's document to the next, so the cost
+    /// follows the candidates, not the query's matches in the whole catalog (and no
+    /// id set is compiled into a query on every call). The scores are the ones a
+    /// search with the same part query gives those documents.
     pub fn scores_for(&self, query: &str, ids: &[String]) -> Result<QueryScores, LexicalError> {
         let tokens = text::tokens(query);
         if tokens.is_empty() || ids.is_empty() {
             return Ok(QueryScores::default());
         }
-        let only = || -> Box<dyn Query> {
-            Box::new(TermSetQuery::new(
-                ids.iter()
-                    .map(|id| Term::from_field_text(self.fields.id, id)),
-            ))
-        };
-        let part = |q: Option<Box<dyn Query>>| -> Result<HashMap<String, f32>, LexicalError> {
-            match q {
-                None => Ok(HashMap::new()),
-                Some(q) => Ok(self
-                    .collect(Self::restricted(q, Some(only())).as_ref(), ids.len())?
-                    .into_iter()
-                    .collect()),
-            }
-        };
         let searcher = self.reader.searcher();
+        let located = self.locate(&searcher, ids)?;
+        let part = |q: Option<Box<dyn Query>>| match q {
+            None => Ok(HashMap::new()),
+            Some(q) => Self::score_located(&searcher, q.as_ref(), &located),
+        };
         let docs = searcher.num_docs() as f32;
         let mut idf = HashMap::new();
         for t in &tokens {
@@ -364,6 +363,75 @@ impl LexicalIndex {
             grams: part(self.grams_query(&tokens, 1.0))?,
             idf,
         })
+    }
+
+    /// Where each of `ids` lives in `searcher`'s view: per segment, its live
+    /// documents in ascending order, each with its id. Unknown ids are left out.
+    fn locate<'a>(
+        &self,
+        searcher: &Searcher,
+        ids: &'a [String],
+    ) -> Result<Vec<Vec<(DocId, &'a str)>>, LexicalError> {
+        let mut by_segment = Vec::with_capacity(searcher.segment_readers().len());
+        for segment in searcher.segment_readers() {
+            let postings = segment.inverted_index(self.fields.id).map_err(err)?;
+            let mut docs = Vec::new();
+            for id in ids {
+                let term = Term::from_field_text(self.fields.id, id);
+                let Some(p) = postings
+                    .read_postings(&term, IndexRecordOption::Basic)
+                    .map_err(err)?
+                else {
+                    continue;
+                };
+                // An upsert deletes the old document and adds a new one: one of the
+                // id's documents is alive.
+                let mut p = p;
+                let mut doc = p.doc();
+                while doc != TERMINATED && segment.is_deleted(doc) {
+                    doc = p.advance();
+                }
+                if doc != TERMINATED {
+                    docs.push((doc, id.as_str()));
+                }
+            }
+            docs.sort_unstable();
+            docs.dedup();
+            by_segment.push(docs);
+        }
+        Ok(by_segment)
+    }
+
+    /// `query`'s score for each located document it matches, by id.
+    fn score_located(
+        searcher: &Searcher,
+        query: &dyn Query,
+        located: &[Vec<(DocId, &str)>],
+    ) -> Result<HashMap<String, f32>, LexicalError> {
+        let weight = query
+            .weight(EnableScoring::enabled_from_searcher(searcher))
+            .map_err(err)?;
+        let mut out = HashMap::new();
+        for (segment, docs) in searcher.segment_readers().iter().zip(located) {
+            if docs.is_empty() {
+                continue;
+            }
+            let mut scorer = weight.scorer(segment, 1.0).map_err(err)?;
+            for &(doc, id) in docs {
+                // Documents ascend, so the scorer only moves forward.
+                if scorer.doc() < doc {
+                    scorer.seek(doc);
+                }
+                match scorer.doc() {
+                    TERMINATED => break,
+                    d if d == doc => {
+                        out.insert(id.to_owned(), scorer.score());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn len(&self) -> u64 {
@@ -444,6 +512,76 @@ mod tests {
             hits.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
             ["p1"]
         );
+    }
+
+    /// What `scores_for` must agree with: each part's query run over the whole
+    /// index, restricted to the candidates (how it was computed before).
+    fn searched_parts(idx: &LexicalIndex, query: &str, ids: &[String]) -> QueryScores {
+        let tokens = text::tokens(query);
+        let part = |q: Option<Box<dyn Query>>| -> HashMap<String, f32> {
+            let only: Box<dyn Query> = Box::new(TermSetQuery::new(
+                ids.iter()
+                    .map(|id| Term::from_field_text(idx.fields.id, id)),
+            ));
+            q.map(|q| {
+                idx.collect(LexicalIndex::restricted(q, Some(only)).as_ref(), ids.len())
+                    .expect("search")
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        QueryScores {
+            words: part(idx.words_query(&tokens)),
+            grams: part(idx.grams_query(&tokens, 1.0)),
+            idf: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn candidate_scores_are_the_searched_scores_across_segments_and_updates() {
+        let idx = LexicalIndex::new().expect("index");
+        let titles = [
+            "wireless headphones",
+            "frying pan",
+            "garden hose",
+            "steel pan lid",
+        ];
+        // Several commits: several segments, and replaced items leave deleted
+        // documents behind.
+        for round in 0..4 {
+            let items: Vec<Item> = (0..60)
+                .map(|i| {
+                    item(
+                        &format!("i{}", (i * 7 + round * 13) % 150),
+                        &format!("{} model {}", titles[(i + round) % titles.len()], i % 9),
+                        "Home > Kitchen",
+                        "Acme",
+                        10.0,
+                    )
+                })
+                .collect();
+            idx.upsert(&items, false).expect("upsert");
+        }
+        let ids: Vec<String> = (0..160).step_by(3).map(|i| format!("i{i}")).collect();
+        for query in ["frying pan", "wireles hedphones model 3", "pan lid", "hose"] {
+            let got = idx.scores_for(query, &ids).expect("scores");
+            let want = searched_parts(&idx, query, &ids);
+            assert!(!want.words.is_empty(), "{query}: nothing matched");
+            for (name, got, want) in [
+                ("words", &got.words, &want.words),
+                ("grams", &got.grams, &want.grams),
+            ] {
+                assert_eq!(got.len(), want.len(), "{query} {name}");
+                for (id, w) in want {
+                    let g = got[id];
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{query} {name} {id}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
