@@ -82,11 +82,39 @@ fn check_user(user: &str, required: bool) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// One candidate's row of a request's feature matrix. The matrix is shared by its
+/// rows, not copied row by row: the batcher counts and cuts rows (its limits are
+/// in rows), and the batch copies the rows it runs into one tensor.
+#[derive(Debug, Clone)]
+pub struct MatrixRow {
+    matrix: Arc<[f32]>,
+    width: usize,
+    row: usize,
+}
+
+impl MatrixRow {
+    /// The rows of a row-major `matrix`, `width` values each.
+    pub fn all(matrix: Arc<[f32]>, width: usize) -> Vec<Self> {
+        let width = width.max(1);
+        (0..matrix.len() / width)
+            .map(|row| Self {
+                matrix: Arc::clone(&matrix),
+                width,
+                row,
+            })
+            .collect()
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.matrix[self.row * self.width..(self.row + 1) * self.width]
+    }
+}
+
 /// The ranker and its batcher, when one is loaded.
 #[derive(Debug)]
 pub struct LoadedRanker {
     pub ranker: Arc<Ranker>,
-    pub batcher: Batcher<Vec<f32>, f32>,
+    pub batcher: Batcher<MatrixRow, f32>,
     /// "fp32" or "int8": the artifact variant this replica runs.
     pub variant: String,
 }
@@ -96,8 +124,13 @@ impl LoadedRanker {
     pub fn new(ranker: Ranker, batch: BatchConfig, variant: &str) -> Self {
         let ranker = Arc::new(ranker);
         let r = Arc::clone(&ranker);
-        let batcher = Batcher::new("ranker", batch, move |rows: Vec<Vec<f32>>| {
-            r.score(rows.concat()).map_err(|e| e.to_string())
+        let batcher = Batcher::new("ranker", batch, move |rows: Vec<MatrixRow>| {
+            let width = rows.first().map_or(0, |x| x.width);
+            let mut tensor = Vec::with_capacity(rows.len() * width);
+            for row in &rows {
+                tensor.extend_from_slice(row.values());
+            }
+            r.score(tensor).map_err(|e| e.to_string())
         });
         Self {
             ranker,
@@ -256,7 +289,8 @@ fn trace_id() -> String {
 #[derive(Debug)]
 struct Featurized {
     schema: feat::FeatureSchema,
-    values: Vec<f32>,
+    /// Row-major, `width` per candidate; shared with the ranker's batch.
+    values: Arc<[f32]>,
     width: usize,
     display: HashMap<String, feat::ItemDisplay>,
 }
@@ -416,7 +450,7 @@ impl Orchestrator {
             Ok(pb::FeaturizeResponse {
                 schema: Some(f.schema),
                 item_ids: candidates.into_iter().map(|c| c.id).collect(),
-                values: f.values,
+                values: f.values.to_vec(),
                 models: trace.models,
                 degraded: trace.degraded,
             })
@@ -826,7 +860,7 @@ impl Orchestrator {
         Ok(Featurized {
             width: schema.columns.len().max(1),
             schema,
-            values,
+            values: values.into(),
             display: f.item_ids.into_iter().zip(f.display).collect(),
         })
     }
@@ -857,7 +891,7 @@ impl Orchestrator {
             trace.degrade("ranker", &e);
             return;
         }
-        let rows: Vec<Vec<f32>> = f.values.chunks(f.width).map(<[f32]>::to_vec).collect();
+        let rows = MatrixRow::all(Arc::clone(&f.values), f.width);
         let scoring = Instant::now();
         let scored = within(share(deadline, 0.6), async {
             r.batcher
