@@ -5,7 +5,9 @@
 //!   replicas ejected and probed back, never the last one in rotation; fails fast
 //!   when discovery lists none).
 //! - **Retries**: a call that fails with UNAVAILABLE (the replica could not take it:
-//!   refused, reset, draining) is tried again, at most `max_retries` times, and only
+//!   refused, reset, draining), or that a replica refused with RESOURCE_EXHAUSTED
+//!   (its admission limit or queue is full) while another replica is in rotation, is
+//!   tried again on another replica, at most `max_retries` times, and only
 //!   while the retry budget allows: retries may add at most `retry_ratio` of the
 //!   recent request rate plus a floor of `retry_floor_per_s` (gRPC A6, Linkerd), so a
 //!   sick upstream is not hit with a retry storm. Only idempotent calls should go
@@ -218,7 +220,21 @@ impl Upstream {
         }
     }
 
-    /// Runs an idempotent `call`, retried on UNAVAILABLE within the budget.
+    /// Whether a failed attempt may be tried again elsewhere: the replica could not
+    /// take the call (UNAVAILABLE), or refused it for want of room
+    /// (RESOURCE_EXHAUSTED: it did no work) and another replica may have some. A
+    /// lone replica's refusal goes back to the caller at once: asking it again
+    /// would only add to its load.
+    fn retryable(&self, s: &tonic::Status) -> bool {
+        match s.code() {
+            tonic::Code::Unavailable => true,
+            tonic::Code::ResourceExhausted => self.channel().in_rotation() > 1,
+            _ => false,
+        }
+    }
+
+    /// Runs an idempotent `call`, retried on UNAVAILABLE (and RESOURCE_EXHAUSTED,
+    /// on another replica) within the budget.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
     where
         F: FnMut(Balanced) -> Fut,
@@ -296,10 +312,7 @@ impl Upstream {
         F: FnMut(Balanced) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        if failed.code() != tonic::Code::Unavailable
-            || self.config.max_retries == 0
-            || !self.budget.withdraw()
-        {
+        if !self.retryable(&failed) || self.config.max_retries == 0 || !self.budget.withdraw() {
             return (remaining.await, remaining_on);
         }
         metrics::counter!("rankmesh_client_retries_total", "service" => self.service).increment(1);
@@ -333,8 +346,8 @@ impl Upstream {
     {
         for _ in 0..self.config.max_retries {
             match &r {
-                Err(s) if s.code() == tonic::Code::Unavailable && self.budget.withdraw() => {
-                    tracing::debug!(service = self.service, error = %s, "unavailable; retrying");
+                Err(s) if self.retryable(s) && self.budget.withdraw() => {
+                    tracing::debug!(service = self.service, error = %s, "refused; retrying");
                     metrics::counter!("rankmesh_client_retries_total", "service" => self.service)
                         .increment(1);
                     self.avoid(failed_on.as_ref());
@@ -404,24 +417,29 @@ mod tests {
         addr
     }
 
+    /// Never ejected, one retry, a budget that never runs out: only avoiding the
+    /// replica that failed can make every call succeed.
+    fn one_retry_elsewhere() -> UpstreamConfig {
+        UpstreamConfig {
+            balance: BalanceConfig {
+                eject_after: u32::MAX,
+                ..BalanceConfig::default()
+            },
+            max_retries: 1,
+            retry_ratio: 1.0,
+            retry_floor_per_s: 1000,
+            ..UpstreamConfig::default()
+        }
+    }
+
     #[tokio::test]
     async fn a_retry_does_not_go_back_to_the_replica_that_just_failed() {
+        // (The failing replica fails fast, so it looks the less loaded of the two
+        // to peak-EWMA.)
         let u = Upstream::with_config(
             "x",
             Resolver::fixed("x", &[failing_replica().await, healthy_replica().await]),
-            UpstreamConfig {
-                // Never ejected, and one retry: only avoiding the failed replica
-                // can make every call succeed. (It fails fast, so it looks the
-                // less loaded of the two to peak-EWMA.)
-                balance: BalanceConfig {
-                    eject_after: u32::MAX,
-                    ..BalanceConfig::default()
-                },
-                max_retries: 1,
-                retry_ratio: 1.0,
-                retry_floor_per_s: 1000,
-                ..UpstreamConfig::default()
-            },
+            one_retry_elsewhere(),
         );
         let mut failed = Vec::new();
         for _ in 0..40 {
@@ -442,6 +460,86 @@ mod tests {
             failed.len(),
             failed.first()
         );
+    }
+
+    /// A replica whose admission refuses every call (RESOURCE_EXHAUSTED).
+    async fn refusing_replica() -> String {
+        use tonic_health::pb::health_server::{Health, HealthServer};
+        use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+        struct Refusing;
+        #[tonic::async_trait]
+        impl Health for Refusing {
+            async fn check(
+                &self,
+                _: tonic::Request<HealthCheckRequest>,
+            ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+                Err(tonic::Status::resource_exhausted(
+                    "over the admission limit",
+                ))
+            }
+            type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+            async fn watch(
+                &self,
+                _: tonic::Request<HealthCheckRequest>,
+            ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+                Err(tonic::Status::resource_exhausted(
+                    "over the admission limit",
+                ))
+            }
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(Refusing))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        addr
+    }
+
+    async fn check(u: &Upstream) -> Result<(), tonic::Status> {
+        u.call(|ch| async move {
+            tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_retried_on_another_replica_but_not_on_a_lone_one() {
+        let config = one_retry_elsewhere();
+        let refusing = refusing_replica().await;
+        let pair = Upstream::with_config(
+            "x",
+            Resolver::fixed("x", &[refusing.clone(), healthy_replica().await]),
+            config,
+        );
+        for i in 0..40 {
+            check(&pair)
+                .await
+                .unwrap_or_else(|s| panic!("call {i}: {s}"));
+        }
+        let lone = Upstream::with_config("x", Resolver::fixed("x", &[refusing]), config);
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let r = lone
+            .call(|ch| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    tonic_health::pb::health_client::HealthClient::new(ch)
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                }
+            })
+            .await;
+        assert_eq!(
+            r.expect_err("refused").code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
