@@ -49,6 +49,7 @@ pub(crate) async fn command(a: BenchArgs) -> anyhow::Result<std::process::ExitCo
     let opts = Options {
         rpc: a.rpc,
         qps: a.qps,
+        surges: Vec::new(),
         duration: Duration::from_secs(a.duration),
         timeout: Duration::from_millis(a.timeout_ms),
         inputs: read_inputs(&a.queries)?,

@@ -13,7 +13,7 @@ use rankmesh_loadgen as loadgen;
 
 use crate::options::RunOptions;
 use crate::report::{self, DrillReport};
-use crate::scenario::Scenario;
+use crate::scenario::{Fault, FaultKind, Scenario};
 use crate::topology::Topology;
 use crate::{compose, local};
 
@@ -100,6 +100,7 @@ async fn drive(
     // Warm-up: connections, caches, the hedging delay's first samples.
     let warm = loadgen::Options {
         duration: Duration::from_secs(2),
+        surges: Vec::new(),
         ..load.clone()
     };
     loadgen::run(ranking.clone(), &warm).await?;
@@ -182,9 +183,20 @@ fn load_options(
         .rpc
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
+    let surges = scenario
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::Surge)
+        .map(|f| loadgen::Surge {
+            from: Duration::from_secs_f64(f.at_s),
+            duration: Duration::from_secs_f64(f.duration_s),
+            factor: f.factor,
+        })
+        .collect();
     let load = loadgen::Options {
         rpc,
         qps: scenario.load.qps,
+        surges,
         duration: Duration::from_secs(scenario.load.duration_s),
         timeout: Duration::from_millis(scenario.load.timeout_ms),
         inputs,
@@ -205,14 +217,33 @@ async fn inject_on_schedule(
     for f in &faults {
         tokio::time::sleep_until((start + Duration::from_secs_f64(f.at_s)).into()).await;
         let at = start.elapsed().as_secs_f64();
-        let i = target
-            .inject(f, at)
-            .await
-            .with_context(|| format!("injecting {} at {} s", f.kind.name(), f.at_s))?;
+        let i = if f.kind == FaultKind::Surge {
+            surge(scenario, f)
+        } else {
+            target
+                .inject(f, at)
+                .await
+                .with_context(|| format!("injecting {} at {} s", f.kind.name(), f.at_s))?
+        };
         eprintln!("  {:>5.1} s  {}: {}", at, i.kind, i.detail);
         injected.push(i);
     }
     Ok(injected)
+}
+
+/// A surge is the load's own doing (it was scheduled with the load): what it
+/// offers, for the report.
+fn surge(scenario: &Scenario, f: &Fault) -> report::Injected {
+    let mut i = report::Injected::new(f.kind.name(), f.at_s);
+    i.detail = format!(
+        "{:.0} qps offered for {} s ({}x the base {} qps)",
+        scenario.load.qps * f.factor,
+        f.duration_s,
+        f.factor,
+        scenario.load.qps
+    );
+    i.ends_at_s = Some(f.at_s + f.duration_s);
+    i
 }
 
 /// RecordEvent at `per_s` until `until`; returns the requests that were acked, and

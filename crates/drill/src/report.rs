@@ -20,8 +20,10 @@ pub struct Injected {
     /// `name:version` the fault published, whose answers count as wrong.
     pub forbidden_model: Option<String>,
     /// Seconds from the fault until every following second was clean again (None:
-    /// it never was before the run ended).
+    /// it never was before the run ended); for a surge, from its end.
     pub recovered_after_s: Option<f64>,
+    /// A surge: when it ended (its refusals until then are the designed answer).
+    pub ends_at_s: Option<f64>,
     /// Instances it killed (they are not expected back in discovery).
     #[serde(skip)]
     pub killed: Vec<String>,
@@ -145,9 +147,13 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
     mark_recovery(&mut faults, &load, slo.p99_ms);
     let wrong = wrong_version_answers(&faults, &load);
     let mut checks = slo_checks(slo, &load, &faults, wrong);
+    if let Some(o) = &slo.overload {
+        checks.extend(overload_checks(o, &load, &faults));
+    }
     for f in faults.iter().filter(|f| f.production_model.is_some()) {
         checks.extend(canary_checks(f, &load, slo));
     }
+    let refused = refused_in_surges(&faults, &load);
     if let Some(e) = &events {
         checks.push(events_check(e, slo));
     }
@@ -158,7 +164,7 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
         pass: checks.iter().all(|c| c.pass),
         checks,
         faults,
-        requests_lost: load.failed,
+        requests_lost: load.failed - refused.min(load.failed),
         wrong_version_answers: wrong,
         events,
         rejoined,
@@ -174,8 +180,85 @@ fn mark_recovery(faults: &mut [Injected], load: &Load, p99_ms: f64) {
     let mut next_at: Vec<f64> = faults.iter().skip(1).map(|f| f.at_s.floor()).collect();
     next_at.push(load.duration_s);
     for (f, until) in faults.iter_mut().zip(next_at) {
-        f.recovered_after_s = recovery(load, f.at_s, until.max(f.at_s + 1.0), p99_ms);
+        let from = f.ends_at_s.unwrap_or(f.at_s);
+        f.recovered_after_s = recovery(load, from, until.max(from + 1.0), p99_ms);
     }
+}
+
+/// The whole seconds of the run inside a surge, and those it touches.
+fn surge_seconds(faults: &[Injected]) -> (Vec<u64>, Vec<u64>) {
+    let (mut inside, mut touched) = (Vec::new(), Vec::new());
+    for f in faults {
+        let Some(end) = f.ends_at_s else { continue };
+        inside.extend(f.at_s.ceil() as u64..end.floor() as u64);
+        touched.extend(f.at_s.floor() as u64..end.ceil() as u64);
+    }
+    (inside, touched)
+}
+
+/// Refusals (RESOURCE_EXHAUSTED) in the seconds a surge touches: the designed
+/// answer to it, not lost requests.
+fn refused_in_surges(faults: &[Injected], load: &Load) -> u64 {
+    let (_, touched) = surge_seconds(faults);
+    load.timeline
+        .iter()
+        .filter(|s| touched.contains(&s.second))
+        .filter_map(|s| s.errors_by_code.get(REFUSED))
+        .sum()
+}
+
+/// The status code of an admission refusal, as the load names it.
+const REFUSED: &str = "ResourceExhausted";
+
+/// The overload checks: the mesh kept serving through each surge, refused the
+/// excess fast, answered what it took within bound, and was overloaded at all.
+fn overload_checks(
+    o: &crate::scenario::OverloadSlo,
+    load: &Load,
+    faults: &[Injected],
+) -> Vec<Check> {
+    let (inside, _) = surge_seconds(faults);
+    let seconds: Vec<&rankmesh_loadgen::Second> = load
+        .timeline
+        .iter()
+        .filter(|s| inside.contains(&s.second))
+        .collect();
+    let answered: u64 = seconds.iter().map(|s| s.requests - s.errors).sum();
+    let goodput = answered as f64 / seconds.len().max(1) as f64;
+    let refused = refused_in_surges(faults, load);
+    let p99 = |outcome: &str| load.latency_by_outcome_ms.get(outcome).map(|l| l.p99);
+    let refusal_p99 = p99(REFUSED).unwrap_or(0.0);
+    let answered_p99 = p99("Ok").unwrap_or(f64::INFINITY);
+    vec![
+        Check {
+            what: "overloaded".into(),
+            target: "refusals during the surge > 0".into(),
+            measured: format!("{refused} refused"),
+            pass: refused > 0,
+        },
+        Check {
+            what: "goodput in the surge".into(),
+            target: format!(
+                ">= {:.0}% of the base {} qps",
+                o.goodput_ratio * 100.0,
+                load.qps
+            ),
+            measured: format!("{goodput:.1} answered/s over {} s", seconds.len()),
+            pass: !seconds.is_empty() && goodput >= o.goodput_ratio * load.qps,
+        },
+        Check {
+            what: "refusal p99".into(),
+            target: format!("<= {} ms", o.refusal_p99_ms),
+            measured: format!("{refusal_p99:.1} ms"),
+            pass: refusal_p99 <= o.refusal_p99_ms,
+        },
+        Check {
+            what: "answered p99".into(),
+            target: format!("<= {} ms", o.answered_p99_ms),
+            measured: format!("{answered_p99:.1} ms"),
+            pass: answered_p99 <= o.answered_p99_ms,
+        },
+    ]
 }
 
 /// Answers that came from a model a fault made forbidden.
@@ -195,7 +278,9 @@ fn wrong_version_answers(faults: &[Injected], load: &Load) -> u64 {
 /// The checks every drill has: availability, p99, time to recover, wrong-version
 /// answers.
 fn slo_checks(slo: &Slo, load: &Load, faults: &[Injected], wrong: u64) -> Vec<Check> {
-    let availability = 1.0 - load.failed as f64 / load.sent.max(1) as f64;
+    let refused = refused_in_surges(faults, load);
+    let failed = load.failed - refused.min(load.failed);
+    let availability = 1.0 - failed as f64 / load.sent.max(1) as f64;
     let worst_rto = faults
         .iter()
         .map(|f| f.recovered_after_s.unwrap_or(f64::INFINITY))
@@ -205,10 +290,14 @@ fn slo_checks(slo: &Slo, load: &Load, faults: &[Injected], wrong: u64) -> Vec<Ch
             what: "availability".into(),
             target: format!(">= {:.3}%", slo.availability * 100.0),
             measured: format!(
-                "{:.3}% ({} of {} failed)",
+                "{:.3}% ({failed} of {} failed{})",
                 availability * 100.0,
-                load.failed,
-                load.sent
+                load.sent,
+                if refused > 0 {
+                    format!("; {refused} refused in surges not counted")
+                } else {
+                    String::new()
+                }
             ),
             pass: availability >= slo.availability,
         },
@@ -676,6 +765,127 @@ mod tests {
         assert!((partition - 0.999).abs() < 1e-9, "{partition}");
     }
 
+    /// A second of a surge: `requests` sent, `refused` of them refused.
+    fn surged(s: u64, requests: u64, refused: u64, other: u64) -> Second {
+        Second {
+            requests,
+            errors: refused + other,
+            errors_by_code: [(REFUSED, refused), ("DeadlineExceeded", other)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| (c.to_owned(), n))
+                .collect(),
+            ..second(s, 0, 40.0)
+        }
+    }
+
+    fn surge_judged(timeline: Vec<Second>, refusal_p99: f64) -> DrillReport {
+        let slo = Slo {
+            availability: 0.999,
+            p99_ms: 100.0,
+            recover_within_s: 2.0,
+            wrong_version_answers: 0,
+            lost_events: 0,
+            overload: Some(crate::scenario::OverloadSlo {
+                goodput_ratio: 0.9,
+                refusal_p99_ms: 25.0,
+                answered_p99_ms: 100.0,
+            }),
+        };
+        let mut l = load(timeline);
+        let latency = |p99| Latency {
+            p50: p99 / 2.0,
+            p90: p99,
+            p99,
+            p999: p99,
+            max: p99,
+        };
+        l.latency_by_outcome_ms = BTreeMap::from([
+            ("Ok".into(), latency(60.0)),
+            (REFUSED.into(), latency(refusal_p99)),
+        ]);
+        judge(Inputs {
+            name: "overload",
+            hypothesis: "h",
+            slo: &slo,
+            faults: vec![Injected {
+                ends_at_s: Some(4.0),
+                ..Injected::new("surge", 1.0)
+            }],
+            load: l,
+            events: None,
+            rejoined: Rejoined::All(5),
+            client: "SDK".into(),
+        })
+    }
+
+    fn failed(r: &DrillReport) -> Vec<&str> {
+        r.checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.what.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_surge_is_judged_on_goodput_fast_refusals_and_recovery_from_its_end() {
+        // 10 qps, then 30 qps for 3 s: about 10 answered a second, the rest refused.
+        let graceful = surge_judged(
+            vec![
+                second(0, 0, 20.0),
+                surged(1, 30, 20, 0),
+                surged(2, 30, 21, 0),
+                surged(3, 30, 19, 0),
+                second(4, 0, 20.0),
+                second(5, 0, 20.0),
+            ],
+            12.0,
+        );
+        assert!(graceful.pass, "{:?}", graceful.checks);
+        assert_eq!(
+            graceful.requests_lost, 0,
+            "refusals in the surge are not lost"
+        );
+        assert_eq!(graceful.faults[0].recovered_after_s, Some(0.0));
+
+        // Collapse: timeouts instead of refusals, goodput gone, slow to recover.
+        let collapsed = surge_judged(
+            vec![
+                second(0, 0, 20.0),
+                surged(1, 30, 0, 25),
+                surged(2, 30, 0, 28),
+                surged(3, 30, 0, 30),
+                surged(4, 10, 0, 6),
+                surged(5, 10, 0, 2),
+            ],
+            0.0,
+        );
+        assert_eq!(
+            failed(&collapsed),
+            [
+                "availability",
+                "time to recover",
+                "overloaded",
+                "goodput in the surge"
+            ]
+        );
+
+        // Refusals that take long, and none at all (the surge never overloaded).
+        let steady_surge = |refused| {
+            vec![
+                second(0, 0, 20.0),
+                surged(1, 30, refused, 0),
+                surged(2, 30, refused, 0),
+                surged(3, 30, refused, 0),
+                second(4, 0, 20.0),
+            ]
+        };
+        let slow = surge_judged(steady_surge(20), 80.0);
+        assert_eq!(failed(&slow), ["refusal p99"]);
+        let idle = surge_judged(steady_surge(0), 0.0);
+        assert_eq!(failed(&idle), ["overloaded"]);
+    }
+
     #[test]
     fn a_missed_slo_fails_the_drill_and_the_page_says_why() {
         let slo = Slo {
@@ -684,6 +894,7 @@ mod tests {
             recover_within_s: 5.0,
             wrong_version_answers: 0,
             lost_events: 0,
+            overload: None,
         };
         let r = judge(Inputs {
             name: "t",
@@ -733,6 +944,7 @@ mod tests {
             recover_within_s: 3.0,
             wrong_version_answers: 0,
             lost_events: 0,
+            overload: None,
         };
         let canary = |rolled_back_after_s| Injected {
             forbidden_model: Some("ranker:2".into()),

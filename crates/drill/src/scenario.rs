@@ -125,6 +125,9 @@ pub struct Fault {
     /// For `disk-full`: the size of the disk (a tmpfs) under each target's data.
     #[serde(default = "disk_mb")]
     pub disk_mb: u64,
+    /// For `surge`: the load offered during it, as a multiple of `load.qps`.
+    #[serde(default)]
+    pub factor: f64,
 }
 
 fn percent() -> u32 {
@@ -160,6 +163,10 @@ pub enum FaultKind {
     Loss,
     /// Let nothing cross the targets' links, for `duration_s`.
     Partition,
+    /// Offer `factor` times the load for `duration_s` (no target: the mesh as a
+    /// whole is overloaded). Calls refused with RESOURCE_EXHAUSTED during it are
+    /// the designed answer, judged by `slo.overload`, not lost requests.
+    Surge,
 }
 
 /// How a restart fault stops its targets.
@@ -224,6 +231,7 @@ impl FaultKind {
             Self::Delay => "delay",
             Self::Loss => "loss",
             Self::Partition => "partition",
+            Self::Surge => "surge",
         }
     }
 }
@@ -246,6 +254,23 @@ pub struct Slo {
     /// Acknowledged events that may be missing afterwards.
     #[serde(default)]
     pub lost_events: u64,
+    /// For a drill with surges: how the mesh must behave past saturation.
+    #[serde(default)]
+    pub overload: Option<OverloadSlo>,
+}
+
+/// Graceful overload, judged over the seconds of each surge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadSlo {
+    /// Answered calls per second during a surge, at least this share of the base
+    /// rate (the mesh keeps serving what it served before, at least).
+    pub goodput_ratio: f64,
+    /// p99 of the refusals (RESOURCE_EXHAUSTED), from scheduled send time: a
+    /// refusal must be fast to be useful.
+    pub refusal_p99_ms: f64,
+    /// p99 of the calls answered, over the whole run.
+    pub answered_p99_ms: f64,
 }
 
 impl Scenario {
@@ -308,6 +333,21 @@ impl Scenario {
             (0.0..=1.0).contains(&self.slo.availability),
             "slo.availability: 0..=1"
         );
+        let surges = self.faults.iter().any(|f| f.kind == FaultKind::Surge);
+        ensure!(
+            surges == self.slo.overload.is_some(),
+            "slo.overload: judges surges; give it exactly when the timeline has one"
+        );
+        if let Some(o) = &self.slo.overload {
+            ensure!(
+                o.goodput_ratio > 0.0 && o.goodput_ratio <= 1.0,
+                "slo.overload.goodput_ratio: within (0, 1]"
+            );
+            ensure!(
+                o.refusal_p99_ms > 0.0 && o.answered_p99_ms > 0.0,
+                "slo.overload: latency bounds must be > 0"
+            );
+        }
         if compose {
             ensure!(
                 self.load.events_per_s == 0.0,
@@ -338,7 +378,7 @@ impl Scenario {
             );
         } else if matches!(
             f.kind,
-            FaultKind::Stop | FaultKind::Restart | FaultKind::DiskFull
+            FaultKind::Stop | FaultKind::Restart | FaultKind::DiskFull | FaultKind::Surge
         ) || f.is_network()
         {
             ensure!(
@@ -388,7 +428,7 @@ impl Scenario {
                     );
                 }
             }
-            FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => {}
+            FaultKind::Kill | FaultKind::Stop | FaultKind::Restart | FaultKind::Surge => {}
         }
         Ok(())
     }
@@ -445,6 +485,16 @@ fn validate_kind_fields(i: usize, f: &Fault) -> Result<(), DrillError> {
             "fault[{i}].loss_percent: within (0, 100)"
         ),
         FaultKind::Partition => {}
+        FaultKind::Surge => {
+            ensure!(
+                f.targets.is_empty(),
+                "fault[{i}].targets: a surge overloads the mesh as a whole; name none"
+            );
+            ensure!(
+                f.factor > 1.0 && f.factor <= rankmesh_loadgen::MAX_SURGE,
+                "fault[{i}].factor: within (1, 100]"
+            );
+        }
     }
     Ok(())
 }

@@ -82,11 +82,33 @@ impl std::str::FromStr for Rpc {
     }
 }
 
+/// A stretch of the run offered `factor` times the base rate (a flash sale, a
+/// retry storm upstream): what an overload drill offers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Surge {
+    /// From the start of the run.
+    pub from: Duration,
+    pub duration: Duration,
+    pub factor: f64,
+}
+
+impl Surge {
+    fn covers(&self, t: Duration) -> bool {
+        t >= self.from && t < self.from + self.duration
+    }
+}
+
+/// Highest surge factor.
+pub const MAX_SURGE: f64 = 100.0;
+
 /// What to send, how fast, and how the SDK may help.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub rpc: Rpc,
+    /// The base arrival rate.
     pub qps: f64,
+    /// Stretches of the run at a multiple of `qps`.
+    pub surges: Vec<Surge>,
     pub duration: Duration,
     pub timeout: Duration,
     /// Queries (Search) or user ids (Recommend), used in turn.
@@ -108,7 +130,32 @@ impl Options {
         if self.inputs.is_empty() {
             return invalid("the input file has no lines");
         }
+        for s in &self.surges {
+            if !(s.factor >= 1.0 && s.factor <= MAX_SURGE && s.factor * self.qps <= MAX_QPS) {
+                return invalid(
+                    "a surge's factor must be within [1, 100], and its rate at most 10000 qps",
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// When each call is sent, from the start of the run: `1/qps` apart, and
+    /// `factor` times closer within a surge (the densest, where surges overlap).
+    pub fn schedule(&self) -> Vec<Duration> {
+        let mut out = Vec::new();
+        let mut t = Duration::ZERO;
+        while t < self.duration {
+            out.push(t);
+            let factor = self
+                .surges
+                .iter()
+                .filter(|s| s.covers(t))
+                .map(|s| s.factor)
+                .fold(1.0, f64::max);
+            t += Duration::from_secs_f64(1.0 / (self.qps * factor));
+        }
+        out
     }
 }
 
@@ -189,12 +236,10 @@ pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError
     };
     let acc = Arc::new(Mutex::new(Acc::new()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let interval = Duration::from_secs_f64(1.0 / opts.qps);
-    let total = (opts.duration.as_secs_f64() * opts.qps).round() as u64;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..total {
-        let scheduled = start + interval.mul_f64(i as f64);
+    for (i, at) in opts.schedule().into_iter().enumerate() {
+        let scheduled = start + at;
         tokio::time::sleep_until(scheduled.into()).await;
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
             acc.lock()
@@ -203,7 +248,7 @@ pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError
             continue;
         };
         let (client, acc, rpc) = (client.clone(), Arc::clone(&acc), opts.rpc);
-        let input = opts.inputs[i as usize % opts.inputs.len()].clone();
+        let input = opts.inputs[i % opts.inputs.len()].clone();
         tasks.spawn(async move {
             let outcome = call(&client, rpc, input).await;
             let latency = scheduled.elapsed();
@@ -238,6 +283,7 @@ pub(crate) mod tests {
         Options {
             rpc: Rpc::Search,
             qps: 10.0,
+            surges: Vec::new(),
             duration: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             inputs: vec!["q".into()],
@@ -259,12 +305,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_surge_multiplies_the_rate_for_its_stretch_only() {
+        let mut o = opts();
+        o.qps = 100.0;
+        o.duration = Duration::from_secs(3);
+        assert_eq!(o.schedule().len(), 300);
+        o.surges = vec![Surge {
+            from: Duration::from_secs(1),
+            duration: Duration::from_secs(1),
+            factor: 3.0,
+        }];
+        let at = o.schedule();
+        let in_second = |s: u64| at.iter().filter(|t| t.as_secs() == s).count();
+        assert_eq!(in_second(0), 100);
+        assert!((299..=301).contains(&in_second(1)), "{}", in_second(1));
+        assert!((99..=101).contains(&in_second(2)), "{}", in_second(2));
+        assert!(at.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
     fn bad_options_are_refused() {
         let mut o = opts();
         o.qps = 0.0;
         assert!(o.validate().is_err());
         let mut o = opts();
         o.inputs.clear();
+        assert!(o.validate().is_err());
+        let mut o = opts();
+        o.surges = vec![Surge {
+            from: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            factor: 0.5,
+        }];
         assert!(o.validate().is_err());
         assert!("grep".parse::<Rpc>().is_err());
     }

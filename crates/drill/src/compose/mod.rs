@@ -168,6 +168,7 @@ async fn inject(
         FaultKind::Canary | FaultKind::CorruptArtifact | FaultKind::DiskFull => {
             anyhow::bail!("{} is a local-topology fault", f.kind.name())
         }
+        FaultKind::Surge => anyhow::bail!("a surge is offered by the load, not injected"),
     }
     injected.detail = injected.detail.trim().to_owned();
     Ok(injected)

@@ -47,6 +47,7 @@ async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
         FaultKind::Delay | FaultKind::Loss | FaultKind::Partition => {
             i.detail = impair(&env.links, f)?;
         }
+        FaultKind::Surge => anyhow::bail!("a surge is offered by the load, not injected"),
     }
     injected.detail = injected.detail.trim().to_owned();
     Ok(injected)
