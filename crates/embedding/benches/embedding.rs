@@ -7,7 +7,9 @@
 //! - encoder: texts/s at concurrency 16 through the dynamic batcher vs one text per
 //!   model call, for INT8 and FP32; and INT8 vs FP32.
 //! - service: Embed latency through the gRPC service (loopback) vs calling the
-//!   encoder in-process on the same input (the floor).
+//!   encoder in-process on the same input (the floor); and Embed throughput with 16
+//!   callers each sending one text at a time (the service batches them) vs the
+//!   encoder in-process at its best batch size on the same texts.
 //! - retrieve: Retrieve p50/p99 and recall@10 against exact search at 50k and 500k
 //!   items (`RANKMESH_BENCH_ITEMS=50000,500000`), on real embeddings of generated
 //!   product titles (`RANKMESH_BENCH_REAL` of them; the rest are near-duplicates).
@@ -228,8 +230,83 @@ async fn bench_service() {
         percentile(&svc, 0.5).as_secs_f64() / percentile(&floor, 0.5).as_secs_f64(),
         percentile(&svc, 0.99).as_secs_f64() / percentile(&floor, 0.99).as_secs_f64()
     );
+
+    // Throughput: 16 callers through the service, one text per call, against the
+    // encoder's best batch in-process; alternated twice so drift hits both.
+    println!(
+        "\n== Embed throughput, one text per call: 16 concurrent callers vs the encoder's best batch"
+    );
+    let texts: Vec<String> = (0..4096).map(|i| product(i).0).collect();
+    let mut pairs = Vec::new();
+    for _ in 0..2 {
+        let service = embed_concurrently(&client, &texts, 16, Duration::from_secs(5)).await;
+        let (batch, best) = best_batch(&enc, &texts);
+        println!(
+            "service at concurrency 16: {service:>7.1} texts/s | in-process best batch ({batch}): {best:>7.1} texts/s | ratio {:.2}x",
+            service / best
+        );
+        pairs.push(service / best);
+    }
+    println!(
+        "service / in-process best batch: {:.2}x (mean of {})",
+        pairs.iter().sum::<f64>() / pairs.len() as f64,
+        pairs.len()
+    );
     let _ = stop_tx.send(());
     let _ = server.await;
+}
+
+/// Texts/s through `client` with `concurrency` callers sending one text per call,
+/// for `run`.
+async fn embed_concurrently(
+    client: &rankmesh_client::EmbeddingClient,
+    texts: &[String],
+    concurrency: usize,
+    run: Duration,
+) -> f64 {
+    use rankmesh_proto::pb::embedding::v1 as pb;
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let callers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, next, texts) = (client.clone(), Arc::clone(&next), texts.to_vec());
+            tokio::spawn(async move {
+                while start.elapsed() < run {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let req = pb::EmbedRequest {
+                        texts: vec![texts[i % texts.len()].clone()],
+                    };
+                    client
+                        .embed(req, rankmesh_client::Deadline::Default)
+                        .await
+                        .expect("embed");
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.expect("caller");
+    }
+    next.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The encoder's best throughput on `texts` over batch sizes 1-64: (batch, texts/s).
+fn best_batch(enc: &Encoder, texts: &[String]) -> (usize, f64) {
+    [1, 8, 16, 32, 64]
+        .into_iter()
+        .map(|batch| {
+            let start = Instant::now();
+            let mut done = 0;
+            while start.elapsed() < Duration::from_secs(2) {
+                let from = done % texts.len();
+                let end = (from + batch).min(texts.len());
+                enc.encode(&texts[from..end]).expect("encode");
+                done += end - from;
+            }
+            (batch, done as f64 / start.elapsed().as_secs_f64())
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("batch sizes")
 }
 
 const NOUNS: &[(&str, &str)] = &[
