@@ -148,7 +148,7 @@ async fn bench_encoder() {
 async fn bench_service() {
     use rankmesh_proto::pb::embedding::v1 as pb;
     println!("\n== Embed latency, one text: gRPC service on loopback vs in-process encoder (int8)");
-    let config = rankmesh_embedding::Config {
+    let mut config = rankmesh_embedding::Config {
         model: rankmesh_embedding::ModelConfig {
             dir: models(),
             variant: Variant::Int8,
@@ -157,6 +157,9 @@ async fn bench_service() {
         onnx: onnx(),
         ..Default::default()
     };
+    // In-process on loopback: plaintext, asked for (a service without an identity
+    // refuses to serve otherwise).
+    config.server.tls.insecure = true;
     let listeners = rankmesh_common::server::Listeners::bind(&config.server)
         .await
         .expect("bind");
@@ -172,18 +175,24 @@ async fn bench_service() {
         Duration::from_secs(5),
     );
     let deadline = rankmesh_client::Deadline::Default;
-    while client
-        .embed(
-            pb::EmbedRequest {
-                texts: vec!["warm".into()],
-            },
-            deadline,
-        )
-        .await
-        .is_err()
+    while !server.is_finished()
+        && client
+            .embed(
+                pb::EmbedRequest {
+                    texts: vec!["warm".into()],
+                },
+                deadline,
+            )
+            .await
+            .is_err()
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        !server.is_finished(),
+        "the embedding service stopped: {:?}",
+        server.await
+    );
     let enc = Encoder::load(&models(), Variant::Int8, 256, &onnx()).expect("load");
     let n = 300;
     let mut svc = Vec::with_capacity(n);
