@@ -146,14 +146,15 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
     } = i;
     mark_recovery(&mut faults, &load, slo.p99_ms);
     let wrong = wrong_version_answers(&faults, &load);
-    let mut checks = slo_checks(slo, &load, &faults, wrong);
+    // Refusals in surges are the designed answer: not lost, judged on their own.
+    let refused = refused_in_surges(&faults, &load);
+    let mut checks = slo_checks(slo, &load, &faults, wrong, refused);
     if let Some(o) = &slo.overload {
-        checks.extend(overload_checks(o, &load, &faults));
+        checks.extend(overload_checks(o, &load, &faults, refused));
     }
     for f in faults.iter().filter(|f| f.production_model.is_some()) {
         checks.extend(canary_checks(f, &load, slo));
     }
-    let refused = refused_in_surges(&faults, &load);
     if let Some(e) = &events {
         checks.push(events_check(e, slo));
     }
@@ -216,6 +217,7 @@ fn overload_checks(
     o: &crate::scenario::OverloadSlo,
     load: &Load,
     faults: &[Injected],
+    refused: u64,
 ) -> Vec<Check> {
     let (inside, _) = surge_seconds(faults);
     let seconds: Vec<&rankmesh_loadgen::Second> = load
@@ -225,7 +227,6 @@ fn overload_checks(
         .collect();
     let answered: u64 = seconds.iter().map(|s| s.requests - s.errors).sum();
     let goodput = answered as f64 / seconds.len().max(1) as f64;
-    let refused = refused_in_surges(faults, load);
     let p99 = |outcome: &str| load.latency_by_outcome_ms.get(outcome).map(|l| l.p99);
     let refusal_p99 = p99(REFUSED).unwrap_or(0.0);
     let answered_p99 = p99("Ok").unwrap_or(f64::INFINITY);
@@ -277,8 +278,7 @@ fn wrong_version_answers(faults: &[Injected], load: &Load) -> u64 {
 
 /// The checks every drill has: availability, p99, time to recover, wrong-version
 /// answers.
-fn slo_checks(slo: &Slo, load: &Load, faults: &[Injected], wrong: u64) -> Vec<Check> {
-    let refused = refused_in_surges(faults, load);
+fn slo_checks(slo: &Slo, load: &Load, faults: &[Injected], wrong: u64, refused: u64) -> Vec<Check> {
     let failed = load.failed - refused.min(load.failed);
     let availability = 1.0 - failed as f64 / load.sent.max(1) as f64;
     let worst_rto = faults

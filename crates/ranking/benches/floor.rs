@@ -66,6 +66,21 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// Each name with the p50 and p99 of its samples, milliseconds.
+fn named_percentiles<'a>(
+    names: &[&'a str],
+    samples: &mut [Vec<Duration>],
+) -> Vec<(&'a str, f64, f64)> {
+    names
+        .iter()
+        .zip(samples)
+        .map(|(name, s)| {
+            let (p50, p99) = percentiles(s);
+            (*name, p50, p99)
+        })
+        .collect()
+}
+
 /// The queries: the bench's unique queries when the store has them (title phrases
 /// no cache has seen), else its query log.
 fn queries(store: &Path) -> Vec<String> {
@@ -296,23 +311,9 @@ fn main() {
     }
     let (best_batch, encoder_rate) = encoder_best(&encoder, &queries);
 
-    let stages: Vec<(&str, f64, f64)> = STAGES
-        .iter()
-        .zip(samples.iter_mut())
-        .map(|(name, s)| {
-            let (p50, p99) = percentiles(s);
-            (*name, p50, p99)
-        })
-        .collect();
+    let stages = named_percentiles(&STAGES, &mut samples);
     let sum_p50: f64 = stages.iter().map(|s| s.1).sum();
-    let parts: Vec<(&str, f64, f64)> = PARTS
-        .iter()
-        .zip(parts.iter_mut())
-        .map(|(name, s)| {
-            let (p50, p99) = percentiles(s);
-            (*name, p50, p99)
-        })
-        .collect();
+    let parts = named_percentiles(&PARTS, &mut parts);
     let mean_fused = fused_sizes.iter().sum::<usize>() as f64 / fused_sizes.len().max(1) as f64;
     if json {
         let stage_map: serde_json::Map<String, serde_json::Value> = stages
