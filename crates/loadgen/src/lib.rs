@@ -142,20 +142,26 @@ impl Options {
 
     /// When each call is sent, from the start of the run: `1/qps` apart, and
     /// `factor` times closer within a surge (the densest, where surges overlap).
-    pub fn schedule(&self) -> Vec<Duration> {
-        let mut out = Vec::new();
-        let mut t = Duration::ZERO;
-        while t < self.duration {
-            out.push(t);
+    /// Lazy, so a long run costs constant memory; kept in f64 seconds, so rounding
+    /// each gap to whole nanoseconds does not add a call at the end.
+    pub fn schedule(&self) -> impl Iterator<Item = Duration> + '_ {
+        let end = self.duration.as_secs_f64();
+        let mut t = 0.0_f64;
+        std::iter::from_fn(move || {
+            // Within a nanosecond of the end is the end.
+            if t >= end - 1e-9 {
+                return None;
+            }
+            let at = Duration::from_secs_f64(t);
             let factor = self
                 .surges
                 .iter()
-                .filter(|s| s.covers(t))
+                .filter(|s| s.covers(at))
                 .map(|s| s.factor)
                 .fold(1.0, f64::max);
-            t += Duration::from_secs_f64(1.0 / (self.qps * factor));
-        }
-        out
+            t += 1.0 / (self.qps * factor);
+            Some(at)
+        })
     }
 }
 
@@ -238,7 +244,7 @@ pub async fn run(replicas: Resolver, opts: &Options) -> Result<Report, LoadError
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, at) in opts.schedule().into_iter().enumerate() {
+    for (i, at) in opts.schedule().enumerate() {
         let scheduled = start + at;
         tokio::time::sleep_until(scheduled.into()).await;
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
@@ -309,13 +315,17 @@ pub(crate) mod tests {
         let mut o = opts();
         o.qps = 100.0;
         o.duration = Duration::from_secs(3);
-        assert_eq!(o.schedule().len(), 300);
+        assert_eq!(o.schedule().count(), 300);
+        // A rate whose gap is no whole number of nanoseconds: still qps x duration.
+        o.qps = 30.0;
+        assert_eq!(o.schedule().count(), 90);
+        o.qps = 100.0;
         o.surges = vec![Surge {
             from: Duration::from_secs(1),
             duration: Duration::from_secs(1),
             factor: 3.0,
         }];
-        let at = o.schedule();
+        let at: Vec<Duration> = o.schedule().collect();
         let in_second = |s: u64| at.iter().filter(|t| t.as_secs() == s).count();
         assert_eq!(in_second(0), 100);
         assert!((299..=301).contains(&in_second(1)), "{}", in_second(1));
