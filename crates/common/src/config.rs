@@ -321,6 +321,16 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     /// Largest decoded request message, bytes.
     pub max_message_bytes: usize,
+    /// HTTP/2 streams one client connection may have open at once (the
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the server advertises).
+    pub max_concurrent_streams: u32,
+    /// A one-message request must arrive whole within this long of its call's
+    /// start, or the call ends in DEADLINE_EXCEEDED (a client trickling a request
+    /// holds an in-flight slot no longer).
+    pub request_body_timeout_ms: u64,
+    /// An upload (ImportCatalog, PublishModel) may take as long as its size needs,
+    /// but fails with DEADLINE_EXCEEDED after this long without a byte.
+    pub upload_idle_timeout_ms: u64,
     /// After deregistering, how long to keep accepting so that clients watching
     /// discovery stop sending here before connections close.
     pub shutdown_grace_ms: u64,
@@ -342,6 +352,9 @@ impl Default for ServerConfig {
             advertise_port: 0,
             max_concurrency: 256,
             max_message_bytes: rankmesh_proto::limits::MAX_MESSAGE_BYTES,
+            max_concurrent_streams: 128,
+            request_body_timeout_ms: 10_000,
+            upload_idle_timeout_ms: 30_000,
             shutdown_grace_ms: 200,
             drain_timeout_ms: 10_000,
             instance_id: String::new(),
@@ -351,6 +364,34 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Checks values the type system cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_concurrent_streams == 0 {
+            return Err(invalid("server.max_concurrent_streams", 0, "must be >= 1"));
+        }
+        for (field, ms) in [
+            (
+                "server.request_body_timeout_ms",
+                self.request_body_timeout_ms,
+            ),
+            ("server.upload_idle_timeout_ms", self.upload_idle_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(field, 0, "must be >= 1"));
+            }
+        }
+        self.tls.validate()
+    }
+
+    /// How large a request's messages may be and how long it may take to arrive.
+    pub fn body_limits(&self) -> crate::request_body::BodyLimits {
+        crate::request_body::BodyLimits {
+            request: Duration::from_millis(self.request_body_timeout_ms),
+            upload_idle: Duration::from_millis(self.upload_idle_timeout_ms),
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }

@@ -41,6 +41,7 @@ pub mod observe;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod relevance;
+pub mod request_body;
 pub mod rpc;
 pub mod scaffold;
 pub mod secret;

@@ -30,7 +30,7 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
 pub fn validate_all<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
     config.etcd().validate()?;
     config.telemetry().validate()?;
-    config.server().tls.validate()?;
+    config.server().validate()?;
     config.validate()
 }
 

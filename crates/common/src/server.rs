@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::routing::get;
 use rankmesh_tls::{Acceptor, ClientCerts};
@@ -30,6 +31,7 @@ use crate::config::{ServerConfig, TlsConfig};
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
 use crate::observe::RpcTelemetryLayer;
+use crate::request_body::RequestBodyLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -241,7 +243,12 @@ pub async fn serve(
     let (stop_accepting_tx, mut stop_accepting) = watch::channel(false);
     let incoming = rankmesh_tls::server::incoming(listeners.grpc, acceptor);
     let server = tonic::transport::Server::builder()
-        .layer(stack(config.max_concurrency, tokens))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // A peer that stops answering pings is gone: its connection and streams
+        // are dropped instead of held until the kernel notices.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(stack(config, tokens))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)
@@ -335,14 +342,21 @@ async fn set_health(
 
 /// The middleware every gRPC request passes through, outermost first.
 type Stack = tower::layer::util::Stack<
-    OverloadLayer,
+    RequestBodyLayer,
     tower::layer::util::Stack<
-        AuthorizeLayer,
-        tower::layer::util::Stack<RpcTelemetryLayer, tower::layer::util::Identity>,
+        OverloadLayer,
+        tower::layer::util::Stack<
+            AuthorizeLayer,
+            tower::layer::util::Stack<RpcTelemetryLayer, tower::layer::util::Identity>,
+        >,
     >,
 >;
 
-fn stack(max_concurrency: usize, tokens: StorefrontTokens) -> ServiceBuilder<Stack> {
+/// How often an idle connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn stack(config: &ServerConfig, tokens: StorefrontTokens) -> ServiceBuilder<Stack> {
     ServiceBuilder::new()
         // A span per RPC, child of the caller's traceparent, and per-RPC metrics;
         // outermost, so refused and shed requests are counted and traced too.
@@ -351,7 +365,10 @@ fn stack(max_concurrency: usize, tokens: StorefrontTokens) -> ServiceBuilder<Sta
         .layer(AuthorizeLayer::new(tokens))
         // Bound in-flight work across all connections; answer RESOURCE_EXHAUSTED at once
         // when full, so overload sheds load instead of queueing it.
-        .layer(OverloadLayer::new(max_concurrency))
+        .layer(OverloadLayer::new(config.max_concurrency))
+        // A request must arrive in time and within the size limit, or the slot it
+        // took is freed.
+        .layer(RequestBodyLayer::new(config.body_limits()))
 }
 
 fn endpoint_for(

@@ -71,7 +71,7 @@ async fn run<S: FeatureStore + Clone>(name: &str, store: S, data: &[u8], n: usiz
     ));
     // Import.
     let n_chunks = data.len().div_ceil(1 << 20);
-    let chunks: Vec<Result<pb::ImportCatalogChunk, String>> = data
+    let chunks: Vec<Result<pb::ImportCatalogChunk, tonic::Status>> = data
         .chunks(1 << 20)
         .enumerate()
         .map(|(i, c)| {

@@ -17,6 +17,10 @@ use crate::domain::Item;
 pub const MAX_ROWS: u64 = 10_000_000;
 /// Row errors listed in the reply; the rest are only counted.
 pub const MAX_LISTED_ERRORS: usize = 1000;
+/// Longest row, in bytes. A valid row is far shorter (a title, a 64 KiB
+/// description, 64 attributes); without a bound, a line that never ends, or a CSV
+/// quote never closed, would be buffered whole.
+pub const MAX_ROW_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -49,6 +53,10 @@ pub enum ImportError {
     Header(String),
     #[error("more than {MAX_ROWS} rows")]
     TooManyRows,
+    #[error(
+        "a CSV row after line {0} is longer than {MAX_ROW_BYTES} bytes (MAX_ROW_BYTES); is a quote left open?"
+    )]
+    RowTooLong(u64),
     #[error("reading the upload: {0}")]
     Io(String),
 }
@@ -167,6 +175,10 @@ fn record(out: &mut Parsed, line: u64, row: Result<Item, String>) -> Result<(), 
 }
 
 fn io(e: std::io::Error) -> ImportError {
+    // Past the budget in the CSV header (a row's own overrun is told by line).
+    if e.get_ref().is_some_and(|inner| inner.is::<RowOverBudget>()) {
+        return ImportError::RowTooLong(0);
+    }
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         ImportError::Interrupted
     } else {
@@ -188,11 +200,16 @@ fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
     let mut line = Vec::new();
     let mut n = 0u64;
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+        let read = read_line(&mut reader, &mut line, MAX_ROW_BYTES).map_err(io)?;
+        if read == Line::End {
             break;
         }
         n += 1;
+        if read == Line::TooLong {
+            let reason = format!("longer than {MAX_ROW_BYTES} bytes (MAX_ROW_BYTES)");
+            record(&mut out, n, Err(reason))?;
+            continue;
+        }
         let text = match std::str::from_utf8(&line) {
             Ok(t) => t.trim(),
             Err(e) => {
@@ -211,6 +228,90 @@ fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
     Ok(out)
 }
 
+/// What [`read_line`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The input ended before another byte.
+    End,
+    /// A line, in the buffer (with its newline, if it had one).
+    Row,
+    /// A line longer than the limit: skipped to its end, the buffer empty.
+    TooLong,
+}
+
+/// Reads the next line into `line`, holding at most `max` bytes of it (and its
+/// newline): a longer line is read to its end but not kept.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    line.clear();
+    let mut started = false;
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(match (started, too_long) {
+                (false, _) => Line::End,
+                (true, false) => Line::Row,
+                (true, true) => Line::TooLong,
+            });
+        }
+        started = true;
+        let (piece, ends) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        if !too_long {
+            if line.len() + piece.len() > max + usize::from(ends) {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(piece);
+            }
+        }
+        let used = piece.len();
+        reader.consume(used);
+        if ends {
+            return Ok(if too_long { Line::TooLong } else { Line::Row });
+        }
+    }
+}
+
+/// A reader that fails once more than [`MAX_ROW_BYTES`] (plus the CSV reader's
+/// own buffer) pass without a record ending: the CSV reader would otherwise grow
+/// one record without bound.
+struct RowBudget<R> {
+    inner: R,
+    since_record: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+/// The marker error [`RowBudget`] fails with.
+#[derive(Debug)]
+struct RowOverBudget;
+
+impl std::fmt::Display for RowOverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a row longer than {MAX_ROW_BYTES} bytes")
+    }
+}
+
+impl std::error::Error for RowOverBudget {}
+
+/// The CSV reader's buffer: what it may read ahead of the record it returns.
+const CSV_BUFFER: usize = 64 * 1024;
+
+impl<R: Read> Read for RowBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.get() > MAX_ROW_BYTES + CSV_BUFFER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RowOverBudget,
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.since_record.set(self.since_record.get() + n);
+        Ok(n)
+    }
+}
+
 const CSV_COLUMNS: &[&str] = &[
     "id",
     "title",
@@ -224,7 +325,15 @@ const CSV_COLUMNS: &[&str] = &[
 ];
 
 fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
-    let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let since_record = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = RowBudget {
+        inner: reader,
+        since_record: std::rc::Rc::clone(&since_record),
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(true)
+        .buffer_capacity(CSV_BUFFER)
+        .from_reader(reader);
     let header: Vec<String> = csv
         .headers()
         .map_err(|e| csv_err(e, "header"))?
@@ -248,10 +357,14 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
     let cols: Vec<Option<usize>> = CSV_COLUMNS.iter().map(|c| col(c)).collect();
     let mut out = Parsed::default();
     let mut rec = csv::StringRecord::new();
+    let mut last_line = 1;
     loop {
-        match csv.read_record(&mut rec) {
+        let read = csv.read_record(&mut rec);
+        since_record.set(0);
+        match read {
             Ok(false) => break,
             Ok(true) => {
+                last_line = rec.position().map_or(last_line, csv::Position::line);
                 let line = rec.position().map_or(0, csv::Position::line);
                 if rec.iter().all(|f| f.trim().is_empty()) {
                     continue;
@@ -260,6 +373,13 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
                 record(&mut out, line, csv_row(&get))?;
             }
             Err(e) => {
+                if let csv::ErrorKind::Io(io_err) = e.kind()
+                    && io_err
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<RowOverBudget>())
+                {
+                    return Err(ImportError::RowTooLong(last_line));
+                }
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                     return Err(csv_err(e, "row"));
                 }
@@ -400,6 +520,54 @@ mod tests {
             parse(Format::Csv, "id,title,colour\na,b,c\n".as_bytes()),
             Err(ImportError::Header(_))
         ));
+    }
+
+    #[test]
+    fn lines_are_read_whole_up_to_the_limit() {
+        let data = b"short\n0123456789\n\nlast";
+        let mut reader = std::io::BufReader::with_capacity(4, &data[..]);
+        let mut line = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let read = read_line(&mut reader, &mut line, 6).expect("read");
+            if read == Line::End {
+                break;
+            }
+            got.push((read, String::from_utf8(line.clone()).expect("utf-8")));
+        }
+        assert_eq!(
+            got,
+            [
+                (Line::Row, "short\n".to_owned()),
+                (Line::TooLong, String::new()),
+                (Line::Row, "\n".to_owned()),
+                (Line::Row, "last".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_endless_row_is_refused_without_holding_it() {
+        let good = "{\"id\":\"a\",\"title\":\"Pan\"}\n";
+        let mut data = good.to_owned();
+        data.push_str(&"x".repeat(MAX_ROW_BYTES + 10));
+        data.push('\n');
+        data.push_str(good.replace("\"a\"", "\"b\"").as_str());
+        let p = parse(Format::Jsonl, data.as_bytes()).expect("parsed");
+        assert_eq!(p.items.len(), 2, "the rows around it are kept");
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].line, 2);
+        assert!(
+            p.errors[0].reason.contains("MAX_ROW_BYTES"),
+            "{:?}",
+            p.errors
+        );
+
+        // A CSV quote never closed: the rest of the file would be one field.
+        let mut csv = "id,title\na,Pan\nb,\"open quote".to_owned();
+        csv.push_str(&"x".repeat(2 * MAX_ROW_BYTES));
+        let r = parse(Format::Csv, csv.as_bytes());
+        assert!(matches!(r, Err(ImportError::RowTooLong(2))), "{r:?}");
     }
 
     #[test]

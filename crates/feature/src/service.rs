@@ -173,16 +173,13 @@ impl<S: FeatureStore> Features<S> {
     /// Imports a streamed catalog; see the proto for the contract. The chunks
     /// feed a parser on a blocking thread; rows are stored only once the whole
     /// upload has arrived and parsed, so a broken upload imports nothing.
-    pub async fn import<E>(
+    pub async fn import(
         &self,
-        mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin,
-    ) -> Result<pb::ImportCatalogResponse, RpcError>
-    where
-        E: std::fmt::Display,
-    {
+        mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, Status>> + Unpin,
+    ) -> Result<pb::ImportCatalogResponse, RpcError> {
         let first = match stream.next().await {
             Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(RpcError::Aborted(format!("upload failed: {e}"))),
+            Some(Err(e)) => return Err(upload_broken(&e)),
             None => {
                 return Err(invalid(
                     "format",
@@ -209,6 +206,7 @@ impl<S: FeatureStore> Features<S> {
             ImportError::Interrupted => RpcError::Aborted(e.to_string()),
             ImportError::Header(m) => invalid("data", format!("CSV header: {m}")),
             ImportError::TooManyRows => RpcError::ResourceExhausted(e.to_string()),
+            ImportError::RowTooLong(_) => invalid("data", e.to_string()),
             ImportError::Io(m) => RpcError::Internal(m),
         })?;
         let answer = self.commit(parsed, replace).await?;
@@ -306,9 +304,9 @@ impl<S: FeatureStore> Features<S> {
 /// oversized chunk, a broken stream or one that ends early sends the parser an
 /// error instead, and is the answer. `None` when the upload arrived whole (or the
 /// parser stopped early: its own error is the answer then).
-async fn feed_parser<E: std::fmt::Display>(
+async fn feed_parser(
     first: pb::ImportCatalogChunk,
-    stream: &mut (impl Stream<Item = Result<pb::ImportCatalogChunk, E>> + Unpin),
+    stream: &mut (impl Stream<Item = Result<pb::ImportCatalogChunk, Status>> + Unpin),
     tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, ()>>,
 ) -> Option<RpcError> {
     let mut chunk = Some((first.data, first.last));
@@ -334,12 +332,27 @@ async fn feed_parser<E: std::fmt::Display>(
                 chunk = Some((c.data, c.last));
                 continue;
             }
-            Some(Err(e)) => format!("upload interrupted: {e}; nothing was imported"),
+            Some(Err(e)) => upload_broken(&e),
             // The stream ended without its `last` chunk: treat it as broken.
-            None => "upload ended without its last chunk; nothing was imported".to_owned(),
+            None => RpcError::Aborted(
+                "upload ended without its last chunk; nothing was imported".to_owned(),
+            ),
         };
         let _ = tx.send(Err(())).await;
-        return Some(RpcError::Aborted(broken));
+        return Some(broken);
+    }
+}
+
+/// The answer to an upload whose stream failed: the server's own deadline on it
+/// (an upload idle too long) keeps its code; anything else broke the stream.
+fn upload_broken(e: &Status) -> RpcError {
+    if e.code() == tonic::Code::DeadlineExceeded {
+        RpcError::DeadlineExceeded(e.message().to_owned())
+    } else {
+        RpcError::Aborted(format!(
+            "upload interrupted: {}; nothing was imported",
+            e.message()
+        ))
     }
 }
 

@@ -288,10 +288,15 @@ pub async fn run(
         .await
         .map_err(|e| Error::Setup(e.to_string()))?;
     tracing::info!(current_key = sealing.current_id(), "master keys loaded");
-    // Artifacts move in chunks, so no message is larger than one chunk and its header.
+    // Artifacts move in chunks, so no message is larger than one chunk and its
+    // header: the server's request guard refuses anything larger, naming the limit.
+    let mut server_config = config.server.clone();
+    server_config.max_message_bytes = server_config
+        .max_message_bytes
+        .min(rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024);
     let routes = rankmesh_common::limited_routes!(
         ModelRegistryServer::new(RegistryApi::new(registry)),
-        rankmesh_proto::limits::MAX_CHUNK_BYTES + 1024
+        server_config.max_message_bytes
     );
     // Every replica campaigns; the leader applies the retention policy.
     let grpc_addr = listeners.grpc_addr().map_err(ScaffoldError::Serve)?;
@@ -318,7 +323,7 @@ pub async fn run(
     let readiness = Readiness::default();
     let served = serve(
         INFO,
-        &config.server,
+        &server_config,
         Some(etcd),
         readiness,
         routes,

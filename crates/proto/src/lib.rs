@@ -97,9 +97,44 @@ pub fn field_comment(file_name: &str, message: &str, field: &str) -> Option<Stri
     Some(comment_at(file, &[4, m as i32, 2, f as i32]))
 }
 
+/// The gRPC paths (`/rankmesh.feature.v1.FeatureService/ImportCatalog`) of every
+/// method whose request is a stream: servers time their request bodies by the gap
+/// between messages there, and by the whole body everywhere else.
+pub fn client_streaming_methods() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in service.method.iter().filter(|m| m.client_streaming()) {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
+
+    #[test]
+    fn the_uploads_are_the_client_streaming_methods() {
+        assert_eq!(
+            super::client_streaming_methods(),
+            [
+                "/rankmesh.feature.v1.FeatureService/ImportCatalog",
+                "/rankmesh.registry.v1.ModelRegistry/PublishModel",
+            ]
+        );
+    }
 
     /// Every `(MAX_...)` a proto comment cites is a real limit, and the number
     /// written before it is that limit's value.

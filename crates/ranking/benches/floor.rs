@@ -142,7 +142,7 @@ async fn feature_service(catalog: &Path, dir: &Path) -> (Features<RedbStore>, Ar
     let f = Features::new(store, Arc::clone(&lexical));
     let data = std::fs::read(catalog).expect("read catalog");
     let n = data.len().div_ceil(1 << 20);
-    let chunks: Vec<Result<pb::ImportCatalogChunk, String>> = data
+    let chunks: Vec<Result<pb::ImportCatalogChunk, tonic::Status>> = data
         .chunks(1 << 20)
         .enumerate()
         .map(|(i, c)| {

@@ -1,0 +1,366 @@
+//! Limits on receiving a request: its size, announced in each gRPC message's
+//! prefix and refused before the message is buffered, and deadlines, so that a
+//! client which trickles its request a byte at a time, or stalls an upload, cannot
+//! hold an in-flight slot for ever.
+//!
+//! A message longer than `max_message_bytes` ends the call in RESOURCE_EXHAUSTED
+//! naming the limit, as soon as its 5-byte prefix arrives.
+//!
+//! A unary (or server-streaming) call's request is one message: it must arrive
+//! whole within `request_body_timeout_ms` of the call starting. An upload
+//! (ImportCatalog, PublishModel: the client-streaming methods) may take as long as
+//! its size needs, but no gap between its frames may exceed
+//! `upload_idle_timeout_ms`. Past either, the body ends in DEADLINE_EXCEEDED, the
+//! handler sees the error (an upload rolls back whole), and the slot is freed.
+//!
+//! HTTP/2's own limits (streams per connection, keepalive pings) are set on the
+//! server builder in [`crate::server`]; this covers what they cannot: a stream
+//! that is alive but too slow.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// The paths of the client-streaming methods, from the API's descriptor set.
+static UPLOADS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    rankmesh_proto::client_streaming_methods()
+        .into_iter()
+        .collect()
+});
+
+/// How large a request's messages may be and how long it may take to arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A one-message request, whole, from the call's start.
+    pub request: Duration,
+    /// An upload: the longest gap between two frames.
+    pub upload_idle: Duration,
+    /// The largest message, as its prefix announces it.
+    pub max_message_bytes: usize,
+}
+
+/// Wraps every request body in a [`GuardedBody`] (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RequestBodyLayer {
+    limits: Arc<BodyLimits>,
+}
+
+impl RequestBodyLayer {
+    pub fn new(limits: BodyLimits) -> Self {
+        Self {
+            limits: Arc::new(limits),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequestBodyLayer {
+    type Service = RequestBody<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestBody {
+            inner,
+            limits: Arc::clone(&self.limits),
+        }
+    }
+}
+
+/// See [`RequestBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestBody<S> {
+    inner: S,
+    limits: Arc<BodyLimits>,
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for RequestBody<S>
+where
+    S: Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let rule = if UPLOADS.contains(req.uri().path()) {
+            Rule::Idle(self.limits.upload_idle)
+        } else {
+            Rule::Whole(self.limits.request)
+        };
+        let (parts, body) = req.into_parts();
+        let body = GuardedBody::new(body, rule, self.limits.max_message_bytes);
+        let body = tonic::body::Body::new(body);
+        self.inner.call(http::Request::from_parts(parts, body))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// The body must end within this long of the call's start.
+    Whole(Duration),
+    /// No gap between frames longer than this.
+    Idle(Duration),
+}
+
+/// Reads the gRPC length prefixes (1 flag byte, 4 length bytes, big-endian) out
+/// of a body's bytes, however the frames cut them.
+#[derive(Debug, Default)]
+struct Prefixes {
+    /// Bytes of the current message still to pass before the next prefix.
+    skip: usize,
+    prefix: [u8; 5],
+    /// Bytes of the next prefix seen so far.
+    have: usize,
+}
+
+impl Prefixes {
+    /// The first announced length over `max` in `data`, if any.
+    fn oversize(&mut self, mut data: &[u8], max: usize) -> Option<usize> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.prefix[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > max {
+                    return Some(len);
+                }
+                self.skip = len;
+            }
+        }
+        None
+    }
+}
+
+/// A request body that fails with DEADLINE_EXCEEDED when its [`Rule`] is broken,
+/// and with RESOURCE_EXHAUSTED when a message announces more than the limit.
+#[derive(Debug)]
+pub struct GuardedBody<B> {
+    inner: B,
+    rule: Rule,
+    timer: Pin<Box<Sleep>>,
+    prefixes: Prefixes,
+    max_message_bytes: usize,
+    /// Ended, or failed: the timer no longer applies.
+    done: bool,
+}
+
+impl<B> GuardedBody<B> {
+    fn new(inner: B, rule: Rule, max_message_bytes: usize) -> Self {
+        let first = match rule {
+            Rule::Whole(d) | Rule::Idle(d) => d,
+        };
+        Self {
+            inner,
+            rule,
+            timer: Box::pin(tokio::time::sleep(first)),
+            prefixes: Prefixes::default(),
+            max_message_bytes,
+            done: false,
+        }
+    }
+
+    fn oversize(&self, len: usize) -> tonic::Status {
+        metrics::counter!("rankmesh_request_oversize_total").increment(1);
+        tonic::Status::resource_exhausted(format!(
+            "a request message of {len} bytes; at most {} (server.max_message_bytes)",
+            self.max_message_bytes
+        ))
+    }
+
+    fn expired(&self) -> tonic::Status {
+        metrics::counter!("rankmesh_request_body_timeouts_total").increment(1);
+        let message = match self.rule {
+            Rule::Whole(d) => format!(
+                "the request did not arrive within {} ms (server.request_body_timeout_ms)",
+                d.as_millis()
+            ),
+            Rule::Idle(d) => format!(
+                "the upload sent nothing for {} ms (server.upload_idle_timeout_ms); nothing was stored",
+                d.as_millis()
+            ),
+        };
+        tonic::Status::deadline_exceeded(message)
+    }
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes, Error = tonic::Status> + Unpin,
+{
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.done {
+            return polled;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Some(len) = this.prefixes.oversize(data, this.max_message_bytes)
+                {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(this.oversize(len))));
+                }
+                if let Rule::Idle(gap) = this.rule {
+                    this.timer.as_mut().reset(Instant::now() + gap);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                this.done = true;
+                Poll::Ready(other)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    Poll::Ready(Some(Err(this.expired())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limit the trickled bodies (of b"x" bytes, announcing 0x78787878) exceed
+    /// only where a test means them to: no prefix parsing in the timing tests.
+    const MAX: usize = usize::MAX;
+
+    /// A 5-byte prefix announcing `len` bytes.
+    fn prefix(len: u32) -> Vec<u8> {
+        let mut p = vec![0];
+        p.extend(len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn prefixes_are_read_however_the_frames_cut_them() {
+        // Two messages of 3 and 2 bytes, then one announcing 1000.
+        let mut body = prefix(3);
+        body.extend(b"abc");
+        body.extend(prefix(2));
+        body.extend(b"de");
+        body.extend(prefix(1000));
+        for cut in 1..=body.len() {
+            let mut p = Prefixes::default();
+            let found: Vec<usize> = body
+                .chunks(cut)
+                .filter_map(|c| p.oversize(c, 999))
+                .collect();
+            assert_eq!(found, [1000], "frames of {cut} bytes");
+            let mut p = Prefixes::default();
+            assert!(body.chunks(cut).all(|c| p.oversize(c, 1000).is_none()));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversize_message_is_refused_at_its_prefix() {
+        let mut data = prefix(2);
+        data.extend(b"ok");
+        data.extend(prefix(17));
+        let frames: Vec<Result<Frame<Bytes>, tonic::Status>> = vec![
+            Ok(Frame::data(Bytes::from(data))),
+            // Never sent: refused before.
+            Ok(Frame::data(Bytes::from(vec![0; 17]))),
+        ];
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
+        let guarded = GuardedBody::new(body, Rule::Whole(Duration::from_secs(1)), 16);
+        let e = read(guarded).await.expect_err("17 bytes > 16");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message()
+                .contains("17 bytes; at most 16 (server.max_message_bytes)"),
+            "{e:?}"
+        );
+    }
+
+    /// A body that yields `frames` one `gap` apart, then ends.
+    fn trickle(frames: usize, gap: Duration) -> tonic::body::Body {
+        let stream = futures::stream::unfold(0, move |i| async move {
+            if i == frames {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((
+                Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        tonic::body::Body::new(http_body_util::StreamBody::new(stream))
+    }
+
+    /// Reads a body to its end: the bytes, or the error it ended with.
+    async fn read(body: GuardedBody<tonic::body::Body>) -> Result<usize, tonic::Status> {
+        use http_body_util::BodyExt;
+        let mut body = std::pin::pin!(body);
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            n += frame?.into_data().map_or(0, |d| d.len());
+        }
+        Ok(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_must_arrive_whole_in_time() {
+        let ms = Duration::from_millis;
+        // 5 frames 10 ms apart: whole in 50 ms, within 100.
+        let ok = GuardedBody::new(trickle(5, ms(10)), Rule::Whole(ms(100)), MAX);
+        assert_eq!(read(ok).await.expect("in time"), 5);
+        // 20 frames 10 ms apart: each gap is short, but the whole takes 200 ms.
+        let slow = GuardedBody::new(trickle(20, ms(10)), Rule::Whole(ms(100)), MAX);
+        let e = read(slow).await.expect_err("trickled");
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("request_body_timeout_ms"), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_may_be_long_but_not_idle() {
+        let ms = Duration::from_millis;
+        // 50 frames 10 ms apart (500 ms in all) with an idle limit of 30 ms.
+        let long = GuardedBody::new(trickle(50, ms(10)), Rule::Idle(ms(30)), MAX);
+        assert_eq!(read(long).await.expect("never idle"), 50);
+        // A gap of 100 ms.
+        let stalled = GuardedBody::new(trickle(3, ms(100)), Rule::Idle(ms(30)), MAX);
+        let e = read(stalled).await.expect_err("stalled");
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("upload_idle_timeout_ms"), "{e:?}");
+    }
+}
