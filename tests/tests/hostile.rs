@@ -200,14 +200,22 @@ async fn trickled_requests_free_their_slots(addr: &str, c: &mut FeatureServiceCl
             }
         }));
     }
-    // The attack is real: every slot is held, so an ordinary call is refused.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let refused = c
-        .get_items(pb::GetItemsRequest {
-            ids: vec!["hp-1".into()],
-        })
-        .await
-        .expect_err("every slot is held by a trickling request");
+    // The attack is real: once every slot is held, an ordinary call is refused
+    // (asked until then, well before the tricklers' deadline).
+    let refused = eventually(
+        Duration::from_millis(REQUEST_BODY_TIMEOUT_MS / 2),
+        "every slot to be held by a trickling request",
+        || {
+            let mut c = c.clone();
+            async move {
+                let call = c.get_items(pb::GetItemsRequest {
+                    ids: vec!["hp-1".into()],
+                });
+                call.await.err()
+            }
+        },
+    )
+    .await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
     for answer in answers {
@@ -281,6 +289,14 @@ async fn unread_streams_hold_nothing_and_are_capped(
     c: &mut FeatureServiceClient<Channel>,
 ) {
     let mut send = h2_connect(addr).await;
+    // The server's SETTINGS arrive after the handshake: wait for them, so the
+    // limit below is the server's and not h2's unbounded start.
+    let settings = send.clone();
+    eventually(Duration::from_secs(5), "the server's SETTINGS", || {
+        let limit = settings.current_max_send_streams();
+        async move { (limit == MAX_STREAMS).then_some(()) }
+    })
+    .await;
     let mut unread = Vec::new();
     let request = prost_message(&pb::ScanItemsRequest {
         after_id: String::new(),
@@ -371,6 +387,22 @@ async fn oversize_requests_are_refused_by_name(c: &mut FeatureServiceClient<Chan
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(s.message().contains(&MAX_CHUNK_BYTES.to_string()), "{s:?}");
     still_serving(c, "an upload chunk over the limit").await;
+
+    // An upload message over the server's message limit: refused at its prefix,
+    // with the same code as any other request.
+    let chunk = pb::ImportCatalogChunk {
+        format: pb::CatalogFormat::Jsonl as i32,
+        data: vec![b' '; MAX_MESSAGE_BYTES + 1],
+        replace: false,
+        last: true,
+    };
+    let s = c
+        .import_catalog(futures::stream::iter([chunk]))
+        .await
+        .expect_err("an upload message over the limit");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("server.max_message_bytes"), "{s:?}");
+    still_serving(c, "an upload message over the limit").await;
 
     let cases: Vec<(&str, Result<(), tonic::Status>)> = vec![
         (

@@ -91,7 +91,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let rule = if UPLOADS.contains(req.uri().path()) {
+        let path = req.uri().path();
+        let rule = if crate::rpc::is_health_or_reflection(path) {
+            // A reflection session (grpcurl, grpcui) is a bidi stream that stays
+            // open between lookups, and neither takes an in-flight slot.
+            Rule::Untimed
+        } else if UPLOADS.contains(path) {
             Rule::Idle(self.limits.upload_idle)
         } else {
             Rule::Whole(self.limits.request)
@@ -109,6 +114,8 @@ enum Rule {
     Whole(Duration),
     /// No gap between frames longer than this.
     Idle(Duration),
+    /// Health checks and reflection: sized, never timed.
+    Untimed,
 }
 
 /// Reads the gRPC length prefixes (1 flag byte, 4 length bytes, big-endian) out
@@ -156,7 +163,8 @@ impl Prefixes {
 pub struct GuardedBody<B> {
     inner: B,
     rule: Rule,
-    timer: Pin<Box<Sleep>>,
+    /// None for [`Rule::Untimed`].
+    timer: Option<Pin<Box<Sleep>>>,
     prefixes: Prefixes,
     max_message_bytes: usize,
     /// Ended, or failed: the timer no longer applies.
@@ -165,13 +173,14 @@ pub struct GuardedBody<B> {
 
 impl<B> GuardedBody<B> {
     fn new(inner: B, rule: Rule, max_message_bytes: usize) -> Self {
-        let first = match rule {
-            Rule::Whole(d) | Rule::Idle(d) => d,
+        let timer = match rule {
+            Rule::Whole(d) | Rule::Idle(d) => Some(Box::pin(tokio::time::sleep(d))),
+            Rule::Untimed => None,
         };
         Self {
             inner,
             rule,
-            timer: Box::pin(tokio::time::sleep(first)),
+            timer,
             prefixes: Prefixes::default(),
             max_message_bytes,
             done: false,
@@ -197,6 +206,7 @@ impl<B> GuardedBody<B> {
                 "the upload sent nothing for {} ms (server.upload_idle_timeout_ms); nothing was stored",
                 d.as_millis()
             ),
+            Rule::Untimed => "the request's deadline passed".to_owned(),
         };
         tonic::Status::deadline_exceeded(message)
     }
@@ -226,8 +236,8 @@ where
                     this.done = true;
                     return Poll::Ready(Some(Err(this.oversize(len))));
                 }
-                if let Rule::Idle(gap) = this.rule {
-                    this.timer.as_mut().reset(Instant::now() + gap);
+                if let (Rule::Idle(gap), Some(timer)) = (this.rule, this.timer.as_mut()) {
+                    timer.as_mut().reset(Instant::now() + gap);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -235,12 +245,12 @@ where
                 this.done = true;
                 Poll::Ready(other)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
+            Poll::Pending => match this.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
                     this.done = true;
                     Poll::Ready(Some(Err(this.expired())))
                 }
-                Poll::Pending => Poll::Pending,
+                Some(Poll::Pending) | None => Poll::Pending,
             },
         }
     }
@@ -349,6 +359,13 @@ mod tests {
         let e = read(slow).await.expect_err("trickled");
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("request_body_timeout_ms"), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_and_reflection_are_never_timed() {
+        let ms = Duration::from_millis;
+        let session = GuardedBody::new(trickle(3, ms(60_000)), Rule::Untimed, MAX);
+        assert_eq!(read(session).await.expect("untimed"), 3);
     }
 
     #[tokio::test(start_paused = true)]

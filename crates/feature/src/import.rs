@@ -340,6 +340,7 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
         .iter()
         .map(|h| h.trim().to_lowercase())
         .collect();
+    since_record.set(0);
     for required in ["id", "title"] {
         if !header.iter().any(|h| h == required) {
             return Err(ImportError::Header(format!(

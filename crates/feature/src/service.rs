@@ -51,7 +51,8 @@ fn id_arg(field: &str, id: &str) -> Result<(), RpcError> {
 pub struct Features<S> {
     store: S,
     lexical: Arc<LexicalIndex>,
-    /// Imports run one at a time: each is one atomic replace/upsert of the catalog.
+    /// Imports commit one at a time: each is one atomic replace/upsert of the
+    /// catalog.
     importing: tokio::sync::Mutex<()>,
 }
 
@@ -189,7 +190,6 @@ impl<S: FeatureStore> Features<S> {
         };
         let format = validate_import_header(&first)?;
         let replace = first.replace;
-        let _guard = self.importing.lock().await;
         let started = std::time::Instant::now();
 
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -209,7 +209,12 @@ impl<S: FeatureStore> Features<S> {
             ImportError::RowTooLong(_) => invalid("data", e.to_string()),
             ImportError::Io(m) => RpcError::Internal(m),
         })?;
-        let answer = self.commit(parsed, replace).await?;
+        // One commit at a time, taken only now: an upload that arrives slowly
+        // holds no lock while it does.
+        let answer = {
+            let _guard = self.importing.lock().await;
+            self.commit(parsed, replace).await?
+        };
         tracing::info!(
             imported = answer.imported,
             rejected = answer.rejected,
@@ -343,16 +348,17 @@ async fn feed_parser(
     }
 }
 
-/// The answer to an upload whose stream failed: the server's own deadline on it
-/// (an upload idle too long) keeps its code; anything else broke the stream.
+/// The answer to an upload whose stream failed: the server's own limits on it (an
+/// upload idle too long, a message over the size limit) keep their codes;
+/// anything else broke the stream.
 fn upload_broken(e: &Status) -> RpcError {
-    if e.code() == tonic::Code::DeadlineExceeded {
-        RpcError::DeadlineExceeded(e.message().to_owned())
-    } else {
-        RpcError::Aborted(format!(
+    match e.code() {
+        tonic::Code::DeadlineExceeded => RpcError::DeadlineExceeded(e.message().to_owned()),
+        tonic::Code::ResourceExhausted => RpcError::ResourceExhausted(e.message().to_owned()),
+        _ => RpcError::Aborted(format!(
             "upload interrupted: {}; nothing was imported",
             e.message()
-        ))
+        )),
     }
 }
 

@@ -36,6 +36,9 @@ pub enum RegistryError {
     /// The caller's upload stream broke; nothing was stored.
     #[error("{0}")]
     Aborted(String),
+    /// The upload sent nothing for the server's idle limit; nothing was stored.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,6 +52,20 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// An upload whose stream failed: the server's own limits on it (idle too
+    /// long, a message over the size limit) keep their codes; anything else broke
+    /// the stream.
+    pub fn upload_broken(e: &tonic::Status) -> Self {
+        match e.code() {
+            tonic::Code::DeadlineExceeded => Self::DeadlineExceeded(e.message().to_owned()),
+            tonic::Code::ResourceExhausted => Self::TooLarge(e.message().to_owned()),
+            _ => Self::Aborted(format!(
+                "upload interrupted: {}; nothing stored",
+                e.message()
+            )),
+        }
+    }
+
     pub fn internal(context: &'static str, e: impl std::fmt::Display) -> Self {
         Self::Internal {
             context,
@@ -69,6 +86,7 @@ impl From<RegistryError> for Status {
             RegistryError::Unauthenticated(m) => Status::unauthenticated(m),
             RegistryError::PermissionDenied(m) => Status::permission_denied(m),
             RegistryError::Aborted(m) => Status::aborted(m),
+            RegistryError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             RegistryError::Store(e) => match e {
                 StoreError::NotFound(m) => Status::not_found(m),
                 StoreError::Conflict(m) => Status::failed_precondition(m),

@@ -70,10 +70,7 @@ async fn read_header(
         Some(Ok(_)) => Err(RegistryError::Invalid(
             "header: the first message must be the header".into(),
         )),
-        Some(Err(e)) => Err(RegistryError::Aborted(format!(
-            "upload failed: {}",
-            e.message()
-        ))),
+        Some(Err(e)) => Err(RegistryError::upload_broken(&e)),
         None => Err(RegistryError::Invalid("header: empty upload".into())),
     }
 }
@@ -418,12 +415,7 @@ impl Registry {
         let mut model = Vec::new();
         let mut sidecars = BTreeMap::new();
         while let Some(msg) = stream.next().await {
-            let msg = msg.map_err(|e| {
-                RegistryError::Aborted(format!(
-                    "upload interrupted: {}; nothing stored",
-                    e.message()
-                ))
-            })?;
+            let msg = msg.map_err(|e| RegistryError::upload_broken(&e))?;
             match msg.part {
                 Some(pb::publish_model_request::Part::Chunk(c)) => {
                     if c.len() > MAX_CHUNK_BYTES {
