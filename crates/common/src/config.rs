@@ -383,15 +383,6 @@ impl ServerConfig {
         self.tls.validate()
     }
 
-    /// How large a request's messages may be and how long it may take to arrive.
-    pub fn body_limits(&self) -> crate::request_body::BodyLimits {
-        crate::request_body::BodyLimits {
-            request: Duration::from_millis(self.request_body_timeout_ms),
-            upload_idle: Duration::from_millis(self.upload_idle_timeout_ms),
-            max_message_bytes: self.max_message_bytes,
-        }
-    }
-
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }

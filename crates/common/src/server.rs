@@ -31,7 +31,7 @@ use crate::config::{ServerConfig, TlsConfig};
 use crate::discovery::{Endpoint, Registration};
 use crate::etcd::Etcd;
 use crate::observe::RpcTelemetryLayer;
-use crate::request_body::RequestBodyLayer;
+use crate::request_body::{BodyLimits, RequestBodyLayer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -368,7 +368,11 @@ fn stack(config: &ServerConfig, tokens: StorefrontTokens) -> ServiceBuilder<Stac
         .layer(OverloadLayer::new(config.max_concurrency))
         // A request must arrive in time and within the size limit, or the slot it
         // took is freed.
-        .layer(RequestBodyLayer::new(config.body_limits()))
+        .layer(RequestBodyLayer::new(BodyLimits {
+            request: Duration::from_millis(config.request_body_timeout_ms),
+            upload_idle: Duration::from_millis(config.upload_idle_timeout_ms),
+            max_message_bytes: config.max_message_bytes,
+        }))
 }
 
 fn endpoint_for(
