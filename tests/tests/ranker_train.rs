@@ -20,6 +20,15 @@ use rankmesh_tests::catalog::homedepot_slice;
 use rankmesh_tests::mesh::LocalMesh;
 use rankmesh_tests::{eventually, free_port_block};
 
+/// How far one item's dense similarity may move between two meshes. Each mesh
+/// embeds with INT8, whose activations are quantised per batch, so an item's
+/// vector moves with the items it was embedded beside: over 1,295 rows the gap
+/// was 0.0022 on average, 0.0092 at p90 and 0.026 at most, and one run met 0.054
+/// (a bound of 0.05 failed CI). One row's gap is noise with a long tail ...
+const MAX_SIMILARITY_GAP: f32 = 0.15;
+/// ... their mean is not: a mean past this is skew.
+const MAX_MEAN_SIMILARITY_GAP: f32 = 0.01;
+
 /// Rows of one split as written by the trainer: (query id, item) -> row.
 fn read_rows(dir: &Path, split: &str, width: usize) -> HashMap<(usize, String), Vec<f32>> {
     let values = std::fs::read(dir.join(format!("{split}.f32"))).expect("rows");
@@ -190,6 +199,7 @@ async fn trains_on_real_judgments_serves_live_and_has_no_skew() {
     let col = |name: &str| cols.iter().position(|c| c == name).expect("column");
     let (found, similarity) = (col("dense_found"), col("dense_similarity"));
     let (mut compared, mut exact) = (0usize, 0usize);
+    let mut similarity_gaps: Vec<f32> = Vec::new();
     for (train_qid, q) in dev.iter().take(20) {
         let r = ranking
             .search(
@@ -224,13 +234,15 @@ async fn trains_on_real_judgments_serves_live_and_has_no_skew() {
                     );
                 }
                 if t[found] == 1.0 && item.features[found] == 1.0 {
+                    let gap = (t[similarity] - item.features[similarity]).abs();
                     assert!(
-                        (t[similarity] - item.features[similarity]).abs() <= 0.05,
+                        gap <= MAX_SIMILARITY_GAP,
                         "{q:?} {}: dense similarity trained {} served {}",
                         item.item_id,
                         t[similarity],
                         item.features[similarity]
                     );
+                    similarity_gaps.push(gap);
                 }
                 exact += usize::from(*t == item.features);
                 compared += 1;
@@ -238,6 +250,22 @@ async fn trains_on_real_judgments_serves_live_and_has_no_skew() {
         }
     }
     assert!(compared >= 200, "compared {compared} rows");
+    similarity_gaps.sort_by(f32::total_cmp);
+    let mean = similarity_gaps.iter().sum::<f32>() / similarity_gaps.len().max(1) as f32;
+    let p90 = similarity_gaps
+        .get(similarity_gaps.len() * 9 / 10)
+        .copied()
+        .unwrap_or(0.0);
+    println!(
+        "dense similarity, trained vs served, {} rows: mean gap {mean:.4}, p90 {p90:.4}, max {:.4}",
+        similarity_gaps.len(),
+        similarity_gaps.last().copied().unwrap_or(0.0)
+    );
+    assert!(
+        similarity_gaps.len() >= 50 && mean <= MAX_MEAN_SIMILARITY_GAP,
+        "dense similarity drifts between meshes: mean gap {mean} over {} rows",
+        similarity_gaps.len()
+    );
     println!("{compared} served rows compared with training rows, {exact} identical");
 
     // meshctl eval on the live mesh: fractional grades, every variant.
