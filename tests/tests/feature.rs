@@ -148,6 +148,14 @@ async fn suite(backend: Backend) {
         "nothing from the broken uploads"
     );
     assert_eq!(items.items.len(), 1, "the catalog was not replaced");
+    // Nor anything staged: each broken upload's staging is dropped (on Redis, where
+    // it can be looked at while the service runs; redb's are unit-tested).
+    if let Backend::Redis(r) = &backend {
+        eventually(Duration::from_secs(10), "stagings dropped", || async {
+            staging_keys(r).is_empty().then_some(())
+        })
+        .await;
+    }
 
     // Lexical retrieval (wait for the index to follow the import).
     let lex = |q: &str, filters: Option<Filters>| pb::LexicalCandidatesRequest {
@@ -343,6 +351,64 @@ async fn suite(backend: Backend) {
         10,
         "each of 20 users got 10 events"
     );
+
+    // A catalog of several batches (2,000 rows each) is staged in parts and
+    // committed, and indexed, whole.
+    let rows = 5_000u64;
+    let bulk: String = (0..rows)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"bulk-{i:05}\",\"title\":\"Bulk widget {i}\",\"category\":\"Tools\"}}\n"
+            )
+        })
+        .collect();
+    let r = c
+        .import_catalog(futures::stream::iter(chunks(
+            pb::CatalogFormat::Jsonl,
+            bulk.as_bytes(),
+            false,
+        )))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!((r.imported, r.rejected), (rows, 0));
+    let items = c
+        .get_items(pb::GetItemsRequest {
+            ids: vec!["bulk-00000".into(), "bulk-04999".into(), "hp-1".into()],
+        })
+        .await
+        .expect("get items")
+        .into_inner();
+    assert!(items.unknown_ids.is_empty(), "{:?}", items.unknown_ids);
+    let hits = c
+        .lexical_candidates(pb::LexicalCandidatesRequest {
+            query: "widget 4999".into(),
+            k: 1,
+            filters: None,
+        })
+        .await
+        .expect("lexical")
+        .into_inner();
+    assert_eq!(
+        hits.items[0].item_id, "bulk-04999",
+        "the last batch is indexed"
+    );
+    if let Backend::Redis(r) = &backend {
+        assert!(staging_keys(r).is_empty(), "a committed staging is gone");
+    }
+}
+
+/// The staged-import keys left in Redis.
+fn staging_keys(r: &RedisServer) -> Vec<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &r.url(), "--scan", "--pattern", "rm:staging:*"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "redis-cli: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test]

@@ -2,9 +2,11 @@
 //!
 //! The parser runs on a blocking thread and reads the upload through [`ChunkReader`],
 //! which pulls chunks from a channel as the gRPC stream delivers them, so a CSV field
-//! may span chunks and memory holds only what is parsed. Good rows are collected and
-//! committed by the caller in one transaction at the end: a broken stream or a failed
-//! commit leaves the store exactly as it was.
+//! may span chunks. Good rows go to a sink in batches of at most [`BATCH_ROWS`] rows
+//! or [`BATCH_BYTES`] bytes, which the service stages in the store as they come: an
+//! import holds a few batches in memory however large the file. The staged rows
+//! become the catalog in one commit at the end, so a broken stream or a failed commit
+//! still leaves the store exactly as it was.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
@@ -21,6 +23,12 @@ pub const MAX_LISTED_ERRORS: usize = 1000;
 /// description, 64 attributes); without a bound, a line that never ends, or a CSV
 /// quote never closed, would be buffered whole.
 pub const MAX_ROW_BYTES: usize = 1024 * 1024;
+/// Rows handed to the sink at a time: large enough that staging costs one store
+/// write per few thousand rows, small enough that a batch is a few MB.
+pub const BATCH_ROWS: usize = 2_000;
+/// A batch goes early once its rows' text passes this (rows may be up to
+/// [`MAX_ROW_BYTES`] each, so a row count alone would not bound it).
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -36,7 +44,18 @@ pub struct RowError {
     pub reason: String,
 }
 
-/// What parsing produced.
+/// What parsing counted; the rows themselves went to the sink.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Good rows handed to the sink.
+    pub imported: u64,
+    /// The first [`MAX_LISTED_ERRORS`] errors.
+    pub errors: Vec<RowError>,
+    pub rejected: u64,
+}
+
+/// What parsing produced, every row in memory (tests and the fuzz target; the
+/// service uses [`parse_batches`]).
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub items: Vec<Item>,
@@ -59,6 +78,9 @@ pub enum ImportError {
     RowTooLong(u64),
     #[error("reading the upload: {0}")]
     Io(String),
+    /// The sink refused a batch (storing it failed); its own error is the answer.
+    #[error("the rows could not be stored; nothing was imported")]
+    Stopped,
 }
 
 /// `Read` over chunks sent through a channel; a `None` chunk (sender dropped without
@@ -158,20 +180,76 @@ impl RawItem {
     }
 }
 
-fn record(out: &mut Parsed, line: u64, row: Result<Item, String>) -> Result<(), ImportError> {
-    match row {
-        Ok(item) => out.items.push(item),
-        Err(reason) => {
-            out.rejected += 1;
-            if out.errors.len() < MAX_LISTED_ERRORS {
-                out.errors.push(RowError { line, reason });
-            }
+/// Where a batch of good rows goes.
+pub type Sink<'a> = &'a mut dyn FnMut(Vec<Item>) -> Result<(), ImportError>;
+
+/// Rows as they are parsed: the batch being filled, and the counts.
+struct Rows<'a> {
+    summary: Summary,
+    batch: Vec<Item>,
+    batch_bytes: usize,
+    sink: Sink<'a>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(sink: Sink<'a>) -> Self {
+        Self {
+            summary: Summary::default(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            sink,
         }
     }
-    if out.items.len() as u64 + out.rejected > MAX_ROWS {
-        return Err(ImportError::TooManyRows);
+
+    fn record(&mut self, line: u64, row: Result<Item, String>) -> Result<(), ImportError> {
+        match row {
+            Ok(item) => {
+                self.summary.imported += 1;
+                self.batch_bytes += text_bytes(&item);
+                self.batch.push(item);
+                if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
+                    self.flush()?;
+                }
+            }
+            Err(reason) => {
+                self.summary.rejected += 1;
+                if self.summary.errors.len() < MAX_LISTED_ERRORS {
+                    self.summary.errors.push(RowError { line, reason });
+                }
+            }
+        }
+        if self.summary.imported + self.summary.rejected > MAX_ROWS {
+            return Err(ImportError::TooManyRows);
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn flush(&mut self) -> Result<(), ImportError> {
+        if !self.batch.is_empty() {
+            self.batch_bytes = 0;
+            (self.sink)(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Summary, ImportError> {
+        self.flush()?;
+        Ok(self.summary)
+    }
+}
+
+/// The bytes of an item's text, near enough to bound a batch.
+fn text_bytes(item: &Item) -> usize {
+    item.id.len()
+        + item.title.len()
+        + item.description.len()
+        + item.category.len()
+        + item.brand.len()
+        + item
+            .attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 fn io(e: std::io::Error) -> ImportError {
@@ -186,16 +264,36 @@ fn io(e: std::io::Error) -> ImportError {
     }
 }
 
-/// Parses the whole upload. Blocking.
-pub fn parse(format: Format, reader: impl Read) -> Result<Parsed, ImportError> {
+/// Parses the whole upload, handing good rows to `sink` in batches as it goes.
+/// Blocking.
+pub fn parse_batches(
+    format: Format,
+    reader: impl Read,
+    sink: Sink<'_>,
+) -> Result<Summary, ImportError> {
+    let mut rows = Rows::new(sink);
     match format {
-        Format::Jsonl => parse_jsonl(reader),
-        Format::Csv => parse_csv(reader),
+        Format::Jsonl => parse_jsonl(reader, &mut rows)?,
+        Format::Csv => parse_csv(reader, &mut rows)?,
     }
+    rows.finish()
 }
 
-fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
-    let mut out = Parsed::default();
+/// Parses the whole upload into memory. Blocking.
+pub fn parse(format: Format, reader: impl Read) -> Result<Parsed, ImportError> {
+    let mut items = Vec::new();
+    let summary = parse_batches(format, reader, &mut |batch| {
+        items.extend(batch);
+        Ok(())
+    })?;
+    Ok(Parsed {
+        items,
+        errors: summary.errors,
+        rejected: summary.rejected,
+    })
+}
+
+fn parse_jsonl(reader: impl Read, out: &mut Rows<'_>) -> Result<(), ImportError> {
     let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
     let mut line = Vec::new();
     let mut n = 0u64;
@@ -207,13 +305,13 @@ fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
         n += 1;
         if read == Line::TooLong {
             let reason = format!("longer than {MAX_ROW_BYTES} bytes (MAX_ROW_BYTES)");
-            record(&mut out, n, Err(reason))?;
+            out.record(n, Err(reason))?;
             continue;
         }
         let text = match std::str::from_utf8(&line) {
             Ok(t) => t.trim(),
             Err(e) => {
-                record(&mut out, n, Err(format!("not UTF-8: {e}")))?;
+                out.record(n, Err(format!("not UTF-8: {e}")))?;
                 continue;
             }
         };
@@ -223,9 +321,9 @@ fn parse_jsonl(reader: impl Read) -> Result<Parsed, ImportError> {
         let row = serde_json::from_str::<RawItem>(text)
             .map_err(|e| format!("not a JSON object of the catalog format: {e}"))
             .and_then(RawItem::into_item);
-        record(&mut out, n, row)?;
+        out.record(n, row)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What [`read_line`] found.
@@ -324,7 +422,7 @@ const CSV_COLUMNS: &[&str] = &[
     "attributes",
 ];
 
-fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
+fn parse_csv(reader: impl Read, out: &mut Rows<'_>) -> Result<(), ImportError> {
     let since_record = std::rc::Rc::new(std::cell::Cell::new(0));
     let reader = RowBudget {
         inner: reader,
@@ -356,7 +454,6 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
     }
     let col = |name: &str| header.iter().position(|h| h == name);
     let cols: Vec<Option<usize>> = CSV_COLUMNS.iter().map(|c| col(c)).collect();
-    let mut out = Parsed::default();
     let mut rec = csv::StringRecord::new();
     let mut last_line = 1;
     loop {
@@ -371,7 +468,7 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
                     continue;
                 }
                 let get = |i: usize| cols[i].and_then(|c| rec.get(c)).unwrap_or("").trim();
-                record(&mut out, line, csv_row(&get))?;
+                out.record(line, csv_row(&get))?;
             }
             Err(e) => {
                 if let csv::ErrorKind::Io(io_err) = e.kind()
@@ -385,11 +482,11 @@ fn parse_csv(reader: impl Read) -> Result<Parsed, ImportError> {
                     return Err(csv_err(e, "row"));
                 }
                 let line = e.position().map_or(0, csv::Position::line);
-                record(&mut out, line, Err(format!("malformed CSV: {e}")))?;
+                out.record(line, Err(format!("malformed CSV: {e}")))?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn csv_err(e: csv::Error, what: &str) -> ImportError {
@@ -569,6 +666,65 @@ mod tests {
         csv.push_str(&"x".repeat(2 * MAX_ROW_BYTES));
         let r = parse(Format::Csv, csv.as_bytes());
         assert!(matches!(r, Err(ImportError::RowTooLong(2))), "{r:?}");
+    }
+
+    #[test]
+    fn rows_reach_the_sink_in_bounded_batches_in_file_order() {
+        let mut data = String::new();
+        for i in 0..(2 * BATCH_ROWS + 7) {
+            data.push_str(&format!("{{\"id\":\"r{i:05}\",\"title\":\"Row {i}\"}}\n"));
+        }
+        // Long rows close a batch by size before it is full.
+        let long = "w ".repeat(30 * 1024);
+        let long_rows = BATCH_BYTES / (60 * 1024) * 2;
+        for i in 0..long_rows {
+            data.push_str(&format!(
+                "{{\"id\":\"z{i:04}\",\"title\":\"Long\",\"description\":\"{long}\"}}\n"
+            ));
+        }
+        data.push_str("{\"id\":\"bad\"}\n");
+        let mut batches: Vec<Vec<Item>> = Vec::new();
+        let summary = parse_batches(Format::Jsonl, data.as_bytes(), &mut |b| {
+            batches.push(b);
+            Ok(())
+        })
+        .expect("parsed");
+        assert_eq!(summary.imported, (2 * BATCH_ROWS + 7 + long_rows) as u64);
+        assert_eq!(summary.rejected, 1);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert!(
+            sizes.iter().all(|n| *n > 0 && *n <= BATCH_ROWS),
+            "{sizes:?}"
+        );
+        for b in &batches {
+            let bytes: usize = b.iter().map(text_bytes).sum();
+            let last = b.last().map_or(0, text_bytes);
+            assert!(
+                bytes - last < BATCH_BYTES,
+                "a batch closes once past the byte bound"
+            );
+        }
+        assert!(
+            sizes.len() >= 4 && sizes[2] < BATCH_ROWS,
+            "the long rows closed batches by size: {sizes:?}"
+        );
+        let ids: Vec<&str> = batches.iter().flatten().map(|i| i.id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids, sorted, "file order");
+        assert_eq!(ids.len() as u64, summary.imported);
+    }
+
+    #[test]
+    fn a_refused_batch_stops_the_parse() {
+        let data = "{\"id\":\"a\",\"title\":\"x\"}\n".repeat(BATCH_ROWS + 1);
+        let mut calls = 0;
+        let r = parse_batches(Format::Jsonl, data.as_bytes(), &mut |_| {
+            calls += 1;
+            Err(ImportError::Stopped)
+        });
+        assert!(matches!(r, Err(ImportError::Stopped)), "{r:?}");
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -50,6 +50,23 @@ pub const GRAM_BOOST: f32 = 0.25;
 #[error("lexical index: {0}")]
 pub struct LexicalError(String);
 
+/// Why [`LexicalIndex::update`] failed, and so what state things are in.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    /// Reading the rows, or committing them at their source, failed: the index is
+    /// as it was.
+    #[error("{0}")]
+    Source(E),
+    /// The index refused the rows before the source committed: the index is as it
+    /// was.
+    #[error(transparent)]
+    Index(LexicalError),
+    /// The source committed but the index's own commit failed: the index is stale
+    /// and must be rebuilt from the source.
+    #[error("after the rows were committed: {0}")]
+    Stale(LexicalError),
+}
+
 fn err(e: impl std::fmt::Display) -> LexicalError {
     LexicalError(e.to_string())
 }
@@ -140,39 +157,85 @@ impl LexicalIndex {
 
     /// Adds or replaces `items`; with `replace`, everything else is removed.
     pub fn upsert(&self, items: &[Item], replace: bool) -> Result<(), LexicalError> {
-        let f = self.fields;
+        let mut pages = [items.to_vec()].into_iter();
+        self.update(
+            replace,
+            || Ok::<_, LexicalError>(pages.next().unwrap_or_default()),
+            || Ok(()),
+        )
+        .map_err(|e| match e {
+            UpdateError::Source(e) | UpdateError::Index(e) | UpdateError::Stale(e) => e,
+        })
+    }
+
+    /// Adds or replaces the items `next_page` yields (a page at a time, until an
+    /// empty one); with `replace`, everything else is removed. Then `commit_source`
+    /// commits the same rows where they come from, and only if it succeeds does the
+    /// index commit: the index holds one page at a time (and its writer's bounded
+    /// heap), never the whole catalog, and an import whose store commit fails leaves
+    /// the index as it was.
+    pub fn update<E>(
+        &self,
+        replace: bool,
+        mut next_page: impl FnMut() -> Result<Vec<Item>, E>,
+        commit_source: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), UpdateError<E>> {
         let mut writer = self
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if replace {
-            writer.delete_all_documents().map_err(err)?;
+        let staged = (|| {
+            if replace {
+                writer
+                    .delete_all_documents()
+                    .map_err(|e| UpdateError::Index(err(e)))?;
+            }
+            loop {
+                let page = next_page().map_err(UpdateError::Source)?;
+                if page.is_empty() {
+                    return commit_source().map_err(UpdateError::Source);
+                }
+                for item in &page {
+                    if !replace {
+                        writer.delete_term(Term::from_field_text(self.fields.id, &item.id));
+                    }
+                    writer
+                        .add_document(self.document(item))
+                        .map_err(|e| UpdateError::Index(err(e)))?;
+                }
+            }
+        })();
+        if let Err(e) = staged {
+            // Nothing committed anywhere: drop what was added.
+            if let Err(r) = writer.rollback() {
+                tracing::error!(error = %r, "lexical index rollback failed");
+            }
+            return Err(e);
         }
-        for item in items {
-            if !replace {
-                writer.delete_term(Term::from_field_text(f.id, &item.id));
-            }
-            let category = normalize_category(&item.category);
-            let title = text::tokens(&item.title);
-            let mut d = doc!(
-                f.id => item.id.as_str(),
-                f.title => joined(&title),
-                f.title_grams => joined(&text::trigrams(&title)),
-                f.description => joined(&text::tokens(&item.description)),
-                f.brand => joined(&text::tokens(&item.brand)),
-                f.category => joined(&text::tokens(&item.category)),
-                f.brand_key => item.brand.to_lowercase(),
-            );
-            for p in category_prefixes(&category) {
-                d.add_text(f.category_path, p);
-            }
-            if let Some(p) = item.price {
-                d.add_f64(f.price, p);
-            }
-            writer.add_document(d).map_err(err)?;
+        writer.commit().map_err(|e| UpdateError::Stale(err(e)))?;
+        self.reader.reload().map_err(|e| UpdateError::Stale(err(e)))
+    }
+
+    fn document(&self, item: &Item) -> TantivyDocument {
+        let f = self.fields;
+        let category = normalize_category(&item.category);
+        let title = text::tokens(&item.title);
+        let mut d = doc!(
+            f.id => item.id.as_str(),
+            f.title => joined(&title),
+            f.title_grams => joined(&text::trigrams(&title)),
+            f.description => joined(&text::tokens(&item.description)),
+            f.brand => joined(&text::tokens(&item.brand)),
+            f.category => joined(&text::tokens(&item.category)),
+            f.brand_key => item.brand.to_lowercase(),
+        );
+        for p in category_prefixes(&category) {
+            d.add_text(f.category_path, p);
         }
-        writer.commit().map_err(err)?;
-        self.reader.reload().map_err(err)
+        if let Some(p) = item.price {
+            d.add_f64(f.price, p);
+        }
+        d
     }
 
     fn filter_query(&self, filter: &Filter) -> Option<Box<dyn Query>> {
@@ -480,6 +543,70 @@ mod tests {
         )
         .expect("upsert");
         idx
+    }
+
+    fn found(idx: &LexicalIndex, query: &str) -> Vec<String> {
+        let mut ids: Vec<String> = idx
+            .search(query, 10, &Filter::default())
+            .expect("search")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_paged_update_commits_only_with_its_source() {
+        let idx = index();
+        let pages = || {
+            vec![
+                vec![item("d1", "Cordless drill", "Tools", "Volt", 80.0)],
+                vec![item("s1", "Circular saw", "Tools", "Volt", 120.0)],
+            ]
+            .into_iter()
+        };
+        // The source's commit fails: the index is as it was, replace or not.
+        for replace in [true, false] {
+            let mut p = pages();
+            let r = idx.update(
+                replace,
+                || Ok::<_, String>(p.next().unwrap_or_default()),
+                || Err("disk full".to_owned()),
+            );
+            assert!(
+                matches!(&r, Err(UpdateError::Source(m)) if m == "disk full"),
+                "{r:?}"
+            );
+            assert!(found(&idx, "drill").is_empty());
+            assert_eq!(found(&idx, "pan"), ["p1", "p2"]);
+        }
+        // Reading a page fails: the same.
+        let mut calls = 0;
+        let r = idx.update(
+            true,
+            || {
+                calls += 1;
+                match calls {
+                    1 => Ok(vec![item("d1", "Cordless drill", "Tools", "Volt", 80.0)]),
+                    _ => Err("redis down".to_owned()),
+                }
+            },
+            || Ok(()),
+        );
+        assert!(matches!(r, Err(UpdateError::Source(_))));
+        assert_eq!(found(&idx, "pan"), ["p1", "p2"]);
+        // It commits: every page is in, and a replace removed the rest.
+        let mut p = pages();
+        idx.update(
+            true,
+            || Ok::<_, String>(p.next().unwrap_or_default()),
+            || Ok(()),
+        )
+        .expect("update");
+        assert_eq!(found(&idx, "drill"), ["d1"]);
+        assert_eq!(found(&idx, "saw"), ["s1"]);
+        assert!(found(&idx, "pan").is_empty());
     }
 
     #[test]

@@ -16,13 +16,15 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::{Event, EventKind, Item, check_id};
 use crate::features;
 use crate::import::{self, ChunkReader, Format, ImportError};
-use crate::lexical::LexicalIndex;
-use crate::store::{FeatureStore, Recorded, StoreError};
+use crate::lexical::{LexicalIndex, UpdateError};
+use crate::store::{FeatureStore, ImportId, Recorded, StoreError};
 
 /// Events may be stamped at most this far in the future (clock skew).
 const MAX_FUTURE_MS: i64 = 3_600_000;
 /// Items per ScanItems message unless the caller asks otherwise.
 const DEFAULT_PAGE: u32 = 256;
+/// Items read from the store at a time to index them.
+const INDEX_PAGE: usize = 1000;
 
 /// A store that cannot be reached is worth a retry elsewhere; a backend error is ours.
 impl From<StoreError> for RpcError {
@@ -69,20 +71,24 @@ impl<S: FeatureStore> Features<S> {
         &self.store
     }
 
-    /// Rebuilds the lexical index from the store (startup, or after a failed update).
+    /// Rebuilds the lexical index from the store (startup, or after a failed update),
+    /// a page at a time.
     pub async fn rebuild_lexical(&self) -> Result<u64, RpcError> {
-        let mut all: Vec<Item> = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.store.scan_items(&after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after.clone_from(&last.id);
-            all.extend(page);
-        }
-        let n = all.len() as u64;
         let lexical = Arc::clone(&self.lexical);
-        rankmesh_common::rpc::blocking(move || lexical.upsert(&all, true)).await?;
-        Ok(n)
+        let store = self.store.clone();
+        let rt = tokio::runtime::Handle::current();
+        let indexed = tokio::task::spawn_blocking(move || {
+            let mut pages = Pages::new(|after| rt.block_on(store.scan_items(after, INDEX_PAGE)));
+            lexical
+                .update(true, || pages.next(), || Ok(()))
+                .map(|()| pages.rows)
+        })
+        .await
+        .map_err(|e| RpcError::Internal(format!("indexing task failed: {e}")))?;
+        indexed.map_err(|e| match e {
+            UpdateError::Source(e) => e.into(),
+            UpdateError::Index(e) | UpdateError::Stale(e) => RpcError::Internal(e.to_string()),
+        })
     }
 
     pub async fn get_features(
@@ -171,9 +177,11 @@ impl<S: FeatureStore> Features<S> {
         }
     }
 
-    /// Imports a streamed catalog; see the proto for the contract. The chunks
-    /// feed a parser on a blocking thread; rows are stored only once the whole
-    /// upload has arrived and parsed, so a broken upload imports nothing.
+    /// Imports a streamed catalog; see the proto for the contract. The chunks feed
+    /// a parser on a blocking thread, whose batches of rows are staged in the store
+    /// as they come; the staging becomes the catalog only once the whole upload has
+    /// arrived and parsed, so a broken upload imports nothing, and memory holds a
+    /// few batches whatever the upload's size.
     pub async fn import(
         &self,
         mut stream: impl Stream<Item = Result<pb::ImportCatalogChunk, Status>> + Unpin,
@@ -192,28 +200,46 @@ impl<S: FeatureStore> Features<S> {
         let replace = first.replace;
         let started = std::time::Instant::now();
 
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let parser =
-            tokio::task::spawn_blocking(move || import::parse(format, ChunkReader::new(rx)));
-        let upload_error = feed_parser(first, &mut stream, tx).await;
+        let staging = Staging::begin(&self.store).await?;
+        let (chunks, chunks_rx) = tokio::sync::mpsc::channel(8);
+        // One batch in the channel, one being parsed, one being staged.
+        let (batches, mut batches_rx) = tokio::sync::mpsc::channel::<Vec<Item>>(1);
+        let parser = tokio::task::spawn_blocking(move || {
+            import::parse_batches(format, ChunkReader::new(chunks_rx), &mut |batch| {
+                batches
+                    .blocking_send(batch)
+                    .map_err(|_| ImportError::Stopped)
+            })
+        });
+        // When staging fails, dropping the receiver stops the parser at its next
+        // batch, and the parser gone stops the feed at its next chunk.
+        let stage = async move {
+            while let Some(batch) = batches_rx.recv().await {
+                self.store.stage_items(&staging.import, batch).await?;
+            }
+            Ok::<_, StoreError>(staging)
+        };
+        let (upload_error, staged) = tokio::join!(feed_parser(first, &mut stream, chunks), stage);
         let parsed = parser
             .await
             .map_err(|e| RpcError::Internal(e.to_string()))?;
         if let Some(e) = upload_error {
             return Err(e);
         }
-        let parsed = parsed.map_err(|e| match e {
+        let staging = staged?;
+        let summary = parsed.map_err(|e| match e {
             ImportError::Interrupted => RpcError::Aborted(e.to_string()),
             ImportError::Header(m) => invalid("data", format!("CSV header: {m}")),
             ImportError::TooManyRows => RpcError::ResourceExhausted(e.to_string()),
             ImportError::RowTooLong(_) => invalid("data", e.to_string()),
             ImportError::Io(m) => RpcError::Internal(m),
+            ImportError::Stopped => RpcError::Internal(e.to_string()),
         })?;
         // One commit at a time, taken only now: an upload that arrives slowly
         // holds no lock while it does.
         let answer = {
             let _guard = self.importing.lock().await;
-            self.commit(parsed, replace).await?
+            self.commit(staging, summary, replace).await?
         };
         tracing::info!(
             imported = answer.imported,
@@ -224,31 +250,47 @@ impl<S: FeatureStore> Features<S> {
         Ok(answer)
     }
 
-    /// Stores parsed rows, then brings the lexical index up to date.
+    /// Commits a staged import: the lexical index takes the staged rows a page at
+    /// a time, then the store commits them, then the index does. The store is the
+    /// source of truth: if its commit fails the index drops what it took; if the
+    /// index's own commit then fails, it is rebuilt from the store rather than left
+    /// half-updated.
     async fn commit(
         &self,
-        parsed: import::Parsed,
+        mut staging: Staging<S>,
+        summary: import::Summary,
         replace: bool,
     ) -> Result<pb::ImportCatalogResponse, RpcError> {
-        let imported = parsed.items.len() as u64;
-        let items = Arc::new(parsed.items);
-        // Store first: it is the source of truth. If the index update then fails, the
-        // index is rebuilt from the store rather than left half-updated.
-        self.store
-            .put_items(items.as_ref().clone(), replace)
-            .await?;
+        let imported = summary.imported;
         let lexical = Arc::clone(&self.lexical);
-        let for_index = Arc::clone(&items);
-        let indexed =
-            tokio::task::spawn_blocking(move || lexical.upsert(&for_index, replace)).await;
-        if !matches!(indexed, Ok(Ok(()))) {
-            tracing::error!("lexical index update failed after import; rebuilding from the store");
-            self.rebuild_lexical().await?;
+        let store = self.store.clone();
+        let import = staging.import.clone();
+        let rt = tokio::runtime::Handle::current();
+        let updated = tokio::task::spawn_blocking(move || {
+            let mut pages =
+                Pages::new(|after| rt.block_on(store.staged_items(&import, after, INDEX_PAGE)));
+            lexical.update(
+                replace,
+                || pages.next(),
+                || rt.block_on(store.commit_import(&import, replace)),
+            )
+        })
+        .await
+        .map_err(|e| RpcError::Internal(format!("indexing task failed: {e}")))?;
+        match updated {
+            Ok(()) => staging.committed(),
+            Err(UpdateError::Source(e)) => return Err(e.into()),
+            Err(UpdateError::Index(e)) => return Err(RpcError::Internal(e.to_string())),
+            Err(UpdateError::Stale(e)) => {
+                staging.committed();
+                tracing::error!(error = %e, "lexical index update failed after import; rebuilding from the store");
+                self.rebuild_lexical().await?;
+            }
         }
         metrics::counter!("rankmesh_catalog_rows_imported_total").increment(imported);
         Ok(pb::ImportCatalogResponse {
             imported,
-            errors: parsed
+            errors: summary
                 .errors
                 .into_iter()
                 .map(|e| pb::RowError {
@@ -256,7 +298,7 @@ impl<S: FeatureStore> Features<S> {
                     reason: e.reason,
                 })
                 .collect(),
-            rejected: parsed.rejected,
+            rejected: summary.rejected,
         })
     }
 
@@ -302,6 +344,74 @@ impl<S: FeatureStore> Features<S> {
                 cold_start_user: false,
             },
         })
+    }
+}
+
+/// Rows read a page at a time through `read(after)`, in id order, until a page
+/// comes back empty; counts what it read.
+struct Pages<F> {
+    read: F,
+    after: String,
+    rows: u64,
+}
+
+impl<F: FnMut(&str) -> Result<Vec<Item>, StoreError>> Pages<F> {
+    fn new(read: F) -> Self {
+        Self {
+            read,
+            after: String::new(),
+            rows: 0,
+        }
+    }
+
+    fn next(&mut self) -> Result<Vec<Item>, StoreError> {
+        let page = (self.read)(&self.after)?;
+        if let Some(last) = page.last() {
+            self.after.clone_from(&last.id);
+        }
+        self.rows += page.len() as u64;
+        Ok(page)
+    }
+}
+
+/// A staged import, aborted when dropped uncommitted: an upload that breaks, fails
+/// to parse, or whose caller goes away leaves nothing in the store.
+struct Staging<S: FeatureStore> {
+    store: S,
+    import: ImportId,
+    done: bool,
+}
+
+impl<S: FeatureStore> Staging<S> {
+    async fn begin(store: &S) -> Result<Self, StoreError> {
+        Ok(Self {
+            store: store.clone(),
+            import: store.begin_import().await?,
+            done: false,
+        })
+    }
+
+    /// The store committed it (and so dropped it): nothing to abort.
+    fn committed(&mut self) {
+        self.done = true;
+    }
+}
+
+impl<S: FeatureStore> Drop for Staging<S> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (store, import) = (self.store.clone(), self.import.clone());
+        // Dropped in an async handler, so a runtime is there; the abort runs on
+        // after the call has ended.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.abort_import(&import).await {
+                    tracing::warn!(%import, error = %e, "dropping an unfinished import's staging failed");
+                }
+            });
+        }
     }
 }
 

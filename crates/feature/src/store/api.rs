@@ -47,14 +47,77 @@ pub enum Recorded {
     UnknownItem,
 }
 
-/// The feature service's storage.
-pub trait FeatureStore: Send + Sync + 'static {
+/// A catalog import being staged: its rows are stored, but not part of the catalog
+/// until it is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportId(pub(crate) String);
+
+impl std::fmt::Display for ImportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The feature service's storage. Cheap to clone (a handle).
+pub trait FeatureStore: Clone + Send + Sync + 'static {
+    /// Starts a staged import. Its rows arrive in parts ([`Self::stage_items`]) and
+    /// become the catalog at once ([`Self::commit_import`]), so an import of any size
+    /// is written in bounded pieces and still commits or rolls back whole.
+    fn begin_import(&self) -> impl Future<Output = Result<ImportId, StoreError>> + Send;
+
+    /// Stores rows of a staged import, invisible to readers; a later row with the
+    /// same id wins.
+    fn stage_items(
+        &self,
+        import: &ImportId,
+        items: Vec<Item>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` staged rows with ids after `after`, in id order.
+    fn staged_items(
+        &self,
+        import: &ImportId,
+        after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Item>, StoreError>> + Send;
+
+    /// Makes the staged rows the catalog (`replace`: nothing else remains) or
+    /// upserts them into it, atomically, and drops the staging.
+    fn commit_import(
+        &self,
+        import: &ImportId,
+        replace: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Drops a staged import; the catalog is untouched. Dropping one that is gone
+    /// is not an error.
+    fn abort_import(
+        &self,
+        import: &ImportId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Upserts `items` atomically; with `replace`, items not in `items` are removed.
+    /// One staged import, for rows already in memory.
     fn put_items(
         &self,
         items: Vec<Item>,
         replace: bool,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let import = self.begin_import().await?;
+            let done = async {
+                self.stage_items(&import, items).await?;
+                self.commit_import(&import, replace).await
+            }
+            .await;
+            if done.is_err()
+                && let Err(e) = self.abort_import(&import).await
+            {
+                tracing::warn!(%import, error = %e, "dropping a failed import's staging failed");
+            }
+            done
+        }
+    }
 
     /// Items by id, in order; `None` for unknown ids.
     fn get_items(

@@ -3,7 +3,9 @@
 //! test suite runs against both.
 //!
 //! Contract every backend keeps:
-//! - `put_items` is atomic: all items are visible, or none.
+//! - An import is staged in parts and committed at once: all its items are
+//!   visible, or none; staged rows are invisible, and a staging that is aborted, or
+//!   left by a crash, is dropped (redb: on the next open; Redis: when it expires).
 //! - `record_events` returns only after the events are durable (fsync'd file commit,
 //!   or Redis with `appendfsync always`), and is idempotent by event id.
 
@@ -11,7 +13,7 @@ mod api;
 mod redb_store;
 mod redis_store;
 
-pub use api::{FeatureStore, Recorded, StoreError};
+pub use api::{FeatureStore, ImportId, Recorded, StoreError};
 pub use redb_store::RedbStore;
 pub use redis_store::RedisStore;
 
@@ -34,8 +36,25 @@ macro_rules! dispatch {
 }
 
 impl FeatureStore for AnyStore {
-    async fn put_items(&self, items: Vec<Item>, replace: bool) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_items(items, replace).await)
+    async fn begin_import(&self) -> Result<ImportId, StoreError> {
+        dispatch!(self, s => s.begin_import().await)
+    }
+    async fn stage_items(&self, import: &ImportId, items: Vec<Item>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.stage_items(import, items).await)
+    }
+    async fn staged_items(
+        &self,
+        import: &ImportId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        dispatch!(self, s => s.staged_items(import, after, limit).await)
+    }
+    async fn commit_import(&self, import: &ImportId, replace: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.commit_import(import, replace).await)
+    }
+    async fn abort_import(&self, import: &ImportId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.abort_import(import).await)
     }
     async fn get_items(&self, ids: &[String]) -> Result<Vec<Option<Item>>, StoreError> {
         dispatch!(self, s => s.get_items(ids).await)
@@ -120,6 +139,92 @@ pub(crate) mod contract {
             .expect("replace");
         assert_eq!(s.item_count().await.expect("count"), 1);
         assert!(s.get_items(&["a".into()]).await.expect("get")[0].is_none());
+    }
+
+    fn titles(items: &[Option<Item>]) -> Vec<Option<&str>> {
+        items
+            .iter()
+            .map(|i| i.as_ref().map(|i| i.title.as_str()))
+            .collect()
+    }
+
+    pub(crate) async fn staged_imports_commit_whole_or_not_at_all(s: &impl FeatureStore) {
+        s.put_items(vec![item("a", "Old"), item("b", "Old")], true)
+            .await
+            .expect("put");
+        let wanted = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+
+        // Staged in two parts: nothing shows until the commit; a later row wins.
+        let import = s.begin_import().await.expect("begin");
+        let mut newer_a = item("a", "New");
+        newer_a.title = "title a, newer".into();
+        s.stage_items(&import, vec![item("c", "New"), item("a", "New")])
+            .await
+            .expect("stage");
+        s.stage_items(&import, vec![newer_a]).await.expect("stage");
+        let before = s.get_items(&wanted).await.expect("get");
+        assert_eq!(titles(&before), [Some("title a"), Some("title b"), None]);
+        assert_eq!(s.item_count().await.expect("count"), 2);
+        let staged = s.staged_items(&import, "", 10).await.expect("staged");
+        let staged: Vec<(&str, &str)> = staged
+            .iter()
+            .map(|i| (i.id.as_str(), i.title.as_str()))
+            .collect();
+        assert_eq!(staged, [("a", "title a, newer"), ("c", "title c")]);
+        let page = s.staged_items(&import, "a", 10).await.expect("staged");
+        assert_eq!(page.len(), 1, "after `a`: only `c`");
+
+        // Another import, staged at the same time and aborted: leaves nothing.
+        let other = s.begin_import().await.expect("begin");
+        assert_ne!(other, import);
+        s.stage_items(&other, vec![item("zz", "Gone")])
+            .await
+            .expect("stage");
+        assert!(
+            s.staged_items(&import, "", 10)
+                .await
+                .expect("staged")
+                .iter()
+                .all(|i| i.id != "zz"),
+            "imports do not see each other's rows"
+        );
+        s.abort_import(&other).await.expect("abort");
+        s.abort_import(&other)
+            .await
+            .expect("aborting twice is fine");
+
+        // Upsert: `b` stays.
+        s.commit_import(&import, false).await.expect("commit");
+        let after = s.get_items(&wanted).await.expect("get");
+        assert_eq!(
+            titles(&after),
+            [Some("title a, newer"), Some("title b"), Some("title c")]
+        );
+        assert_eq!(s.item_count().await.expect("count"), 3);
+        assert!(s.get_items(&["zz".into()]).await.expect("get")[0].is_none());
+        assert!(
+            s.commit_import(&import, false).await.is_err(),
+            "a staging commits once"
+        );
+
+        // Replace: only the staged rows remain, and scans see exactly them.
+        let import = s.begin_import().await.expect("begin");
+        s.stage_items(&import, vec![item("d", "Toys"), item("b", "Toys")])
+            .await
+            .expect("stage");
+        s.commit_import(&import, true).await.expect("commit");
+        let page = s.scan_items("", 10).await.expect("scan");
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["b", "d"]
+        );
+        assert_eq!(s.item_count().await.expect("count"), 2);
+
+        // A replace with no rows empties the catalog.
+        let import = s.begin_import().await.expect("begin");
+        s.commit_import(&import, true).await.expect("commit");
+        assert_eq!(s.item_count().await.expect("count"), 0);
+        assert!(s.scan_items("", 10).await.expect("scan").is_empty());
     }
 
     pub(crate) async fn events_are_idempotent_and_build_profiles(s: &impl FeatureStore) {

@@ -1,7 +1,12 @@
 //! The embedded backend: one redb file.
 //!
 //! Every write is one transaction committed with `Durability::Immediate` (fsync)
-//! before it is acknowledged. Concurrent `record_events` calls are group-committed:
+//! before it is acknowledged. A catalog import is staged in a table of its own
+//! (`staging:<n>`), a batch per short transaction written without fsync (nothing
+//! acknowledges it), and committed in one durable transaction: a replace renames
+//! the staging table over `items`, an upsert copies it in. redb spills a large
+//! transaction's pages to the file past its cache, so neither holds the catalog in
+//! memory. Concurrent `record_events` calls are group-committed:
 //! the batcher gathers what arrived while the previous commit was running into one
 //! transaction, so one fsync acknowledges many events.
 //!
@@ -10,19 +15,31 @@
 //! leave the store read-only until a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rankmesh_common::batcher::{BatchConfig, BatchError, Batcher};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
+};
 
-use super::api::{FeatureStore, Recorded, StoreError};
+use super::api::{FeatureStore, ImportId, Recorded, StoreError};
 use crate::domain::{Event, Item, UserProfile};
 
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const POPULARITY: TableDefinition<&str, f64> = TableDefinition::new("popularity");
+
+/// Staged imports' tables are named this and a number.
+const STAGING_PREFIX: &str = "staging:";
+
+/// A staged import's table (same layout as `items`).
+fn staging(import: &ImportId) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(&import.0)
+}
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::backend(e.to_string())
@@ -155,6 +172,8 @@ const POISONED: &str = "Previous I/O error occurred";
 pub struct RedbStore {
     db: Arc<Handle>,
     events: Batcher<Event, Recorded>,
+    /// The number of the next staged import.
+    next_import: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -170,13 +189,27 @@ impl RedbStore {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
         let db = Arc::new(Handle::open(path)?);
-        // Create the tables so reads never meet a missing table.
+        // Create the tables so reads never meet a missing table, and drop the
+        // stagings of imports a crash or kill left behind.
         db.write(|db| {
             let txn = db.begin_write().map_err(backend)?;
             for t in [ITEMS, EVENTS, USERS] {
                 txn.open_table(t).map_err(backend)?;
             }
             txn.open_table(POPULARITY).map_err(backend)?;
+            let stale: Vec<ImportId> = txn
+                .list_tables()
+                .map_err(backend)?
+                .map(|t| t.name().to_owned())
+                .filter(|name| name.starts_with(STAGING_PREFIX))
+                .map(ImportId)
+                .collect();
+            for import in &stale {
+                txn.delete_table(staging(import)).map_err(backend)?;
+            }
+            if !stale.is_empty() {
+                tracing::info!(count = stale.len(), "dropped unfinished imports' staging");
+            }
             txn.commit().map_err(backend)
         })?;
 
@@ -195,7 +228,21 @@ impl RedbStore {
                     .map_err(|e| e.to_string())
             },
         );
-        Ok(Self { db, events })
+        Ok(Self {
+            db,
+            events,
+            next_import: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let handle = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || handle.write(f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -263,29 +310,124 @@ fn apply_events(db: &Database, batch: &[Event]) -> Result<Vec<Recorded>, StoreEr
     Ok(out)
 }
 
-/// Stores `items` in one transaction (replacing the whole catalog with `replace`).
-fn put_items(db: &Database, items: &[Item], replace: bool) -> Result<(), StoreError> {
+/// A write transaction for a staging: not fsync'd, since nothing is acknowledged
+/// until the import commits (durably, which makes these durable too).
+fn staging_txn(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(Durability::None).map_err(backend)?;
+    Ok(txn)
+}
+
+/// Makes a staging the catalog (`replace`) or copies it into the catalog, in one
+/// durable transaction, and drops it.
+fn commit_import(db: &Database, import: &ImportId, replace: bool) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(backend)?;
+    let gone = || StoreError::Backend(format!("import {import}: no such staging"));
+    if !txn
+        .list_tables()
+        .map_err(backend)?
+        .any(|t| t.name() == import.0)
     {
-        if replace {
-            txn.delete_table(ITEMS).map_err(backend)?;
+        return Err(gone());
+    }
+    if replace {
+        txn.delete_table(ITEMS).map_err(backend)?;
+        txn.rename_table(staging(import), ITEMS).map_err(backend)?;
+    } else {
+        {
+            let staged = txn.open_table(staging(import)).map_err(backend)?;
+            let mut items = txn.open_table(ITEMS).map_err(backend)?;
+            for entry in staged.iter().map_err(backend)? {
+                let (id, row) = entry.map_err(backend)?;
+                items.insert(id.value(), row.value()).map_err(backend)?;
+            }
         }
-        let mut table = txn.open_table(ITEMS).map_err(backend)?;
-        for item in items {
-            table
-                .insert(item.id.as_str(), encode(item)?.as_slice())
-                .map_err(backend)?;
-        }
+        txn.delete_table(staging(import)).map_err(backend)?;
     }
     txn.commit().map_err(backend)
 }
 
+/// Up to `limit` rows of `table` with ids after `after`, in id order.
+fn scan(
+    db: &Database,
+    table: TableDefinition<'_, &'static str, &'static [u8]>,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<Item>, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let table = txn.open_table(table).map_err(backend)?;
+    let range = if after.is_empty() {
+        table.range::<&str>(..).map_err(backend)?
+    } else {
+        table
+            .range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .map_err(backend)?
+    };
+    range
+        .take(limit)
+        .map(|entry| {
+            let (_, v) = entry.map_err(backend)?;
+            decode(v.value())
+        })
+        .collect()
+}
+
 impl FeatureStore for RedbStore {
-    async fn put_items(&self, items: Vec<Item>, replace: bool) -> Result<(), StoreError> {
-        let handle = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || handle.write(|db| put_items(db, &items, replace)))
+    async fn begin_import(&self) -> Result<ImportId, StoreError> {
+        let n = self.next_import.fetch_add(1, Ordering::Relaxed);
+        let import = ImportId(format!("{STAGING_PREFIX}{n}"));
+        let created = import.clone();
+        self.write(move |db| {
+            let txn = staging_txn(db)?;
+            txn.open_table(staging(&created)).map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
+        .await?;
+        Ok(import)
+    }
+
+    async fn stage_items(&self, import: &ImportId, items: Vec<Item>) -> Result<(), StoreError> {
+        let import = import.clone();
+        self.write(move |db| {
+            let txn = staging_txn(db)?;
+            {
+                let mut table = txn.open_table(staging(&import)).map_err(backend)?;
+                for item in &items {
+                    table
+                        .insert(item.id.as_str(), encode(item)?.as_slice())
+                        .map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn staged_items(
+        &self,
+        import: &ImportId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let (import, after) = (import.clone(), after.to_owned());
+        self.blocking(move |db| scan(db, staging(&import), &after, limit))
             .await
-            .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+    }
+
+    async fn commit_import(&self, import: &ImportId, replace: bool) -> Result<(), StoreError> {
+        let import = import.clone();
+        self.write(move |db| commit_import(db, &import, replace))
+            .await
+    }
+
+    async fn abort_import(&self, import: &ImportId) -> Result<(), StoreError> {
+        let import = import.clone();
+        self.write(move |db| {
+            let txn = staging_txn(db)?;
+            txn.delete_table(staging(&import)).map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
+        .await
     }
 
     async fn get_items(&self, ids: &[String]) -> Result<Vec<Option<Item>>, StoreError> {
@@ -305,28 +447,8 @@ impl FeatureStore for RedbStore {
 
     async fn scan_items(&self, after: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
         let after = after.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(ITEMS).map_err(backend)?;
-            let range = if after.is_empty() {
-                table.range::<&str>(..).map_err(backend)?
-            } else {
-                table
-                    .range::<&str>((
-                        std::ops::Bound::Excluded(after.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .map_err(backend)?
-            };
-            range
-                .take(limit)
-                .map(|entry| {
-                    let (_, v) = entry.map_err(backend)?;
-                    decode(v.value())
-                })
-                .collect()
-        })
-        .await
+        self.blocking(move |db| scan(db, ITEMS, &after, limit))
+            .await
     }
 
     async fn record_events(&self, events: Vec<Event>) -> Result<Vec<Recorded>, StoreError> {
@@ -392,6 +514,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn contract_staged_imports() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbStore::open(&dir.path().join("f.redb")).expect("open");
+        contract::staged_imports_commit_whole_or_not_at_all(&s).await;
+    }
+
+    #[tokio::test]
+    async fn a_staging_left_by_a_crash_is_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.redb");
+        {
+            let s = RedbStore::open(&path).expect("open");
+            s.put_items(vec![contract::item("a", "X")], false)
+                .await
+                .expect("put");
+            let import = s.begin_import().await.expect("begin");
+            s.stage_items(&import, vec![contract::item("b", "Y")])
+                .await
+                .expect("stage");
+            // A durable commit after it makes the staging durable too.
+            s.record_events(vec![contract::event(
+                "e",
+                "u",
+                "a",
+                crate::domain::EventKind::View,
+                1,
+            )])
+            .await
+            .expect("record");
+            assert_eq!(staging_tables(&s), std::slice::from_ref(&import.0));
+            // Dropped without commit or abort, as a kill would leave it.
+        }
+        let s = reopen(&path).await;
+        let tables = staging_tables(&s);
+        assert!(tables.is_empty(), "{tables:?}");
+        assert_eq!(s.item_count().await.expect("count"), 1);
+        // Numbers start again, and do not meet an old table.
+        let import = s.begin_import().await.expect("begin");
+        s.commit_import(&import, false).await.expect("commit");
+        assert_eq!(s.item_count().await.expect("count"), 1);
+    }
+
+    fn staging_tables(s: &RedbStore) -> Vec<String> {
+        let db = s.db.get().expect("db");
+        let txn = db.begin_read().expect("read");
+        txn.list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.starts_with(STAGING_PREFIX))
+            .collect()
+    }
+
+    /// Opens `path` again once the last handle's batcher task has let it go.
+    async fn reopen(path: &Path) -> RedbStore {
+        let mut attempts = 0;
+        loop {
+            match RedbStore::open(path) {
+                Ok(s) => break s,
+                Err(e) if attempts > 250 => panic!("reopen failed: {e}"),
+                Err(_) => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn contract_events() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RedbStore::open(&dir.path().join("f.redb")).expect("open");
@@ -418,17 +608,7 @@ mod tests {
             .expect("record");
         }
         // The batcher task holds a clone of the database until it notices; wait.
-        let mut attempts = 0;
-        let s = loop {
-            match RedbStore::open(&path) {
-                Ok(s) => break s,
-                Err(e) if attempts > 250 => panic!("reopen failed: {e}"),
-                Err(_) => {
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            }
-        };
+        let s = reopen(&path).await;
         assert_eq!(
             s.user_profile("u")
                 .await
