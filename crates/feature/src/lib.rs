@@ -56,6 +56,9 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
     pub redis_url: String,
+    /// redb's page cache, in MiB: with the in-memory lexical index, most of what
+    /// the service holds as the catalog grows (imports stream through in batches).
+    pub redb_cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +74,20 @@ impl Default for StoreConfig {
             backend: Backend::Redb,
             path: PathBuf::from(".rankmesh/feature/features.redb"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redb_cache_mb: (store::DEFAULT_REDB_CACHE_BYTES >> 20) as u64,
         }
     }
 }
 
 impl Config {
     fn validate_service(&self) -> Result<(), ConfigError> {
+        if !(1..=1 << 20).contains(&self.store.redb_cache_mb) {
+            return Err(invalid(
+                "store.redb_cache_mb",
+                self.store.redb_cache_mb.to_string(),
+                "must be 1..=1048576 (MiB)",
+            ));
+        }
         if self.store.backend == Backend::Redis && !self.store.redis_url.starts_with("redis://") {
             return Err(invalid(
                 "store.redis_url",
@@ -101,7 +112,10 @@ pub enum Error {
 /// Opens the configured store.
 pub fn open_store(config: &StoreConfig) -> Result<AnyStore, StoreError> {
     Ok(match config.backend {
-        Backend::Redb => AnyStore::Redb(RedbStore::open(&config.path)?),
+        Backend::Redb => AnyStore::Redb(RedbStore::open_with_cache(
+            &config.path,
+            usize::try_from(config.redb_cache_mb << 20).unwrap_or(usize::MAX),
+        )?),
         Backend::Redis => AnyStore::Redis(RedisStore::open(&config.redis_url)?),
     })
 }
@@ -130,4 +144,22 @@ pub async fn run(
     );
     serve_routes(INFO, &config, readiness, routes, listeners, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redb_cache_is_sized_within_bounds() {
+        let mut c = Config::default();
+        assert_eq!(c.store.redb_cache_mb, 1024, "redb's own default");
+        for bad in [0, (1 << 20) + 1] {
+            c.store.redb_cache_mb = bad;
+            let e = c.validate_service().expect_err("out of bounds");
+            assert!(e.to_string().contains("store.redb_cache_mb"), "{e}");
+        }
+        c.store.redb_cache_mb = 256;
+        assert!(c.validate_service().is_ok());
+    }
 }

@@ -14,7 +14,7 @@ mod redb_store;
 mod redis_store;
 
 pub use api::{FeatureStore, ImportId, Recorded, StoreError};
-pub use redb_store::RedbStore;
+pub use redb_store::{DEFAULT_CACHE_BYTES as DEFAULT_REDB_CACHE_BYTES, RedbStore};
 pub use redis_store::RedisStore;
 
 use crate::domain::{Event, Item, UserProfile};

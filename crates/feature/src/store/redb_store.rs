@@ -48,6 +48,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 /// The open database, reopened when an I/O error has poisoned it.
 struct Handle {
     path: PathBuf,
+    /// redb's cache (reads and the write buffer), in bytes.
+    cache_bytes: usize,
     /// None only while a reopen failed; the next use tries again.
     db: RwLock<Option<Arc<Database>>>,
     /// When the last reopen ran: at most one a second while the disk stays full
@@ -62,10 +64,11 @@ const MIN_FREE_TO_REOPEN: u64 = 4 << 20;
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
 impl Handle {
-    fn open(path: &Path) -> Result<Self, StoreError> {
+    fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         Ok(Self {
             path: path.to_owned(),
-            db: RwLock::new(Some(Arc::new(Database::create(path).map_err(backend)?))),
+            cache_bytes,
+            db: RwLock::new(Some(Arc::new(create(path, cache_bytes)?))),
             reopened: std::sync::Mutex::new(None),
         })
     }
@@ -156,12 +159,22 @@ impl Handle {
             std::thread::sleep(Duration::from_millis(5));
         }
         *slot = None;
-        let db = Database::create(&self.path).map_err(backend)?;
+        let db = create(&self.path, self.cache_bytes)?;
         tracing::warn!(path = %self.path.display(), "reopened the feature store after an I/O error");
         *slot = Some(Arc::new(db));
         Ok(())
     }
 }
+
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(backend)
+}
+
+/// redb's own default cache: 1 GiB.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
 /// What redb says once an I/O error has poisoned a handle (and what our errors
 /// say about it).
@@ -185,10 +198,16 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database file. Must run inside a Tokio runtime.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database file with a cache of `cache_bytes`: what the
+    /// store holds in memory besides the rows in flight, however large the file.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Arc::new(Handle::open(path)?);
+        let db = Arc::new(Handle::open(path, cache_bytes)?);
         // Create the tables so reads never meet a missing table, and drop the
         // stagings of imports a crash or kill left behind.
         db.write(|db| {
@@ -520,42 +539,6 @@ mod tests {
         contract::staged_imports_commit_whole_or_not_at_all(&s).await;
     }
 
-    #[tokio::test]
-    async fn a_staging_left_by_a_crash_is_dropped_on_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f.redb");
-        {
-            let s = RedbStore::open(&path).expect("open");
-            s.put_items(vec![contract::item("a", "X")], false)
-                .await
-                .expect("put");
-            let import = s.begin_import().await.expect("begin");
-            s.stage_items(&import, vec![contract::item("b", "Y")])
-                .await
-                .expect("stage");
-            // A durable commit after it makes the staging durable too.
-            s.record_events(vec![contract::event(
-                "e",
-                "u",
-                "a",
-                crate::domain::EventKind::View,
-                1,
-            )])
-            .await
-            .expect("record");
-            assert_eq!(staging_tables(&s), std::slice::from_ref(&import.0));
-            // Dropped without commit or abort, as a kill would leave it.
-        }
-        let s = reopen(&path).await;
-        let tables = staging_tables(&s);
-        assert!(tables.is_empty(), "{tables:?}");
-        assert_eq!(s.item_count().await.expect("count"), 1);
-        // Numbers start again, and do not meet an old table.
-        let import = s.begin_import().await.expect("begin");
-        s.commit_import(&import, false).await.expect("commit");
-        assert_eq!(s.item_count().await.expect("count"), 1);
-    }
-
     fn staging_tables(s: &RedbStore) -> Vec<String> {
         let db = s.db.get().expect("db");
         let txn = db.begin_read().expect("read");
@@ -589,14 +572,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn data_survives_reopen() {
+    async fn data_survives_reopen_and_a_staging_left_by_a_crash_does_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.redb");
-        {
+        let import = {
             let s = RedbStore::open(&path).expect("open");
             s.put_items(vec![contract::item("a", "X")], false)
                 .await
                 .expect("put");
+            let import = s.begin_import().await.expect("begin");
+            s.stage_items(&import, vec![contract::item("b", "Y")])
+                .await
+                .expect("stage");
+            // Durable, and so makes the staging before it durable too.
             s.record_events(vec![contract::event(
                 "e",
                 "u",
@@ -606,7 +594,10 @@ mod tests {
             )])
             .await
             .expect("record");
-        }
+            assert_eq!(staging_tables(&s), std::slice::from_ref(&import.0));
+            // Dropped without commit or abort, as a kill would leave it.
+            import
+        };
         // The batcher task holds a clone of the database until it notices; wait.
         let s = reopen(&path).await;
         assert_eq!(
@@ -616,5 +607,20 @@ mod tests {
                 .map(|p| p.events),
             Some(1)
         );
+        let tables = staging_tables(&s);
+        assert!(tables.is_empty(), "{tables:?}");
+        assert_eq!(s.item_count().await.expect("count"), 1);
+        // Numbering starts again (`put_items` took the first), on a clean slate.
+        s.begin_import().await.expect("begin");
+        let again = s.begin_import().await.expect("begin");
+        assert_eq!(again, import);
+        assert!(
+            s.staged_items(&again, "", 10)
+                .await
+                .expect("staged")
+                .is_empty()
+        );
+        s.commit_import(&again, false).await.expect("commit");
+        assert_eq!(s.item_count().await.expect("count"), 1);
     }
 }
