@@ -57,10 +57,12 @@ async fn overload_health_readiness_and_graceful_drain() {
         // The scaffold's behaviour, not TLS, is under test here (tls.rs and
         // authz.rs test that); plaintext must be asked for.
         tls: TlsConfig::insecure(),
+        probe_listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
     };
     let listeners = Listeners::bind(&config).await.expect("bind");
     let grpc = format!("http://{}", listeners.grpc_addr().expect("addr"));
+    let probe = format!("http://{}", listeners.probe_addr().expect("probe port"));
     let admin = listeners.admin_addr().expect("addr").to_string();
     let release = Arc::new(Notify::new());
     let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -103,13 +105,35 @@ async fn overload_health_readiness_and_graceful_drain() {
         .status();
     assert_eq!(status, ServingStatus::Serving);
 
-    // Admin: live always; ready only when every condition holds.
+    // Admin: live always; ready only when every condition holds. The probe port
+    // (plaintext grpc.health.v1, for Kubernetes' gRPC probes) says the same.
+    let probe = tonic::transport::Endpoint::from_shared(probe)
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the probe port");
+    let probe_health = HealthClient::new(probe.clone());
+    assert_eq!(
+        probed(&probe_health, "liveness").await,
+        Some(ServingStatus::Serving)
+    );
     assert_eq!(http_get(&admin, "/live").await.expect("live").0, 200);
     let (code, body) = http_get(&admin, "/ready").await.expect("ready");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("model"), "{body}");
+    assert_eq!(
+        probed(&probe_health, "").await,
+        Some(ServingStatus::NotServing)
+    );
     readiness.set("model", true);
     assert_eq!(http_get(&admin, "/ready").await.expect("ready").0, 200);
+    probe_says(&probe_health, ServingStatus::Serving).await;
+    // It serves health and nothing else.
+    let other = ranking::ranking_service_client::RankingServiceClient::new(probe)
+        .search(ranking::SearchRequest::default())
+        .await
+        .expect_err("not on the probe port");
+    assert_eq!(other.code(), tonic::Code::Unimplemented, "{other:?}");
 
     // Reflection lists our service.
     let mut refl = tonic_reflection_client(channel.clone()).await;
@@ -174,6 +198,12 @@ async fn overload_health_readiness_and_graceful_drain() {
     })
     .await;
     assert_eq!(http_get(&admin, "/ready").await.expect("ready").0, 503);
+    probe_says(&probe_health, ServingStatus::NotServing).await;
+    assert_eq!(
+        probed(&probe_health, "liveness").await,
+        Some(ServingStatus::Serving),
+        "alive while draining"
+    );
     release.notify_waiters();
     for call in inflight {
         call.await
@@ -181,6 +211,32 @@ async fn overload_health_readiness_and_graceful_drain() {
             .expect("in-flight call completed during drain");
     }
     server.await.expect("server task").expect("clean shutdown");
+}
+
+/// What the health service at `client` says of `service` (None: no answer).
+async fn probed(
+    client: &HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> Option<ServingStatus> {
+    let mut c = client.clone();
+    let r = c
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status())
+}
+
+/// Waits (the probe port follows readiness every 250 ms) until the probe port's
+/// overall status is `want`.
+async fn probe_says(client: &HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+    rankmesh_tests::eventually(
+        Duration::from_secs(5),
+        "the probe port's status",
+        || async { (probed(client, "").await == Some(want)).then_some(()) },
+    )
+    .await;
 }
 
 /// Lists services through grpc.reflection.v1.

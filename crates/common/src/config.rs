@@ -310,6 +310,11 @@ pub struct ServerConfig {
     pub listen: String,
     /// Admin HTTP listen address (`/metrics`, `/live`, `/ready`).
     pub admin_listen: String,
+    /// Plaintext gRPC listen address serving only `grpc.health.v1`, for
+    /// orchestrators' gRPC probes (Kubernetes' cannot speak TLS): service `""` is
+    /// SERVING exactly when `/ready` answers 200, `liveness` while the process
+    /// runs. Empty: not served. Like the admin port, it tells nothing secret.
+    pub probe_listen: String,
     /// Host registered in discovery; empty uses the bound IP.
     pub advertise_host: String,
     /// gRPC port registered in discovery; 0 uses the bound port. Set when callers
@@ -348,6 +353,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
+            probe_listen: String::new(),
             advertise_host: String::new(),
             advertise_port: 0,
             max_concurrency: 256,

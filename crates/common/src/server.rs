@@ -64,6 +64,8 @@ pub enum ServeError {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub admin: TcpListener,
+    /// The plaintext health port for probes, where `server.probe_listen` asks.
+    pub probe: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -77,9 +79,14 @@ impl Listeners {
                     source,
                 })
         }
+        let probe = match config.probe_listen.as_str() {
+            "" => None,
+            addr => Some(listen("probe", addr).await?),
+        };
         Ok(Self {
             grpc: listen("gRPC", &config.listen).await?,
             admin: listen("admin", &config.admin_listen).await?,
+            probe,
         })
     }
 
@@ -90,6 +97,11 @@ impl Listeners {
                 what: "gRPC",
                 source,
             })
+    }
+
+    /// The probe port's address, where one is served.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn admin_addr(&self) -> Result<SocketAddr, ServeError> {
@@ -236,6 +248,15 @@ pub async fn serve(
         admin_stop,
     ));
 
+    let probe = listeners.probe.map(|listener| {
+        tokio::spawn(serve_probe(
+            listener,
+            readiness.clone(),
+            draining.clone(),
+            admin_stop_tx.subscribe(),
+        ))
+    });
+
     let registration = etcd.map(|e| Registration::start(e, endpoint.clone()));
     tracing::info!(service = info.name, instance = %endpoint.instance, grpc = %grpc_addr, admin = %admin_addr, "serving");
 
@@ -297,6 +318,13 @@ pub async fn serve(
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server error"),
         Err(e) => tracing::warn!(error = %e, "admin server task failed"),
         Ok(Ok(())) => {}
+    }
+    if let Some(probe) = probe {
+        match probe.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "probe server error"),
+            Err(e) => tracing::warn!(error = %e, "probe server task failed"),
+            Ok(Ok(())) => {}
+        }
     }
     tracing::info!(service = info.name, "stopped");
     result
@@ -497,6 +525,57 @@ async fn serve_admin(
         })
         .await
 }
+
+/// How often the probe port's status follows readiness.
+const PROBE_REFRESH: Duration = Duration::from_millis(250);
+
+/// Serves `grpc.health.v1` alone, in plaintext, until `stop`: service `""` says
+/// what `/ready` says (SERVING once every readiness condition holds, NOT_SERVING
+/// while any fails or the replica drains), `liveness` is SERVING while the
+/// process runs. A separate reporter from the mesh's own health service, which
+/// says SERVING from the start for callers that are already past readiness.
+async fn serve_probe(
+    listener: TcpListener,
+    readiness: Readiness,
+    draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(PROBE_LIVENESS, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let follow = tokio::spawn(async move {
+        let mut shown = ServingStatus::NotServing;
+        loop {
+            let ready = readiness.failing().is_empty() && !*draining.borrow();
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if status != shown {
+                reporter.set_service_status("", status).await;
+                shown = status;
+            }
+            tokio::time::sleep(PROBE_REFRESH).await;
+        }
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    follow.abort();
+    served
+}
+
+/// The probe port's service that is SERVING while the process runs.
+pub const PROBE_LIVENESS: &str = "liveness";
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
