@@ -264,25 +264,31 @@ impl<S: FeatureStore> Features<S> {
         let imported = summary.imported;
         let lexical = Arc::clone(&self.lexical);
         let store = self.store.clone();
-        let import = staging.import.clone();
         let rt = tokio::runtime::Handle::current();
+        // The staging goes with the blocking task, which runs to its end even if
+        // the caller goes away: whether the store committed decides its fate
+        // there, never an abort racing the commit.
         let updated = tokio::task::spawn_blocking(move || {
+            let import = staging.import.clone();
             let mut pages =
                 Pages::new(|after| rt.block_on(store.staged_items(&import, after, INDEX_PAGE)));
-            lexical.update(
+            let updated = lexical.update(
                 replace,
                 || pages.next(),
                 || rt.block_on(store.commit_import(&import, replace)),
-            )
+            );
+            if matches!(updated, Ok(()) | Err(UpdateError::Stale(_))) {
+                staging.committed();
+            }
+            updated
         })
         .await
         .map_err(|e| RpcError::Internal(format!("indexing task failed: {e}")))?;
         match updated {
-            Ok(()) => staging.committed(),
+            Ok(()) => {}
             Err(UpdateError::Source(e)) => return Err(e.into()),
             Err(UpdateError::Index(e)) => return Err(RpcError::Internal(e.to_string())),
             Err(UpdateError::Stale(e)) => {
-                staging.committed();
                 tracing::error!(error = %e, "lexical index update failed after import; rebuilding from the store");
                 self.rebuild_lexical().await?;
             }

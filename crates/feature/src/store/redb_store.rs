@@ -337,18 +337,28 @@ fn staging_txn(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-/// Makes a staging the catalog (`replace`) or copies it into the catalog, in one
-/// durable transaction, and drops it.
-fn commit_import(db: &Database, import: &ImportId, replace: bool) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(backend)?;
-    let gone = || StoreError::Backend(format!("import {import}: no such staging"));
-    if !txn
+/// Fails unless `import`'s staging table exists: `open_table` would create an
+/// empty one, and a staging whose unsynced batches a reopen (after an I/O error)
+/// lost must fail its import, not commit what came after.
+fn staging_exists(txn: &redb::WriteTransaction, import: &ImportId) -> Result<(), StoreError> {
+    if txn
         .list_tables()
         .map_err(backend)?
         .any(|t| t.name() == import.0)
     {
-        return Err(gone());
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "import {import}: no such staging (committed, aborted, or lost to a reopen)"
+        )))
     }
+}
+
+/// Makes a staging the catalog (`replace`) or copies it into the catalog, in one
+/// durable transaction, and drops it.
+fn commit_import(db: &Database, import: &ImportId, replace: bool) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    staging_exists(&txn, import)?;
     if replace {
         txn.delete_table(ITEMS).map_err(backend)?;
         txn.rename_table(staging(import), ITEMS).map_err(backend)?;
@@ -409,6 +419,7 @@ impl FeatureStore for RedbStore {
         let import = import.clone();
         self.write(move |db| {
             let txn = staging_txn(db)?;
+            staging_exists(&txn, &import)?;
             {
                 let mut table = txn.open_table(staging(&import)).map_err(backend)?;
                 for item in &items {
