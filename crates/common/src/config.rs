@@ -270,9 +270,10 @@ fn probe_ready(addr: &str) -> bool {
     ask().unwrap_or(false)
 }
 
-/// Loads a service config for a binary: parses [`ServiceArgs`], and on any error
-/// prints it and exits with [`EXIT_CONFIG`].
-pub fn load_or_exit<C>() -> C
+/// Loads a service config for a binary: parses [`ServiceArgs`], runs `validate`,
+/// and on any error prints it and exits with [`EXIT_CONFIG`] (`--print-config`
+/// included, so it is the check a start would make).
+pub fn load_or_exit<C>(validate: impl Fn(&C) -> Result<(), ConfigError>) -> C
 where
     C: Serialize + DeserializeOwned + Default,
 {
@@ -280,7 +281,8 @@ where
     if let Some(addr) = &args.probe_ready {
         std::process::exit(if probe_ready(addr) { 0 } else { 1 });
     }
-    match load::<C>(args.config.as_deref(), std::env::vars()) {
+    match load::<C>(args.config.as_deref(), std::env::vars()).and_then(|c| validate(&c).map(|()| c))
+    {
         Ok(config) => {
             if args.print_config {
                 // No config value is a secret (keys and tokens are files named

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::{ConfigError, EXIT_CONFIG, EtcdConfig, ServerConfig};
+use crate::config::{ConfigError, EtcdConfig, ServerConfig};
 use crate::server::Listeners;
 use crate::telemetry::TelemetryConfig;
 
@@ -46,11 +46,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let config: C = crate::config::load_or_exit();
-    if let Err(e) = validate_all(&config) {
-        eprintln!("error: invalid configuration: {e}");
-        return ExitCode::from(EXIT_CONFIG as u8);
-    }
+    let config: C = crate::config::load_or_exit(validate_all::<C>);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
