@@ -8,9 +8,9 @@
 //! `staging:<n>:rows` (hash id -> item JSON), `staging:<n>:ids` (its ids, for
 //! scans) and `staging:<n>:open` (a marker); all three expire an hour after the last
 //! batch, so an import whose service died leaves nothing for long. Its commit is one
-//! Lua script, atomic like every script: Redis runs nothing else meanwhile (about
-//! a second a million rows here; past `busy-reply-threshold`, 5 s, other clients are
-//! answered BUSY until it ends).
+//! Lua script, atomic like every script: Redis runs nothing else meanwhile, for a
+//! time that grows with the staging (past `busy-reply-threshold`, 5 s, other
+//! clients are answered BUSY until it ends; not measured at scale here).
 //!
 //! An event is applied by one Lua script (check id, look up the item, update every
 //! structure), so it is atomic and idempotent. Durability is Redis's: run it with
