@@ -44,6 +44,7 @@ BINARIES = {
     "embedding": "rankmesh-embedding",
     "ranking": "rankmesh-ranking",
     "ranking-cuda": "rankmesh-ranking",
+    "embedding-cuda": "rankmesh-embedding",
     "registry": "rankmesh-model-registry",
 }
 
@@ -183,7 +184,7 @@ class Chart(unittest.TestCase):
         for name, _, docs in self.each():
             deployments = [d for _, d in docs if d["kind"] == "Deployment"]
             services = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Service"}
-            self.assertEqual({component(d) for d in deployments}, set(BINARIES) - {"ranking-cuda"})
+            self.assertEqual({component(d) for d in deployments}, set(BINARIES) - {"ranking-cuda", "embedding-cuda"})
             for dep in deployments:
                 pod = dep["spec"]["template"]["spec"]
                 (c,) = pod["containers"]
@@ -336,14 +337,22 @@ class Chart(unittest.TestCase):
             [u.replace(":2380", ":2379") for u in members.values()],
         )
 
-    def test_the_gpu_values_put_ranking_on_gpus(self):
+    def test_the_gpu_values_put_ranking_and_embedding_on_gpus(self):
         _, docs = self.rendered["gpu-external-s3"]
-        (ranking,) = [d for _, d in docs if d["kind"] == "Deployment" and component(d) == "ranking"]
-        pod = ranking["spec"]["template"]["spec"]
-        self.assertEqual(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 1)
-        self.assertIn("ranking-cuda", pod["containers"][0]["image"])
-        self.assertTrue(pod["nodeSelector"])
-        self.assertTrue(any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]))
+        for name, device in (("ranking", "cuda"), ("embedding", "auto")):
+            (dep,) = [d for _, d in docs if d["kind"] == "Deployment" and component(d) == name]
+            pod = dep["spec"]["template"]["spec"]
+            (c,) = pod["containers"]
+            self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1, name)
+            self.assertIn(f"{name}-cuda", c["image"])
+            self.assertEqual(env_map(c)["RANKMESH__ONNX__DEVICE"], device, name)
+            self.assertTrue(any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), name)
+        _, default = self.rendered["default"]
+        for _, d in default:
+            if d["kind"] == "Deployment":
+                (c,) = d["spec"]["template"]["spec"]["containers"]
+                self.assertNotIn("RANKMESH__ONNX__DEVICE", env_map(c), component(d))
+                self.assertNotIn("nvidia.com/gpu", c["resources"]["limits"], component(d))
         self.assertFalse([d for _, d in docs if d["kind"] == "StatefulSet"], "etcd and Redis are external")
         (registry,) = [d for _, d in docs if d["kind"] == "Deployment" and component(d) == "registry"]
         self.assertEqual(env_map(registry["spec"]["template"]["spec"]["containers"][0])["RANKMESH__REGISTRY__STORE"], "s3")

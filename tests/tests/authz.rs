@@ -70,6 +70,7 @@ async fn every_rule_admits_its_roles_and_refuses_the_others() {
         quantizer: None,
         insecure: false,
         ranking_env: Vec::new(),
+        embedding_env: Vec::new(),
         traces: None,
         etcd_members: 1,
         redis_port: None,

@@ -92,8 +92,12 @@ async fn embed_retrieve_filters_errors_and_snapshot_restart() {
     assert_eq!(r.truncated, vec![1]);
     let model = r.model.expect("model ref");
     assert_eq!(
-        (model.name.as_str(), model.variant.as_str()),
-        ("encoder", "int8")
+        (
+            model.name.as_str(),
+            model.variant.as_str(),
+            model.provider.as_str()
+        ),
+        ("encoder", "int8", "cpu")
     );
 
     // Retrieve: topical queries find their items; filters are respected.

@@ -104,6 +104,14 @@ async fn up_detach_then_down_leaves_nothing_behind() {
         services,
         ["embedding", "feature", "ranking", "ranking", "registry"]
     );
+    // Each model replica says, from its /ready, what it serves and on which provider.
+    for e in eps.as_array().expect("array") {
+        match e["service"].as_str() {
+            Some("embedding") => assert_eq!(e["models"]["encoder"]["provider"], "cpu", "{e}"),
+            Some("ranking") => assert_eq!(e["models"]["ranker"]["provider"], "cpu", "{e}"),
+            _ => assert_eq!(e["models"], serde_json::json!({}), "{e}"),
+        }
+    }
     let leader =
         rankmesh_tests::eventually(Duration::from_secs(10), "a rollout leader", || async {
             let out = meshctl(&["leader", "rollout", "--etcd", &etcd]);

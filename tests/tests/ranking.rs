@@ -50,7 +50,18 @@ async fn search_recommend_bad_input_and_degradation() {
     let top = ids(&r.items);
     assert!(top[0].starts_with("hp-"), "{top:?}");
     assert_eq!(r.items[0].category, "Electronics > Audio > Headphones");
-    assert!(r.models.iter().any(|m| m.name == "encoder"));
+    // Each model names the variant and the execution provider that ran it (a CPU
+    // build here: the GPU path is tests/gpu_fallback.rs).
+    let ran: Vec<(&str, &str, &str)> = r
+        .models
+        .iter()
+        .map(|m| (m.name.as_str(), m.variant.as_str(), m.provider.as_str()))
+        .collect();
+    assert!(ran.contains(&("encoder", "int8", "cpu")), "{ran:?}");
+    assert!(
+        ran.iter().any(|m| m.0 == "ranker" && m.2 == "cpu"),
+        "{ran:?}"
+    );
     assert_eq!(r.trace_id.len(), 32);
     assert!(r.stage_ms.contains_key("retrieve") && r.stage_ms.contains_key("total"));
     // A category's own term puts items of that category in the top 5.

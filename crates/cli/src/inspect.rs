@@ -4,7 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use rankmesh_common::discovery::Endpoint;
 use rankmesh_common::election::Candidate;
+use rankmesh_common::server::ServedModel;
 
 use crate::args::{EtcdArgs, exit};
 
@@ -55,7 +59,20 @@ pub(crate) struct EndpointsArgs {
     json: bool,
 }
 
-/// Lists the registered instances of a service, or of every service.
+/// How long `endpoints` waits for each replica's `/ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An instance as `endpoints` prints it: its registration, and the models its
+/// `/ready` reports (where they run included); `None` when `/ready` did not answer.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    models: Option<BTreeMap<String, ServedModel>>,
+}
+
+/// Lists the registered instances of a service, or of every service, with the
+/// models each serves and the execution provider each runs on.
 pub(crate) async fn endpoints(a: EndpointsArgs) -> anyhow::Result<ExitCode> {
     let etcd = a.etcd.connect().await?;
     let names: Vec<String> = match a.service {
@@ -67,21 +84,67 @@ pub(crate) async fn endpoints(a: EndpointsArgs) -> anyhow::Result<ExitCode> {
         let set = rankmesh_common::discovery::list(&etcd, &name).await?;
         all.extend(set.into_values());
     }
+    let listed: Vec<Listed> = futures::future::join_all(all.into_iter().map(|endpoint| async {
+        let models = served_models(&endpoint.admin).await;
+        Listed { endpoint, models }
+    }))
+    .await;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
         println!(
-            "{:<10} {:<32} {:<24} {:<24}",
+            "{:<10} {:<32} {:<24} {:<24} MODELS",
             "SERVICE", "INSTANCE", "GRPC", "ADMIN"
         );
-        for e in &all {
+        for l in &listed {
+            let e = &l.endpoint;
             println!(
-                "{:<10} {:<32} {:<24} {:<24}",
-                e.service, e.instance, e.grpc, e.admin
+                "{:<10} {:<32} {:<24} {:<24} {}",
+                e.service,
+                e.instance,
+                e.grpc,
+                e.admin,
+                models_column(l.models.as_ref())
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The models a replica's `/ready` reports; `None` when it cannot be read (the
+/// admin port unreachable from here, say).
+async fn served_models(admin: &str) -> Option<BTreeMap<String, ServedModel>> {
+    let (_, body) = rankmesh_client::http_get(admin, "/ready", READY_TIMEOUT)
+        .await
+        .ok()?;
+    let ready: serde_json::Value = serde_json::from_str(&body).ok()?;
+    serde_json::from_value(ready.get("models")?.clone()).ok()
+}
+
+/// `ranker v3 fp32 on cuda, ranker-canary v4 fp32 on cpu (GPU fallback)`, `-`
+/// for none, `?` when unknown.
+fn models_column(models: Option<&BTreeMap<String, ServedModel>>) -> String {
+    let Some(models) = models else {
+        return "?".into();
+    };
+    if models.is_empty() {
+        return "-".into();
+    }
+    models
+        .iter()
+        .map(|(role, m)| {
+            let fallback = if m.gpu_fallback.is_some() {
+                " (GPU fallback)"
+            } else {
+                ""
+            };
+            format!(
+                "{role} v{} {} on {}{fallback}",
+                m.version, m.variant, m.provider
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, clap::Args)]

@@ -529,6 +529,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         quantizer: crate::mesh::quantizer(&absolute(&args.models)),
         insecure: false,
         ranking_env: vec![],
+        embedding_env: vec![],
         traces: None,
         etcd_members: 1,
         redis_port: None,

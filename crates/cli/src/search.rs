@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rankmesh_client::{Deadline, RankingClient};
+use rankmesh_proto::pb::common::v1::ModelRef;
 use rankmesh_proto::pb::ranking::v1 as pb;
 
 use crate::args::TargetArgs;
@@ -12,6 +13,7 @@ use crate::embed::FilterArgs;
 
 fn print(
     items: &[pb::RankedItem],
+    models: &[ModelRef],
     degraded: &[String],
     stage_ms: &std::collections::HashMap<String, f32>,
     trace_id: &str,
@@ -41,6 +43,20 @@ fn print(
         .map(|(k, v)| format!("{k} {v:.1}ms"))
         .collect();
     println!("\ntrace {trace_id}   {}", timing.join(", "));
+    if !models.is_empty() {
+        let ran: Vec<String> = models
+            .iter()
+            .map(|m| {
+                let on = if m.provider.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", m.provider)
+                };
+                format!("{} v{} {}{on}", m.name, m.version, m.variant)
+            })
+            .collect();
+        println!("models: {}", ran.join(", "));
+    }
     if !degraded.is_empty() {
         println!("degraded: {}", degraded.join(", "));
     }
@@ -49,7 +65,7 @@ fn print(
 /// What Search and Recommend both answer with.
 struct Answer<'a> {
     items: &'a [pb::RankedItem],
-    models: &'a [rankmesh_proto::pb::common::v1::ModelRef],
+    models: &'a [ModelRef],
     trace_id: &'a str,
     degraded: &'a [String],
     stage_ms: &'a std::collections::HashMap<String, f32>,
@@ -78,7 +94,13 @@ impl Answer<'_> {
             });
             println!("{out}");
         } else {
-            print(self.items, self.degraded, self.stage_ms, self.trace_id);
+            print(
+                self.items,
+                self.models,
+                self.degraded,
+                self.stage_ms,
+                self.trace_id,
+            );
         }
     }
 }
@@ -95,9 +117,13 @@ fn json_items(items: &[pb::RankedItem]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn models(m: &[rankmesh_proto::pb::common::v1::ModelRef]) -> Vec<serde_json::Value> {
+fn models(m: &[ModelRef]) -> Vec<serde_json::Value> {
     m.iter()
-        .map(|m| serde_json::json!({ "name": m.name, "version": m.version, "variant": m.variant }))
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name, "version": m.version, "variant": m.variant, "provider": m.provider,
+            })
+        })
         .collect()
 }
 

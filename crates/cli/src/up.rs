@@ -41,6 +41,10 @@ pub(crate) struct UpArgs {
     /// RANKMESH__ROLLOUT__WINDOW_MS=10000.
     #[arg(long = "ranking-env", value_parser = parse_kv)]
     ranking_env: Vec<(String, String)>,
+    /// Extra KEY=VALUE environment for the embedding replicas (repeatable), e.g.
+    /// RANKMESH__ONNX__DEVICE=cuda.
+    #[arg(long = "embedding-env", value_parser = parse_kv)]
+    embedding_env: Vec<(String, String)>,
     /// Port of the embedded trace collector's UI and Jaeger API (the services
     /// export spans to it over OTLP on --otlp-port).
     #[arg(long, default_value_t = 16686)]
@@ -95,6 +99,7 @@ pub(crate) async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         quantizer: mesh::quantizer(&serve.models),
         insecure: a.insecure,
         ranking_env: a.ranking_env,
+        embedding_env: a.embedding_env,
         etcd_members: a.etcd_members,
         redis_port: None,
         instance_env: Default::default(),

@@ -116,7 +116,7 @@ pub enum OnnxError {
     LibraryNotConfigured,
     #[error("ONNX Runtime library {path} cannot be loaded: {message}")]
     Library { path: PathBuf, message: String },
-    #[error("CUDA was required (device = \"cuda\") but cannot be used: {0}")]
+    #[error("CUDA was required (onnx.device = \"cuda\") but cannot be used: {0}")]
     CudaUnavailable(String),
     #[error("cannot load model: {0}")]
     Session(String),
@@ -158,24 +158,88 @@ fn load(path: &Path) -> Result<Environment, String> {
     Ok(env)
 }
 
-/// Whether sessions built with `config` are expected to run on a GPU: the build
-/// has CUDA and the device allows it. Used to pick a model variant (INT8 on CPU,
-/// FP32 on GPU) before a session exists.
+/// Whether sessions built with `config` will run on a GPU ([`resolve_device`]
+/// chose CUDA). Used to pick a model variant (INT8 on CPU, FP32 on GPU) before
+/// the model's own session exists: a replica that fell back to CPU fetches INT8.
 pub fn expects_gpu(config: &OnnxConfig) -> bool {
-    cfg!(feature = "cuda") && config.device != Device::Cpu
+    cfg!(feature = "cuda") && matches!(resolve_device(config), Ok(Provider::Cuda))
+}
+
+/// A 75-byte ONNX model (one `Relu` over a float[1]) that [`cuda_usable`] builds a
+/// session of: registering the CUDA provider is lazy in ONNX Runtime, so only a
+/// session proves that the provider library, its CUDA libraries, the driver and a
+/// device are all there. Made with `onnx.helper` (opset 13, IR 8).
+const PROBE_MODEL: &[u8] = &[
+    8, 8, 18, 8, 114, 97, 110, 107, 109, 101, 115, 104, 58, 55, 10, 12, 10, 1, 120, 18, 1, 121, 34,
+    4, 82, 101, 108, 117, 18, 5, 112, 114, 111, 98, 101, 90, 15, 10, 1, 120, 18, 10, 10, 8, 8, 1,
+    18, 4, 10, 2, 8, 1, 98, 15, 10, 1, 121, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 66, 4, 10, 0,
+    16, 13,
+];
+
+/// Whether this process can run models on CUDA: `Ok` or why not. Asked once per
+/// process (the answer is a property of the build, the ONNX Runtime library and the
+/// machine, not of a model), so a replica that falls back says so once, not once
+/// per session or per model version.
+fn cuda_usable(env: &Environment, config: &OnnxConfig) -> Result<(), String> {
+    static USABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    USABLE
+        .get_or_init(|| build_cuda(env, PROBE_MODEL, config).map(drop))
+        .clone()
+}
+
+/// Why this process runs on CPU although its device allowed CUDA (`auto`), once
+/// [`resolve_device`] found CUDA unusable; `None` when it runs on CUDA or was
+/// configured for CPU.
+pub fn gpu_fallback() -> Option<String> {
+    FALLBACK.get().cloned()
+}
+
+static FALLBACK: OnceLock<String> = OnceLock::new();
+
+/// The provider sessions built with `config` run on, decided once at start:
+///
+/// - `cpu`: CPU.
+/// - `auto`: CUDA when the build has it and a session can be made on it (an ONNX
+///   Runtime GPU library, the CUDA libraries, a driver and a device); otherwise CPU.
+///   A CUDA build, which was meant for a GPU, logs the reason once as a warning and
+///   keeps it for [`gpu_fallback`]; a CPU build is a CPU replica and says nothing.
+/// - `cuda`: CUDA, or [`OnnxError::CudaUnavailable`] with the reason: a replica
+///   told to require the GPU refuses to start rather than serve at CPU speed.
+///
+/// Services call it before serving, so the refusal comes at start, not at the
+/// first model load (which for a registry-managed model happens in the background).
+pub fn resolve_device(config: &OnnxConfig) -> Result<Provider, OnnxError> {
+    let env = init_runtime(config)?;
+    if config.device == Device::Cpu {
+        return Ok(Provider::Cpu);
+    }
+    match cuda_usable(env, config) {
+        Ok(()) => Ok(Provider::Cuda),
+        Err(reason) if config.device == Device::Cuda => Err(OnnxError::CudaUnavailable(reason)),
+        // A CPU build on `auto` is simply a CPU replica: nothing fell back.
+        Err(_) if !cfg!(feature = "cuda") => Ok(Provider::Cpu),
+        Err(reason) => {
+            if FALLBACK.set(reason.clone()).is_ok() {
+                tracing::warn!(%reason, "CUDA cannot be used; serving on CPU (onnx.device = \"cuda\" would refuse to start instead)");
+            }
+            Ok(Provider::Cpu)
+        }
+    }
 }
 
 /// Builds a session from model bytes held in memory (models are decrypted in memory
-/// and never written to disk in plaintext).
+/// and never written to disk in plaintext), on the provider [`resolve_device`]
+/// chose. Should CUDA refuse this one model (an operator it cannot place, memory)
+/// where it took the probe, `auto` runs the model on CPU and says so, and `cuda`
+/// fails.
 pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Provider), OnnxError> {
     let env = init_runtime(config)?;
-    let want_gpu = config.device != Device::Cpu;
-    if want_gpu {
+    if resolve_device(config)? == Provider::Cuda {
         match build_cuda(env, model, config) {
             Ok(s) => return Ok((s, Provider::Cuda)),
             Err(e) if config.device == Device::Cuda => return Err(OnnxError::CudaUnavailable(e)),
             Err(e) => {
-                tracing::info!(reason = %e, "CUDA execution provider not used; running on CPU")
+                tracing::warn!(reason = %e, "this model cannot run on CUDA; running it on CPU")
             }
         }
     }
@@ -184,6 +248,16 @@ pub fn build_session(model: &[u8], config: &OnnxConfig) -> Result<(Session, Prov
         .and_then(|mut b| b.commit_from_memory(model))
         .map_err(|e| OnnxError::Session(e.to_string()))?;
     Ok((session, Provider::Cpu))
+}
+
+/// Sets `rankmesh_model_provider{model, provider}` to 1 for the provider `model`
+/// now runs on and 0 for the other, so a dashboard sums replicas per provider and
+/// a replica that moved (a new version loaded on CPU) stops counting as CUDA.
+pub fn report_provider(model: &'static str, provider: Provider) {
+    for p in [Provider::Cpu, Provider::Cuda] {
+        metrics::gauge!("rankmesh_model_provider", "model" => model, "provider" => p.as_str())
+            .set(if p == provider { 1.0 } else { 0.0 });
+    }
 }
 
 /// A session builder with what every provider shares: full graph optimisation,
@@ -208,7 +282,12 @@ fn build_cuda(env: &Environment, model: &[u8], config: &OnnxConfig) -> Result<Se
     let cuda = ort::ep::CUDA::default();
     match ort::ep::CUDA::is_available() {
         Ok(true) => {}
-        Ok(false) => return Err("this ONNX Runtime build has no CUDA execution provider".into()),
+        Ok(false) => {
+            return Err(
+                "this ONNX Runtime library has no CUDA execution provider (the CPU wheel; scripts/setup --gpu installs the GPU one)"
+                    .into(),
+            );
+        }
         Err(e) => return Err(e.to_string()),
     }
     builder(env, config)
@@ -218,12 +297,30 @@ fn build_cuda(env: &Environment, model: &[u8], config: &OnnxConfig) -> Result<Se
                 .map_err(Into::into)
         })
         .and_then(|mut b| b.commit_from_memory(model))
-        .map_err(|e| e.to_string())
+        // ONNX Runtime's messages end in a newline.
+        .map_err(|e| e.to_string().trim_end().to_owned())
 }
 
 #[cfg(not(feature = "cuda"))]
 fn build_cuda(_env: &Environment, _model: &[u8], _config: &OnnxConfig) -> Result<Session, String> {
-    Err("built without the `cuda` feature".into())
+    Err("this binary was built without the `cuda` feature".into())
+}
+
+/// How `/ready` reports a model that runs on `provider`: with [`gpu_fallback`]'s
+/// reason when that is CPU for want of a usable GPU.
+pub fn served_model(
+    name: &str,
+    version: u64,
+    variant: &str,
+    provider: Provider,
+) -> crate::server::ServedModel {
+    crate::server::ServedModel {
+        name: name.to_owned(),
+        version,
+        variant: variant.to_owned(),
+        provider: provider.as_str().to_owned(),
+        gpu_fallback: (provider == Provider::Cpu).then(gpu_fallback).flatten(),
+    }
 }
 
 /// Sessions of one model, lent to blocking threads one call at a time.

@@ -115,13 +115,54 @@ impl Listeners {
 }
 
 /// Named readiness conditions (e.g. "model loaded", "index built"); `/ready` answers
-/// 200 only when all hold and the server is not draining. Cheap to clone.
+/// 200 only when all hold and the server is not draining. It also carries what
+/// `/ready` reports beside them: the models the replica serves and where they run.
+/// Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     conditions: Arc<Mutex<BTreeMap<String, bool>>>,
+    models: Arc<Mutex<BTreeMap<String, ServedModel>>>,
+}
+
+/// A model a replica serves, as `/ready` and `meshctl endpoints` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServedModel {
+    /// Registry model name (`encoder`, `ranker`).
+    pub name: String,
+    /// Registry version; 0 for a model loaded from a folder.
+    pub version: u64,
+    /// `fp32` or `int8`.
+    pub variant: String,
+    /// ONNX Runtime execution provider: `cpu` or `cuda`.
+    pub provider: String,
+    /// Why it runs on CPU although its device allowed CUDA; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_fallback: Option<String>,
 }
 
 impl Readiness {
+    /// Reports `model` in the slot `role` (e.g. `ranker`, `ranker-canary`,
+    /// `encoder`), replacing what the slot held.
+    pub fn set_model(&self, role: &str, model: ServedModel) {
+        self.lock_models().insert(role.to_owned(), model);
+    }
+
+    /// Empties the slot `role` (a canary retired).
+    pub fn clear_model(&self, role: &str) {
+        self.lock_models().remove(role);
+    }
+
+    /// The models reported, by role.
+    pub fn models(&self) -> BTreeMap<String, ServedModel> {
+        self.lock_models().clone()
+    }
+
+    fn lock_models(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ServedModel>> {
+        self.models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn set(&self, condition: &str, ok: bool) {
         self.lock().insert(condition.to_owned(), ok);
     }
@@ -494,6 +535,7 @@ async fn serve_admin(
             "/ready",
             get(move || {
                 let failing = readiness.failing();
+                let models = readiness.models();
                 let draining = *draining.borrow();
                 let instance = instance.clone();
                 async move {
@@ -504,6 +546,7 @@ async fn serve_admin(
                         "ready": ready,
                         "draining": draining,
                         "failing": failing,
+                        "models": models,
                     })
                     .to_string();
                     let code = if ready {

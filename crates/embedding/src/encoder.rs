@@ -84,11 +84,7 @@ impl Encoder {
     ) -> Result<Self, EncoderError> {
         let pick = |v: Variant| dir.join(v.dir_name());
         let first = match variant {
-            Variant::Auto
-                if cfg!(feature = "cuda") && onnx.device != rankmesh_common::onnx::Device::Cpu =>
-            {
-                Variant::Fp32
-            }
+            Variant::Auto if rankmesh_common::onnx::expects_gpu(onnx) => Variant::Fp32,
             Variant::Auto => Variant::Int8,
             v => v,
         };
@@ -139,8 +135,7 @@ impl Encoder {
             dim,
             "encoder loaded"
         );
-        metrics::gauge!("rankmesh_model_provider", "model" => "encoder", "provider" => pool.provider().as_str())
-            .set(1.0);
+        rankmesh_common::onnx::report_provider("encoder", pool.provider());
         Ok(Self {
             tokenizer,
             pool,

@@ -16,10 +16,14 @@ use rankmesh_artifact::fetch::{FollowError, Opened};
 use rankmesh_artifact::follow::{Loader, Target};
 use rankmesh_common::batcher::BatchConfig;
 use rankmesh_common::onnx::OnnxConfig;
+use rankmesh_common::server::Readiness;
 use rankmesh_proto::pb::common::v1::ModelRef;
 
 use crate::encoder::{Encoder, Variant};
 use crate::service::{Embedder, LoadedEncoder};
+
+/// The `/ready` model slot of the encoder.
+pub const ENCODER_SLOT: &str = "encoder";
 
 /// The tokenizer sidecar every published encoder carries.
 pub const TOKENIZER: &str = "tokenizer.json";
@@ -60,6 +64,7 @@ pub async fn load(
         name: m.name.clone(),
         version: m.version,
         variant: m.variant.clone(),
+        provider: String::new(),
     };
     let variant = if m.variant == "int8" {
         Variant::Int8
@@ -88,17 +93,22 @@ pub async fn load(
 
 /// The embedder, as the follow loop installs new encoders into it.
 #[derive(Debug, Clone)]
-pub struct EncoderTarget(pub Arc<Embedder>);
+pub struct EncoderTarget {
+    pub embedder: Arc<Embedder>,
+    /// Where `/ready` reports the encoder that serves.
+    pub readiness: Readiness,
+}
 
 impl Target<LoadedEncoder> for EncoderTarget {
     fn production(&self) -> u64 {
-        self.0.model().version
+        self.embedder.model().version
     }
 
     async fn install(&self, model: LoadedEncoder) -> Result<(), FollowError> {
         let version = model.model.version;
+        let served = model.served();
         let items = self
-            .0
+            .embedder
             .swap_encoder(model)
             .await
             .map_err(|e| FollowError::Swap(format!("re-embedding the catalog: {e}")))?;
@@ -107,6 +117,7 @@ impl Target<LoadedEncoder> for EncoderTarget {
             items,
             "encoder swapped in with a re-embedded index"
         );
+        self.readiness.set_model(ENCODER_SLOT, served);
         Ok(())
     }
 }

@@ -138,6 +138,8 @@ pub enum Error {
     Scaffold(#[from] ScaffoldError),
     #[error("encoder: {0}")]
     Encoder(#[from] encoder::EncoderError),
+    #[error("onnx: {0}")]
+    Onnx(#[from] rankmesh_common::onnx::OnnxError),
     #[error("encoder loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("model.registry: {0}")]
@@ -158,6 +160,10 @@ pub async fn run(
         workers: config.onnx.sessions,
         ..config.batch
     };
+    // Before anything else: a replica told to require CUDA that cannot have it
+    // refuses to start here, with the reason.
+    let provider = rankmesh_common::onnx::resolve_device(&config.onnx)?;
+    tracing::info!(device = ?config.onnx.device, provider = provider.as_str(), "ONNX Runtime provider");
     let etcd = rankmesh_common::scaffold::connect_etcd(&config.etcd).await?;
     let (encoder, follower) = if config.model.registry.enabled() {
         let resolver = match &etcd {
@@ -192,6 +198,7 @@ pub async fn run(
             name: "encoder".into(),
             version: config.model.version,
             variant: encoder.variant().dir_name().into(),
+            provider: String::new(),
         };
         (LoadedEncoder::new(encoder, model, batch), None)
     };
@@ -222,8 +229,14 @@ pub async fn run(
     ));
 
     let readiness = Readiness::default();
+    readiness.set_model(follow::ENCODER_SLOT, embedder.encoder().served());
     start_index(&embedder, &config.index, &readiness).await;
-    let following = follower.map(|f| tokio::spawn(f.run(EncoderTarget(Arc::clone(&embedder)))));
+    let following = follower.map(|f| {
+        tokio::spawn(f.run(EncoderTarget {
+            embedder: Arc::clone(&embedder),
+            readiness: readiness.clone(),
+        }))
+    });
 
     let routes = rankmesh_common::limited_routes!(
         EmbeddingServiceServer::new(EmbeddingApi::new(Arc::clone(&embedder))),

@@ -134,7 +134,10 @@ impl LoadedEncoder {
 }
 
 impl LoadedEncoder {
-    pub fn new(encoder: Encoder, model: common::ModelRef, batch: BatchConfig) -> Self {
+    /// Wraps `encoder`, which `model` names (its provider is filled in here: it
+    /// is known once the sessions exist).
+    pub fn new(encoder: Encoder, mut model: common::ModelRef, batch: BatchConfig) -> Self {
+        model.provider = encoder.provider().as_str().to_owned();
         let encoder = Arc::new(encoder);
         let enc = Arc::clone(&encoder);
         let batcher = Batcher::new("encoder", batch, move |texts: Vec<String>| {
@@ -148,6 +151,16 @@ impl LoadedEncoder {
             model,
             queries: QueryCache::new(),
         }
+    }
+
+    /// How `/ready` reports it.
+    pub fn served(&self) -> rankmesh_common::server::ServedModel {
+        rankmesh_common::onnx::served_model(
+            &self.model.name,
+            self.model.version,
+            &self.model.variant,
+            self.encoder.provider(),
+        )
     }
 
     /// What an index built with this encoder records (vectors from another encoder

@@ -36,6 +36,8 @@ pub struct UpOptions {
     pub follow_ranker: bool,
     /// Extra environment for the ranking replicas (e.g. rollout policy).
     pub ranking_env: Vec<(String, String)>,
+    /// Extra environment for the embedding replicas (e.g. `onnx.device`).
+    pub embedding_env: Vec<(String, String)>,
     /// The trace collector to start and export to, if any.
     pub traces: Option<TraceOptions>,
     /// etcd members: 1, or 3 for a cluster that can lose a member.
@@ -161,6 +163,7 @@ mod tests {
             bin_dir: PathBuf::from("target/debug"),
             follow_ranker: false,
             ranking_env: Vec::new(),
+            embedding_env: Vec::new(),
             traces: None,
             etcd_members,
             redis_port: None,

@@ -367,6 +367,7 @@ fn service_env(
                 opts.state_dir.join("embedding-index").join(&inst.name),
             )
             .env("RANKMESH__INDEX__FROM_FEATURE", "true");
+            cmd.envs(opts.embedding_env.iter().map(|(k, v)| (k, v)));
         }
         "registry" => {
             cmd.env("RANKMESH__REGISTRY__BLOB_DIR", data.join("blobs"))

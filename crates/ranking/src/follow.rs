@@ -23,6 +23,9 @@ use crate::search::{Canary, LoadedRanker, Rankers};
 
 /// Readiness condition of a registry-managed ranker.
 pub const RANKER_READY: &str = "ranker";
+/// The `/ready` model slot of the canary ranker (the production one's is
+/// [`RANKER_READY`]).
+pub const CANARY_SLOT: &str = "ranker-canary";
 /// How long a replica waits for its first ranker before serving without one.
 const READY_WITHOUT_RANKER: Duration = Duration::from_secs(60);
 
@@ -91,6 +94,7 @@ impl Target<LoadedRanker> for RankerTarget {
     }
 
     async fn install(&self, model: LoadedRanker) -> Result<(), FollowError> {
+        self.readiness.set_model(RANKER_READY, model.served());
         self.rankers.production.store(Some(Arc::new(model)));
         self.readiness.set(RANKER_READY, true);
         Ok(())
@@ -107,6 +111,7 @@ impl Target<LoadedRanker> for RankerTarget {
     }
 
     fn install_canary(&self, model: LoadedRanker, percent: u32) {
+        self.readiness.set_model(CANARY_SLOT, model.served());
         self.rankers.canary.store(Some(Arc::new(Canary {
             loaded: Arc::new(model),
             percent,
@@ -123,6 +128,7 @@ impl Target<LoadedRanker> for RankerTarget {
     }
 
     fn retire_canary(&self) {
+        self.readiness.clear_model(CANARY_SLOT);
         self.rankers.canary.store(None);
     }
 

@@ -143,6 +143,8 @@ pub enum Error {
     Scaffold(#[from] ScaffoldError),
     #[error("ranker: {0}")]
     Ranker(#[from] ranker::RankerError),
+    #[error("onnx: {0}")]
+    Onnx(#[from] rankmesh_common::onnx::OnnxError),
     #[error("ranker loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("ranker.registry: {0}")]
@@ -185,6 +187,16 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    // Before anything else: a replica told to require CUDA that cannot have it
+    // refuses to start here, with the reason. (A replica with no ranker to run
+    // needs no ONNX Runtime at all, unless it was told to require the GPU.)
+    let runs_models = !config.ranker.dir.as_os_str().is_empty()
+        || config.ranker.registry.enabled()
+        || config.onnx.device == rankmesh_common::onnx::Device::Cuda;
+    if runs_models {
+        let provider = rankmesh_common::onnx::resolve_device(&config.onnx)?;
+        tracing::info!(device = ?config.onnx.device, provider = provider.as_str(), "ONNX Runtime provider");
+    }
     let etcd = connect_etcd(&config.etcd).await?;
     let grpc_addr = listeners.grpc_addr().map_err(ScaffoldError::Serve)?;
     let identity = instance_id(&config.server, grpc_addr);
@@ -200,8 +212,11 @@ pub async fn run(
         Some(e) => Resolver::watch(e.clone(), service),
         None => Resolver::fixed(service, fixed),
     };
-    let rankers = Arc::new(Rankers::new(ranker));
     let readiness = Readiness::default();
+    if let Some(r) = &ranker {
+        readiness.set_model(follow::RANKER_READY, r.served());
+    }
+    let rankers = Arc::new(Rankers::new(ranker));
     let registry = || RegistryClient::new(resolver("registry", &[]), REGISTRY_TIMEOUT);
     let follower = if config.ranker.registry.enabled() {
         let fetcher =

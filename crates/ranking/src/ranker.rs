@@ -78,6 +78,7 @@ impl Ranker {
             provider = pool.provider().as_str(),
             "ranker loaded"
         );
+        rankmesh_common::onnx::report_provider("ranker", pool.provider());
         Ok(Self {
             pool,
             schema,

@@ -21,6 +21,7 @@ use rankmesh_common::admission::{Admission, Outcome as Admitted};
 use rankmesh_common::batcher::{BatchConfig, Batcher};
 use rankmesh_common::filters::Filter;
 use rankmesh_common::rpc::{Blank, RpcError, check_count, check_text, invalid};
+use rankmesh_common::server::ServedModel;
 use rankmesh_proto::limits::{MAX_ID_BYTES, MAX_QUERY_BYTES, MAX_RANKING_K};
 use rankmesh_proto::pb::common::v1 as common;
 use rankmesh_proto::pb::embedding::v1 as emb;
@@ -115,8 +116,9 @@ impl MatrixRow {
 pub struct LoadedRanker {
     pub ranker: Arc<Ranker>,
     pub batcher: Batcher<MatrixRow, f32>,
-    /// "fp32" or "int8": the artifact variant this replica runs.
-    pub variant: String,
+    /// What a Search reply names for it: version, the artifact variant this
+    /// replica runs ("fp32" or "int8") and the provider it runs on.
+    pub model: common::ModelRef,
 }
 
 impl LoadedRanker {
@@ -132,11 +134,27 @@ impl LoadedRanker {
             }
             r.score(tensor).map_err(|e| e.to_string())
         });
+        let model = common::ModelRef {
+            name: "ranker".into(),
+            version: ranker.version(),
+            variant: variant.to_owned(),
+            provider: ranker.provider().as_str().into(),
+        };
         Self {
             ranker,
             batcher,
-            variant: variant.to_owned(),
+            model,
         }
+    }
+
+    /// How `/ready` reports it.
+    pub fn served(&self) -> ServedModel {
+        rankmesh_common::onnx::served_model(
+            "ranker",
+            self.model.version,
+            &self.model.variant,
+            self.ranker.provider(),
+        )
     }
 }
 
@@ -918,11 +936,7 @@ impl Orchestrator {
                 for (c, s) in candidates.iter_mut().zip(&scores) {
                     c.score = Some(*s);
                 }
-                trace.models.push(common::ModelRef {
-                    name: "ranker".into(),
-                    version,
-                    variant: r.variant.clone(),
-                });
+                trace.models.push(r.model.clone());
                 rank_span.record("ranked", scores.len());
                 rank_span.record("models", format!("ranker:{version}").as_str());
             }

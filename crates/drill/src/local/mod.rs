@@ -217,6 +217,7 @@ fn up_options(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        embedding_env: Vec::new(),
         traces: None,
         etcd_members: topology.etcd_members,
         // Right after the services' ports (two per instance).

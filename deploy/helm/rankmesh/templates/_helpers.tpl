@@ -119,7 +119,7 @@ rankmesh.service: the Deployment, Service, PDB (and HPA) of one rankmesh service
 Args: root, component (feature|embedding|ranking|registry), binary, values (its
 block), env (extra env entries, a list of maps), secrets (which registry secrets
 its init container writes: a list of admin-token, master-key, signing-key),
-volumes and mounts (extra), gpu (the ranking GPU block or nil).
+volumes and mounts (extra), gpu (the component's GPU block, or nil).
 */}}
 {{- define "rankmesh.service" -}}
 {{- $root := .root -}}
