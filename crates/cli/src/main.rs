@@ -11,6 +11,7 @@ mod catalog;
 mod certs;
 mod drill;
 mod embed;
+mod encoder;
 mod eval;
 mod generate;
 mod inspect;
@@ -87,6 +88,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Learned rankers: train one on a store's own judgments.
     Ranker(ranker::RankerArgs),
+    /// The text encoder: fine-tune it on a store's own judgments.
+    Encoder(encoder::EncoderArgs),
     /// Feature rows for ranker training.
     Features(ranker::FeaturesArgs),
     /// Open-loop load: Search or Recommend at a constant rate through the SDK,
@@ -146,6 +149,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Recommend(a) => search::recommend(a).await,
         Command::Eval(a) => eval::command(a).await,
         Command::Ranker(a) => ranker::command(a).await,
+        Command::Encoder(a) => encoder::command(a).await,
         Command::Features(a) => ranker::features(a).await,
         Command::Bench(a) => bench::command(a).await,
         Command::Model(a) => model::command(a).await,
