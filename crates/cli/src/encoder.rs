@@ -15,7 +15,6 @@
 //!    makes it production: each embedding replica re-embeds the catalog in the
 //!    background while the old encoder and index serve, then swaps both at once.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,43 +168,15 @@ async fn candidates_from_private_mesh(
     train: &Labels,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let cwd = std::env::current_dir()?;
-    let absolute = |p: &Path| {
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            cwd.join(p)
-        }
-    };
-    let state_dir = absolute(&args.work).join("mesh");
-    launcher::down(&state_dir).await.ok();
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let opts = launcher::UpOptions {
-        state_dir: state_dir.clone(),
-        ranking_replicas: 1,
+    let (mesh, state_dir) = crate::mesh::private(&crate::mesh::Private {
+        work: &args.work,
         etcd_port: args.mesh_etcd_port,
         base_port: args.mesh_base_port,
-        bin_dir: launcher::own_bin_dir()?,
+        models: &args.models,
+        catalog: &args.catalog,
         follow_ranker: false,
-        quantizer: crate::mesh::quantizer(&absolute(&args.models)),
-        insecure: false,
-        ranking_env: vec![],
-        embedding_env: vec![],
-        traces: None,
-        etcd_members: 1,
-        redis_port: None,
-        instance_env: BTreeMap::new(),
-    };
-    println!("starting a private mesh in {}", state_dir.display());
-    let serve = crate::mesh::Serve {
-        models: absolute(&args.models),
-        ranker: None,
-        catalog: Some(absolute(&args.catalog)),
-    };
-    let mesh = crate::mesh::up(&opts, &serve).await?;
-    if let Some(tls) = mesh.client_tls()? {
-        rankmesh_tls::client::install(tls);
-    }
+    })
+    .await?;
     let result = async {
         let embedding = EmbeddingClient::new(
             Resolver::fixed("embedding", &[mesh.grpc_of("embedding")?]),
@@ -218,9 +189,7 @@ async fn candidates_from_private_mesh(
         write_candidates(&embedding, &feature, train, path).await
     }
     .await;
-    launcher::stop(&mesh, Duration::from_secs(10)).await;
-    launcher::down(&state_dir).await.ok();
-    crate::args::install_identity(Some(&args.state.state_dir))?;
+    crate::mesh::stop_private(&mesh, &state_dir, &args.state.state_dir).await?;
     result
 }
 
@@ -422,9 +391,10 @@ mod tests {
             "dev_before": {"dense_fp32": {"ndcg@10": 0.27, "recall@100": 0.64}},
             "dev_after": {"dense_int8": {"ndcg@10": 0.35, "recall@100": 0.75}},
         });
-        let md: BTreeMap<String, String> = manifest_metadata(Path::new("j.csv"), &m)
-            .into_iter()
-            .collect();
+        let md: std::collections::BTreeMap<String, String> =
+            manifest_metadata(Path::new("j.csv"), &m)
+                .into_iter()
+                .collect();
         assert_eq!(md["dev_queries"], "2329");
         assert_eq!(md["dev_dense_recall@100"], "0.7500");
         assert_eq!(md["dev_dense_ndcg@10_before"], "0.2700");

@@ -13,7 +13,6 @@
 //! 5. With `--publish`, uploads it to the target mesh's registry as the next ranker
 //!    version with its dev metrics in the manifest; `--promote` or `--canary`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -507,45 +506,15 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         args.algo
     );
     let (train_labels, dev_labels) = split_judgments(&args)?;
-    let cwd = std::env::current_dir()?;
-    let absolute = |p: &Path| {
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            cwd.join(p)
-        }
-    };
-    let state_dir = absolute(&args.work).join("mesh");
-    // A mesh left by an interrupted run is stopped first.
-    launcher::down(&state_dir).await.ok();
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let opts = launcher::UpOptions {
-        state_dir: state_dir.clone(),
-        ranking_replicas: 1,
+    let (mesh, state_dir) = crate::mesh::private(&crate::mesh::Private {
+        work: &args.work,
         etcd_port: args.mesh_etcd_port,
         base_port: args.mesh_base_port,
-        bin_dir: launcher::own_bin_dir()?,
+        models: &args.models,
+        catalog: &args.catalog,
         follow_ranker: true,
-        quantizer: crate::mesh::quantizer(&absolute(&args.models)),
-        insecure: false,
-        ranking_env: vec![],
-        embedding_env: vec![],
-        traces: None,
-        etcd_members: 1,
-        redis_port: None,
-        instance_env: BTreeMap::new(),
-    };
-    println!("starting a private mesh in {}", state_dir.display());
-    let serve = crate::mesh::Serve {
-        models: absolute(&args.models),
-        ranker: None,
-        catalog: Some(absolute(&args.catalog)),
-    };
-    let mesh = crate::mesh::up(&opts, &serve).await?;
-    // This process calls the private mesh as its operator until it stops.
-    if let Some(tls) = mesh.client_tls()? {
-        rankmesh_tls::client::install(tls);
-    }
+    })
+    .await?;
     let result = async {
         if let Some(events) = &args.events {
             let n = record_events(&mesh.grpc_of("feature")?, events).await?;
@@ -554,9 +523,7 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
         trained_on_private_mesh(&args, &mesh, &state_dir, &train_labels, &dev_labels).await
     }
     .await;
-    launcher::stop(&mesh, Duration::from_secs(10)).await;
-    launcher::down(&state_dir).await.ok();
-    crate::args::install_identity(Some(&args.state.state_dir))?;
+    crate::mesh::stop_private(&mesh, &state_dir, &args.state.state_dir).await?;
     let metrics = result?;
     if args.publish {
         publish_trained(&args, &metrics).await?;
