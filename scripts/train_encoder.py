@@ -426,6 +426,25 @@ def export(a, model, tokenizer_json, check_texts, tok, threads):
     return fp32, int8, {"texts": len(check_texts), "cosine_min": round(float(cos.min()), 6)}
 
 
+def serving_cost(stock_int8, new_int8, texts, rounds=3, seconds=3.0):
+    """Texts per second of the stock and the trained INT8 encoders (what CPU replicas
+    serve) at batch 32, measured in alternating rounds in one run; the ratio is
+    trained over stock (same architecture: about 1)."""
+    batch = texts[:32]
+    rates = {"stock": [], "trained": []}
+    for _ in range(rounds):
+        for name, enc in (("stock", stock_int8), ("trained", new_int8)):
+            enc.encode(batch, batch=32)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                enc.encode(batch, batch=32)
+                n += len(batch)
+            rates[name].append(n / (time.perf_counter() - start))
+    stock, trained = float(np.median(rates["stock"])), float(np.median(rates["trained"]))
+    return {"batch": 32, "texts_per_s_stock": round(stock, 1), "texts_per_s_trained": round(trained, 1),
+            "trained_over_stock": round(trained / stock, 3)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--catalog", required=True, type=Path)
@@ -523,6 +542,10 @@ def main():
         after[name] = evaluate(dense_rankings(enc, list(dev), enc.encode(texts), ids), dev)
         log(f"fine-tuned {name} on dev: {after[name]}")
     metrics["dev_after"] = after
+    stock_int8 = OnnxEncoder(stock_dir / "int8" / "model.onnx", stock_dir / "int8" / "tokenizer.json", threads)
+    new_int8 = OnnxEncoder(int8 / "model.onnx", int8 / "tokenizer.json", threads)
+    metrics["serving_cost"] = serving_cost(stock_int8, new_int8, [c[1] for c in pairs[:32]])
+    log(f"serving cost: {metrics['serving_cost']}")
     metrics["metric"] = {
         "ndcg@10": "linear gain = grade, ideal from the judged grades",
         "recall@100": f"relevant = grade >= {RELEVANT}",

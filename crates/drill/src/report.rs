@@ -33,6 +33,17 @@ pub struct Injected {
     /// A canary fault: seconds from the fault until the registry's stage history
     /// recorded the canary's rollback (None: it never did).
     pub rolled_back_after_s: Option<f64>,
+    /// A rollout fault: the versions answers must move between.
+    pub rollout: Option<Rollout>,
+}
+
+/// A model rolled out under load: answers by `from`, then by `to`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rollout {
+    /// `name:version` in production before.
+    pub from: String,
+    /// `name:version` promoted.
+    pub to: String,
 }
 
 impl Injected {
@@ -154,6 +165,11 @@ pub fn judge(i: Inputs<'_>) -> DrillReport {
     }
     for f in faults.iter().filter(|f| f.production_model.is_some()) {
         checks.extend(canary_checks(f, &load, slo));
+    }
+    for f in &faults {
+        if let Some(r) = &f.rollout {
+            checks.extend(rollout_checks(f, r, &load));
+        }
     }
     if let Some(e) = &events {
         checks.push(events_check(e, slo));
@@ -406,6 +422,43 @@ fn canary_checks(f: &Injected, load: &Load, slo: &Slo) -> [Check; 2] {
         pass: answers > 0 && from_production == answers,
     };
     [rolled_back, from_production_check]
+}
+
+/// A rollout must complete under load, and switch at one instant: once an answer
+/// came from the new version, none comes from the old (a drill mesh has one
+/// embedding replica; the second of the switch itself may hold both).
+fn rollout_checks(f: &Injected, r: &Rollout, load: &Load) -> [Check; 2] {
+    let first = load
+        .timeline
+        .iter()
+        .find(|s| s.models.get(&r.to).is_some_and(|n| *n > 0))
+        .map(|s| s.second);
+    let rolled_out = Check {
+        what: "rolled out".into(),
+        target: format!("answers from {} before the run ends", r.to),
+        measured: first.map_or_else(
+            || "never".into(),
+            |s| format!("{:.0} s after the fault", (s as f64 - f.at_s).max(0.0)),
+        ),
+        pass: first.is_some(),
+    };
+    let late_old: u64 = first.map_or(0, |first| {
+        load.timeline
+            .iter()
+            .filter(|s| s.second > first)
+            .map(|s| s.models.get(&r.from).copied().unwrap_or(0))
+            .sum()
+    });
+    let one_instant = Check {
+        what: "switched at one instant".into(),
+        target: format!("no answer from {} after the first from {}", r.from, r.to),
+        measured: match first {
+            None => "no switch".into(),
+            Some(_) => format!("{late_old} from {} after it", r.from),
+        },
+        pass: first.is_some() && late_old == 0,
+    };
+    [rolled_out, one_instant]
 }
 
 /// The summary table for the terminal.

@@ -157,6 +157,10 @@ pub enum FaultKind {
     /// Publish a new ranker version, flip bytes in its stored blob, and promote it:
     /// replicas must refuse it and keep serving the version they have.
     CorruptArtifact,
+    /// Publish a new encoder version (the served encoder's files again) and promote
+    /// it: each embedding replica re-embeds its catalog with it while the old
+    /// encoder and index serve, then swaps both at one instant.
+    EncoderRollout,
     /// Delay what crosses the targets' links, for `duration_s`.
     Delay,
     /// Lose chunks on the targets' links, for `duration_s`.
@@ -228,6 +232,7 @@ impl FaultKind {
             Self::DiskFull => "disk-full",
             Self::Canary => "canary",
             Self::CorruptArtifact => "corrupt-artifact",
+            Self::EncoderRollout => "encoder-rollout",
             Self::Delay => "delay",
             Self::Loss => "loss",
             Self::Partition => "partition",
@@ -408,7 +413,7 @@ impl Scenario {
             FaultKind::DiskFull => bail!(
                 "fault[{i}].kind disk-full: mounts a small disk under a local instance's data; a local-topology fault"
             ),
-            FaultKind::Canary | FaultKind::CorruptArtifact => bail!(
+            FaultKind::Canary | FaultKind::CorruptArtifact | FaultKind::EncoderRollout => bail!(
                 "fault[{i}].kind {}: needs the registry from the host; a local-topology fault",
                 f.kind.name()
             ),
@@ -475,7 +480,7 @@ fn validate_kind_fields(i: usize, f: &Fault) -> Result<(), DrillError> {
             f.model == "nan" || f.model == "constant",
             "fault[{i}].model: nan or constant"
         ),
-        FaultKind::CorruptArtifact => {}
+        FaultKind::CorruptArtifact | FaultKind::EncoderRollout => {}
         FaultKind::Delay => ensure!(
             (1..=10_000).contains(&f.delay_ms) && f.jitter_ms <= f.delay_ms,
             "fault[{i}].delay_ms: 1..=10000, and jitter_ms at most delay_ms"

@@ -165,7 +165,10 @@ async fn inject(
             });
         }
         FaultKind::Delay | FaultKind::Loss => injected.detail = impair(links, f)?,
-        FaultKind::Canary | FaultKind::CorruptArtifact | FaultKind::DiskFull => {
+        FaultKind::Canary
+        | FaultKind::CorruptArtifact
+        | FaultKind::EncoderRollout
+        | FaultKind::DiskFull => {
             anyhow::bail!("{} is a local-topology fault", f.kind.name())
         }
         FaultKind::Surge => anyhow::bail!("a surge is offered by the load, not injected"),

@@ -44,6 +44,7 @@ async fn inject(env: &Env, f: &Fault, at_s: f64) -> anyhow::Result<Injected> {
         FaultKind::DiskFull => disk::disk_full(env, f, i)?,
         FaultKind::Canary => models::canary(env, f, i).await?,
         FaultKind::CorruptArtifact => models::corrupt_artifact(env, i).await?,
+        FaultKind::EncoderRollout => models::encoder_rollout(env, i).await?,
         FaultKind::Delay | FaultKind::Loss | FaultKind::Partition => {
             i.detail = impair(&env.links, f)?;
         }

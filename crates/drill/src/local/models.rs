@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rankmesh_launcher::RANKER_MODEL;
+use rankmesh_launcher::{ENCODER_MODEL, RANKER_MODEL};
 use rankmesh_provision::models;
 
 use super::env::Env;
-use crate::report::Injected;
+use crate::report::{Injected, Rollout};
 use crate::scenario::{Fault, FaultKind};
 
 /// Publishes the broken ranker `prepare` made and makes it a canary.
@@ -50,6 +50,44 @@ pub(super) async fn corrupt_artifact(env: &Env, injected: &mut Injected) -> anyh
     models::promote(&env.registry()?, RANKER_MODEL, v, None, reason).await?;
     injected.detail = format!("ranker v{v} corrupted in the store, then promoted");
     injected.forbidden_model = Some(format!("ranker:{v}"));
+    Ok(())
+}
+
+/// Publishes the served encoder's files again as the next encoder version (the
+/// registry makes its INT8 variant) and promotes it under load.
+pub(super) async fn encoder_rollout(env: &Env, injected: &mut Injected) -> anyhow::Result<()> {
+    let registry = env.registry()?;
+    let from = models::production(&registry, ENCODER_MODEL)
+        .await?
+        .context("no production encoder to roll out from")?
+        .version;
+    let encoder = env.models.join("encoder/fp32");
+    let m = models::publish(
+        &registry,
+        &models::Upload {
+            name: ENCODER_MODEL,
+            file: &encoder.join("model.onnx"),
+            inputs: &["input_ids", "attention_mask", "token_type_ids"].map(String::from),
+            outputs: &["sentence_embedding".to_owned()],
+            metadata: vec![("source".into(), "drill: encoder rollout".into())],
+            sidecars: &[encoder.join("tokenizer.json")],
+            quantize_int8: true,
+        },
+    )
+    .await?;
+    models::promote(
+        &registry,
+        ENCODER_MODEL,
+        m.version,
+        None,
+        "drill: encoder rollout",
+    )
+    .await?;
+    injected.detail = format!("encoder v{} promoted over v{from}", m.version);
+    injected.rollout = Some(Rollout {
+        from: format!("{ENCODER_MODEL}:{from}"),
+        to: format!("{ENCODER_MODEL}:{}", m.version),
+    });
     Ok(())
 }
 
