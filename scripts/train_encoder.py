@@ -160,7 +160,6 @@ class OnnxEncoder:
         self.tok.enable_padding()
 
     def encode(self, texts, batch=64):
-        out = []
         # Sorted by length: a batch pads to its longest text (as the service groups).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vecs = [None] * len(texts)
@@ -174,8 +173,7 @@ class OnnxEncoder:
             }
             for i, v in zip(idx, self.session.run(None, feed)[0]):
                 vecs[i] = v
-        out = np.stack(vecs).astype(np.float32)
-        return out
+        return np.stack(vecs).astype(np.float32)
 
 
 def dense_rankings(encoder, queries, item_vecs, ids, depth=DEPTH):

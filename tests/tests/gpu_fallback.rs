@@ -9,14 +9,16 @@
 //! wheel's ONNX Runtime, which has no CUDA provider: the "provider library
 //! missing" case, on any machine.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rankmesh_tests::catalog::models_dir;
-use rankmesh_tests::free_port;
 use rankmesh_tests::process::binary;
+use rankmesh_tests::{eventually, free_port, http_get};
+
+/// How long a replica may take to answer ready, or to refuse to start.
+const START: Duration = Duration::from_secs(60);
 
 /// A service process with its admin port and its log file.
 struct Replica {
@@ -39,23 +41,23 @@ impl Replica {
     }
 
     /// `/ready`'s JSON once it answers 200; panics with the log if the process
-    /// exits or 60 s pass.
-    fn ready(&mut self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some((200, body)) = http_get(&self.admin, "/ready") {
-                return serde_json::from_str(&body).expect("/ready is JSON");
-            }
+    /// exits, or after [`START`].
+    async fn ready(&mut self) -> serde_json::Value {
+        let admin = self.admin.clone();
+        let body = eventually(START, "/ready to answer 200", || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("exited with {status} before ready:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "not ready in 60 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let admin = admin.clone();
+            async move {
+                match http_get(&admin, "/ready").await {
+                    Ok((200, body)) => Some(body),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        serde_json::from_str(&body).expect("/ready is JSON")
     }
 }
 
@@ -110,38 +112,21 @@ fn replica(bin: &Path, device: &str, extra: &[(&str, &str)]) -> Replica {
 }
 
 /// Waits for a process that should refuse to start; its exit code and log.
-fn refused(mut replica: Replica) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = replica.child.try_wait() {
-            return (status.code(), replica.log());
+async fn refused(mut replica: Replica) -> (Option<i32>, String) {
+    let admin = replica.admin.clone();
+    let code = eventually(START, "the replica to exit", || {
+        let exited = replica.child.try_wait().ok().flatten().map(|s| s.code());
+        let log = replica.log();
+        let admin = admin.clone();
+        async move {
+            if exited.is_none() && http_get(&admin, "/live").await.is_ok() {
+                panic!("it started and serves:\n{log}");
+            }
+            exited
         }
-        if http_get(&replica.admin, "/live").is_some() {
-            panic!("it started and serves:\n{}", replica.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running after 60 s:\n{}",
-            replica.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A plain HTTP/1.1 GET: status and body, `None` when nothing answers.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    })
+    .await;
+    (code, replica.log())
 }
 
 /// The shipped ranker as `/ready` reports it.
@@ -152,15 +137,15 @@ fn served_ranker(ready: &serde_json::Value) -> &serde_json::Value {
 /// A CPU build is a CPU replica: on `auto` it serves on CPU and reports no
 /// fallback (nothing fell back); told to require CUDA it refuses to start, saying
 /// why, rather than serve at CPU speed.
-#[test]
-fn a_cpu_build_serves_on_cpu_and_refuses_to_require_cuda() {
+#[tokio::test]
+async fn a_cpu_build_serves_on_cpu_and_refuses_to_require_cuda() {
     let mut auto = replica(&binary("rankmesh-ranking"), "auto", &[]);
-    let ready = auto.ready();
+    let ready = auto.ready().await;
     let ranker = served_ranker(&ready);
     assert_eq!(ranker["provider"], "cpu", "{ready}");
     assert_eq!(ranker["variant"], "fp32", "{ready}");
     assert!(ranker.get("gpu_fallback").is_none(), "{ready}");
-    let (_, metrics) = http_get(&auto.admin, "/metrics").expect("/metrics");
+    let (_, metrics) = http_get(&auto.admin, "/metrics").await.expect("/metrics");
     assert!(
         metrics.contains(r#"rankmesh_model_provider{model="ranker",provider="cpu"} 1"#)
             && metrics.contains(r#"rankmesh_model_provider{model="ranker",provider="cuda"} 0"#),
@@ -169,7 +154,7 @@ fn a_cpu_build_serves_on_cpu_and_refuses_to_require_cuda() {
     drop(auto);
 
     for bin in ["rankmesh-ranking", "rankmesh-embedding"] {
-        let (code, log) = refused(replica(&binary(bin), "cuda", &[]));
+        let (code, log) = refused(replica(&binary(bin), "cuda", &[])).await;
         assert_eq!(code, Some(1), "{bin}: {log}");
         assert!(
             log.contains("CUDA was required") && log.contains("built without the `cuda` feature"),
@@ -182,8 +167,8 @@ fn a_cpu_build_serves_on_cpu_and_refuses_to_require_cuda() {
 /// on `auto` it logs the fallback once (with 2 sessions, and a warm-up), serves on
 /// CPU and reports why in `/ready`; on `cuda` it refuses to start with the reason.
 #[cfg(feature = "cuda-build")]
-#[test]
-fn a_cuda_build_without_the_cuda_provider_falls_back_once_and_says_so() {
+#[tokio::test]
+async fn a_cuda_build_without_the_cuda_provider_falls_back_once_and_says_so() {
     let dir = PathBuf::from(
         std::env::var_os("RANKMESH_CUDA_BINARIES")
             .expect("RANKMESH_CUDA_BINARIES: the folder of the cuda-feature binaries"),
@@ -196,7 +181,7 @@ fn a_cuda_build_without_the_cuda_provider_falls_back_once_and_says_so() {
     ];
 
     let mut auto = replica(&dir.join("rankmesh-ranking"), "auto", &env);
-    let ready = auto.ready();
+    let ready = auto.ready().await;
     let ranker = served_ranker(&ready);
     assert_eq!(ranker["provider"], "cpu", "{ready}");
     let why = ranker["gpu_fallback"].as_str().unwrap_or_default();
@@ -211,7 +196,7 @@ fn a_cuda_build_without_the_cuda_provider_falls_back_once_and_says_so() {
     drop(auto);
 
     for bin in ["rankmesh-ranking", "rankmesh-embedding"] {
-        let (code, log) = refused(replica(&dir.join(bin), "cuda", &env));
+        let (code, log) = refused(replica(&dir.join(bin), "cuda", &env)).await;
         assert_eq!(code, Some(1), "{bin}: {log}");
         assert!(
             log.contains("CUDA was required") && log.contains("no CUDA execution provider"),

@@ -162,7 +162,7 @@ fn load(path: &Path) -> Result<Environment, String> {
 /// chose CUDA). Used to pick a model variant (INT8 on CPU, FP32 on GPU) before
 /// the model's own session exists: a replica that fell back to CPU fetches INT8.
 pub fn expects_gpu(config: &OnnxConfig) -> bool {
-    cfg!(feature = "cuda") && matches!(resolve_device(config), Ok(Provider::Cuda))
+    matches!(resolve_device(config), Ok(Provider::Cuda))
 }
 
 /// A 75-byte ONNX model (one `Relu` over a float[1]) that [`cuda_usable`] builds a
