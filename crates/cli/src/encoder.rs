@@ -127,27 +127,9 @@ pub(crate) struct TrainArgs {
 }
 
 pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.dev_share > 0.0 && args.dev_share < 1.0,
-        "--dev-share must be within (0, 1)"
-    );
     anyhow::ensure!(args.max_minutes > 0.0, "--max-minutes must be > 0");
-    let labels = crate::eval::read_labels(&args.judgments)?;
-    let (train_labels, dev_labels) = crate::ranker::split(&labels, args.seed, args.dev_share);
-    anyhow::ensure!(
-        !train_labels.is_empty() && !dev_labels.is_empty(),
-        "{} queries cannot be split into train and dev",
-        labels.len()
-    );
-    println!(
-        "{} queries: {} train, {} dev (seed {}, dev share {})",
-        labels.len(),
-        train_labels.len(),
-        dev_labels.len(),
-        args.seed,
-        args.dev_share
-    );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let (train_labels, _) =
+        crate::ranker::split_judgments(&args.judgments, args.seed, args.dev_share, &args.out)?;
     let candidates = args.out.join("candidates.jsonl");
     if args.resume && candidates.exists() {
         println!("reusing {}", candidates.display());

@@ -497,15 +497,12 @@ async fn wait_for_ranker(
 /// `meshctl ranker train`.
 pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.dev_share > 0.0 && args.dev_share < 1.0,
-        "--dev-share must be within (0, 1)"
-    );
-    anyhow::ensure!(
         ["auto", "lambdamart", "mlp"].contains(&args.algo.as_str()),
         "--algo {}: expected auto, lambdamart or mlp",
         args.algo
     );
-    let (train_labels, dev_labels) = split_judgments(&args)?;
+    let (train_labels, dev_labels) =
+        split_judgments(&args.judgments, args.seed, args.dev_share, &args.out)?;
     let (mesh, state_dir) = crate::mesh::private(&crate::mesh::Private {
         work: &args.work,
         etcd_port: args.mesh_etcd_port,
@@ -531,11 +528,21 @@ pub(crate) async fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 1: the judgments split by query into train and dev, written beside the
-/// model (`judgments-train.csv`, `judgments-dev.csv`).
-fn split_judgments(args: &TrainArgs) -> anyhow::Result<(eval::Labels, eval::Labels)> {
-    let labels = eval::read_labels(&args.judgments)?;
-    let (train_labels, dev_labels) = split(&labels, args.seed, args.dev_share);
+/// Step 1: the judgments split by query into train and dev, written into `out`
+/// (`judgments-train.csv`, `judgments-dev.csv`). The split `encoder train` makes
+/// too, so both train on the same queries and are measured on the same dev ones.
+pub(crate) fn split_judgments(
+    judgments: &Path,
+    seed: u64,
+    dev_share: f64,
+    out: &Path,
+) -> anyhow::Result<(eval::Labels, eval::Labels)> {
+    anyhow::ensure!(
+        dev_share > 0.0 && dev_share < 1.0,
+        "--dev-share must be within (0, 1)"
+    );
+    let labels = eval::read_labels(judgments)?;
+    let (train_labels, dev_labels) = split(&labels, seed, dev_share);
     anyhow::ensure!(
         !train_labels.is_empty() && !dev_labels.is_empty(),
         "{} queries cannot be split into train and dev",
@@ -550,12 +557,12 @@ fn split_judgments(args: &TrainArgs) -> anyhow::Result<(eval::Labels, eval::Labe
         labels.len(),
         train_labels.len(),
         dev_labels.len(),
-        args.seed,
-        args.dev_share
+        seed,
+        dev_share
     );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    write_judgments(&args.out.join("judgments-train.csv"), &train_labels)?;
-    write_judgments(&args.out.join("judgments-dev.csv"), &dev_labels)?;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    write_judgments(&out.join("judgments-train.csv"), &train_labels)?;
+    write_judgments(&out.join("judgments-dev.csv"), &dev_labels)?;
     Ok((train_labels, dev_labels))
 }
 
