@@ -303,6 +303,11 @@ impl VectorIndex {
         &self.model
     }
 
+    /// The parameters it was built with, search settings as configured now.
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
     fn row(&self, key: u32) -> &[f32] {
         let k = key as usize;
         &self.vectors[k * self.dim..(k + 1) * self.dim]
@@ -476,7 +481,11 @@ impl VectorIndex {
     }
 
     /// Loads a snapshot, refusing it when a checksum or count does not match.
-    pub fn load(dir: &Path) -> Result<Self, IndexError> {
+    /// The graph keeps the degree and insert depth it was built with; the search
+    /// settings (`expansion_search`, `exact_below`) are `params`', the replica's
+    /// configuration now: a snapshot must not pin an operator's later change (a
+    /// restart over an unchanged catalog loads the snapshot and never rebuilds).
+    pub fn load(dir: &Path, params: IndexParams) -> Result<Self, IndexError> {
         let err = |message: String| IndexError::Snapshot {
             path: dir.to_owned(),
             message,
@@ -505,8 +514,10 @@ impl VectorIndex {
                 )));
             }
         }
-        let items: SnapshotItems =
+        let mut items: SnapshotItems =
             serde_json::from_slice(&meta).map_err(|e| err(format!("items.json: {e}")))?;
+        items.params.expansion_search = params.expansion_search;
+        items.params.exact_below = params.exact_below;
         let index = Index::new(&options(items.dim, &items.params)).map_err(native)?;
         index
             .load_from_buffer(&graph)
@@ -645,7 +656,7 @@ mod tests {
     fn saved_and_loaded(idx: &VectorIndex) -> (tempfile::TempDir, VectorIndex) {
         let dir = tempfile::tempdir().expect("tempdir");
         idx.save(dir.path()).expect("save");
-        let loaded = VectorIndex::load(dir.path()).expect("load");
+        let loaded = VectorIndex::load(dir.path(), IndexParams::default()).expect("load");
         (dir, loaded)
     }
 
@@ -754,8 +765,39 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x01;
         std::fs::write(&path, bytes).expect("write");
-        let err = VectorIndex::load(dir.path()).expect_err("corrupt");
+        let err = VectorIndex::load(dir.path(), IndexParams::default()).expect_err("corrupt");
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_loaded_snapshot_searches_with_the_configured_settings() {
+        // Built with one search depth, restarted with another: the graph keeps its
+        // degree, the search follows the configuration (a snapshot used to pin it).
+        let built = IndexParams {
+            connectivity: 8,
+            expansion_search: 16,
+            exact_below: 5,
+            ..IndexParams::default()
+        };
+        let entries = vectors(300, 16, 7)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (meta(i), v))
+            .collect();
+        let idx = VectorIndex::build(16, built, "test", entries).expect("build");
+        let dir = tempfile::tempdir().expect("tempdir");
+        idx.save(dir.path()).expect("save");
+        let now = IndexParams {
+            expansion_search: 300,
+            exact_below: 50,
+            ..IndexParams::default()
+        };
+        let back = VectorIndex::load(dir.path(), now).expect("load");
+        let p = back.params();
+        assert_eq!((p.connectivity, p.expansion_add), (8, built.expansion_add));
+        assert_eq!((p.expansion_search, p.exact_below), (300, 50));
+        assert_eq!(back.index.expansion_search(), 300);
+        assert_eq!(back.index.connectivity(), 8);
     }
 
     #[test]

@@ -255,8 +255,8 @@ async fn start_index(embedder: &Arc<Embedder>, config: &IndexConfig, readiness: 
     if let Some(dir) = non_empty(&config.snapshot_dir)
         && dir.join("manifest.json").exists()
     {
-        let d = dir.clone();
-        match tokio::task::spawn_blocking(move || VectorIndex::load(&d)).await {
+        let (d, params) = (dir.clone(), config.hnsw);
+        match tokio::task::spawn_blocking(move || VectorIndex::load(&d, params)).await {
             Ok(Ok(index)) => {
                 let items = index.len();
                 match embedder.set_index(index) {

@@ -108,7 +108,7 @@ fn queries(store: &Path) -> Vec<String> {
 /// embedded here.
 fn vector_index(encoder: &Encoder, catalog: &Path) -> VectorIndex {
     if let Some(dir) = env_path("RANKMESH_BENCH_INDEX") {
-        return VectorIndex::load(&dir).expect("load the index snapshot");
+        return VectorIndex::load(&dir, IndexParams::default()).expect("load the index snapshot");
     }
     eprintln!("embedding the catalog (set RANKMESH_BENCH_INDEX to reuse a snapshot)");
     let items = rankmesh_embedding::catalog::read_jsonl(catalog).expect("catalog");
