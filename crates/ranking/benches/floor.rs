@@ -38,7 +38,7 @@ use rankmesh_feature::lexical::LexicalIndex;
 use rankmesh_feature::service::Features;
 use rankmesh_feature::store::{FeatureStore, RedbStore};
 use rankmesh_proto::pb::feature::v1 as pb;
-use rankmesh_ranking::fusion::{Retrieved, append_retrieval, fuse};
+use rankmesh_ranking::fusion::{Fusion, Retrieved, append_retrieval, fuse};
 use rankmesh_ranking::ranker::Ranker;
 
 /// Candidates from each retrieval source, as the ranking service asks by default.
@@ -267,20 +267,23 @@ fn main() {
             .expect("bm25");
         times[2] = t.elapsed();
         let t = Instant::now();
-        let (mut candidates, stats) = fuse(&[
-            Retrieved {
-                source: "dense",
-                items: dense.into_iter().map(|h| (h.id, h.similarity)).collect(),
-            },
-            Retrieved {
-                source: "lexical",
-                items: lexical
-                    .items
-                    .into_iter()
-                    .map(|i| (i.item_id, i.score))
-                    .collect(),
-            },
-        ]);
+        let (mut candidates, stats) = fuse(
+            &[
+                Retrieved {
+                    source: "dense",
+                    items: dense.into_iter().map(|h| (h.id, h.similarity)).collect(),
+                },
+                Retrieved {
+                    source: "lexical",
+                    items: lexical
+                        .items
+                        .into_iter()
+                        .map(|i| (i.item_id, i.score))
+                        .collect(),
+                },
+            ],
+            &Fusion::default(),
+        );
         times[3] = t.elapsed();
         let t = Instant::now();
         let f = rt

@@ -8,8 +8,58 @@
 
 use std::collections::HashMap;
 
-/// Reciprocal-rank fusion constant (the usual 60).
+/// Reciprocal-rank fusion constant of the `rrf` ranker column (the usual 60). The
+/// column is part of the ranker's input schema, so it never follows [`Fusion`]: a
+/// ranker trained on it sees the same values whatever order the lists are fused in.
 const RRF_K: f32 = 60.0;
+
+/// How the lists are fused into the order a search answers in when no ranker
+/// scores it (none loaded, or the ranker stage degraded): each list adds
+/// `weight / (k + rank + 1)`. The default is the classic equal-weight RRF with
+/// k = 60; which setting suits a store depends on how its dense and lexical lists
+/// compare (`scripts/fusion_sweep.py` measures it on a ranker training run's rows).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fusion {
+    /// The rank offset k: smaller favours each list's first places.
+    pub k: f32,
+    /// Weight of the lexical list; the dense list and any other weigh 1.
+    pub lexical_weight: f32,
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Self {
+            k: RRF_K,
+            lexical_weight: 1.0,
+        }
+    }
+}
+
+impl Fusion {
+    /// `None` when valid, else the offending key and why.
+    pub fn invalid(&self) -> Option<(&'static str, f32, &'static str)> {
+        if !(self.k.is_finite() && self.k >= 0.0) {
+            return Some(("search.fusion.k", self.k, "must be a finite number >= 0"));
+        }
+        if !(self.lexical_weight.is_finite() && self.lexical_weight >= 0.0) {
+            return Some((
+                "search.fusion.lexical_weight",
+                self.lexical_weight,
+                "must be a finite number >= 0",
+            ));
+        }
+        None
+    }
+
+    fn weight(&self, source: &str) -> f32 {
+        if source == "lexical" {
+            self.lexical_weight
+        } else {
+            1.0
+        }
+    }
+}
 
 /// Columns ranking appends to every feature row, in order.
 pub const RETRIEVAL_COLUMNS: &[&str] = &[
@@ -41,8 +91,11 @@ pub struct Placed {
 #[derive(Debug, Clone, Default)]
 pub struct Candidate {
     pub id: String,
-    /// Reciprocal-rank fusion of the retrieval lists.
+    /// Reciprocal-rank fusion of the retrieval lists (k = 60, equal weights): the
+    /// ranker's `rrf` column.
     pub rrf: f32,
+    /// The fused score in [`Fusion`]'s setting: the order without a ranker.
+    pub fused: f32,
     pub score: Option<f32>,
     pub sources: Vec<&'static str>,
     pub dense: Option<Placed>,
@@ -60,8 +113,8 @@ pub struct ListStats {
     lexical_len: usize,
 }
 
-/// Fuses the lists (reciprocal-rank fusion), best first; ties by id.
-pub fn fuse(lists: &[Retrieved]) -> (Vec<Candidate>, ListStats) {
+/// Fuses the lists (reciprocal-rank fusion as `fusion` says), best first; ties by id.
+pub fn fuse(lists: &[Retrieved], fusion: &Fusion) -> (Vec<Candidate>, ListStats) {
     let mut by_id: HashMap<&str, Candidate> = HashMap::new();
     let mut stats = ListStats::default();
     for list in lists {
@@ -71,6 +124,7 @@ pub fn fuse(lists: &[Retrieved]) -> (Vec<Candidate>, ListStats) {
                 ..Candidate::default()
             });
             c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
+            c.fused += fusion.weight(list.source) / (fusion.k + rank as f32 + 1.0);
             if !c.sources.contains(&list.source) {
                 c.sources.push(list.source);
             }
@@ -100,7 +154,7 @@ pub fn fuse(lists: &[Retrieved]) -> (Vec<Candidate>, ListStats) {
         }
     }
     let mut all: Vec<Candidate> = by_id.into_values().collect();
-    all.sort_by(|a, b| b.rrf.total_cmp(&a.rrf).then_with(|| a.id.cmp(&b.id)));
+    all.sort_by(|a, b| b.fused.total_cmp(&a.fused).then_with(|| a.id.cmp(&b.id)));
     (all, stats)
 }
 
@@ -167,21 +221,61 @@ mod tests {
 
     #[test]
     fn fusion_rewards_agreement() {
-        let (fused, _) = fuse(&[
-            list("dense", &[("a", 0.9), ("b", 0.8), ("c", 0.7)]),
-            list("lexical", &[("c", 12.0), ("d", 6.0)]),
-        ]);
+        let (fused, _) = fuse(
+            &[
+                list("dense", &[("a", 0.9), ("b", 0.8), ("c", 0.7)]),
+                list("lexical", &[("c", 12.0), ("d", 6.0)]),
+            ],
+            &Fusion::default(),
+        );
         assert_eq!(fused[0].id, "c", "found by both sources");
         assert_eq!(fused[0].sources, vec!["dense", "lexical"]);
         assert_eq!(fused.len(), 4);
     }
 
     #[test]
+    fn the_setting_orders_but_never_moves_the_rrf_column() {
+        let lists = [
+            list("dense", &[("a", 0.9), ("b", 0.8)]),
+            list("lexical", &[("c", 12.0), ("d", 6.0)]),
+        ];
+        let ids = |f: &[Candidate]| f.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let (even, _) = fuse(&lists, &Fusion::default());
+        assert_eq!(ids(&even), ["a", "c", "b", "d"], "first places tie: by id");
+        let lexical_first = Fusion {
+            k: 20.0,
+            lexical_weight: 2.0,
+        };
+        let (weighted, _) = fuse(&lists, &lexical_first);
+        assert_eq!(ids(&weighted), ["c", "d", "a", "b"]);
+        let rrf = |f: &[Candidate], id: &str| f.iter().find(|c| c.id == id).map(|c| c.rrf);
+        for id in ["a", "b", "c", "d"] {
+            assert_eq!(
+                rrf(&even, id),
+                rrf(&weighted, id),
+                "{id}: the ranker's column"
+            );
+        }
+        assert!(Fusion::default().invalid().is_none());
+        let bad = Fusion {
+            lexical_weight: f32::NAN,
+            ..Fusion::default()
+        };
+        assert_eq!(
+            bad.invalid().map(|(key, ..)| key),
+            Some("search.fusion.lexical_weight")
+        );
+    }
+
+    #[test]
     fn retrieval_columns_place_each_candidate() {
-        let (mut fused, stats) = fuse(&[
-            list("dense", &[("a", 0.9), ("b", 0.5)]),
-            list("lexical", &[("b", 10.0), ("d", 5.0)]),
-        ]);
+        let (mut fused, stats) = fuse(
+            &[
+                list("dense", &[("a", 0.9), ("b", 0.5)]),
+                list("lexical", &[("b", 10.0), ("d", 5.0)]),
+            ],
+            &Fusion::default(),
+        );
         let ids: Vec<String> = ["a", "b", "d"].map(String::from).to_vec();
         let rows = append_retrieval(&mut fused, &stats, &ids, &[1.0, 2.0, 3.0], 1);
         let w = 1 + RETRIEVAL_COLUMNS.len();
@@ -219,7 +313,7 @@ mod tests {
         proptest! {
             #[test]
             fn every_id_once_best_first(lists in lists()) {
-                let (fused, _) = fuse(&lists);
+                let (fused, _) = fuse(&lists, &Fusion::default());
                 let mut want: Vec<&str> = lists
                     .iter()
                     .flat_map(|l| l.items.iter().map(|(id, _)| id.as_str()))
@@ -231,15 +325,15 @@ mod tests {
                 prop_assert_eq!(&got, &want, "every retrieved id, once");
                 for w in fused.windows(2) {
                     prop_assert!(
-                        w[0].rrf > w[1].rrf || (w[0].rrf == w[1].rrf && w[0].id < w[1].id),
-                        "{} ({}) before {} ({})", w[0].id, w[0].rrf, w[1].id, w[1].rrf
+                        w[0].fused > w[1].fused || (w[0].fused == w[1].fused && w[0].id < w[1].id),
+                        "{} ({}) before {} ({})", w[0].id, w[0].fused, w[1].id, w[1].fused
                     );
                 }
             }
 
             #[test]
             fn scores_are_summed_reciprocal_ranks(lists in lists()) {
-                let (fused, stats) = fuse(&lists);
+                let (fused, stats) = fuse(&lists, &Fusion::default());
                 for c in &fused {
                     let want: f32 = lists
                         .iter()

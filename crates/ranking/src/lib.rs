@@ -125,6 +125,9 @@ impl Config {
                 "must be within 1..=1000",
             ));
         }
+        if let Some((key, value, why)) = self.search.fusion.invalid() {
+            return Err(rankmesh_common::config::invalid(key, value, why));
+        }
         let token = &self.rollout.admin_token_file;
         secret::read_optional(token).map_err(|e| {
             rankmesh_common::config::invalid(

@@ -29,7 +29,9 @@ use rankmesh_proto::pb::feature::v1 as feat;
 use rankmesh_proto::pb::ranking::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::fusion::{Candidate, ListStats, RETRIEVAL_COLUMNS, Retrieved, append_retrieval, fuse};
+use crate::fusion::{
+    Candidate, Fusion, ListStats, RETRIEVAL_COLUMNS, Retrieved, append_retrieval, fuse,
+};
 use crate::ranker::Ranker;
 use crate::rollout::{Outcome, RolloutStats};
 use rankmesh_client::{EmbeddingClient, FeatureClient};
@@ -40,6 +42,8 @@ use rankmesh_client::{EmbeddingClient, FeatureClient};
 pub struct SearchConfig {
     /// Candidates asked from each retrieval source.
     pub candidates: u32,
+    /// How the lists are fused: the answer's order when no ranker scores it.
+    pub fusion: Fusion,
     /// Deadline when the caller sends none, milliseconds.
     pub default_timeout_ms: u64,
 }
@@ -48,6 +52,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             candidates: 200,
+            fusion: Fusion::default(),
             default_timeout_ms: 1_000,
         }
     }
@@ -532,7 +537,7 @@ impl Orchestrator {
                 failures.join("; ")
             )));
         }
-        let (candidates, stats) = fuse(&lists);
+        let (candidates, stats) = fuse(&lists, &self.config.fusion);
         for list in &lists {
             span.record(list.source, list.items.len());
         }
@@ -652,7 +657,7 @@ impl Orchestrator {
                 "no candidates could be produced".into(),
             ));
         }
-        Ok(fuse(&lists))
+        Ok(fuse(&lists, &self.config.fusion))
     }
 
     /// A known user's candidate lists: dense, near the mean embedding of what they
@@ -964,7 +969,7 @@ impl Orchestrator {
             .map(|(c, features)| {
                 let d = display.get(&c.id);
                 pb::RankedItem {
-                    score: c.score.unwrap_or(c.rrf),
+                    score: c.score.unwrap_or(c.fused),
                     title: d.map(|i| i.title.clone()).unwrap_or_default(),
                     category: d.map(|i| i.category.clone()).unwrap_or_default(),
                     brand: d.map(|i| i.brand.clone()).unwrap_or_default(),
@@ -1043,7 +1048,7 @@ fn top_k(
     };
     ranked.sort_by(|(a, _), (b, _)| match (a.score, b.score) {
         (Some(x), Some(y)) => y.total_cmp(&x),
-        _ => b.rrf.total_cmp(&a.rrf),
+        _ => b.fused.total_cmp(&a.fused),
     });
     ranked.truncate(k);
     ranked
