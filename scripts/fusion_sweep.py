@@ -19,11 +19,14 @@ import collections
 import csv
 import json
 import math
+import os
+import sys
 
 import numpy as np
 
-RELEVANT = 2.0
-DEPTH = 100
+sys.path.insert(0, os.path.dirname(__file__))
+# The metrics as meshctl eval computes them (and as the encoder trainer reports them).
+from train_encoder import DEPTH, ndcg10, recall  # noqa: E402
 
 
 def load(rows_dir, split):
@@ -56,13 +59,6 @@ def load(rows_dir, split):
     return {q: (judged[q], c) for q, c in queries.items()}
 
 
-def ndcg10(ranked, labels):
-    dcg = sum(labels.get(i, 0.0) / math.log2(r + 2) for r, i in enumerate(ranked[:10]))
-    ideal = sorted(labels.values(), reverse=True)[:10]
-    idcg = sum(g / math.log2(r + 2) for r, g in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else None
-
-
 def fused(candidates, k, dense_weight, lexical_weight, dense_depth, lexical_depth):
     """The candidates the depths keep, in weighted reciprocal-rank order (ties by id)."""
     scored = []
@@ -83,13 +79,10 @@ def measure(queries, k=60.0, dense_weight=1.0, lexical_weight=1.0, dense_depth=1
     n, r, c = [], [], []
     for labels, cands in queries.values():
         ranked = fused(cands, k, dense_weight, lexical_weight, dense_depth, lexical_depth)
-        v = ndcg10(ranked, labels)
-        if v is not None:
-            n.append(v)
-        rel = {i for i, g in labels.items() if g >= RELEVANT}
-        if rel:
-            r.append(len(rel & set(ranked[:DEPTH])) / len(rel))
-            c.append(len(rel & set(ranked)) / len(rel))
+        for out, v in ((n, ndcg10(ranked, labels)), (r, recall(ranked, labels, DEPTH)),
+                       (c, recall(ranked, labels, len(ranked)))):
+            if v is not None:
+                out.append(v)
     mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
     return mean(n), mean(r), mean(c)
 

@@ -644,12 +644,16 @@ mod tests {
     }
 
     fn build(n: usize, dim: usize) -> VectorIndex {
+        build_with(n, dim, IndexParams::default())
+    }
+
+    fn build_with(n: usize, dim: usize, params: IndexParams) -> VectorIndex {
         let entries = vectors(n, dim, 7)
             .into_iter()
             .enumerate()
             .map(|(i, v)| (meta(i), v))
             .collect();
-        VectorIndex::build(dim, IndexParams::default(), "test", entries).expect("build")
+        VectorIndex::build(dim, params, "test", entries).expect("build")
     }
 
     /// `idx` saved to a new folder (returned, so it lives on) and loaded back.
@@ -725,12 +729,7 @@ mod tests {
             exact_below: 0,
             ..IndexParams::default()
         };
-        let entries = vectors(5_000, 32, 7)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (meta(i), v))
-            .collect();
-        let idx = VectorIndex::build(32, params, "test", entries).expect("build");
+        let idx = build_with(5_000, 32, params);
         let f = Filter {
             brands: vec!["other".into()],
             max_price: Some(250.0),
@@ -779,12 +778,7 @@ mod tests {
             exact_below: 5,
             ..IndexParams::default()
         };
-        let entries = vectors(300, 16, 7)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (meta(i), v))
-            .collect();
-        let idx = VectorIndex::build(16, built, "test", entries).expect("build");
+        let idx = build_with(300, 16, built);
         let dir = tempfile::tempdir().expect("tempdir");
         idx.save(dir.path()).expect("save");
         let now = IndexParams {
