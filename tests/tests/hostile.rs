@@ -11,8 +11,8 @@ use futures::StreamExt;
 use rankmesh_proto::pb::feature::v1 as pb;
 use rankmesh_proto::pb::feature::v1::feature_service_client::FeatureServiceClient;
 use rankmesh_tests::catalog::demo_catalog;
-use rankmesh_tests::eventually;
 use rankmesh_tests::process::ServiceProcess;
+use rankmesh_tests::{eventually, http_get};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -96,6 +96,14 @@ async fn still_serving(c: &mut FeatureServiceClient<Channel>, what: &str) {
     assert_eq!(got.items.len(), 1, "after {what}");
 }
 
+/// An unlabelled metric's value on a Prometheus page.
+fn gauge(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
+}
+
 /// A raw HTTP/2 connection (prior knowledge, no TLS).
 async fn h2_connect(addr: &str) -> h2::client::SendRequest<Bytes> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -167,7 +175,7 @@ async fn hostile_clients_are_cut_off_and_others_served() {
         .into_inner();
     assert_eq!(r.imported, catalog.len() as u64);
 
-    trickled_requests_free_their_slots(&proc.grpc_addr, &mut c).await;
+    trickled_requests_free_their_slots(&proc.grpc_addr, &proc.admin_addr, &mut c).await;
     stalled_uploads_fail_and_free_the_import(&mut c, &catalog).await;
     unread_streams_hold_nothing_and_are_capped(&proc.grpc_addr, &mut c).await;
     oversize_requests_are_refused_by_name(&mut c).await;
@@ -176,7 +184,11 @@ async fn hostile_clients_are_cut_off_and_others_served() {
 /// As many requests as the service admits, each trickled a byte every 100 ms and
 /// never finished: while they hold every slot, others are refused at once; at the
 /// request deadline they end in DEADLINE_EXCEEDED and the service serves again.
-async fn trickled_requests_free_their_slots(addr: &str, c: &mut FeatureServiceClient<Channel>) {
+async fn trickled_requests_free_their_slots(
+    addr: &str,
+    admin_addr: &str,
+    c: &mut FeatureServiceClient<Channel>,
+) {
     let send = h2_connect(addr).await;
     let started = Instant::now();
     let mut answers = Vec::new();
@@ -200,22 +212,31 @@ async fn trickled_requests_free_their_slots(addr: &str, c: &mut FeatureServiceCl
             }
         }));
     }
-    // The attack is real: once every slot is held, an ordinary call is refused
-    // (asked until then, well before the tricklers' deadline).
-    let refused = eventually(
+    // The attack is real: once the service counts every slot held (by the
+    // tricklers alone: nothing else is in flight), an ordinary call is refused.
+    // Waiting on the gauge, not on a refusal: an ordinary call racing the
+    // tricklers' headers could take a slot first and turn one trickler away, and
+    // the slots would then never all be held.
+    let admin = admin_addr.to_owned();
+    eventually(
         Duration::from_millis(REQUEST_BODY_TIMEOUT_MS / 2),
         "every slot to be held by a trickling request",
         || {
-            let mut c = c.clone();
+            let admin = admin.clone();
             async move {
-                let call = c.get_items(pb::GetItemsRequest {
-                    ids: vec!["hp-1".into()],
-                });
-                call.await.err()
+                let (_, metrics) = http_get(&admin, "/metrics").await.ok()?;
+                (gauge(&metrics, "rankmesh_inflight_requests") == Some(MAX_CONCURRENCY as f64))
+                    .then_some(())
             }
         },
     )
     .await;
+    let refused = c
+        .get_items(pb::GetItemsRequest {
+            ids: vec!["hp-1".into()],
+        })
+        .await
+        .expect_err("an ordinary call while every slot is held");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
     for answer in answers {
