@@ -10,8 +10,10 @@ every judged item, judged.csv). Pick settings on `--split train`, report on dev.
 
     .venv/bin/python scripts/fusion_sweep.py DIR/rows [--split dev]
 
-The service fuses with k = 60 and equal weights (crates/ranking/src/fusion.rs); the
-first line printed is that setting, so the rows reproduce `meshctl eval`'s hybrid.
+The service's default setting (search.fusion in crates/ranking/src/fusion.rs: k =
+20, lexical weighted 2) is SERVICE_K and SERVICE_LEXICAL_WEIGHT here; the first line
+printed is that setting, so the rows of a mesh on the defaults reproduce `meshctl
+eval`'s hybrid. Depths are measured in it.
 """
 
 import argparse
@@ -59,6 +61,12 @@ def load(rows_dir, split):
     return {q: (judged[q], c) for q, c in queries.items()}
 
 
+# The ranking service's default search.fusion (checked against fusion.rs by
+# test_fusion_sweep.py).
+SERVICE_K = 20.0
+SERVICE_LEXICAL_WEIGHT = 2.0
+
+
 def fused(candidates, k, dense_weight, lexical_weight, dense_depth, lexical_depth):
     """The candidates the depths keep, in weighted reciprocal-rank order (ties by id)."""
     scored = []
@@ -74,7 +82,7 @@ def fused(candidates, k, dense_weight, lexical_weight, dense_depth, lexical_dept
     return [i for _, i in scored]
 
 
-def measure(queries, k=60.0, dense_weight=1.0, lexical_weight=1.0, dense_depth=10**9, lexical_depth=10**9):
+def measure(queries, k=SERVICE_K, dense_weight=1.0, lexical_weight=SERVICE_LEXICAL_WEIGHT, dense_depth=10**9, lexical_depth=10**9):
     """Mean hybrid NDCG@10, recall@100 and candidate recall over the queries."""
     n, r, c = [], [], []
     for labels, cands in queries.values():
@@ -91,8 +99,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rows", help="a ranker training run's rows folder (DIR/rows)")
     ap.add_argument("--split", default="dev", choices=["train", "dev"])
-    ap.add_argument("--k", type=float, nargs="+", default=[60, 5, 10, 20, 30])
-    ap.add_argument("--lexical-weight", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0])
+    ap.add_argument("--k", type=float, nargs="+", default=[SERVICE_K, 5, 10, 30, 60])
+    ap.add_argument("--lexical-weight", type=float, nargs="+",
+                    default=[SERVICE_LEXICAL_WEIGHT, 1.0, 1.25, 1.5, 3.0])
     ap.add_argument("--depths", nargs="+", default=["100:100", "100:200", "200:100", "150:150"],
                     help="dense:lexical list depths to try (at most what the rows hold)")
     a = ap.parse_args()

@@ -1,7 +1,7 @@
 """Unit tests of scripts/fusion_sweep.py (run by scripts/test): rows written as
 `meshctl ranker train` writes them read back to the right list ranks, the default
-setting fuses as the ranking service does (k = 60, equal weights, ties by id), and
-depths and weights change what they should.
+setting is the ranking service's (read from crates/ranking/src/fusion.rs) and
+fuses as it does (ties by id), and depths and weights change what they should.
 
     .venv/bin/python -m unittest discover -s scripts -p 'test_*.py'
 """
@@ -9,6 +9,7 @@ depths and weights change what they should.
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import unittest
@@ -55,10 +56,18 @@ class FusionSweep(unittest.TestCase):
         self.assertEqual(sorted(cands), [("a", 0, None), ("b", 1, 0), ("c", None, 1), ("d", 150, None)])
         self.assertEqual(labels, {"c": 3.0, "d": 2.0, "z": 1.0})
 
-    def test_default_fuses_as_the_service(self):
+    def test_default_is_the_services(self):
+        src = open(os.path.join(os.path.dirname(__file__), "..", "crates/ranking/src/fusion.rs")).read()
+        found = {name: float(v) for name, v in re.findall(r"const (DEFAULT_\w+): f32 = ([0-9.]+);", src)}
+        self.assertEqual(found, {"DEFAULT_K": fs.SERVICE_K, "DEFAULT_LEXICAL_WEIGHT": fs.SERVICE_LEXICAL_WEIGHT})
+
+    def test_fuses_as_the_service(self):
         _, cands = self.queries["0"]
-        # b is in both lists; a (dense 0) and c (lexical 1): a first; d last.
+        # Equal weights: b is in both lists; a (dense 0) before c (lexical 1); d last.
         self.assertEqual(fs.fused(cands, 60, 1, 1, 10**9, 10**9), ["b", "a", "c", "d"])
+        # The default weighs lexical 2: c (lexical 1) passes a (dense 0).
+        self.assertEqual(fs.fused(cands, fs.SERVICE_K, 1, fs.SERVICE_LEXICAL_WEIGHT, 10**9, 10**9),
+                         ["b", "c", "a", "d"])
 
     def test_weights_and_depths(self):
         _, cands = self.queries["0"]
