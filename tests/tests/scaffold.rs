@@ -213,6 +213,87 @@ async fn overload_health_readiness_and_graceful_drain() {
     server.await.expect("server task").expect("clean shutdown");
 }
 
+/// Watchers hold streams open for as long as the server lets them: one on the
+/// probe port (a health Watch, which never ends by itself) and one on the admin
+/// port (an HTTP/1.1 request whose headers never finish) must not hold a stopping
+/// replica past its drain deadline, or Kubernetes waits out the whole grace
+/// period and kills it. Each alone held it before the deadline covered them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watchers_do_not_hold_shutdown_past_the_drain_deadline() {
+    const DRAIN_MS: u64 = 1_000;
+    let config = ServerConfig {
+        shutdown_grace_ms: 0,
+        drain_timeout_ms: DRAIN_MS,
+        tls: TlsConfig::insecure(),
+        probe_listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    };
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let probe = format!("http://{}", listeners.probe_addr().expect("probe port"));
+    let admin = listeners.admin_addr().expect("addr").to_string();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let info = ServiceInfo {
+        name: "ranking",
+        grpc_services: &["rankmesh.ranking.v1.RankingService"],
+    };
+    let server = tokio::spawn(async move {
+        let routes = tonic::service::Routes::new(
+            ranking::ranking_service_server::RankingServiceServer::new(Gate {
+                release: Arc::new(Notify::new()),
+                arrived: Arc::default(),
+            }),
+        );
+        serve(
+            info,
+            &config,
+            None,
+            Readiness::default(),
+            routes,
+            listeners,
+            async {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+
+    let channel = tonic::transport::Endpoint::from_shared(probe)
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the probe port");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch
+        .message()
+        .await
+        .expect("first status")
+        .expect("a status");
+    let mut stalled = tokio::net::TcpStream::connect(&admin).await.expect("admin");
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("headers that never finish");
+
+    let stopping = std::time::Instant::now();
+    stop_tx.send(()).expect("server running");
+    tokio::time::timeout(Duration::from_millis(DRAIN_MS * 5), server)
+        .await
+        .expect("the replica stops despite the open watchers")
+        .expect("server task")
+        .expect("clean shutdown");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_millis(DRAIN_MS * 3),
+        "stopped in {took:?}"
+    );
+    drop((watch, stalled));
+}
+
 /// What the health service at `client` says of `service` (None: no answer).
 async fn probed(
     client: &HealthClient<tonic::transport::Channel>,

@@ -346,7 +346,11 @@ pub async fn serve(
         () = tokio::time::sleep(config.shutdown_grace()) => {}
     }
     stop_accepting_tx.send_replace(true);
-    let drained = tokio::time::timeout(config.drain_timeout(), &mut server).await;
+    // One deadline for the whole drain: the gRPC port's in-flight calls, then the
+    // admin and probe ports, whose graceful stop waits for every open connection
+    // (a health Watch on the probe port never ends by itself).
+    let deadline = tokio::time::Instant::now() + config.drain_timeout();
+    let drained = tokio::time::timeout_at(deadline, &mut server).await;
     let result = match drained {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {
@@ -355,20 +359,36 @@ pub async fn serve(
         }
     };
     let _ = admin_stop_tx.send(true);
-    match admin.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin server error"),
-        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
-        Ok(Ok(())) => {}
-    }
+    // Past the deadline the side ports still get a moment to close cleanly.
+    let deadline = deadline.max(tokio::time::Instant::now() + SIDE_PORT_CLOSE);
+    stop_side_port("admin", admin, deadline).await;
     if let Some(probe) = probe {
-        match probe.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "probe server error"),
-            Err(e) => tracing::warn!(error = %e, "probe server task failed"),
-            Ok(Ok(())) => {}
-        }
+        stop_side_port("probe", probe, deadline).await;
     }
     tracing::info!(service = info.name, "stopped");
     result
+}
+
+/// The least time the admin and probe ports get to close once the gRPC port has
+/// drained (a scrape or probe in flight finishes in milliseconds).
+const SIDE_PORT_CLOSE: Duration = Duration::from_millis(500);
+
+/// Waits for the admin or probe server to stop gracefully until `deadline`, then
+/// drops what it still holds open.
+async fn stop_side_port<E: std::fmt::Display>(
+    port: &'static str,
+    mut task: tokio::task::JoinHandle<Result<(), E>>,
+    deadline: tokio::time::Instant,
+) {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(port, error = %e, "server error"),
+        Ok(Err(e)) => tracing::warn!(port, error = %e, "server task failed"),
+        Err(_) => {
+            task.abort();
+            tracing::warn!(port, "connections still open at the drain deadline; closed");
+        }
+    }
 }
 
 /// The TLS acceptor `tls` configures; None (with a warning) for plaintext, which
@@ -590,7 +610,9 @@ async fn serve_probe(
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    let follow = tokio::spawn(async move {
+    // In this task, not a spawned one: when the drain deadline aborts the probe
+    // server, the loop goes with it.
+    let follow = async move {
         let mut shown = ServingStatus::NotServing;
         loop {
             let ready = readiness.failing().is_empty() && !*draining.borrow();
@@ -605,16 +627,17 @@ async fn serve_probe(
             }
             tokio::time::sleep(PROBE_REFRESH).await;
         }
-    });
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    follow.abort();
-    served
+        });
+    tokio::select! {
+        r = served => r,
+        () = follow => unreachable!("the readiness loop never ends"),
+    }
 }
 
 /// The probe port's service that is SERVING while the process runs.
