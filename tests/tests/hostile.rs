@@ -21,6 +21,7 @@ const MAX_CONCURRENCY: usize = 4;
 const MAX_STREAMS: usize = 16;
 const REQUEST_BODY_TIMEOUT_MS: u64 = 1500;
 const UPLOAD_IDLE_TIMEOUT_MS: u64 = 1500;
+const UPLOAD_MIN_BYTES_PER_SEC: u64 = 1024;
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 fn spawn(dir: &tempfile::TempDir) -> ServiceProcess {
@@ -29,6 +30,7 @@ fn spawn(dir: &tempfile::TempDir) -> ServiceProcess {
     let streams = MAX_STREAMS.to_string();
     let body = REQUEST_BODY_TIMEOUT_MS.to_string();
     let idle = UPLOAD_IDLE_TIMEOUT_MS.to_string();
+    let rate = UPLOAD_MIN_BYTES_PER_SEC.to_string();
     let message = MAX_MESSAGE_BYTES.to_string();
     let env = [
         ("RANKMESH__SERVER__TLS__INSECURE", "true"),
@@ -38,6 +40,7 @@ fn spawn(dir: &tempfile::TempDir) -> ServiceProcess {
         ("RANKMESH__SERVER__MAX_CONCURRENT_STREAMS", streams.as_str()),
         ("RANKMESH__SERVER__REQUEST_BODY_TIMEOUT_MS", body.as_str()),
         ("RANKMESH__SERVER__UPLOAD_IDLE_TIMEOUT_MS", idle.as_str()),
+        ("RANKMESH__SERVER__UPLOAD_MIN_BYTES_PER_SEC", rate.as_str()),
         ("RANKMESH__SERVER__MAX_MESSAGE_BYTES", message.as_str()),
     ];
     ServiceProcess::spawn("rankmesh-feature", "feature-hostile", &[], &env)
@@ -262,8 +265,10 @@ async fn trickled_requests_free_their_slots(
 }
 
 /// An upload that sends its first chunk and then nothing fails with
-/// DEADLINE_EXCEEDED once idle too long, stores nothing, and releases the import
-/// (one runs at a time: a stalled one used to block every later import).
+/// DEADLINE_EXCEEDED once idle too long, and so does one that never stops but
+/// trickles a row every 100 ms (well under the minimum rate); each stores nothing
+/// and releases the import (one runs at a time: a stalled one used to block every
+/// later import, and a trickled one could hold it for ever).
 async fn stalled_uploads_fail_and_free_the_import(
     c: &mut FeatureServiceClient<Channel>,
     catalog: &[String],
@@ -284,6 +289,29 @@ async fn stalled_uploads_fail_and_free_the_import(
     assert!(s.message().contains("upload_idle_timeout_ms"), "{s:?}");
     assert!(started.elapsed() >= Duration::from_millis(UPLOAD_IDLE_TIMEOUT_MS));
 
+    // About 60 bytes (a row and its framing) every 100 ms: 600 a second, under
+    // the 1024 asked for.
+    let trickled = futures::stream::unfold(0u32, |i| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let chunk = pb::ImportCatalogChunk {
+            format: pb::CatalogFormat::Jsonl as i32,
+            data: format!("{{\"id\":\"trickle-{i}\",\"title\":\"Never stored\"}}\n").into_bytes(),
+            replace: false,
+            last: false,
+        };
+        Some((chunk, i + 1))
+    });
+    let started = Instant::now();
+    let s = tokio::time::timeout(Duration::from_secs(15), c.import_catalog(trickled))
+        .await
+        .expect("a trickled upload is answered")
+        .expect_err("a trickled upload fails");
+    assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+    assert!(s.message().contains("upload_min_bytes_per_sec"), "{s:?}");
+    assert!(started.elapsed() >= Duration::from_millis(UPLOAD_IDLE_TIMEOUT_MS));
+
     let r = tokio::time::timeout(
         Duration::from_secs(30),
         c.import_catalog(futures::stream::iter([upload(catalog, true)])),
@@ -295,12 +323,15 @@ async fn stalled_uploads_fail_and_free_the_import(
     assert_eq!(r.imported, catalog.len() as u64);
     let got = c
         .get_items(pb::GetItemsRequest {
-            ids: vec!["stalled-1".into()],
+            ids: vec!["stalled-1".into(), "trickle-0".into()],
         })
         .await
         .expect("get")
         .into_inner();
-    assert!(got.items.is_empty(), "the stalled upload stored nothing");
+    assert!(
+        got.items.is_empty(),
+        "the stalled and trickled uploads stored nothing"
+    );
 }
 
 /// Streams opened and never read: each is stalled by flow control, holds no

@@ -336,8 +336,13 @@ pub struct ServerConfig {
     /// holds an in-flight slot no longer).
     pub request_body_timeout_ms: u64,
     /// An upload (ImportCatalog, PublishModel) may take as long as its size needs,
-    /// but fails with DEADLINE_EXCEEDED after this long without a byte.
+    /// but fails with DEADLINE_EXCEEDED after this long without a byte, or without
+    /// `upload_min_bytes_per_sec` times this long in bytes.
     pub upload_idle_timeout_ms: u64,
+    /// An upload's slowest average rate over each `upload_idle_timeout_ms` window,
+    /// bytes a second; 0 asks only for a byte a window. Stops an upload trickled a
+    /// few bytes at a time from holding the import for ever.
+    pub upload_min_bytes_per_sec: u64,
     /// After deregistering, how long to keep accepting so that clients watching
     /// discovery stop sending here before connections close.
     pub shutdown_grace_ms: u64,
@@ -363,6 +368,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: 128,
             request_body_timeout_ms: 10_000,
             upload_idle_timeout_ms: 30_000,
+            upload_min_bytes_per_sec: 1024,
             shutdown_grace_ms: 200,
             drain_timeout_ms: 10_000,
             instance_id: String::new(),

@@ -9,9 +9,11 @@
 //! A unary (or server-streaming) call's request is one message: it must arrive
 //! whole within `request_body_timeout_ms` of the call starting. An upload
 //! (ImportCatalog, PublishModel: the client-streaming methods) may take as long as
-//! its size needs, but no gap between its frames may exceed
-//! `upload_idle_timeout_ms`. Past either, the body ends in DEADLINE_EXCEEDED, the
-//! handler sees the error (an upload rolls back whole), and the slot is freed.
+//! its size needs, but must keep moving: each `upload_idle_timeout_ms` window must
+//! bring at least `upload_min_bytes_per_sec` times its length in bytes (at least
+//! one byte), so an upload trickled a few bytes at a time cannot hold the import
+//! (one runs at a time) for ever. Past either, the body ends in DEADLINE_EXCEEDED,
+//! the handler sees the error (an upload rolls back whole), and the slot is freed.
 //!
 //! HTTP/2's own limits (streams per connection, keepalive pings) are set on the
 //! server builder in [`crate::server`]; this covers what they cannot: a stream
@@ -40,8 +42,11 @@ static UPLOADS: LazyLock<HashSet<String>> = LazyLock::new(|| {
 pub struct BodyLimits {
     /// A one-message request, whole, from the call's start.
     pub request: Duration,
-    /// An upload: the longest gap between two frames.
+    /// An upload: the window within which it must send `upload_min_rate`'s bytes.
     pub upload_idle: Duration,
+    /// An upload's slowest average over each window, bytes a second (0: any byte
+    /// will do).
+    pub upload_min_rate: u64,
     /// The largest message, as its prefix announces it.
     pub max_message_bytes: usize,
 }
@@ -97,7 +102,7 @@ where
             // open between lookups, and neither takes an in-flight slot.
             Rule::Untimed
         } else if UPLOADS.contains(path) {
-            Rule::Idle(self.limits.upload_idle)
+            Rule::idle(self.limits.upload_idle, self.limits.upload_min_rate)
         } else {
             Rule::Whole(self.limits.request)
         };
@@ -112,10 +117,18 @@ where
 enum Rule {
     /// The body must end within this long of the call's start.
     Whole(Duration),
-    /// No gap between frames longer than this.
-    Idle(Duration),
+    /// At least this many bytes (>= 1) within each window of this long.
+    Idle(Duration, usize),
     /// Health checks and reflection: sized, never timed.
     Untimed,
+}
+
+impl Rule {
+    /// An upload's rule: `rate` bytes a second over each `window` (at least a byte).
+    fn idle(window: Duration, rate: u64) -> Self {
+        let bytes = u128::from(rate) * window.as_millis() / 1000;
+        Rule::Idle(window, usize::try_from(bytes).unwrap_or(usize::MAX).max(1))
+    }
 }
 
 /// Reads the gRPC length prefixes (1 flag byte, 4 length bytes, big-endian) out
@@ -167,6 +180,8 @@ pub struct GuardedBody<B> {
     timer: Option<Pin<Box<Sleep>>>,
     prefixes: Prefixes,
     max_message_bytes: usize,
+    /// Bytes of an upload since its window last restarted.
+    window_bytes: usize,
     /// Ended, or failed: the timer no longer applies.
     done: bool,
 }
@@ -174,7 +189,7 @@ pub struct GuardedBody<B> {
 impl<B> GuardedBody<B> {
     fn new(inner: B, rule: Rule, max_message_bytes: usize) -> Self {
         let timer = match rule {
-            Rule::Whole(d) | Rule::Idle(d) => Some(Box::pin(tokio::time::sleep(d))),
+            Rule::Whole(d) | Rule::Idle(d, _) => Some(Box::pin(tokio::time::sleep(d))),
             Rule::Untimed => None,
         };
         Self {
@@ -183,6 +198,7 @@ impl<B> GuardedBody<B> {
             timer,
             prefixes: Prefixes::default(),
             max_message_bytes,
+            window_bytes: 0,
             done: false,
         }
     }
@@ -202,8 +218,13 @@ impl<B> GuardedBody<B> {
                 "the request did not arrive within {} ms (server.request_body_timeout_ms)",
                 d.as_millis()
             ),
-            Rule::Idle(d) => format!(
+            Rule::Idle(d, _) if self.window_bytes == 0 => format!(
                 "the upload sent nothing for {} ms (server.upload_idle_timeout_ms); nothing was stored",
+                d.as_millis()
+            ),
+            Rule::Idle(d, min) => format!(
+                "the upload sent {} bytes in {} ms, under its minimum of {min} (server.upload_min_bytes_per_sec over server.upload_idle_timeout_ms); nothing was stored",
+                self.window_bytes,
                 d.as_millis()
             ),
             Rule::Untimed => "the request's deadline passed".to_owned(),
@@ -236,8 +257,14 @@ where
                     this.done = true;
                     return Poll::Ready(Some(Err(this.oversize(len))));
                 }
-                if let (Rule::Idle(gap), Some(timer)) = (this.rule, this.timer.as_mut()) {
-                    timer.as_mut().reset(Instant::now() + gap);
+                if let (Rule::Idle(window, min), Some(timer)) = (this.rule, this.timer.as_mut()) {
+                    this.window_bytes += frame.data_ref().map_or(0, Bytes::len);
+                    // A window that ran out while the handler was busy (not reading)
+                    // is the server's delay, not the client's: a new one starts.
+                    if this.window_bytes >= min || timer.is_elapsed() {
+                        this.window_bytes = 0;
+                        timer.as_mut().reset(Instant::now() + window);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -372,12 +399,61 @@ mod tests {
     async fn an_upload_may_be_long_but_not_idle() {
         let ms = Duration::from_millis;
         // 50 frames 10 ms apart (500 ms in all) with an idle limit of 30 ms.
-        let long = GuardedBody::new(trickle(50, ms(10)), Rule::Idle(ms(30)), MAX);
+        let long = GuardedBody::new(trickle(50, ms(10)), Rule::idle(ms(30), 0), MAX);
         assert_eq!(read(long).await.expect("never idle"), 50);
         // A gap of 100 ms.
-        let stalled = GuardedBody::new(trickle(3, ms(100)), Rule::Idle(ms(30)), MAX);
+        let stalled = GuardedBody::new(trickle(3, ms(100)), Rule::idle(ms(30), 0), MAX);
         let e = read(stalled).await.expect_err("stalled");
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("upload_idle_timeout_ms"), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_must_keep_its_minimum_rate() {
+        let ms = Duration::from_millis;
+        // 1 byte every 10 ms: 3 or 4 bytes in each 35 ms window. 60 bytes a second
+        // asks for 2 a window.
+        let brisk = GuardedBody::new(trickle(50, ms(10)), Rule::idle(ms(35), 60), MAX);
+        assert_eq!(read(brisk).await.expect("fast enough"), 50);
+        // 200 a second asks for 7 a window: never met.
+        let slow = GuardedBody::new(trickle(50, ms(10)), Rule::idle(ms(35), 200), MAX);
+        let e = read(slow).await.expect_err("too slow");
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("upload_min_bytes_per_sec"), "{e:?}");
+        assert!(e.message().contains("under its minimum of 7"), "{e:?}");
+        // However low the rate, a window needs a byte.
+        assert_eq!(Rule::idle(ms(30), 0), Rule::Idle(ms(30), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_handler_is_not_the_clients_delay() {
+        use http_body_util::BodyExt;
+        let ms = Duration::from_millis;
+        // The client sends 10 bytes every 10 ms, held back by flow control (a
+        // channel of one frame) while the handler does not read.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let frame = Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(&[b'x'; 10])));
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(ms(10)).await;
+            }
+        });
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        // 625 bytes a second over 40 ms windows: 25 a window, under the client's 40.
+        let mut body = std::pin::pin!(GuardedBody::new(body, Rule::idle(ms(40), 625), MAX));
+        let first = body.frame().await.expect("a frame").expect("data");
+        let mut n = first.into_data().map_or(0, |d| d.len());
+        // The handler works for 100 ms before it reads on: the window ran out
+        // meanwhile, with one frame waiting. That is not the client's delay.
+        tokio::time::sleep(ms(100)).await;
+        while let Some(frame) = body.frame().await {
+            n += frame.expect("read on").into_data().map_or(0, |d| d.len());
+        }
+        assert_eq!(n, 200);
     }
 }

@@ -460,6 +460,7 @@ fn stack(config: &ServerConfig, tokens: StorefrontTokens) -> ServiceBuilder<Stac
         .layer(RequestBodyLayer::new(BodyLimits {
             request: Duration::from_millis(config.request_body_timeout_ms),
             upload_idle: Duration::from_millis(config.upload_idle_timeout_ms),
+            upload_min_rate: config.upload_min_bytes_per_sec,
             max_message_bytes: config.max_message_bytes,
         }))
 }
