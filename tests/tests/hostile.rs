@@ -280,14 +280,7 @@ async fn stalled_uploads_fail_and_free_the_import(
         last: false,
     };
     let stalled = futures::stream::iter([first]).chain(futures::stream::pending());
-    let started = Instant::now();
-    let s = tokio::time::timeout(Duration::from_secs(15), c.import_catalog(stalled))
-        .await
-        .expect("a stalled upload is answered")
-        .expect_err("a stalled upload fails");
-    assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
-    assert!(s.message().contains("upload_idle_timeout_ms"), "{s:?}");
-    assert!(started.elapsed() >= Duration::from_millis(UPLOAD_IDLE_TIMEOUT_MS));
+    cut_off_upload(c, stalled, "a stalled upload", "upload_idle_timeout_ms").await;
 
     // About 60 bytes (a row and its framing) every 100 ms: 600 a second, under
     // the 1024 asked for.
@@ -303,14 +296,7 @@ async fn stalled_uploads_fail_and_free_the_import(
         };
         Some((chunk, i + 1))
     });
-    let started = Instant::now();
-    let s = tokio::time::timeout(Duration::from_secs(15), c.import_catalog(trickled))
-        .await
-        .expect("a trickled upload is answered")
-        .expect_err("a trickled upload fails");
-    assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
-    assert!(s.message().contains("upload_min_bytes_per_sec"), "{s:?}");
-    assert!(started.elapsed() >= Duration::from_millis(UPLOAD_IDLE_TIMEOUT_MS));
+    cut_off_upload(c, trickled, "a trickled upload", "upload_min_bytes_per_sec").await;
 
     let r = tokio::time::timeout(
         Duration::from_secs(30),
@@ -332,6 +318,24 @@ async fn stalled_uploads_fail_and_free_the_import(
         got.items.is_empty(),
         "the stalled and trickled uploads stored nothing"
     );
+}
+
+/// Sends `chunks` as an ImportCatalog that must be cut off: DEADLINE_EXCEEDED
+/// naming `key`, not before the upload window ran out.
+async fn cut_off_upload(
+    c: &mut FeatureServiceClient<Channel>,
+    chunks: impl futures::Stream<Item = pb::ImportCatalogChunk> + Send + 'static,
+    what: &str,
+    key: &str,
+) {
+    let started = Instant::now();
+    let s = tokio::time::timeout(Duration::from_secs(15), c.import_catalog(chunks))
+        .await
+        .unwrap_or_else(|_| panic!("{what} is answered"))
+        .expect_err(&format!("{what} fails"));
+    assert_eq!(s.code(), Code::DeadlineExceeded, "{what}: {s:?}");
+    assert!(s.message().contains(key), "{what}: {s:?}");
+    assert!(started.elapsed() >= Duration::from_millis(UPLOAD_IDLE_TIMEOUT_MS));
 }
 
 /// Streams opened and never read: each is stalled by flow control, holds no

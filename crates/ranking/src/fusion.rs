@@ -50,17 +50,13 @@ impl Default for Fusion {
 impl Fusion {
     /// `None` when valid, else the offending key and why.
     pub fn invalid(&self) -> Option<(&'static str, f32, &'static str)> {
-        if !(self.k.is_finite() && self.k >= 0.0) {
-            return Some(("search.fusion.k", self.k, "must be a finite number >= 0"));
-        }
-        if !(self.lexical_weight.is_finite() && self.lexical_weight >= 0.0) {
-            return Some((
-                "search.fusion.lexical_weight",
-                self.lexical_weight,
-                "must be a finite number >= 0",
-            ));
-        }
-        None
+        [
+            ("search.fusion.k", self.k),
+            ("search.fusion.lexical_weight", self.lexical_weight),
+        ]
+        .into_iter()
+        .find(|(_, value)| !(value.is_finite() && *value >= 0.0))
+        .map(|(key, value)| (key, value, "must be a finite number >= 0"))
     }
 
     fn weight(&self, source: &str) -> f32 {
